@@ -1,0 +1,1 @@
+//! Shared helpers for edgefilter benches (see `benches/benches/`).

@@ -1,0 +1,1 @@
+//! XDP map layouts, counter reasons and runtime config shared by kernel and userspace.

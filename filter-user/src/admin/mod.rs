@@ -1,0 +1,1 @@
+//! Admin API server and the CLI-side client.

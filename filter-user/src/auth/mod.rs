@@ -1,0 +1,1 @@
+//! Key checks: where the key is, the per-shard cache, the decision chain, rate limits.

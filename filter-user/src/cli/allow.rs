@@ -1,0 +1,22 @@
+//! `edgefilter allow add|remove|list: the XDP edge allowlist`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// Placeholder until this command lands.
+    #[command(hide = true)]
+    Pending,
+}
+
+/// Runs the command.
+///
+/// # Errors
+/// Any failure, printed by the dispatcher.
+pub fn run(_config: &Path, _cmd: AllowCmd) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not built yet")
+}

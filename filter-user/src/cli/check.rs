@@ -1,0 +1,27 @@
+//! `edgefilter check-config`: validate and report every problem with its line.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::Config;
+
+/// Runs `check-config`.
+#[must_use]
+pub fn run(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} route(s), {} shard(s), xdp {})",
+                path.display(),
+                cfg.routes.len(),
+                cfg.shard_count(),
+                if cfg.xdp.enabled { "on" } else { "off" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(super::EXIT_USAGE)
+        }
+    }
+}

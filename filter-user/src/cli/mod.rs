@@ -1,0 +1,107 @@
+//! The `edgefilter` command line: argument definitions and dispatch to one module per command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_PATH};
+
+pub mod allow;
+pub mod check;
+pub mod explain;
+pub mod keys;
+pub mod stats;
+pub mod users;
+pub mod xdp;
+
+/// Exit code for usage and config errors (SPEC §3).
+pub const EXIT_USAGE: u8 = 2;
+
+/// edgefilter — an eBPF-assisted edge filter and API-key checking proxy.
+#[derive(Debug, Parser)]
+#[command(name = "edgefilter", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "EDGEFILTER_CONFIG", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (XDP + proxy + admin API).
+    Run {
+        /// Run without the kernel half (no XDP), e.g. as non-root during development.
+        #[arg(long)]
+        no_xdp: bool,
+    },
+    /// Validate the config; print every error with its line; exit 2 on error.
+    CheckConfig,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
+    /// Suspend, activate or delete users.
+    #[command(subcommand)]
+    Users(users::UsersCmd),
+    /// Manage the XDP edge allowlist.
+    #[command(subcommand)]
+    Allow(allow::AllowCmd),
+    /// Run every check for a key in order and print each with pass/fail and the fix.
+    Explain(explain::ExplainArgs),
+    /// Live view of requests, XDP counters and top denials.
+    Stats(stats::StatsArgs),
+    /// Manage the pinned XDP program.
+    #[command(subcommand)]
+    Xdp(xdp::XdpCmd),
+}
+
+/// `--json` flag shared by listing commands.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads the config or prints every problem and returns the usage exit code.
+///
+/// # Errors
+/// The exit code to use when the config cannot be loaded.
+pub fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Runs the parsed command line.
+#[must_use]
+pub fn dispatch(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::CheckConfig => return check::run(&cli.config),
+        Command::Run { no_xdp } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            crate::daemon::run(cfg, no_xdp)
+        }
+        Command::Keys(cmd) => keys::run(&cli.config, cmd),
+        Command::Users(cmd) => users::run(&cli.config, cmd),
+        Command::Allow(cmd) => allow::run(&cli.config, cmd),
+        Command::Explain(args) => explain::run(&cli.config, args),
+        Command::Stats(args) => stats::run(&cli.config, args),
+        Command::Xdp(cmd) => xdp::run(&cli.config, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

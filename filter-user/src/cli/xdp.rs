@@ -1,0 +1,22 @@
+//! `edgefilter xdp detach: remove the pinned XDP program`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum XdpCmd {
+    /// Placeholder until this command lands.
+    #[command(hide = true)]
+    Pending,
+}
+
+/// Runs the command.
+///
+/// # Errors
+/// Any failure, printed by the dispatcher.
+pub fn run(_config: &Path, _cmd: XdpCmd) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not built yet")
+}

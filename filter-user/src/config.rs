@@ -1,0 +1,471 @@
+//! TOML config (SPEC §6) → typed [`Config`], with validation errors that name their line.
+//!
+//! Parsing is strict: an unknown key anywhere is an error, so a typo never silently falls back
+//! to a default. Sections that later features own (`[autoblock]`, `[log]`, metrics) are parsed
+//! and validated already so a config written today keeps working.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The default config path, overridden by `--config` or `EDGEFILTER_CONFIG`.
+pub const DEFAULT_PATH: &str = "/etc/edgefilter/edgefilter.toml";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[listen]`: the proxy's listeners.
+    pub listen: Listen,
+    /// `[tls]`: certificate and key for `listen.https`.
+    pub tls: Option<Tls>,
+    /// `[runtime]`.
+    pub runtime: Runtime,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[xdp]`: the kernel half.
+    pub xdp: Xdp,
+    /// `[store]`: where keys live.
+    pub store: Store,
+    /// `[admin]`: admin API and `/metrics`.
+    pub admin: Admin,
+    /// `[keys]`.
+    pub keys: Keys,
+    /// `[autoblock]`.
+    pub autoblock: Autoblock,
+    /// `[log]`.
+    pub log: Log,
+    /// `[[route]]`, longest prefix wins.
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    /// Directory relative paths in the file are resolved against (the file's own directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Plain HTTP listeners.
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (need `[tls]`).
+    pub https: Vec<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self { http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))], https: Vec::new() }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Number of shards; 0 = one per core.
+    pub shards: usize,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head accepted (431 above).
+    pub max_header_bytes: usize,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: u64,
+    /// Idle / slow client timeout.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// Upstream connect / response timeout.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16384,
+            max_body_bytes: 10 * 1024 * 1024,
+            client_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[xdp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Xdp {
+    /// Attach the XDP program at all.
+    pub enabled: bool,
+    /// Interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// `enforce` or `monitor`.
+    pub mode: XdpMode,
+    /// `auto`, `driver` or `skb`.
+    pub attach: XdpAttach,
+    /// Protected destination ports; empty = the listen ports.
+    pub protected_ports: Vec<u16>,
+    /// The edge allowlist (IPv4 and IPv6 CIDRs).
+    pub allow: Vec<IpNet>,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: vec!["eth0".into()],
+            mode: XdpMode::Enforce,
+            attach: XdpAttach::Auto,
+            protected_ports: Vec::new(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// XDP enforcement mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Drop what fails the checks.
+    Enforce,
+    /// Count what would be dropped, never drop.
+    Monitor,
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttach {
+    /// Native if the driver supports it, else generic.
+    Auto,
+    /// Native (driver) mode only.
+    Driver,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// `sqlite` or `postgres`.
+    pub kind: StoreKind,
+    /// SQLite database path.
+    pub path: PathBuf,
+    /// PostgreSQL URL.
+    pub url: Option<String>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self { kind: StoreKind::Sqlite, path: PathBuf::from("var/keys.db"), url: None }
+    }
+}
+
+/// Store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite.
+    Sqlite,
+    /// Shared PostgreSQL (fleet mode).
+    Postgres,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Admin API and `/metrics` listener.
+    pub listen: SocketAddr,
+    /// Bearer token file, created 0600 on first run.
+    pub token_file: PathBuf,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_file: PathBuf::from("var/admin.token"),
+        }
+    }
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keys {
+    /// The environment this edge serves (`live`, `test`, ...).
+    pub environment: String,
+    /// `detailed` or `opaque` 401 answers.
+    pub errors: ErrorDetail,
+    /// Addresses of trusted proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self { environment: "live".into(), errors: ErrorDetail::Detailed, trusted_proxies: Vec::new() }
+    }
+}
+
+/// How much a 401 says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorDetail {
+    /// The precise code and hint.
+    Detailed,
+    /// `INVALID_CREDENTIALS`, no hint.
+    Opaque,
+}
+
+/// `[autoblock]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Autoblock {
+    /// Fill the XDP denylist from repeated failures.
+    pub enabled: bool,
+    /// 401/403 answers from one source ...
+    pub failures: u32,
+    /// ... within this window ...
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// ... ban it for this long.
+    #[serde(with = "humantime_serde")]
+    pub ban: Duration,
+}
+
+impl Default for Autoblock {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: 50,
+            window: Duration::from_secs(10),
+            ban: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `json` or `text`.
+    pub format: LogFormat,
+    /// `stdout`, `off`, or a file path.
+    pub access_log: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, access_log: "stdout".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix; longest match wins.
+    pub prefix: String,
+    /// `http://host:port` of the upstream.
+    pub upstream: String,
+    /// Scopes a key needs for this route.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Accept `?api_key=` on this route.
+    #[serde(default)]
+    pub key_in_query: bool,
+    /// Where the key may be, in order (default: `authorization`, `x-api-key`).
+    #[serde(default)]
+    pub key_in: Option<Vec<String>>,
+    /// Remove the key header before forwarding (default true).
+    #[serde(default = "default_true")]
+    pub strip_key: bool,
+    /// Credential injected towards the upstream (`${ENV}` expanded, `@/path` read from a file).
+    #[serde(default)]
+    pub inject_header: Option<InjectHeader>,
+}
+
+/// `inject_header = { name = ..., value = ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectHeader {
+    /// Header name.
+    pub name: String,
+    /// Header value template.
+    pub value: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Durations such as `30s`, `10m`, `24h`, `90d`, `500ms`.
+pub mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes a duration string.
+    ///
+    /// # Errors
+    /// When the string is not `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `24h`, `90d`.
+///
+/// # Errors
+/// A message naming what is wrong with the string.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 10m, 24h, 90d"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("`{s}` has unknown unit `{unit}` (use ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// One config problem, with the 1-based line it was found on (0 when not tied to a line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line, 0 if unknown.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Loading failed: the file could not be read, or it has problems.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not valid.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if p.line > 0 {
+            out.push_str(&format!("{}:{}: {}", path.display(), p.line, p.message));
+        } else {
+            out.push_str(&format!("{}: {}", path.display(), p.message));
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates the config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming every problem with its line.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Self::parse(&text, &base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+    }
+
+    /// Parses and validates config text; relative paths resolve against `base_dir`.
+    ///
+    /// # Errors
+    /// Every problem found, each with its line.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            vec![ConfigProblem { line, message: e.message().to_string() }]
+        })?;
+        cfg.base_dir = base_dir.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    #[must_use]
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    /// The shard count to run: `runtime.shards`, or one per core when 0.
+    #[must_use]
+    pub fn shard_count(&self) -> usize {
+        if self.runtime.shards == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            self.runtime.shards
+        }
+    }
+
+    /// Destination ports XDP protects: `xdp.protected_ports`, or the listen ports when empty.
+    #[must_use]
+    pub fn protected_ports(&self) -> Vec<u16> {
+        if self.xdp.protected_ports.is_empty() {
+            let mut v: Vec<u16> =
+                self.listen.http.iter().chain(&self.listen.https).map(SocketAddr::port).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        } else {
+            self.xdp.protected_ports.clone()
+        }
+    }
+}
+
+/// 1-based line number of byte offset `at` in `text`.
+#[must_use]
+pub fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}

@@ -1,0 +1,1 @@
+//! Control plane: applies changes, fans them out to shards, auto-block.

@@ -1,0 +1,16 @@
+//! edgefilter's userspace half: config, XDP loader, sharded proxy, key checks, store, admin API.
+//!
+//! `main.rs` only dispatches the CLI; everything it calls lives here so integration tests and
+//! benches can reach it.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod obs;
+pub mod proxy;
+pub mod store;
+pub mod xdp;

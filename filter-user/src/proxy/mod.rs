@@ -1,0 +1,1 @@
+//! The sharded HTTP/1.1 (+TLS) reverse proxy.

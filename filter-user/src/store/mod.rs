@@ -1,0 +1,1 @@
+//! The key store: the KeyStore trait, SQLite and PostgreSQL backends.

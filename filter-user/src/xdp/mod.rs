@@ -1,0 +1,1 @@
+//! Userspace half of XDP: load, attach, pin, adopt, allowlist diff, counters.

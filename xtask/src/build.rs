@@ -1,0 +1,47 @@
+//! Builds: the XDP object (nightly, `bpfel-unknown-none`), the release binary, and the tests.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::setup::Tools;
+use crate::util::{root, run};
+
+/// Where the XDP object lands; `filter-user/build.rs` embeds it from here.
+pub const EBPF_TARGET_DIR: &str = "target/ebpf";
+
+/// Builds the XDP program.
+pub fn ebpf(tools: &Tools) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools.bin_dir.clone()];
+    paths.extend(std::env::split_paths(&path));
+    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["+nightly", "build", "--package", "filter-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("CARGO_TARGET_DIR", root().join(EBPF_TARGET_DIR))
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("PATH", std::env::join_paths(paths)?))
+    .context("building the XDP program")
+}
+
+/// Builds the XDP program and then the release binary that embeds it.
+pub fn all(tools: &Tools) -> Result<()> {
+    ebpf(tools)?;
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace"]))
+        .context("building edgefilter")
+}
+
+/// Lints, then runs every test. Privileged test binaries serialise their own tests.
+pub fn test(extra: &[String]) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    .context("clippy")?;
+    run(Command::new("cargo").current_dir(root()).args(["test", "--workspace"]).args(extra))
+        .context("tests")
+}
