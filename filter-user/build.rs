@@ -12,7 +12,10 @@ fn main() {
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("filter-ebpf.o");
     if std::fs::copy(&src, &out).is_err() {
-        println!("cargo:warning=no XDP object at {}: run `cargo xtask build-ebpf`; this build cannot attach XDP", src.display());
+        println!(
+            "cargo:warning=no XDP object at {}: run `cargo xtask build-ebpf`; this build cannot attach XDP",
+            src.display()
+        );
         std::fs::write(&out, b"").expect("writing OUT_DIR");
     }
 }

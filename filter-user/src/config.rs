@@ -58,7 +58,10 @@ pub struct Listen {
 
 impl Default for Listen {
     fn default() -> Self {
-        Self { http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))], https: Vec::new() }
+        Self {
+            http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            https: Vec::new(),
+        }
     }
 }
 
@@ -174,7 +177,11 @@ pub struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Self { kind: StoreKind::Sqlite, path: PathBuf::from("var/keys.db"), url: None }
+        Self {
+            kind: StoreKind::Sqlite,
+            path: PathBuf::from("var/keys.db"),
+            url: None,
+        }
     }
 }
 
@@ -221,7 +228,11 @@ pub struct Keys {
 
 impl Default for Keys {
     fn default() -> Self {
-        Self { environment: "live".into(), errors: ErrorDetail::Detailed, trusted_proxies: Vec::new() }
+        Self {
+            environment: "live".into(),
+            errors: ErrorDetail::Detailed,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -274,7 +285,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { format: LogFormat::Json, access_log: "stdout".into() }
+        Self {
+            format: LogFormat::Json,
+            access_log: "stdout".into(),
+        }
     }
 }
 
@@ -351,14 +365,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 10m, 24h, 90d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m, 24h, 90d"))?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        _ => return Err(format!("`{s}` has unknown unit `{unit}` (use ms, s, m, h, d)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has unknown unit `{unit}` (use ms, s, m, h, d)"
+            ));
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -414,10 +434,17 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming every problem with its line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let base = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Self::parse(&text, &base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Self::parse(&text, &base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
     }
 
     /// Parses and validates config text; relative paths resolve against `base_dir`.
@@ -427,7 +454,10 @@ impl Config {
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            vec![ConfigProblem { line, message: e.message().to_string() }]
+            vec![ConfigProblem {
+                line,
+                message: e.message().to_string(),
+            }]
         })?;
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
@@ -436,7 +466,11 @@ impl Config {
     /// Resolves a path from the config against the config file's directory.
     #[must_use]
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// The shard count to run: `runtime.shards`, or one per core when 0.
@@ -453,8 +487,13 @@ impl Config {
     #[must_use]
     pub fn protected_ports(&self) -> Vec<u16> {
         if self.xdp.protected_ports.is_empty() {
-            let mut v: Vec<u16> =
-                self.listen.http.iter().chain(&self.listen.https).map(SocketAddr::port).collect();
+            let mut v: Vec<u16> = self
+                .listen
+                .http
+                .iter()
+                .chain(&self.listen.https)
+                .map(SocketAddr::port)
+                .collect();
             v.sort_unstable();
             v.dedup();
             v
@@ -467,5 +506,9 @@ impl Config {
 /// 1-based line number of byte offset `at` in `text`.
 #[must_use]
 pub fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }

@@ -1,4 +1,4 @@
-//! Daemon wiring: logging → store → XDP → shards → admin API, then wait for a signal.
+//! Daemon wiring: logging → XDP → shards (proxy) → wait for a signal.
 
 use std::process::ExitCode;
 
@@ -7,11 +7,18 @@ use crate::config::Config;
 /// Runs the daemon until SIGTERM/SIGINT.
 ///
 /// # Errors
-/// Start-up failures (bad store, XDP attach failure, listener bind failure).
+/// Start-up failures (XDP attach failure, listener bind failure, ...).
 pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
-    if no_xdp || !cfg.xdp.enabled {
-        tracing::warn!("XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering");
-    }
-    anyhow::bail!("daemon not built yet")
+    let _xdp = if no_xdp || !cfg.xdp.enabled {
+        tracing::warn!(
+            "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy"
+        );
+        None
+    } else {
+        Some(crate::xdp::start(&cfg)?)
+    };
+    let gates: crate::gate::GateFactory = Box::new(|_| Box::new(crate::gate::AllowAll));
+    crate::proxy::serve(&cfg, gates)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod gate;
 pub mod obs;
 pub mod proxy;
 pub mod store;

@@ -15,7 +15,12 @@ pub fn ebpf(tools: &Tools) -> Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![tools.bin_dir.clone()];
     paths.extend(std::env::split_paths(&path));
-    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
     run(Command::new("cargo")
         .current_dir(root())
         .args(["+nightly", "build", "--package", "filter-ebpf", "--release"])
@@ -32,16 +37,25 @@ pub fn ebpf(tools: &Tools) -> Result<()> {
 /// Builds the XDP program and then the release binary that embeds it.
 pub fn all(tools: &Tools) -> Result<()> {
     ebpf(tools)?;
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace"]))
-        .context("building edgefilter")
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release"]))
+    .context("building edgefilter")
 }
 
 /// Lints, then runs every test. Privileged test binaries serialise their own tests.
 pub fn test(extra: &[String]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy")?;
     run(Command::new("cargo")
         .current_dir(root())
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-    .context("clippy")?;
-    run(Command::new("cargo").current_dir(root()).args(["test", "--workspace"]).args(extra))
-        .context("tests")
+        .args(["test"])
+        .args(extra))
+    .context("tests")
 }

@@ -26,12 +26,23 @@ pub fn run() -> Result<Tools> {
             "the nightly toolchain is missing: the XDP program needs it.\n  fix: rustup toolchain install nightly --component rust-src"
         );
     }
-    let components =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing rust-src for nightly");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("rust-src for nightly is needed to build core for bpfel-unknown-none")?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("rust-src for nightly is needed to build core for bpfel-unknown-none")?;
     }
     let tools_dir = root().join("target/tools");
     let bin_dir = tools_dir.join("bin");
@@ -46,7 +57,9 @@ fn linker_is_current(linker: &Path) -> bool {
     Command::new(linker)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
 }
 
 /// Builds bpf-linker against the nightly's own libLLVM (no system LLVM needed).
@@ -78,12 +91,22 @@ fn build_bpf_linker(tools_dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("symlinking {} -> {}", link.display(), libllvm.display()))?;
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", libllvm.display());
-    run_cmd(Command::new("cargo")
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
-        .args(["--features", &format!("llvm-{major}"), "--root"])
-        .arg(tools_dir)
-        .env("LLVM_PREFIX", &prefix))
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        libllvm.display()
+    );
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}"), "--root"])
+            .arg(tools_dir)
+            .env("LLVM_PREFIX", &prefix),
+    )
     .context("building bpf-linker (needs crates.io and a C++ toolchain)")?;
     Ok(())
 }

@@ -1,0 +1,107 @@
+//! The seam between the proxy and the key checks: the proxy parses a request head, hands a
+//! borrowed view of it to its shard's [`Gate`], and forwards or answers per the [`Verdict`].
+//!
+//! Each shard owns its own gate (no sharing, no locks); the daemon builds one per shard through a
+//! [`GateFactory`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::codes::ErrorCode;
+
+/// A borrowed view of one request head, as the gate sees it. Nothing here is copied.
+#[derive(Debug, Clone, Copy)]
+pub struct GateRequest<'a> {
+    /// Client address (from the socket; from `X-Forwarded-For` only behind a trusted proxy).
+    pub peer: IpAddr,
+    /// Request method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Query string without the `?`, if any.
+    pub query: Option<&'a str>,
+    /// Every request header, as parsed.
+    pub headers: &'a [httparse::Header<'a>],
+    /// Index of the matched route in `Config::routes`.
+    pub route: usize,
+}
+
+/// Who the caller is, for an allowed request (forwarded as `X-Edgefilter-*` headers).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Public key id (`key_…`).
+    pub key_id: Arc<str>,
+    /// Tenant name.
+    pub tenant: Arc<str>,
+    /// User name.
+    pub user: Arc<str>,
+}
+
+/// Rate-limit state to report in `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    /// Requests per second allowed (the bucket's refill rate).
+    pub limit: u64,
+    /// Tokens left.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again / a token is available.
+    pub reset_secs: u64,
+}
+
+/// Why a request is refused, with everything the answer and the log need. Never holds the key.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// The code (status follows from it).
+    pub code: ErrorCode,
+    /// What happened, for a person.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+    /// The key's public id when known.
+    pub key_id: Option<Arc<str>>,
+    /// For `RATE_LIMITED`: `Retry-After` seconds and `RateLimit-*` values.
+    pub rate: Option<RateInfo>,
+}
+
+impl Denial {
+    /// A denial with the code's default message and no hint.
+    #[must_use]
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            message: code.default_message().to_string(),
+            hint: None,
+            key_id: None,
+            rate: None,
+        }
+    }
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Forward; `None` when no key was required or checked.
+    Allow(Option<Identity>),
+    /// Answer with an error.
+    Deny(Denial),
+}
+
+/// A shard's key checker. Called on the shard's own thread only.
+pub trait Gate: Send {
+    /// Decides one request. Must not block.
+    fn check(&mut self, req: &GateRequest<'_>) -> Verdict;
+}
+
+/// Builds the gate of shard `n`.
+pub type GateFactory = Box<dyn Fn(usize) -> Box<dyn Gate> + Send + Sync>;
+
+/// Placeholder gate that lets every request through (used until the key checks are wired, and
+/// by proxy benches that measure forwarding alone).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+impl Gate for AllowAll {
+    fn check(&mut self, _req: &GateRequest<'_>) -> Verdict {
+        Verdict::Allow(None)
+    }
+}
