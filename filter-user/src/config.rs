@@ -11,6 +11,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod validate;
+
 /// The default config path, overridden by `--config` or `EDGEFILTER_CONFIG`.
 pub const DEFAULT_PATH: &str = "/etc/edgefilter/edgefilter.toml";
 
@@ -124,7 +126,8 @@ pub struct Xdp {
     pub attach: XdpAttach,
     /// Protected destination ports; empty = the listen ports.
     pub protected_ports: Vec<u16>,
-    /// The edge allowlist (IPv4 and IPv6 CIDRs).
+    /// The edge allowlist (IPv4 and IPv6 CIDRs; a bare address means that one host).
+    #[serde(deserialize_with = "cidr_list")]
     pub allow: Vec<IpNet>,
 }
 
@@ -223,6 +226,7 @@ pub struct Keys {
     /// `detailed` or `opaque` 401 answers.
     pub errors: ErrorDetail,
     /// Addresses of trusted proxies whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
 }
 
@@ -341,6 +345,26 @@ fn default_true() -> bool {
     true
 }
 
+/// Parses a CIDR, or a bare address as its host prefix (`/32`, `/128`).
+///
+/// # Errors
+/// A message quoting the bad text and showing the expected shape.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    t.parse::<IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{s}` is not a CIDR like 203.0.113.0/24 or 2001:db8::/32"))
+}
+
+fn cidr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// Durations such as `30s`, `10m`, `24h`, `90d`, `500ms`.
 pub mod humantime_serde {
     use std::time::Duration;
@@ -365,6 +389,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 30s, 10m, 24h, 90d"))?;
@@ -452,13 +477,7 @@ impl Config {
     /// # Errors
     /// Every problem found, each with its line.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| line_of(text, s.start));
-            vec![ConfigProblem {
-                line,
-                message: e.message().to_string(),
-            }]
-        })?;
+        let mut cfg = validate::parse(text)?;
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }
@@ -512,3 +531,6 @@ pub fn line_of(text: &str, at: usize) -> usize {
         .count()
         + 1
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! Config parsing and validation tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, XdpMode, parse_duration};
+
+fn parse(text: &str) -> Result<Config, Vec<(usize, String)>> {
+    Config::parse(text, Path::new("/etc/edgefilter"))
+        .map_err(|ps| ps.into_iter().map(|p| (p.line, p.message)).collect())
+}
+
+const MINIMAL: &str = "[xdp]\ninterfaces = [\"lo\"]\nallow = [\"127.0.0.0/8\"]\n";
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../../examples/edgefilter.toml");
+    let cfg = parse(text).expect("example config parses");
+    assert_eq!(cfg.routes.len(), 1);
+    assert_eq!(cfg.protected_ports(), vec![8080]);
+    assert_eq!(cfg.xdp.interfaces, vec!["lo".to_string()]);
+}
+
+#[test]
+fn spec_shaped_config_is_valid() {
+    let text = r#"
+[listen]
+http  = ["0.0.0.0:8080"]
+https = ["0.0.0.0:8443"]
+[tls]
+cert = "cert.pem"
+key  = "key.pem"
+[runtime]
+shards = 0
+[limits]
+max_header_bytes = 16384
+max_body_bytes = 10485760
+client_timeout = "30s"
+upstream_timeout = "30s"
+[xdp]
+enabled = true
+interfaces = ["eth0"]
+mode = "monitor"
+attach = "skb"
+protected_ports = []
+allow = ["203.0.113.0/24", "2001:db8::/32", "198.18.0.7"]
+[store]
+kind = "postgres"
+path = "var/keys.db"
+url  = "postgres://edge@db/keys"
+[admin]
+listen = "127.0.0.1:9901"
+token_file = "var/admin.token"
+[keys]
+environment = "live"
+errors = "opaque"
+[autoblock]
+enabled = true
+failures = 50
+window = "10s"
+ban = "10m"
+[log]
+format = "json"
+access_log = "stdout"
+[[route]]
+prefix = "/v1/"
+upstream = "http://127.0.0.1:9000"
+scopes = ["ai:invoke"]
+key_in_query = false
+inject_header = { name = "Authorization", value = "Bearer ${OPENAI_API_KEY}" }
+"#;
+    let cfg = parse(text).expect("SPEC §6 example parses");
+    assert_eq!(cfg.xdp.mode, XdpMode::Monitor);
+    assert_eq!(
+        cfg.protected_ports(),
+        vec![8080, 8443],
+        "empty protected_ports = the listen ports"
+    );
+    assert_eq!(
+        cfg.xdp.allow[2].to_string(),
+        "198.18.0.7/32",
+        "a bare address is its host prefix"
+    );
+    assert_eq!(cfg.autoblock.ban, Duration::from_secs(600));
+    assert_eq!(
+        cfg.resolve(Path::new("cert.pem")),
+        Path::new("/etc/edgefilter/cert.pem")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let text = r#"[listen]
+http = ["127.0.0.1:8080"]
+https = ["127.0.0.1:8443"]
+bogus = 1
+
+[limits]
+client_timeout = "30 parsecs"
+
+[xdp]
+interfaces = ["lo"]
+allow = ["10.0.0.0/33"]
+
+[keys]
+environment = "LIVE"
+
+[[route]]
+prefix = "/v1/"
+upstream = "http://127.0.0.1:9000"
+
+[[route]]
+prefix = "v2"
+upstream = "https://x"
+inject_header = { name = "Authorization", value = "Bearer ${OPENAI" }
+
+[mystery]
+a = 1
+"#;
+    let problems = parse(text).expect_err("bad config");
+    let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+    assert_eq!(lines, vec![4, 7, 11, 14, 21, 22, 23, 25], "{problems:#?}");
+    let all = format!("{problems:?}");
+    for needle in [
+        "bogus",
+        "parsecs",
+        "10.0.0.0/33",
+        "LIVE",
+        "must start with /",
+        "http://",
+        "unclosed",
+        "mystery",
+    ] {
+        assert!(all.contains(needle), "{needle} missing from {all}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_their_line() {
+    let problems = parse("[listen]\nhttp = [\"127.0.0.1:8080\"\n").expect_err("unclosed array");
+    assert_eq!(problems[0].0, 2, "{problems:?}");
+}
+
+#[test]
+fn cross_field_checks() {
+    let cases: &[(&str, &str)] = &[
+        ("[listen]\nhttps = [\"127.0.0.1:8443\"]\n", "needs a [tls]"),
+        ("[listen]\nhttp = []\n", "would not listen"),
+        ("[xdp]\ninterfaces = [\"lo\"]\n", "xdp.allow is empty"),
+        (
+            "[xdp]\ninterfaces = []\nallow = [\"::/0\"]\n",
+            "xdp.interfaces is empty",
+        ),
+        ("[store]\nkind = \"postgres\"\n", "needs store.url"),
+        ("[limits]\nmax_header_bytes = 10\n", "max_header_bytes"),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n",
+            "appears twice",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://h\"\n",
+            "needs a :port",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\nkey_in = [\"cookie\"]\n",
+            "key_in `cookie`",
+        ),
+    ];
+    for (body, needle) in cases {
+        let text = if body.starts_with("[xdp]") {
+            (*body).to_string()
+        } else {
+            format!("{MINIMAL}{body}")
+        };
+        let problems = parse(&text).expect_err(body);
+        assert!(
+            format!("{problems:?}").contains(needle),
+            "{body}: wanted {needle}, got {problems:?}"
+        );
+        assert!(
+            problems.iter().all(|p| p.0 > 0),
+            "every problem has a line: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_section_does_not_produce_follow_on_errors() {
+    // [xdp] fails to parse, so the "allow is empty" cross-check must not also fire.
+    let problems = parse("[xdp]\ninterfaces = [\"lo\"]\nmode = \"block\"\n").expect_err("bad mode");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, 3);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+    assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+    assert!(parse_duration("h").is_err());
+    assert!(parse_duration("10y").is_err());
+    assert!(parse_duration("").is_err());
+}

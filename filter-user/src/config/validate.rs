@@ -1,0 +1,388 @@
+//! Turns config text into a [`Config`], collecting every problem with its line: TOML syntax,
+//! unknown keys and bad values per section (and per `[[route]]`), then cross-field checks.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{Config, ConfigProblem, StoreKind, XdpMode, line_of};
+
+/// Parses `text` section by section so one bad section does not hide the others.
+pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    let at = |span: Option<Range<usize>>| span.map_or(0, |s| line_of(text, s.start));
+    if !syntax.is_empty() {
+        return Err(syntax
+            .iter()
+            .map(|e| ConfigProblem {
+                line: at(e.span()),
+                message: e.message().trim().to_string(),
+            })
+            .collect());
+    }
+    let root_span = root.span();
+    let root = root.into_inner();
+    let mut problems = Vec::new();
+    let mut good = DeTable::default();
+    let mut failed = Vec::new();
+    for (key, value) in root.iter() {
+        let name = key.get_ref().ref_str();
+        let parts: Vec<Spanned<DeValue<'_>>> = match (name, value.get_ref()) {
+            ("route", DeValue::Array(items)) => items
+                .iter()
+                .map(|i| array_of(i.clone(), value.span()))
+                .collect(),
+            _ => vec![value.clone()],
+        };
+        let before = problems.len();
+        for part in parts {
+            let mut one = DeTable::default();
+            one.insert(key.clone(), part);
+            if let Err(e) = from_table(one, root_span.clone()) {
+                let line = at(e.span().or_else(|| Some(key.span())));
+                problems.push(ConfigProblem {
+                    line,
+                    message: clean(e.message()),
+                });
+            }
+        }
+        if problems.len() == before {
+            good.insert(key.clone(), value.clone());
+        } else {
+            failed.push(name.to_string());
+        }
+    }
+    // Cross-field checks run on the sections that parsed, so one bad section hides nothing else;
+    // a check about a section that failed to parse would only repeat its error, so it is skipped.
+    let cfg = from_table(good, root_span).map_err(|e| {
+        vec![ConfigProblem {
+            line: at(e.span()),
+            message: clean(e.message()),
+        }]
+    })?;
+    problems.extend(
+        check(&cfg, &root, text)
+            .into_iter()
+            .filter(|(section, _)| !failed.iter().any(|f| f == section))
+            .map(|(_, p)| p),
+    );
+    problems.sort_by_key(|p| p.line);
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
+    }
+}
+
+trait RefStr {
+    fn ref_str(&self) -> &str;
+}
+impl RefStr for Cow<'_, str> {
+    fn ref_str(&self) -> &str {
+        self
+    }
+}
+
+fn array_of<'i>(item: Spanned<DeValue<'i>>, span: Range<usize>) -> Spanned<DeValue<'i>> {
+    let mut arr = toml::de::DeArray::new();
+    arr.push(item);
+    Spanned::new(span, DeValue::Array(arr))
+}
+
+fn from_table(table: DeTable<'_>, span: Range<usize>) -> Result<Config, toml::de::Error> {
+    serde::Deserialize::deserialize(toml::Deserializer::from(Spanned::new(span, table)))
+}
+
+fn clean(message: &str) -> String {
+    message.trim().replace('\n', " ")
+}
+
+/// Span of the value at `path` (e.g. `["listen", "https"]`), or of the nearest parent found.
+fn span_at(root: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
+    let mut table = root;
+    let mut found = None;
+    for (i, part) in path.iter().enumerate() {
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().ref_str() == *part) else {
+            break;
+        };
+        found = Some(if i + 1 == path.len() {
+            v.span()
+        } else {
+            k.span()
+        });
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found
+}
+
+/// Span of field `field` of the `index`-th `[[route]]`.
+fn route_span(root: &DeTable<'_>, index: usize, field: &str) -> Option<Range<usize>> {
+    let (_, routes) = root
+        .iter()
+        .find(|(k, _)| k.get_ref().ref_str() == "route")?;
+    let DeValue::Array(items) = routes.get_ref() else {
+        return Some(routes.span());
+    };
+    let item = items.get(index)?;
+    match item.get_ref() {
+        DeValue::Table(t) => t
+            .iter()
+            .find(|(k, _)| k.get_ref().ref_str() == field)
+            .map_or(Some(item.span()), |(_, v)| Some(v.span())),
+        _ => Some(item.span()),
+    }
+}
+
+/// Cross-field checks that serde cannot express.
+/// Each problem is tagged with the top-level section it is about.
+fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, ConfigProblem)> {
+    let mut out = Vec::new();
+    let mut bad = |section: &'static str, span: Option<Range<usize>>, message: String| {
+        out.push((
+            section,
+            ConfigProblem {
+                line: span.map_or(0, |s| line_of(text, s.start)),
+                message,
+            },
+        ));
+    };
+    let listen = &cfg.listen;
+    if listen.http.is_empty() && listen.https.is_empty() {
+        bad(
+            "listen",
+            span_at(root, &["listen"]),
+            "listen: no `http` or `https` address: the proxy would not listen anywhere".into(),
+        );
+    }
+    if !listen.https.is_empty() && cfg.tls.is_none() {
+        bad(
+            "listen",
+            span_at(root, &["listen", "https"]),
+            "listen.https needs a [tls] section with `cert` and `key`".into(),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in listen.http.iter().chain(&listen.https) {
+        if !seen.insert(*a) {
+            bad(
+                "listen",
+                span_at(root, &["listen"]),
+                format!("listen: address {a} appears twice"),
+            );
+        }
+    }
+    if cfg.runtime.shards > 1024 {
+        bad(
+            "runtime",
+            span_at(root, &["runtime", "shards"]),
+            format!("runtime.shards = {} is more than 1024", cfg.runtime.shards),
+        );
+    }
+    let l = &cfg.limits;
+    if !(1024..=1024 * 1024).contains(&l.max_header_bytes) {
+        bad(
+            "limits",
+            span_at(root, &["limits", "max_header_bytes"]),
+            "limits.max_header_bytes must be between 1024 and 1048576".into(),
+        );
+    }
+    for (name, d) in [
+        ("client_timeout", l.client_timeout),
+        ("upstream_timeout", l.upstream_timeout),
+    ] {
+        if d.is_zero() {
+            bad(
+                "limits",
+                span_at(root, &["limits", name]),
+                format!("limits.{name} must be more than 0"),
+            );
+        }
+    }
+    let x = &cfg.xdp;
+    if x.enabled {
+        if x.interfaces.is_empty() {
+            bad(
+                "xdp",
+                span_at(root, &["xdp", "interfaces"]),
+                "xdp.interfaces is empty: name at least one interface, or set xdp.enabled = false"
+                    .into(),
+            );
+        }
+        for i in &x.interfaces {
+            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+                bad(
+                    "xdp",
+                    span_at(root, &["xdp", "interfaces"]),
+                    format!("xdp.interfaces: `{i}` is not a valid interface name"),
+                );
+            }
+        }
+        if x.allow.is_empty() && x.mode == XdpMode::Enforce {
+            bad("xdp", span_at(root, &["xdp", "allow"]),
+                "xdp.allow is empty while mode = \"enforce\": every client of the protected ports would be dropped; \
+                 list the allowed CIDRs (\"0.0.0.0/0\", \"::/0\" allow all) or use mode = \"monitor\""
+                    .into(),
+            );
+        }
+    }
+    if x.protected_ports.contains(&0) {
+        bad(
+            "xdp",
+            span_at(root, &["xdp", "protected_ports"]),
+            "xdp.protected_ports: port 0 is not a port".into(),
+        );
+    }
+    if cfg.store.kind == StoreKind::Postgres {
+        match &cfg.store.url {
+            None => bad(
+                "store",
+                span_at(root, &["store", "kind"]),
+                "store.kind = \"postgres\" needs store.url".into(),
+            ),
+            Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                bad(
+                    "store",
+                    span_at(root, &["store", "url"]),
+                    "store.url must start with postgres:// or postgresql://".into(),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let env = &cfg.keys.environment;
+    if env.is_empty() || env.len() > 8 || !env.bytes().all(|b| b.is_ascii_lowercase()) {
+        bad(
+            "keys",
+            span_at(root, &["keys", "environment"]),
+            format!("keys.environment `{env}` must be 1 to 8 letters a-z (e.g. live, test)"),
+        );
+    }
+    let a = &cfg.autoblock;
+    if a.failures == 0 || a.window.is_zero() || a.ban.is_zero() {
+        bad(
+            "autoblock",
+            span_at(root, &["autoblock"]),
+            "autoblock: failures, window and ban must all be more than 0".into(),
+        );
+    }
+    if cfg.log.access_log.is_empty() {
+        bad(
+            "log",
+            span_at(root, &["log", "access_log"]),
+            "log.access_log must be \"stdout\", \"off\" or a file path".into(),
+        );
+    }
+    let mut prefixes = std::collections::HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if !r.prefix.starts_with('/') {
+            bad(
+                "route",
+                route_span(root, i, "prefix"),
+                format!("route prefix `{}` must start with /", r.prefix),
+            );
+        }
+        if !prefixes.insert(r.prefix.as_str()) {
+            bad(
+                "route",
+                route_span(root, i, "prefix"),
+                format!("route prefix `{}` appears twice", r.prefix),
+            );
+        }
+        if let Err(why) = check_upstream(&r.upstream) {
+            bad(
+                "route",
+                route_span(root, i, "upstream"),
+                format!("route `{}`: upstream `{}` {why}", r.prefix, r.upstream),
+            );
+        }
+        if r.scopes
+            .iter()
+            .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            bad(
+                "route",
+                route_span(root, i, "scopes"),
+                format!(
+                    "route `{}`: scopes must be non-empty words without spaces",
+                    r.prefix
+                ),
+            );
+        }
+        for place in r.key_in.iter().flatten() {
+            if !matches!(place.as_str(), "authorization" | "x-api-key" | "query") {
+                bad(
+                    "route",
+                    route_span(root, i, "key_in"),
+                    format!(
+                        "route `{}`: key_in `{place}` is not one of authorization, x-api-key, query",
+                        r.prefix
+                    ),
+                );
+            }
+        }
+        if let Some(h) = &r.inject_header {
+            if h.name.is_empty()
+                || !h
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                bad(
+                    "route",
+                    route_span(root, i, "inject_header"),
+                    format!(
+                        "route `{}`: inject_header name `{}` is not a header name",
+                        r.prefix, h.name
+                    ),
+                );
+            }
+            if let Err(why) = check_template(&h.value) {
+                bad(
+                    "route",
+                    route_span(root, i, "inject_header"),
+                    format!("route `{}`: inject_header value {why}", r.prefix),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `http://host:port[/]` only: edgefilter speaks plain HTTP/1.1 to upstreams.
+fn check_upstream(u: &str) -> Result<(), &'static str> {
+    let rest = u.strip_prefix("http://").ok_or("must start with http://")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains('/') {
+        return Err("must be http://host:port with no path");
+    }
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .ok_or("needs a :port")?;
+    port.parse::<u16>().map_err(|_| "has a bad port")?;
+    Ok(())
+}
+
+/// `${NAME}` references must be closed and name an environment variable.
+fn check_template(v: &str) -> Result<(), String> {
+    let mut rest = v;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "has an unclosed `${`".to_string())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "names `${{{name}}}`, which is not an environment variable name"
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
