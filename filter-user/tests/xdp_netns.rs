@@ -400,3 +400,71 @@ fn detach_removes_filter_and_pins() {
     let again = cli(&topo, &config, &["xdp", "detach"]);
     assert!(again.contains("nothing pinned"), "{again}");
 }
+
+/// A pinned program that differs from this build's (an upgrade) is swapped on its link in one
+/// step: traffic never sees a gap, refused sources never see an opening.
+#[test]
+fn changed_program_is_replaced_atomically_on_its_link() {
+    let _g = serial();
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "enforce", &[&format!("{}/32", CLIENT_V4[0])]);
+    let _l = topo.listen(PROTECTED);
+    attach(&topo, &config);
+    let links_before = PinDir::new(&topo.pins).links().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(Arc::clone(&stop));
+    let allowed = traffic(&topo, CLIENT_V4[0], &stop);
+    let refused = traffic(&topo, CLIENT_V4[1], &stop);
+
+    // Make the pinned program look like another build's: pin the baseline program in its place
+    // (the link itself still runs the filter).
+    let other = edgefilter::xdp::Standalone::load().unwrap();
+    let shown = support::netns::sh(&["bpftool", "-j", "prog", "show", "name", "pass_all"]);
+    // One object per match, or an array, depending on the bpftool version.
+    let id = serde_json::Deserializer::from_slice(&shown.stdout)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .flat_map(|v| match v {
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .max()
+        .expect("bpftool lists the baseline program");
+    let prog_pin = PinDir::new(&topo.pins).prog();
+    std::fs::remove_file(&prog_pin).unwrap();
+    support::netns::sh(&[
+        "bpftool",
+        "prog",
+        "pin",
+        "id",
+        &id.to_string(),
+        prog_pin.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = attach(&topo, &config);
+    assert!(out.contains("replaced atomically"), "{out}");
+    assert!(out.contains("adopted (already attached)"), "{out}");
+    drop(other);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = allowed.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "allowlisted traffic interrupted by the replacement ({ok} ok)"
+    );
+    let (ok, failed) = refused.join().unwrap();
+    assert_eq!(ok, 0, "a refused source got through during the replacement");
+    assert!(failed >= 1);
+    assert_eq!(
+        PinDir::new(&topo.pins).links().unwrap(),
+        links_before,
+        "the link itself must stay"
+    );
+    let shown = support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("name edgefilter"));
+    // The pin now names the filter again: the next start adopts.
+    assert!(attach(&topo, &config).contains("program     adopted"));
+}
