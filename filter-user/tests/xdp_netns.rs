@@ -467,4 +467,17 @@ fn changed_program_is_replaced_atomically_on_its_link() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains("name edgefilter"));
     // The pin now names the filter again: the next start adopts.
     assert!(attach(&topo, &config).contains("program     adopted"));
+    // Map pins lost (e.g. removed by hand): new maps are made, so the running program (still on
+    // the old maps) must be replaced, not adopted, or edits would go to maps nobody reads.
+    for m in filter_common::xdp::ALL_MAPS {
+        std::fs::remove_file(PinDir::new(&topo.pins).map(m)).unwrap();
+    }
+    assert!(attach(&topo, &config).contains("replaced atomically"));
+    assert!(topo.connects(CLIENT_V4[0], PROTECTED, HANDSHAKE));
+    assert!(!topo.connects(CLIENT_V4[1], PROTECTED, NO_HANDSHAKE));
+    cli(&topo, &config, &["allow", "add", CLIENT_V4[1]]);
+    assert!(
+        topo.connects(CLIENT_V4[1], PROTECTED, HANDSHAKE),
+        "edits reach the live maps"
+    );
 }

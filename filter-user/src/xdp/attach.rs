@@ -41,11 +41,12 @@ pub enum ProgramState {
     Fresh,
     /// The pinned program is this build's program: adopted as is.
     Adopted,
-    /// The pinned program differed: replaced atomically on every pinned link.
+    /// The pinned program differed (code or maps): replaced atomically on every pinned link.
     Replaced,
 }
 
-/// Loads the filter of `ebpf`, adopts or replaces the pinned one, and attaches to `interfaces`.
+/// Loads the filter of `ebpf`, adopts the pinned one when it is the same code on the same maps
+/// (else replaces it on its links), and attaches to `interfaces`.
 ///
 /// # Errors
 /// Verifier rejection, an unknown interface, an attach or pin failure.
@@ -62,7 +63,7 @@ pub fn install(
     drop_stale_links(pins, &wanted)?;
 
     let new_prog = load_program(ebpf, PROG_FILTER)?;
-    let new_tag = tag(new_prog)?;
+    let new_id = identity(new_prog)?;
     let mut pinned = if pins.has_program() {
         Some(
             Xdp::from_pin(pins.prog(), XdpAttachType::Interface)
@@ -73,7 +74,8 @@ pub fn install(
     };
     let state = match pinned.as_ref() {
         None => ProgramState::Fresh,
-        Some(p) if tag(p)? == new_tag => ProgramState::Adopted,
+        // Same code on the same maps (map pins may have been recreated under it): adopt.
+        Some(p) if identity(p)? == new_id => ProgramState::Adopted,
         Some(_) => ProgramState::Replaced,
     };
     let prog: &mut Xdp = match state {
@@ -115,10 +117,17 @@ pub fn install(
     Ok((state, attached))
 }
 
-fn tag(p: &Xdp) -> Result<u64, XdpError> {
-    p.info()
-        .map(|i| i.tag())
-        .map_err(|e| XdpError::program("reading program info", e))
+/// What makes two loaded programs interchangeable: the instruction tag and the maps used.
+fn identity(p: &Xdp) -> Result<(u64, Vec<u32>), XdpError> {
+    let info = p
+        .info()
+        .map_err(|e| XdpError::program("reading program info", e))?;
+    let mut maps = info
+        .map_ids()
+        .map_err(|e| XdpError::program("reading the program's map ids", e))?
+        .unwrap_or_default();
+    maps.sort_unstable();
+    Ok((info.tag(), maps))
 }
 
 fn ifindex(name: &str) -> Result<u32, XdpError> {
