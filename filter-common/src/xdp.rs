@@ -1,1 +1,289 @@
 //! XDP map layouts, counter reasons and runtime config shared by kernel and userspace.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, `Copy`, built from fixed-width
+//! integers only (`u32` flags, never `bool`) and has no padding, so both sides agree on every byte.
+//! Addresses are kept as byte arrays in network byte order, exactly as they sit in the packet.
+
+/// Name of the program that filters (SPEC §10).
+pub const PROG_FILTER: &str = "edgefilter";
+/// Name of the empty `XDP_PASS` program used only as the baseline of the cost bench.
+pub const PROG_PASS_ALL: &str = "pass_all";
+
+/// `Array<XdpConfig>` with one entry: enforce or monitor.
+pub const MAP_CONFIG: &str = "EF_CONFIG";
+/// `Array<PortBitmap>` with one entry: the protected destination ports.
+pub const MAP_PORTS: &str = "EF_PORTS";
+/// `LpmTrie<[u8; 4], u32>`: the IPv4 allowlist.
+pub const MAP_ALLOW_V4: &str = "EF_ALLOW_V4";
+/// `LpmTrie<[u8; 16], u32>`: the IPv6 allowlist.
+pub const MAP_ALLOW_V6: &str = "EF_ALLOW_V6";
+/// `LruHashMap<[u8; 4], DenyEntry>`: the IPv4 denylist.
+pub const MAP_DENY_V4: &str = "EF_DENY_V4";
+/// `LruHashMap<[u8; 16], DenyEntry>`: the IPv6 denylist.
+pub const MAP_DENY_V6: &str = "EF_DENY_V6";
+/// `PerCpuArray<CounterValue>` indexed by [`counter_index`].
+pub const MAP_COUNTERS: &str = "EF_COUNTERS";
+
+/// Every map the program owns, in a stable order (pinning, detaching).
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_CONFIG,
+    MAP_PORTS,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_DENY_V4,
+    MAP_DENY_V6,
+    MAP_COUNTERS,
+];
+
+/// Capacity of each allowlist trie (per address family).
+pub const ALLOW_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of each denylist (per address family); least recently used entries go first.
+pub const DENY_MAX_ENTRIES: u32 = 65_536;
+/// How many IPv6 extension headers the program walks before judging by source alone.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+
+/// Value stored for every allowlist prefix (the trie only needs presence).
+pub const ALLOW_PRESENT: u32 = 1;
+
+/// [`XdpConfig::mode`]: drop what fails the checks.
+pub const MODE_ENFORCE: u32 = 0;
+/// [`XdpConfig::mode`]: count what would be dropped, never drop.
+pub const MODE_MONITOR: u32 = 1;
+
+/// Runtime switches the program reads on every packet (one entry of [`MAP_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
+    pub mode: u32,
+    /// Reserved for future flags; always 0.
+    pub reserved: u32,
+}
+
+/// Number of 64-bit words covering every port 0..=65535.
+pub const PORT_WORDS: usize = 1024;
+
+/// One bit per destination port; a set bit means "protected" (one entry of [`MAP_PORTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBitmap {
+    /// Bit `port % 64` of word `port / 64`.
+    pub words: [u64; PORT_WORDS],
+}
+
+impl PortBitmap {
+    /// No port protected.
+    pub const EMPTY: Self = Self {
+        words: [0; PORT_WORDS],
+    };
+
+    /// Marks `port` protected.
+    pub fn insert(&mut self, port: u16) {
+        self.words[usize::from(port >> 6)] |= 1u64 << (port & 63);
+    }
+
+    /// Whether `port` is protected.
+    #[must_use]
+    pub fn contains(&self, port: u16) -> bool {
+        self.words[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0
+    }
+}
+
+impl Default for PortBitmap {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+/// A denylist entry: the source is dropped until `expires_at_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` returns); `u64::MAX` = never.
+    pub expires_at_ns: u64,
+}
+
+/// One per-CPU counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes of those packets (frame length as XDP saw it).
+    pub bytes: u64,
+}
+
+/// What the program did with a packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `XDP_PASS`.
+    Pass = 0,
+    /// `XDP_DROP`.
+    Drop = 1,
+    /// Monitor mode: passed, but enforce mode would have dropped it.
+    WouldDrop = 2,
+}
+
+impl Action {
+    /// Every action, in index order.
+    pub const ALL: [Self; 3] = [Self::Pass, Self::Drop, Self::WouldDrop];
+
+    /// The metric label (`action="..."`, SPEC §8).
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+            Self::WouldDrop => "would_drop",
+        }
+    }
+}
+
+/// Why the program decided as it did (SPEC §10, metric label `reason`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Source in the allowlist.
+    Allowlisted = 0,
+    /// Source not in the allowlist.
+    NotAllowlisted = 1,
+    /// Source on the denylist, entry not expired.
+    Denylisted = 2,
+    /// Destination port not protected (or not TCP/UDP).
+    Unprotected = 3,
+    /// Not an IPv4/IPv6 packet (or an IP header too short to hold a source).
+    NotIp = 4,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 5] = [
+        Self::Allowlisted,
+        Self::NotAllowlisted,
+        Self::Denylisted,
+        Self::Unprotected,
+        Self::NotIp,
+    ];
+
+    /// The metric label (`reason="..."`, SPEC §8).
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Allowlisted => "allowlisted",
+            Self::NotAllowlisted => "not_allowlisted",
+            Self::Denylisted => "denylisted",
+            Self::Unprotected => "unprotected",
+            Self::NotIp => "not_ip",
+        }
+    }
+}
+
+/// Number of reasons.
+pub const REASONS: u32 = 5;
+/// Number of counter slots in [`MAP_COUNTERS`].
+pub const COUNTER_SLOTS: u32 = 3 * REASONS;
+
+/// The [`MAP_COUNTERS`] slot of an (action, reason) pair.
+#[must_use]
+pub const fn counter_index(action: Action, reason: Reason) -> u32 {
+    action as u32 * REASONS + reason as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{CounterValue, DenyEntry, PortBitmap, XdpConfig};
+
+    // SAFETY: #[repr(C)], two u32 fields, no padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for XdpConfig {}
+    // SAFETY: #[repr(C)], a [u64; 1024] array, no padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for PortBitmap {}
+    // SAFETY: #[repr(C)], one u64 field, no padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for DenyEntry {}
+    // SAFETY: #[repr(C)], two u64 fields, no padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for CounterValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<XdpConfig>(), 8);
+        assert_eq!(align_of::<XdpConfig>(), 4);
+        assert_eq!(offset_of!(XdpConfig, mode), 0);
+        assert_eq!(offset_of!(XdpConfig, reserved), 4);
+
+        assert_eq!(size_of::<PortBitmap>(), 8192);
+        assert_eq!(align_of::<PortBitmap>(), 8);
+
+        assert_eq!(size_of::<DenyEntry>(), 8);
+        assert_eq!(align_of::<DenyEntry>(), 8);
+        assert_eq!(offset_of!(DenyEntry, expires_at_ns), 0);
+
+        assert_eq!(size_of::<CounterValue>(), 16);
+        assert_eq!(align_of::<CounterValue>(), 8);
+        assert_eq!(offset_of!(CounterValue, packets), 0);
+        assert_eq!(offset_of!(CounterValue, bytes), 8);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        // BPF object names are 16 bytes including the trailing NUL.
+        for name in ALL_MAPS.iter().chain(&[PROG_FILTER, PROG_PASS_ALL]) {
+            assert!(name.len() <= 15, "{name} is too long for a BPF object name");
+        }
+    }
+
+    #[test]
+    fn counter_indices_are_dense_and_unique() {
+        let mut seen = [false; COUNTER_SLOTS as usize];
+        for a in Action::ALL {
+            for r in Reason::ALL {
+                let i = counter_index(a, r) as usize;
+                assert!(!seen[i], "slot {i} used twice");
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(
+            counter_index(Action::WouldDrop, Reason::NotIp),
+            COUNTER_SLOTS - 1
+        );
+    }
+
+    #[test]
+    fn port_bitmap_sets_exactly_one_bit() {
+        let mut b = PortBitmap::EMPTY;
+        for p in [0u16, 22, 63, 64, 8080, 65535] {
+            assert!(!b.contains(p));
+            b.insert(p);
+            assert!(b.contains(p));
+        }
+        assert!(!b.contains(21) && !b.contains(23) && !b.contains(65534));
+        let bits: u32 = b.words.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(bits, 6);
+    }
+
+    #[test]
+    fn labels_match_the_metrics_contract() {
+        let reasons: [&str; 5] = Reason::ALL.map(Reason::label);
+        assert_eq!(
+            reasons,
+            [
+                "allowlisted",
+                "not_allowlisted",
+                "denylisted",
+                "unprotected",
+                "not_ip"
+            ]
+        );
+        assert_eq!(
+            Action::ALL.map(Action::label),
+            ["pass", "drop", "would_drop"]
+        );
+    }
+}

@@ -1,22 +1,189 @@
-//! `edgefilter allow add|remove|list: the XDP edge allowlist`.
+//! `edgefilter allow add|remove|list`: the XDP edge allowlist.
+//!
+//! The effective allowlist is `xdp.allow` from the config plus runtime additions minus runtime
+//! removals; the runtime part lives in `allowlist.json` beside the store. When a filter is
+//! pinned, a change reaches the live map at once (one insert or delete, never a refill).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use ipnet::IpNet;
+
+use super::JsonFlag;
+use crate::xdp::{AllowFile, Origin, PinDir, allowfile_path, open_pinned};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AllowCmd {
-    /// Placeholder until this command lands.
-    #[command(hide = true)]
-    Pending,
+    /// Add a CIDR (or a single address) to the allowlist.
+    Add {
+        /// e.g. 203.0.113.0/24, 2001:db8::/32, 198.51.100.7
+        #[arg(value_parser = parse_cidr)]
+        cidr: IpNet,
+    },
+    /// Remove a CIDR from the allowlist (config entries are masked, not deleted from the file).
+    Remove {
+        /// A CIDR currently in the allowlist.
+        #[arg(value_parser = parse_cidr)]
+        cidr: IpNet,
+    },
+    /// List the allowlist: each CIDR, where it comes from, and whether the live filter has it.
+    List {
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a host prefix).
+///
+/// # Errors
+/// A message saying what a CIDR looks like.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("`{s}` is not a CIDR (e.g. 203.0.113.0/24, 2001:db8::/32, or one address)")
+        })
 }
 
 /// Runs the command.
 ///
 /// # Errors
 /// Any failure, printed by the dispatcher.
-pub fn run(_config: &Path, _cmd: AllowCmd) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
+    let cfg = match super::load_config(config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let path = allowfile_path(&cfg);
+    let mut file = AllowFile::load(&path)?;
+    let pins = PinDir::from_env();
+    match cmd {
+        AllowCmd::Add { cidr } => {
+            let net = cidr.trunc();
+            if file.add(&cfg.xdp.allow, net) {
+                file.save(&path)?;
+                println!("added {net} (saved in {})", path.display());
+            } else {
+                println!("{net} is already allowed");
+            }
+            apply_live(&pins, |m| m.allow_insert(net).map(|()| true))?;
+        }
+        AllowCmd::Remove { cidr } => {
+            let net = cidr.trunc();
+            if !file.remove(&cfg.xdp.allow, net) {
+                eprintln!("{net} is not in the allowlist (see `edgefilter allow list`)");
+                return Ok(ExitCode::FAILURE);
+            }
+            file.save(&path)?;
+            println!("removed {net} (saved in {})", path.display());
+            apply_live(&pins, |m| m.allow_remove(net))?;
+        }
+        AllowCmd::List { json } => list(&file, &cfg.xdp.allow, &pins, json.json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Applies one change to the pinned map, if a filter is pinned.
+fn apply_live(
+    pins: &PinDir,
+    change: impl FnOnce(&mut crate::xdp::XdpMaps) -> Result<bool, crate::xdp::XdpError>,
+) -> anyhow::Result<()> {
+    if !pins.has_maps() {
+        println!(
+            "no XDP filter is pinned at {}: the change applies when the daemon starts",
+            pins.root().display()
+        );
+        return Ok(());
+    }
+    let mut maps = open_pinned(pins)?;
+    change(&mut maps)?;
+    println!("live filter updated");
+    Ok(())
+}
+
+fn list(file: &AllowFile, config_allow: &[IpNet], pins: &PinDir, json: bool) -> anyhow::Result<()> {
+    let live: Option<Vec<IpNet>> = if pins.has_maps() {
+        Some(open_pinned(pins)?.allowlist()?)
+    } else {
+        None
+    };
+    let effective = file.effective(config_allow);
+    let mut rows: Vec<(IpNet, Option<Origin>, Option<bool>)> = effective
+        .iter()
+        .map(|(n, o)| (*n, Some(*o), live.as_ref().map(|l| l.contains(n))))
+        .collect();
+    // Live entries nobody asked for (e.g. edited while the daemon was down): shown so they are seen.
+    if let Some(l) = &live {
+        for n in l {
+            if !effective.iter().any(|(e, _)| e == n) {
+                rows.push((*n, None, Some(true)));
+            }
+        }
+    }
+    if json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, o, l)| serde_json::json!({"cidr": n.to_string(), "origin": o, "live": l}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    println!("{:<45} {:<8} LIVE", "CIDR", "ORIGIN");
+    for (n, o, l) in &rows {
+        let origin = match o {
+            Some(Origin::Config) => "config",
+            Some(Origin::Runtime) => "runtime",
+            None => "stale",
+        };
+        let live = match l {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        println!("{:<45} {origin:<8} {live}", n.to_string());
+    }
+    if live.is_none() {
+        println!(
+            "(no XDP filter pinned at {}: LIVE unknown)",
+            pins.root().display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_and_bare_addresses_parse() {
+        assert_eq!(
+            parse_cidr("203.0.113.0/24").unwrap().to_string(),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            parse_cidr(" 198.51.100.7 ").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "example.com",
+            "2001:db8::/129",
+            "1.2.3.4/x",
+        ] {
+            let e = parse_cidr(bad).unwrap_err();
+            assert!(e.contains("is not a CIDR"), "{bad}: {e}");
+        }
+    }
 }
