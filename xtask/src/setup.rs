@@ -47,15 +47,19 @@ pub fn run() -> Result<Tools> {
     let tools_dir = root().join("target/tools");
     let bin_dir = tools_dir.join("bin");
     let linker = bin_dir.join("bpf-linker");
-    if !linker_is_current(&linker) {
-        build_bpf_linker(&tools_dir)?;
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let nightly_lib = PathBuf::from(sysroot.trim()).join("lib");
+    if !linker_is_current(&linker, &nightly_lib) {
+        build_bpf_linker(&tools_dir, &nightly_lib)?;
     }
     Ok(Tools { bin_dir })
 }
 
-fn linker_is_current(linker: &Path) -> bool {
+/// bpf-linker loads the nightly's libLLVM at run time (rustc provides it when it calls the linker).
+fn linker_is_current(linker: &Path, nightly_lib: &Path) -> bool {
     Command::new(linker)
         .arg("--version")
+        .env("LD_LIBRARY_PATH", nightly_lib)
         .output()
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
@@ -63,9 +67,7 @@ fn linker_is_current(linker: &Path) -> bool {
 }
 
 /// Builds bpf-linker against the nightly's own libLLVM (no system LLVM needed).
-fn build_bpf_linker(tools_dir: &Path) -> Result<()> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+fn build_bpf_linker(tools_dir: &Path, lib_dir: &Path) -> Result<()> {
     let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
     let major = version
         .lines()
@@ -73,7 +75,7 @@ fn build_bpf_linker(tools_dir: &Path) -> Result<()> {
         .and_then(|v| v.split('.').next())
         .context("rustc +nightly -vV does not name its LLVM version")?
         .to_string();
-    let libllvm = std::fs::read_dir(&lib_dir)
+    let libllvm = std::fs::read_dir(lib_dir)
         .with_context(|| format!("reading {}", lib_dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
