@@ -110,15 +110,15 @@ impl<C> Shared<C> {
     fn after_apply(&self) {
         let min = self.min_applied();
         let prev = self.completed.fetch_max(min, Ordering::SeqCst);
-        if min > prev {
-            if let Some(obs) = &self.observer {
-                let now = self.base.elapsed();
-                // Bounded: at most the remembered window.
-                let first = prev.max(min.saturating_sub(TIMES as u64)) + 1;
-                for rev in first..=min {
-                    if let Some(at) = self.stamp(rev) {
-                        obs(rev, now.saturating_sub(at));
-                    }
+        if min > prev
+            && let Some(obs) = &self.observer
+        {
+            let now = self.base.elapsed();
+            // Bounded: at most the remembered window.
+            let first = prev.max(min.saturating_sub(TIMES as u64)) + 1;
+            for rev in first..=min {
+                if let Some(at) = self.stamp(rev) {
+                    obs(rev, now.saturating_sub(at));
                 }
             }
         }
