@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod gate;
 pub mod obs;
+pub mod pgstore;
 pub mod proxy;
 pub mod store;
 pub mod xdp;

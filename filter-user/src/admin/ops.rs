@@ -1,0 +1,310 @@
+//! What the admin API does, as a trait the control plane implements: typed requests in, JSON out.
+//!
+//! The server validates and parses requests (so a bad body is a 400 before any operation runs);
+//! an [`AdminOps`] implementation performs the operation and returns the JSON response body.
+//! Key-changing operations must return only after every shard applied the change (SPEC §3).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The future every operation returns.
+pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
+
+/// An admin API error: rendered as `{"error":{"code","message","hint","request_id"}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code, e.g. `NOT_FOUND`.
+    pub code: &'static str,
+    /// What happened. Must never contain a key.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl ApiError {
+    /// Any error.
+    #[must_use]
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// 400 `BAD_REQUEST`.
+    #[must_use]
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BAD_REQUEST", message)
+    }
+
+    /// 401 `UNAUTHORIZED`.
+    #[must_use]
+    pub fn unauthorized() -> Self {
+        Self::new(401, "UNAUTHORIZED", "A valid admin token is required.")
+            .with_hint("Send `Authorization: Bearer <token>` with the token from admin.token_file.")
+    }
+
+    /// 404 `NOT_FOUND` (unknown key, user or route).
+    #[must_use]
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "NOT_FOUND", message)
+    }
+
+    /// 405 `METHOD_NOT_ALLOWED`.
+    #[must_use]
+    pub fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "Method not allowed on this path.",
+        )
+        .with_hint(format!("Allowed: {allowed}."))
+    }
+
+    /// 409 `CONFLICT` (e.g. approving an active key).
+    #[must_use]
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, "CONFLICT", message)
+    }
+
+    /// 413 `PAYLOAD_TOO_LARGE`.
+    #[must_use]
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(413, "PAYLOAD_TOO_LARGE", "The request body is too large.")
+            .with_hint(format!("At most {limit} bytes."))
+    }
+
+    /// 500 `INTERNAL`.
+    #[must_use]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "INTERNAL", message)
+    }
+
+    /// 503 `STORE_UNAVAILABLE`: the change was not made (e.g. PostgreSQL unreachable).
+    #[must_use]
+    pub fn store_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "STORE_UNAVAILABLE", message)
+            .with_hint("Nothing was changed; retry when the store is reachable.")
+    }
+
+    /// 504 `PROPAGATION_TIMEOUT`: committed, but not every shard confirmed in time.
+    #[must_use]
+    pub fn propagation_timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "PROPAGATION_TIMEOUT", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Tenant name (created if new).
+    pub tenant: String,
+    /// User name within the tenant (created if new).
+    pub user: String,
+    /// Scopes granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Expiry: a duration from now (`90d`, `12h`) or RFC 3339.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Not valid before: a duration from now or RFC 3339.
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// Client CIDRs allowed (empty = any).
+    #[serde(default)]
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Requests per second (token-bucket refill); none = unlimited.
+    #[serde(default)]
+    pub rate: Option<u64>,
+    /// Token-bucket size.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Create as `pending` (needs approval).
+    #[serde(default)]
+    pub pending: bool,
+    /// Environment (`live`, `test`, ...); default: the edge's `keys.environment`.
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// `GET /v1/keys?tenant=T`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListKeysQuery {
+    /// Only this tenant's keys.
+    pub tenant: Option<String>,
+}
+
+/// `POST /v1/keys/{id}/rotate`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old key keeps working (`24h`); none = the default grace.
+    #[serde(default)]
+    pub grace: Option<String>,
+}
+
+/// `POST|DELETE /v1/allowlist`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistRequest {
+    /// The CIDR to add or remove.
+    pub cidr: IpNet,
+}
+
+/// `POST /v1/explain`. Holds a key: its `Debug` output redacts it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The full key to check (never logged).
+    pub key: String,
+    /// Client address to check against the key's CIDRs.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// Request method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Request path (selects the route and its scopes).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl std::fmt::Debug for ExplainRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExplainRequest")
+            .field("key", &"***")
+            .field("ip", &self.ip)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// `POST /v1/users/{user}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAction {
+    /// Suspend: every key of the user is refused (`USER_SUSPENDED`).
+    Suspend,
+    /// Activate again.
+    Activate,
+    /// Delete: every key of the user is refused (`USER_DELETED`).
+    Delete,
+}
+
+impl UserAction {
+    /// From the path segment.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "suspend" => Some(Self::Suspend),
+            "activate" => Some(Self::Activate),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// The admin operations. Implemented by the control plane; every method's JSON result is the
+/// response body (status 200, or 201 for `create_key`). `id` arguments are a key id (`key_…`)
+/// or a full key (SPEC §3). Implementations must never put a key into an error message.
+pub trait AdminOps: Send + Sync + 'static {
+    /// Creates a key; the result holds the full key, the only time it is ever shown.
+    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_>;
+    /// Lists keys (a JSON array), never a secret.
+    fn list_keys(&self, query: ListKeysQuery) -> OpFuture<'_>;
+    /// One key, never its secret.
+    fn show_key(&self, id: String) -> OpFuture<'_>;
+    /// Revokes a key; returns once every shard applied it.
+    fn revoke_key(&self, id: String) -> OpFuture<'_>;
+    /// Rotates a key: the result holds the new full key; the old one works until its grace ends.
+    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_>;
+    /// Approves a pending key.
+    fn approve_key(&self, id: String) -> OpFuture<'_>;
+    /// Suspends, activates or deletes a user.
+    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_>;
+    /// The XDP allowlist.
+    fn allowlist(&self) -> OpFuture<'_>;
+    /// Adds a CIDR to the XDP allowlist.
+    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_>;
+    /// Removes a CIDR from the XDP allowlist.
+    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_>;
+    /// Runs every check for a key, in order.
+    fn explain(&self, req: ExplainRequest) -> OpFuture<'_>;
+    /// Prometheus text for `/metrics` (empty until metrics are wired).
+    fn metrics(&self) -> String {
+        String::new()
+    }
+}
+
+/// What `/readyz` reports: ready only when XDP, the store and every shard are up.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    xdp: AtomicBool,
+    store: AtomicBool,
+    shards: AtomicBool,
+}
+
+impl Readiness {
+    /// Nothing ready yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// XDP attached (or deliberately off: `--no-xdp`).
+    pub fn set_xdp(&self, up: bool) {
+        self.xdp.store(up, Ordering::Release);
+    }
+
+    /// Store state loaded. In fleet mode it stays set during a database outage (fail-static).
+    pub fn set_store(&self, up: bool) {
+        self.store.store(up, Ordering::Release);
+    }
+
+    /// Every shard is serving.
+    pub fn set_shards(&self, up: bool) {
+        self.shards.store(up, Ordering::Release);
+    }
+
+    /// `(xdp, store, shards)`.
+    #[must_use]
+    pub fn parts(&self) -> (bool, bool, bool) {
+        (
+            self.xdp.load(Ordering::Acquire),
+            self.store.load(Ordering::Acquire),
+            self.shards.load(Ordering::Acquire),
+        )
+    }
+
+    /// All up.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        let (x, s, h) = self.parts();
+        x && s && h
+    }
+}

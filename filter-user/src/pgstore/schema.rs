@@ -1,0 +1,114 @@
+//! Versioned schema migrations for the PostgreSQL store, applied under an advisory lock so
+//! several hosts starting at once migrate exactly once.
+
+use tokio_postgres::Client;
+
+use super::PgError;
+
+/// One migration: applied once, in version order, inside one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing from 1.
+    pub version: i32,
+    /// What it does.
+    pub name: &'static str,
+    /// The SQL (may hold several statements).
+    pub sql: &'static str,
+}
+
+/// Advisory-lock id serialising migrations.
+const MIGRATE_LOCK: i64 = 0x6566_6d69; // "efmi"
+
+/// Advisory-lock id serialising change appends (see the trigger in migration 1).
+pub const CHANGES_LOCK: i64 = 0x6566_6368; // "efch"
+
+/// The change log. Revisions come from a sequence, but are assigned by a trigger that first
+/// takes a transaction-scoped advisory lock: appends are serialised across every host, so
+/// revisions commit in increasing order and a reader that has seen revision N has seen every
+/// revision below N. Rows inserted by hand (`INSERT INTO changes (kind, payload) ...`) get the
+/// same treatment, including the `NOTIFY` delivered at commit.
+const CHANGES_V1: &str = r"
+CREATE SEQUENCE changes_revision_seq AS bigint;
+CREATE TABLE changes (
+    revision     bigint PRIMARY KEY,
+    kind         text NOT NULL,
+    payload      jsonb NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+ALTER SEQUENCE changes_revision_seq OWNED BY changes.revision;
+CREATE FUNCTION edgefilter_stamp_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1701208936);
+    NEW.revision := nextval('changes_revision_seq');
+    NEW.committed_at := clock_timestamp();
+    PERFORM pg_notify('edgefilter_changes', NEW.revision::text);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER changes_stamp BEFORE INSERT ON changes
+    FOR EACH ROW EXECUTE FUNCTION edgefilter_stamp_change();
+";
+
+/// Every migration, in order. The key store's tables are appended here as versions 2, 3, ...
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "changes log with serialised revisions and NOTIFY",
+    sql: CHANGES_V1,
+}];
+
+/// Brings the schema to the newest version; returns it.
+///
+/// # Errors
+/// [`PgError`] on a database error, or when the database is newer than this binary.
+pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS edgefilter_schema (
+            version    integer PRIMARY KEY,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM edgefilter_schema",
+            &[],
+        )
+        .await?
+        .get(0);
+    if found > known {
+        return Err(PgError::SchemaTooNew { found, known });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        tx.batch_execute(m.sql).await?;
+        tx.execute(
+            "INSERT INTO edgefilter_schema (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "postgres schema migrated"
+        );
+    }
+    tx.commit().await?;
+    Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_and_the_trigger_uses_the_changes_lock() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(MIGRATIONS[0].version, 1);
+        assert!(CHANGES_V1.contains(&format!("pg_advisory_xact_lock({CHANGES_LOCK})")));
+        assert!(CHANGES_V1.contains(&format!("pg_notify('{}'", super::super::CHANNEL)));
+    }
+}

@@ -1,0 +1,602 @@
+//! The admin API server in-process with a recording fake `AdminOps`: every endpoint of
+//! `docs/openapi.yaml` is called and its real response validated against the document; requests
+//! without or with a wrong token get 401 and reach no operation.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+
+use edgefilter::admin::{
+    AdminClient, AdminHandle, AdminOps, AdminServer, AdminToken, AllowlistRequest, ApiError,
+    CreateKeyRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest,
+    UserAction,
+};
+use edgefilter::config::Config;
+use serde_json::{Value, json};
+
+/// Records every call; answers with fixtures shaped like the real thing.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    fn record(&self, call: String) {
+        self.calls.lock().expect("calls").push(call);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+    fn answer(&self, call: String, v: Value) -> OpFuture<'_> {
+        self.record(call);
+        Box::pin(async move { Ok(v) })
+    }
+}
+
+fn key_json(id: &str, status: &str) -> Value {
+    json!({
+        "id": id, "tenant": "acme", "user": "alice", "status": status, "env": "live",
+        "scopes": ["ai:invoke"], "expires_at": "2027-01-01T00:00:00Z", "not_before": null,
+        "created_at": "2026-11-28T00:00:00Z", "allowed_cidrs": ["198.18.0.0/15"],
+        "rate": 10, "burst": 20, "grace_until": null
+    })
+}
+
+fn created(id: &str) -> Value {
+    let mut v = key_json(id, "active");
+    v["key"] = json!("ef_live_0123456789abcdefghijABCDEFGHIJ012345");
+    v["revision"] = json!(7);
+    v
+}
+
+impl AdminOps for Fake {
+    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_> {
+        self.answer(
+            format!("create_key {} {}", req.tenant, req.user),
+            created("key_0123456789ab"),
+        )
+    }
+    fn list_keys(&self, q: ListKeysQuery) -> OpFuture<'_> {
+        let v = json!([key_json("key_0123456789ab", "active")]);
+        self.answer(format!("list_keys {:?}", q.tenant), v)
+    }
+    fn show_key(&self, id: String) -> OpFuture<'_> {
+        if id == "key_missing00000" {
+            self.record(format!("show_key {id}"));
+            return Box::pin(async { Err(ApiError::not_found("No such key.")) });
+        }
+        let v = key_json(&id, "active");
+        self.answer(format!("show_key {id}"), v)
+    }
+    fn revoke_key(&self, id: String) -> OpFuture<'_> {
+        let v = json!({"revision": 8, "key": key_json(&id, "revoked")});
+        self.answer(format!("revoke_key {id}"), v)
+    }
+    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_> {
+        let mut old = key_json(&id, "active");
+        old["grace_until"] = json!("2026-11-29T00:00:00Z");
+        let v = json!({"revision": 9, "old": old, "new": created("key_newnewnewnew")});
+        self.answer(format!("rotate_key {id} {:?}", req.grace), v)
+    }
+    fn approve_key(&self, id: String) -> OpFuture<'_> {
+        let v = json!({"revision": 10, "key": key_json(&id, "active")});
+        self.answer(format!("approve_key {id}"), v)
+    }
+    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_> {
+        let status = match action {
+            UserAction::Suspend => "suspended",
+            UserAction::Activate => "active",
+            UserAction::Delete => "deleted",
+        };
+        let v = json!({"revision": 11, "user": user, "status": status, "keys": 2});
+        self.answer(format!("user_action {user} {action:?}"), v)
+    }
+    fn allowlist(&self) -> OpFuture<'_> {
+        self.answer("allowlist".into(), json!({"cidrs": ["198.18.0.0/15"]}))
+    }
+    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_> {
+        let v = json!({"cidrs": ["198.18.0.0/15", req.cidr.to_string()]});
+        self.answer(format!("allowlist_add {}", req.cidr), v)
+    }
+    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_> {
+        self.answer(
+            format!("allowlist_remove {}", req.cidr),
+            json!({"cidrs": []}),
+        )
+    }
+    fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
+        let v = json!({"decision": "deny", "code": "KEY_REVOKED", "key_id": "key_0123456789ab",
+        "checks": [
+            {"check": "format", "passed": true, "detail": "well-formed", "fix": null},
+            {"check": "revoked", "passed": false, "detail": "revoked", "fix": "edgefilter keys rotate key_0123456789ab"}
+        ]});
+        self.answer(format!("explain {:?}", req.ip), v)
+    }
+    fn metrics(&self) -> String {
+        "# edgefilter metrics are wired in a later issue\n".into()
+    }
+}
+
+struct Running {
+    fake: Arc<Fake>,
+    ready: Arc<Readiness>,
+    handle: AdminHandle,
+    client: AdminClient,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_path = dir.path().join("admin.token");
+    let token = AdminToken::load_or_create(&token_path).expect("token");
+    let fake = Arc::new(Fake::default());
+    let ready = Arc::new(Readiness::new());
+    let server = AdminServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        token.clone(),
+        Arc::clone(&fake) as Arc<dyn AdminOps>,
+        Arc::clone(&ready),
+    )
+    .expect("bind");
+    let handle = server.spawn().expect("spawn");
+    let secret = token.expose().to_string();
+    let client = AdminClient::new(handle.local_addr(), token);
+    assert!(
+        !format!("{client:?}").contains(&secret),
+        "Debug must not show the token"
+    );
+    Running {
+        token: secret,
+        fake,
+        ready,
+        handle,
+        client,
+        _dir: dir,
+    }
+}
+
+/// The OpenAPI document as JSON.
+fn openapi() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+    let text = std::fs::read_to_string(path).expect("docs/openapi.yaml");
+    serde_yaml::from_str(&text).expect("openapi.yaml parses")
+}
+
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.strip_prefix('#').expect("local $ref");
+            resolve(
+                doc,
+                doc.pointer(ptr)
+                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// Validates `v` against an OpenAPI 3.0 schema: `$ref`, `allOf`, `type`, `nullable`, `enum`,
+/// `required`, `properties` (recursively) and `items`. Patterns and formats are not checked.
+fn check(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            check(doc, s, v, at, errs);
+        }
+        return;
+    }
+    if v.is_null() {
+        if schema.get("nullable") != Some(&Value::Bool(true)) && schema.get("type").is_some() {
+            errs.push(format!("{at}: null but not nullable"));
+        }
+        return;
+    }
+    let ok = match schema.get("type").and_then(Value::as_str) {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{at}: {v} is not {:?}", schema.get("type")));
+        return;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        errs.push(format!("{at}: {v} not in {e:?}"));
+    }
+    for req in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = req.as_str().expect("required names");
+        if v.get(name).is_none() {
+            errs.push(format!("{at}: missing required `{name}`"));
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, s) in props {
+            if let Some(field) = v.get(name) {
+                check(doc, s, field, &format!("{at}.{name}"), errs);
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            check(doc, items, item, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+/// Asserts that the documented operation lists `status` and that `body` matches its schema.
+fn assert_documented(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} not documented");
+    let resp = op["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{method} {path}: status {status} not documented ({body})"));
+    let resp = resolve(doc, resp);
+    if let Some(schema) = resp.pointer("/content/application~1json/schema") {
+        let mut errs = Vec::new();
+        check(doc, schema, body, "$", &mut errs);
+        assert!(
+            errs.is_empty(),
+            "{method} {path} {status}: {errs:?}\n{body}"
+        );
+    } else {
+        assert!(
+            resp.pointer("/content/text~1plain").is_some(),
+            "{method} {path}: no content"
+        );
+    }
+}
+
+/// A request body valid for each operation that takes one.
+fn sample_body(path: &str, method: &str) -> Option<Value> {
+    match (path, method) {
+        ("/v1/keys", "post") => Some(json!({"tenant": "acme", "user": "alice",
+            "scopes": ["ai:invoke"], "expires": "90d", "allowed_cidrs": ["198.18.0.0/15"],
+            "rate": 10, "burst": 20})),
+        ("/v1/keys/{id}/rotate", "post") => Some(json!({"grace": "24h"})),
+        ("/v1/allowlist", "post" | "delete") => Some(json!({"cidr": "fd00:ef::/64"})),
+        ("/v1/explain", "post") => Some(json!({"key": "ef_live_notarealkey", "ip": "198.18.0.1",
+            "method": "POST", "path": "/v1/chat"})),
+        _ => None,
+    }
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "key_0123456789ab")
+        .replace("{user}", "alice")
+}
+
+/// Every documented (path, method).
+fn operations(doc: &Value) -> Vec<(String, String)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in ["get", "post", "delete", "put", "patch"] {
+            if item.get(m).is_some() {
+                ops.push((path.clone(), m.to_string()));
+            }
+        }
+    }
+    ops
+}
+
+fn is_public(doc: &Value, path: &str, method: &str) -> bool {
+    doc["paths"][path][method]
+        .get("security")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+}
+
+/// One raw HTTP/1.1 request (no client-side help at all); returns status, headers, body.
+fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(head.as_bytes()).expect("write head");
+    s.write_all(body).expect("write body");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (h, b) = text.split_once("\r\n\r\n").expect("response head");
+    let status = h[9..12].parse().expect("status");
+    (
+        status,
+        h.to_ascii_lowercase(),
+        serde_json::from_str(b).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn every_documented_endpoint_answers_as_documented() {
+    let doc = openapi();
+    let run = start();
+    run.ready.set_xdp(true);
+    run.ready.set_store(true);
+    run.ready.set_shards(true);
+    let ops = operations(&doc);
+    assert_eq!(ops.len(), 16, "SPEC §7 has 16 operations: {ops:?}");
+    for (path, method) in &ops {
+        let body = sample_body(path, method);
+        let before = run.fake.calls().len();
+        let (status, v) = run
+            .client
+            .call(&method.to_uppercase(), &concrete(path), body.as_ref())
+            .expect("call");
+        assert_documented(&doc, path, method, status, &v);
+        let expected = if method == "post" && path == "/v1/keys" {
+            201
+        } else {
+            200
+        };
+        assert_eq!(status, expected, "{method} {path}: {v}");
+        let made = run.fake.calls().len() - before;
+        let expect_call = !is_public(&doc, path, method) || path == "/metrics";
+        assert_eq!(
+            made,
+            usize::from(expect_call && path != "/metrics"),
+            "{method} {path}"
+        );
+    }
+    let calls = run.fake.calls();
+    for want in [
+        "create_key acme alice",
+        "list_keys None",
+        "revoke_key key_0123456789ab",
+        "rotate_key key_0123456789ab Some(\"24h\")",
+        "user_action alice Delete",
+        "allowlist_remove fd00:ef::/64",
+        "explain Some(198.18.0.1)",
+    ] {
+        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:?}");
+    }
+    let (_, metrics) = run.client.call("GET", "/metrics", None).expect("metrics");
+    assert!(metrics.as_str().is_some_and(|m| m.contains("later issue")));
+}
+
+#[test]
+fn without_or_with_a_wrong_token_nothing_happens() {
+    let doc = openapi();
+    let run = start();
+    let addr = run.handle.local_addr();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong_path = dir.path().join("wrong.token");
+    std::fs::write(&wrong_path, "0".repeat(64)).expect("write");
+    let wrong = AdminClient::new(addr, AdminToken::load(&wrong_path).expect("load"));
+    let real = run.client.clone();
+    for (path, method) in operations(&doc) {
+        if is_public(&doc, &path, &method) {
+            continue;
+        }
+        let body = sample_body(&path, &method)
+            .map(|b| b.to_string())
+            .unwrap_or_default();
+        let m = method.to_uppercase();
+        let p = concrete(&path);
+        let head = format!(
+            "{m} {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (status, headers, v) = raw(addr, &head, body.as_bytes());
+        assert_eq!(status, 401, "{m} {p} without a token");
+        assert!(headers.contains("www-authenticate: bearer"), "{headers}");
+        assert_documented(&doc, &path, &method, status, &v);
+        assert_eq!(v["error"]["code"], "UNAUTHORIZED");
+        let (status, v) = wrong
+            .call(&m, &p, sample_body(&path, &method).as_ref())
+            .expect("call");
+        assert_eq!(status, 401, "{m} {p} with a wrong token");
+        assert_documented(&doc, &path, &method, status, &v);
+        // A prefix of the right token, other schemes, and an empty bearer are wrong too.
+        let tok = run.token.clone();
+        for auth in [&tok[..10], &format!("{tok}0"), ""] {
+            let head = format!(
+                "{m} {p} HTTP/1.1\r\nAuthorization: Bearer {auth}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            );
+            assert_eq!(
+                raw(addr, &head, b"").0,
+                401,
+                "{m} {p} Bearer {}…",
+                auth.len()
+            );
+        }
+        let head = format!(
+            "{m} {p} HTTP/1.1\r\nAuthorization: Basic {tok}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(raw(addr, &head, b"").0, 401);
+    }
+    assert!(
+        run.fake.calls().is_empty(),
+        "no operation may run: {:?}",
+        run.fake.calls()
+    );
+    // Unknown paths answer 401 too without the token (nothing is revealed), 404 with it.
+    let head = "GET /v1/secrets HTTP/1.1\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(addr, head, b"").0, 401);
+    let (status, v) = real.call("GET", "/v1/secrets", None).expect("call");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    // The right token, any case of the scheme: the operation runs.
+    let tok = run.token.clone();
+    let head = format!(
+        "POST /v1/keys/key_0123456789ab/revoke HTTP/1.1\r\nAuthorization: bearer {tok}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _, v) = raw(addr, &head, b"");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        run.fake.calls(),
+        vec!["revoke_key key_0123456789ab".to_string()]
+    );
+}
+
+#[test]
+fn bad_requests_are_json_errors_without_echoing_values() {
+    let doc = openapi();
+    let run = start();
+    let c = &run.client;
+    let cases: [(&str, &str, Value, u16); 5] = [
+        ("POST", "/v1/keys", json!({"tenant": "acme"}), 400),
+        (
+            "POST",
+            "/v1/keys",
+            json!({"tenant": "a", "user": "b", "colour": "red"}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/allowlist",
+            json!({"cidr": "ef_live_SECRETSECRET"}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/explain",
+            json!({"key": "ef_live_SECRETSECRET", "ip": "ef_live_SECRETSECRET"}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            json!({"tenant": "a", "user": "b", "rate": "ef_live_SECRETSECRET"}),
+            400,
+        ),
+    ];
+    for (m, p, body, want) in cases {
+        let (status, v) = c.call(m, p, Some(&body)).expect("call");
+        assert_eq!(status, want, "{m} {p} {body}: {v}");
+        assert_documented(&doc, p, &m.to_lowercase(), status, &v);
+        assert!(!v.to_string().contains("SECRET"), "a value was echoed: {v}");
+    }
+    let big = json!({"key": "k".repeat(70_000)});
+    let (status, v) = c.call("POST", "/v1/explain", Some(&big)).expect("call");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE"))
+    );
+    let (status, v) = c.call("GET", "/v1/explain", None).expect("call");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (405, Some("METHOD_NOT_ALLOWED"))
+    );
+    let (status, v) = c.call("GET", "/v1/keys?owner=x", None).expect("call");
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = c
+        .call("GET", "/v1/keys/key_missing00000", None)
+        .expect("call");
+    assert_eq!(status, 404);
+    assert_documented(&doc, "/v1/keys/{id}", "get", status, &v);
+    let (status, _) = c
+        .call("GET", "/v1/keys?tenant=acme%20corp", None)
+        .expect("call");
+    assert_eq!(status, 200);
+    assert!(
+        run.fake
+            .calls()
+            .contains(&"list_keys Some(\"acme corp\")".to_string())
+    );
+    // Rotate without a body uses the default grace.
+    let (status, _) = c
+        .call("POST", "/v1/keys/key_0123456789ab/rotate", None)
+        .expect("call");
+    assert_eq!(status, 200);
+    assert!(
+        run.fake
+            .calls()
+            .contains(&"rotate_key key_0123456789ab None".to_string())
+    );
+}
+
+#[test]
+fn readyz_needs_xdp_store_and_shards() {
+    let doc = openapi();
+    let run = start();
+    let c = &run.client;
+    let steps: [(&dyn Fn(), u16); 4] = [
+        (&|| {}, 503),
+        (&|| run.ready.set_xdp(true), 503),
+        (&|| run.ready.set_store(true), 503),
+        (&|| run.ready.set_shards(true), 200),
+    ];
+    for (step, want) in steps {
+        step();
+        let (status, v) = c.call("GET", "/readyz", None).expect("readyz");
+        assert_eq!(status, want, "{v}");
+        assert_documented(&doc, "/readyz", "get", status, &v);
+        assert_eq!(v["ready"], Value::Bool(want == 200));
+    }
+    let (status, v) = c.call("GET", "/healthz", None).expect("healthz");
+    assert_eq!((status, v), (200, json!({"status": "ok"})));
+    // The caller's request id is kept; a missing one is generated.
+    let head = "GET /healthz HTTP/1.1\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n";
+    let (_, headers, _) = raw(run.handle.local_addr(), head, b"");
+    assert!(headers.contains("x-request-id: abc-123"), "{headers}");
+}
+
+#[test]
+fn token_file_created_0600_and_client_discovers_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        l.local_addr().expect("addr").port()
+    };
+    let mut cfg = Config {
+        base_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.admin.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    cfg.admin.token_file = "var/run/admin.token".into();
+    assert!(
+        AdminClient::discover(&cfg).is_none(),
+        "no token file, no daemon"
+    );
+    let fake = Arc::new(Fake::default());
+    let server =
+        AdminServer::from_config(&cfg, fake.clone(), Arc::new(Readiness::new())).expect("server");
+    let token_path = dir.path().join("var/run/admin.token");
+    let meta = std::fs::metadata(&token_path).expect("token file created");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_path).expect("read");
+    let token = token.trim();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let handle = server.spawn().expect("spawn");
+    let client = AdminClient::discover(&cfg).expect("daemon discovered");
+    let (status, _) = client
+        .call("POST", "/v1/users/bob/suspend", None)
+        .expect("call");
+    assert_eq!(status, 200);
+    assert_eq!(fake.calls(), vec!["user_action bob Suspend".to_string()]);
+    // A second start keeps the same token.
+    drop(handle);
+    let again = AdminToken::load_or_create(&token_path).expect("reload");
+    assert!(again.matches(token.as_bytes()));
+    assert!(AdminClient::discover(&cfg).is_none(), "daemon stopped");
+}
+
+#[test]
+fn the_validator_catches_bodies_that_break_the_document() {
+    let doc = openapi();
+    let schema = json!({"$ref": "#/components/schemas/KeyChange"});
+    let good = json!({"revision": 1, "key": key_json("key_0123456789ab", "revoked")});
+    let mut errs = Vec::new();
+    check(&doc, &schema, &good, "$", &mut errs);
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut bad = good.clone();
+    bad["key"]["status"] = json!("disabled");
+    bad["key"].as_object_mut().expect("obj").remove("env");
+    bad["key"]["created_at"] = Value::Null;
+    bad["revision"] = json!("1");
+    check(&doc, &schema, &bad, "$", &mut errs);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+}

@@ -1,0 +1,219 @@
+//! A throwaway PostgreSQL for tests, from Debian's `postgresql` package: its own data directory
+//! in a temp dir, its own port on 127.0.0.1 and socket directory, run as the `postgres` user when
+//! the tests run as root (PostgreSQL refuses root). `stop`/`start` simulate an outage; `Drop`
+//! always stops the server and removes the directory.
+#![allow(dead_code)] // Each test binary uses a different part of the fixture.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A running (or deliberately stopped) PostgreSQL server.
+pub struct PgFixture {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    running: bool,
+    as_postgres: bool,
+}
+
+/// The newest installed `/usr/lib/postgresql/<version>/bin`, if any.
+fn find_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+impl PgFixture {
+    /// Starts a fresh server, or returns `None` (after saying so loudly) when the PostgreSQL
+    /// binaries are not installed. Any other failure panics: it is a real test failure.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = find_bin() else {
+            eprintln!(
+                "\n!!!!!!!!!! SKIPPED: PostgreSQL binaries not found under /usr/lib/postgresql/*/bin \
+                 (apt-get install postgresql; .ci/run does) !!!!!!!!!!\n"
+            );
+            return None;
+        };
+        let as_postgres = nix::unistd::geteuid().is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("edgefilter-pg-")
+            .tempdir()
+            .expect("temp dir");
+        if as_postgres {
+            let user = nix::unistd::User::from_name("postgres")
+                .expect("passwd lookup")
+                .expect("the postgres system user (from the postgresql package)");
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown");
+        }
+        let mut fx = Self {
+            bin,
+            dir,
+            port: free_port(),
+            running: false,
+            as_postgres,
+        };
+        let data = fx.data_dir();
+        let out = fx.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(out.status.success(), "initdb failed: {}", show(&out));
+        fx.start_server();
+        Some(fx)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs a PostgreSQL binary, as `postgres` when we are root.
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()))
+    }
+
+    fn start_server(&mut self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            show(&out),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.running = true;
+    }
+
+    /// Starts the server again after [`Self::stop`] (same data, same port).
+    pub fn start_again(&mut self) {
+        if !self.running {
+            self.start_server();
+        }
+    }
+
+    /// Stops the server (`-m fast`: connected clients are disconnected at once).
+    pub fn stop(&mut self) {
+        self.stop_mode("fast");
+    }
+
+    fn stop_mode(&mut self, mode: &str) {
+        if !self.running {
+            return;
+        }
+        let data = self.data_dir();
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
+        );
+        self.running = !out.status.success();
+        if self.running {
+            eprintln!("pg_ctl stop failed: {}", show(&out));
+        }
+    }
+
+    /// Connection string for tokio-postgres (superuser `postgres`, database `postgres`).
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The same as a `postgres://` URL (as `store.url` would hold it).
+    pub fn postgres_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server is running.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// The data directory's parent (server log: `server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PgFixture {
+    fn drop(&mut self) {
+        // Never panics: stop as fast as possible, then the TempDir removes everything.
+        self.stop_mode("immediate");
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
