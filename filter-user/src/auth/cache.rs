@@ -1,0 +1,269 @@
+//! The per-shard key index: key hash → `Arc<KeyEntry>`. Entries are immutable (but for their
+//! atomic rate bucket) and shared by every shard; each shard owns only its index and its view
+//! of which users are inactive, so the hot path takes no lock.
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use ahash::RandomState;
+use hashbrown::HashTable;
+use ipnet::IpNet;
+use subtle::ConstantTimeEq;
+
+use super::ratelimit::{Bucket, Limit};
+use crate::store::{KeyRecord, KeyStatus, UserStatus};
+
+/// What a key may do: shared by every key of the same user with the same policy.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Store id of the user.
+    pub user_id: i64,
+    /// User name.
+    pub user: Arc<str>,
+    /// Tenant name.
+    pub tenant: Arc<str>,
+    /// Scopes granted.
+    pub scopes: Box<[Box<str>]>,
+    /// Allowed client networks; empty = any.
+    pub cidrs: Box<[IpNet]>,
+    /// Token bucket shape.
+    pub limit: Option<Limit>,
+}
+
+impl Owner {
+    /// Whether `addr` may use keys of this owner.
+    #[must_use]
+    pub fn allows(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&addr))
+    }
+
+    /// Whether the owner's keys carry `scope`.
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| &**s == scope)
+    }
+
+    /// Whether this owner describes `rec` of user `user_id`.
+    #[must_use]
+    pub fn matches(&self, user_id: i64, rec: &KeyRecord) -> bool {
+        self.user_id == user_id
+            && self.scopes.len() == rec.scopes.len()
+            && self.scopes.iter().zip(&rec.scopes).all(|(a, b)| **a == **b)
+            && *self.cidrs == *rec.allow_cidrs
+            && self.limit == rec.rate.map(|r| Limit::new(r.per_sec, r.burst))
+    }
+}
+
+/// Unix seconds squeezed into `u32` (until 2106), saturating.
+fn secs32(t: i64) -> u32 {
+    u32::try_from(t.max(0)).unwrap_or(u32::MAX)
+}
+
+/// One key as the edge sees it. Built once per change and shared by all shards.
+#[derive(Debug)]
+pub struct KeyEntry {
+    hash: [u8; 32],
+    id: [u8; 12],
+    not_before: u32,
+    expires_at: u32,
+    revoked_at: u32,
+    grace_until: u32,
+    status: KeyStatus,
+    rotated: bool,
+    owner: Arc<Owner>,
+    bucket: Bucket,
+    key_id: OnceLock<Arc<str>>,
+}
+
+impl KeyEntry {
+    /// Builds an entry from a stored record and its (interned) owner.
+    #[must_use]
+    pub fn new(rec: &KeyRecord, owner: Arc<Owner>) -> Self {
+        let mut id = [b'0'; 12];
+        let tail = rec.id.strip_prefix("key_").unwrap_or(&rec.id).as_bytes();
+        let n = tail.len().min(12);
+        id[..n].copy_from_slice(&tail[..n]);
+        Self {
+            hash: rec.hash.0,
+            id,
+            not_before: rec.not_before.map_or(0, secs32),
+            expires_at: rec.expires_at.map_or(u32::MAX, secs32),
+            revoked_at: rec.revoked_at.map_or(0, secs32),
+            grace_until: rec.grace_until.map_or(0, secs32),
+            status: rec.status,
+            rotated: rec.rotated_to.is_some(),
+            owner,
+            bucket: Bucket::default(),
+            key_id: OnceLock::new(),
+        }
+    }
+
+    /// SHA-256 of the key.
+    #[must_use]
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// Whether this entry's hash equals `hash`, in constant time.
+    #[must_use]
+    pub fn hash_is(&self, hash: &[u8; 32]) -> bool {
+        self.hash.ct_eq(hash).into()
+    }
+
+    /// The public id (`key_…`), made once and then shared.
+    pub fn key_id(&self) -> &Arc<str> {
+        self.key_id.get_or_init(|| {
+            let mut s = String::with_capacity(16);
+            s.push_str("key_");
+            s.extend(self.id.iter().map(|&b| char::from(b)));
+            Arc::from(s)
+        })
+    }
+
+    /// Approval state.
+    #[must_use]
+    pub fn status(&self) -> KeyStatus {
+        self.status
+    }
+
+    /// Not valid before (unix seconds, 0 = always).
+    #[must_use]
+    pub fn not_before(&self) -> i64 {
+        i64::from(self.not_before)
+    }
+
+    /// Not valid after (unix seconds), if it expires.
+    #[must_use]
+    pub fn expires_at(&self) -> Option<i64> {
+        (self.expires_at != u32::MAX).then_some(i64::from(self.expires_at))
+    }
+
+    /// When it was revoked.
+    #[must_use]
+    pub fn revoked_at(&self) -> Option<i64> {
+        (self.status == KeyStatus::Revoked).then_some(i64::from(self.revoked_at))
+    }
+
+    /// For a rotated key, the end of its grace period.
+    #[must_use]
+    pub fn grace_until(&self) -> Option<i64> {
+        self.rotated.then_some(i64::from(self.grace_until))
+    }
+
+    /// Who owns it and what it may do.
+    #[must_use]
+    pub fn owner(&self) -> &Arc<Owner> {
+        &self.owner
+    }
+
+    /// The key's host-wide rate bucket.
+    #[must_use]
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+}
+
+/// A change for a shard's cache, built once by the control side and sent to every shard.
+#[derive(Debug, Clone)]
+pub enum CacheUpdate {
+    /// Insert or replace a key.
+    Upsert(Arc<KeyEntry>),
+    /// A user's state changed.
+    User {
+        /// Store id of the user.
+        user_id: i64,
+        /// New state.
+        status: UserStatus,
+    },
+}
+
+/// One shard's index. Owned by the shard; only the shard writes it.
+#[derive(Debug)]
+pub struct ShardCache {
+    keys: HashTable<Arc<KeyEntry>>,
+    hasher: RandomState,
+    /// Users that are not active (few): user id → state.
+    inactive: hashbrown::HashMap<i64, UserStatus, RandomState>,
+}
+
+impl ShardCache {
+    /// An index over `entries` with `inactive` users.
+    #[must_use]
+    pub fn new(entries: &[Arc<KeyEntry>], inactive: &[(i64, UserStatus)]) -> Self {
+        let hasher = RandomState::new();
+        let mut keys = HashTable::with_capacity(entries.len());
+        for e in entries {
+            let h = hasher.hash_one(e.hash());
+            keys.insert_unique(h, Arc::clone(e), |x| hasher.hash_one(x.hash()));
+        }
+        let mut cache = Self {
+            keys,
+            hasher,
+            inactive: hashbrown::HashMap::with_hasher(RandomState::new()),
+        };
+        for &(user_id, status) in inactive {
+            cache.apply(&CacheUpdate::User { user_id, status });
+        }
+        cache
+    }
+
+    /// The entry whose hash is `hash`; the full hash is compared in constant time.
+    #[inline]
+    #[must_use]
+    pub fn get(&self, hash: &[u8; 32]) -> Option<&KeyEntry> {
+        let h = self.hasher.hash_one(hash);
+        self.keys.find(h, |e| e.hash_is(hash)).map(|e| &**e)
+    }
+
+    /// The state of the user `user_id` as this shard knows it.
+    #[inline]
+    #[must_use]
+    pub fn user_status(&self, user_id: i64) -> UserStatus {
+        if self.inactive.is_empty() {
+            return UserStatus::Active;
+        }
+        self.inactive
+            .get(&user_id)
+            .copied()
+            .unwrap_or(UserStatus::Active)
+    }
+
+    /// Number of keys indexed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is indexed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, update: &CacheUpdate) {
+        match update {
+            CacheUpdate::Upsert(e) => {
+                let hasher = &self.hasher;
+                let h = hasher.hash_one(e.hash());
+                match self
+                    .keys
+                    .entry(h, |x| x.hash_is(e.hash()), |x| hasher.hash_one(x.hash()))
+                {
+                    hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = Arc::clone(e),
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(Arc::clone(e));
+                    }
+                }
+            }
+            CacheUpdate::User { user_id, status } => {
+                if *status == UserStatus::Active {
+                    self.inactive.remove(user_id);
+                } else {
+                    self.inactive.insert(*user_id, *status);
+                }
+            }
+        }
+    }
+}
