@@ -418,7 +418,7 @@ fn store_changes_reach_every_shard_through_the_inbox() {
     let (id, key) = f.create(new_key("alice"));
     let mut svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
     let factory = svc.gate_factory();
-    let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(|n| factory(n)).collect();
+    let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(&factory).collect();
     let hs = [httparse::Header {
         name: "X-API-Key",
         value: key.as_bytes(),
