@@ -69,7 +69,10 @@ impl Fixture {
     }
 
     fn gate(&self) -> ShardGate {
-        KeyService::load(&self.cfg, &self.store, 2).unwrap().gate(0)
+        KeyService::load(&self.cfg, &self.store, 2)
+            .unwrap()
+            .gate(0)
+            .unwrap()
     }
 }
 
@@ -394,7 +397,7 @@ fn rate_limited_with_retry_after_and_ratelimit_values() {
     });
     let (_, key) = f.create(r);
     let svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
-    let (mut g0, mut g1) = (svc.gate(0), svc.gate(1));
+    let (mut g0, mut g1) = (svc.gate(0).unwrap(), svc.gate(1).unwrap());
     let hs = [("X-API-Key", key.as_str())];
     assert!(allowed(&check(&mut g0, V1, &hs, None)));
     // The second shard draws from the same budget.

@@ -13,15 +13,20 @@ use subtle::ConstantTimeEq;
 use super::ratelimit::{Bucket, Limit};
 use crate::store::{KeyRecord, KeyStatus, UserStatus};
 
-/// What a key may do: shared by every key of the same user with the same policy.
+/// A user as the cache knows it (one per user, shared by all their keys).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct Owner {
+pub struct UserInfo {
     /// Store id of the user.
-    pub user_id: i64,
+    pub id: i64,
     /// User name.
-    pub user: Arc<str>,
+    pub name: Arc<str>,
     /// Tenant name.
     pub tenant: Arc<str>,
+}
+
+/// What a key may do; interned, so keys with the same scopes, networks and limit share one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Policy {
     /// Scopes granted.
     pub scopes: Box<[Box<str>]>,
     /// Allowed client networks; empty = any.
@@ -30,29 +35,84 @@ pub struct Owner {
     pub limit: Option<Limit>,
 }
 
+impl Policy {
+    /// Whether this policy is the one `rec` describes.
+    #[must_use]
+    pub fn matches(&self, rec: &KeyRecord) -> bool {
+        self.scopes.len() == rec.scopes.len()
+            && self.scopes.iter().zip(&rec.scopes).all(|(a, b)| **a == **b)
+            && *self.cidrs == *rec.allow_cidrs
+            && self.limit == rec.rate.map(|r| Limit::new(r.per_sec, r.burst))
+    }
+}
+
+/// A key's user and policy (interned per pair, so an entry holds one pointer for both).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The user.
+    pub user: Arc<UserInfo>,
+    /// The policy.
+    pub policy: Arc<Policy>,
+}
+
 impl Owner {
+    /// Store id of the user.
+    #[must_use]
+    pub fn user_id(&self) -> i64 {
+        self.user.id
+    }
+
+    /// User name.
+    #[must_use]
+    pub fn user(&self) -> &Arc<str> {
+        &self.user.name
+    }
+
+    /// Tenant name.
+    #[must_use]
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.user.tenant
+    }
+
+    /// Scopes granted.
+    #[must_use]
+    pub fn scopes(&self) -> &[Box<str>] {
+        &self.policy.scopes
+    }
+
+    /// Allowed client networks; empty = any.
+    #[must_use]
+    pub fn cidrs(&self) -> &[IpNet] {
+        &self.policy.cidrs
+    }
+
+    /// Token bucket shape.
+    #[must_use]
+    pub fn limit(&self) -> Option<Limit> {
+        self.policy.limit
+    }
+
     /// Whether `addr` may use keys of this owner.
     #[must_use]
     pub fn allows(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();
-        self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&addr))
+        let cidrs = self.cidrs();
+        cidrs.is_empty() || cidrs.iter().any(|n| n.contains(&addr))
     }
 
     /// Whether the owner's keys carry `scope`.
     #[must_use]
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| &**s == scope)
+        self.scopes().iter().any(|s| &**s == scope)
     }
+}
 
-    /// Whether this owner describes `rec` of user `user_id`.
-    #[must_use]
-    pub fn matches(&self, user_id: i64, rec: &KeyRecord) -> bool {
-        self.user_id == user_id
-            && self.scopes.len() == rec.scopes.len()
-            && self.scopes.iter().zip(&rec.scopes).all(|(a, b)| **a == **b)
-            && *self.cidrs == *rec.allow_cidrs
-            && self.limit == rec.rate.map(|r| Limit::new(r.per_sec, r.burst))
-    }
+/// Per-key state made on first use (most of a million loaded keys never need it): the shared
+/// public id string and the host-wide rate bucket.
+#[derive(Debug)]
+struct KeyRuntime {
+    key_id: Arc<str>,
+    bucket: Bucket,
 }
 
 /// Unix seconds squeezed into `u32` (until 2106), saturating.
@@ -72,8 +132,7 @@ pub struct KeyEntry {
     status: KeyStatus,
     rotated: bool,
     owner: Arc<Owner>,
-    bucket: Bucket,
-    key_id: OnceLock<Arc<str>>,
+    runtime: OnceLock<Box<KeyRuntime>>,
 }
 
 impl KeyEntry {
@@ -94,8 +153,7 @@ impl KeyEntry {
             status: rec.status,
             rotated: rec.rotated_to.is_some(),
             owner,
-            bucket: Bucket::default(),
-            key_id: OnceLock::new(),
+            runtime: OnceLock::new(),
         }
     }
 
@@ -111,14 +169,21 @@ impl KeyEntry {
         self.hash.ct_eq(hash).into()
     }
 
-    /// The public id (`key_…`), made once and then shared.
-    pub fn key_id(&self) -> &Arc<str> {
-        self.key_id.get_or_init(|| {
+    fn runtime(&self) -> &KeyRuntime {
+        self.runtime.get_or_init(|| {
             let mut s = String::with_capacity(16);
             s.push_str("key_");
             s.extend(self.id.iter().map(|&b| char::from(b)));
-            Arc::from(s)
+            Box::new(KeyRuntime {
+                key_id: Arc::from(s),
+                bucket: Bucket::default(),
+            })
         })
+    }
+
+    /// The public id (`key_…`), made on first use and then shared.
+    pub fn key_id(&self) -> &Arc<str> {
+        &self.runtime().key_id
     }
 
     /// Approval state.
@@ -158,9 +223,8 @@ impl KeyEntry {
     }
 
     /// The key's host-wide rate bucket.
-    #[must_use]
     pub fn bucket(&self) -> &Bucket {
-        &self.bucket
+        &self.runtime().bucket
     }
 }
 

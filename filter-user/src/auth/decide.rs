@@ -223,7 +223,7 @@ pub fn check_expiry(e: &KeyEntry, now: Now) -> Result<(), Refusal<'_>> {
 /// # Errors
 /// `UserSuspended` or `UserDeleted`.
 pub fn check_user<'a>(cache: &ShardCache, e: &'a KeyEntry) -> Result<(), Refusal<'a>> {
-    match cache.user_status(e.owner().user_id) {
+    match cache.user_status(e.owner().user_id()) {
         UserStatus::Active => Ok(()),
         UserStatus::Suspended => Err(Refusal::UserSuspended(e)),
         UserStatus::Deleted => Err(Refusal::UserDeleted(e)),
@@ -269,9 +269,9 @@ pub fn check_scopes<'a>(e: &'a KeyEntry, route: &'a RouteRules) -> Result<(), Re
 /// # Errors
 /// `RateLimited`.
 pub fn check_rate(e: &KeyEntry, now: Now) -> Result<(), Refusal<'_>> {
-    if let Some(limit) = &e.owner().limit {
+    if let Some(limit) = e.owner().limit() {
         e.bucket()
-            .take(limit, now.nanos)
+            .take(&limit, now.nanos)
             .map_err(|rate| Refusal::RateLimited { entry: e, rate })?;
     }
     Ok(())

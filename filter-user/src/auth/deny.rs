@@ -65,24 +65,24 @@ pub fn hint(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> String {
         ),
         Refusal::UserSuspended(e) => format!(
             "User {} of tenant {} is suspended; contact the tenant admin of {}.",
-            e.owner().user, e.owner().tenant, e.owner().tenant
+            e.owner().user(), e.owner().tenant(), e.owner().tenant()
         ),
         Refusal::UserDeleted(e) => format!(
             "User {} of tenant {} has been deleted; contact the tenant admin of {}.",
-            e.owner().user, e.owner().tenant, e.owner().tenant
+            e.owner().user(), e.owner().tenant(), e.owner().tenant()
         ),
         Refusal::Pending(e) => format!(
             "{} awaits approval by an admin of tenant {}: `edgefilter keys approve {}`.",
-            e.key_id(), e.owner().tenant, e.key_id()
+            e.key_id(), e.owner().tenant(), e.key_id()
         ),
         Refusal::IpNotAllowed(e) => format!(
             "This request came from {}, which is outside the {} network(s) {} may be used from.",
             ctx.peer.to_canonical(),
-            e.owner().cidrs.len(),
+            e.owner().cidrs().len(),
             e.key_id()
         ),
         Refusal::ScopeMissing { entry, scope } => {
-            let has: Vec<&str> = entry.owner().scopes.iter().map(|s| &**s).collect();
+            let has: Vec<&str> = entry.owner().scopes().iter().map(|s| &**s).collect();
             format!(
                 "This route ({}) needs scope `{scope}`; {} has {}.",
                 ctx.route.prefix,
@@ -94,7 +94,7 @@ pub fn hint(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> String {
             "{} allows {} requests/s (burst {}); retry after {} s.",
             entry.key_id(),
             rate.limit,
-            entry.owner().limit.map_or(0, |l| l.burst()),
+            entry.owner().limit().map_or(0, |l| l.burst()),
             rate.reset_secs
         ),
     }
@@ -119,33 +119,33 @@ pub fn fix(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> Option<String> {
         Refusal::Unknown => "edgefilter keys create --tenant T --user U".to_owned(),
         Refusal::Revoked(e) => format!(
             "edgefilter keys create --tenant {} --user {}",
-            e.owner().tenant,
-            e.owner().user
+            e.owner().tenant(),
+            e.owner().user()
         ),
         Refusal::NotYetValid(e) => format!("wait until {}", rfc3339(e.not_before())),
         Refusal::Expired(_) => format!("edgefilter keys rotate {id}"),
-        Refusal::UserSuspended(e) => format!("edgefilter users activate {}", e.owner().user),
+        Refusal::UserSuspended(e) => format!("edgefilter users activate {}", e.owner().user()),
         Refusal::UserDeleted(e) => format!(
             "edgefilter keys create --tenant {} --user NEW_USER (deletion is final)",
-            e.owner().tenant
+            e.owner().tenant()
         ),
         Refusal::Pending(_) => format!("edgefilter keys approve {id}"),
         Refusal::IpNotAllowed(e) => format!(
             "call from {} or create a key that allows this address: edgefilter keys create --tenant {} --user {} --allow-cidr {}",
             e.owner()
-                .cidrs
+                .cidrs()
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            e.owner().tenant,
-            e.owner().user,
+            e.owner().tenant(),
+            e.owner().user(),
             ipnet::IpNet::from(ctx.peer.to_canonical())
         ),
         Refusal::ScopeMissing { entry, scope } => format!(
             "edgefilter keys create --tenant {} --user {} --scope {scope}",
-            entry.owner().tenant,
-            entry.owner().user
+            entry.owner().tenant(),
+            entry.owner().user()
         ),
         Refusal::RateLimited { rate, .. } => format!("retry after {} s", rate.reset_secs),
     })

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use ahash::RandomState;
 use hashbrown::{HashMap, HashTable};
 
-use super::cache::{CacheUpdate, KeyEntry, Owner};
+use super::cache::{CacheUpdate, KeyEntry, Owner, Policy, UserInfo};
 use super::ratelimit::Limit;
-use crate::store::{ChangeSubject, KeyRef, KeyStore, KeyView, StoreError, UserStatus};
+use crate::store::{
+    ChangeSubject, KeyRecord, KeyRef, KeyStore, KeyView, StoreError, User, UserStatus,
+};
 
 /// The store's keys at one revision, ready to index.
 #[derive(Debug, Default)]
@@ -26,8 +28,10 @@ pub struct KeySnapshot {
 #[derive(Debug)]
 pub struct KeyLoader {
     hasher: RandomState,
-    owners: HashTable<(u64, Arc<Owner>)>,
-    names: HashMap<i64, (Arc<str>, Arc<str>), RandomState>,
+    policies: HashTable<(u64, Arc<Policy>)>,
+    users: HashMap<i64, Arc<UserInfo>, RandomState>,
+    /// (user id, policy address) → owner.
+    owners: HashMap<(i64, usize), Arc<Owner>, RandomState>,
     tenants: HashMap<Box<str>, Arc<str>, RandomState>,
     revision: u64,
 }
@@ -36,8 +40,9 @@ impl Default for KeyLoader {
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
-            owners: HashTable::new(),
-            names: HashMap::with_hasher(RandomState::new()),
+            policies: HashTable::new(),
+            users: HashMap::with_hasher(RandomState::new()),
+            owners: HashMap::with_hasher(RandomState::new()),
             tenants: HashMap::with_hasher(RandomState::new()),
             revision: 0,
         }
@@ -53,11 +58,11 @@ impl KeyLoader {
         let mut loader = Self::default();
         let mut snap = KeySnapshot::default();
         let mut seen_inactive = HashMap::with_hasher(RandomState::new());
-        snap.revision = store.for_each_key(&mut |view| {
-            if view.user.status != UserStatus::Active {
-                seen_inactive.insert(view.user.id, view.user.status);
+        snap.revision = store.for_each_key(&mut |key, user| {
+            if user.status != UserStatus::Active {
+                seen_inactive.insert(user.id, user.status);
             }
-            snap.entries.push(loader.entry_for(&view));
+            snap.entries.push(loader.entry(key, user));
         })?;
         snap.entries.shrink_to_fit();
         snap.inactive = seen_inactive.into_iter().collect();
@@ -73,44 +78,56 @@ impl KeyLoader {
 
     /// A shared entry for `view`.
     pub fn entry_for(&mut self, view: &KeyView) -> Arc<KeyEntry> {
-        let rec = &view.key;
-        let uid = view.user.id;
-        let limit = rec.rate.map(|r| Limit::new(r.per_sec, r.burst));
-        let h = self
-            .hasher
-            .hash_one((uid, &rec.scopes, &rec.allow_cidrs, limit));
-        let owner = if let Some((_, o)) = self.owners.find(h, |(_, o)| o.matches(uid, rec)) {
-            Arc::clone(o)
-        } else {
-            let (user, tenant) = self.names(view);
-            let o = Arc::new(Owner {
-                user_id: uid,
-                user,
-                tenant,
-                scopes: rec.scopes.iter().map(|s| s.as_str().into()).collect(),
-                cidrs: rec.allow_cidrs.clone().into_boxed_slice(),
-                limit,
-            });
-            self.owners
-                .insert_unique(h, (h, Arc::clone(&o)), |(h, _)| *h);
-            o
-        };
+        self.entry(&view.key, &view.user)
+    }
+
+    /// A shared entry for key `rec` of `user`.
+    pub fn entry(&mut self, rec: &KeyRecord, user: &User) -> Arc<KeyEntry> {
+        let policy = self.policy(rec);
+        let user = self.user(user);
+        // The policy's address identifies it while the loader holds it (it always does).
+        let key = (user.id, Arc::as_ptr(&policy) as usize);
+        let owner = Arc::clone(self.owners.entry(key).or_insert_with(|| {
+            Arc::new(Owner {
+                user: Arc::clone(&user),
+                policy,
+            })
+        }));
         Arc::new(KeyEntry::new(rec, owner))
     }
 
-    fn names(&mut self, view: &KeyView) -> (Arc<str>, Arc<str>) {
-        if let Some((u, t)) = self.names.get(&view.user.id) {
-            return (Arc::clone(u), Arc::clone(t));
+    fn policy(&mut self, rec: &KeyRecord) -> Arc<Policy> {
+        let limit = rec.rate.map(|r| Limit::new(r.per_sec, r.burst));
+        let h = self.hasher.hash_one((&rec.scopes, &rec.allow_cidrs, limit));
+        if let Some((_, p)) = self.policies.find(h, |(_, p)| p.matches(rec)) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(Policy {
+            scopes: rec.scopes.iter().map(|s| s.as_str().into()).collect(),
+            cidrs: rec.allow_cidrs.clone().into_boxed_slice(),
+            limit,
+        });
+        self.policies
+            .insert_unique(h, (h, Arc::clone(&p)), |(h, _)| *h);
+        p
+    }
+
+    fn user(&mut self, user: &User) -> Arc<UserInfo> {
+        if let Some(u) = self.users.get(&user.id) {
+            return Arc::clone(u);
         }
         let tenant = Arc::clone(
             self.tenants
-                .entry(view.user.tenant.as_str().into())
-                .or_insert_with(|| view.user.tenant.as_str().into()),
+                .entry(user.tenant.as_str().into())
+                .or_insert_with(|| user.tenant.as_str().into()),
         );
-        let user: Arc<str> = view.user.name.as_str().into();
-        self.names
-            .insert(view.user.id, (Arc::clone(&user), Arc::clone(&tenant)));
-        (user, tenant)
+        let u = Arc::new(UserInfo {
+            id: user.id,
+            name: user.name.as_str().into(),
+            tenant,
+        });
+        self.users.insert(user.id, Arc::clone(&u));
+        u
     }
 
     /// When the store's revision moved past ours, the cache updates that bring a shard up to

@@ -1,8 +1,8 @@
 //! Wiring for the daemon: load the store once, build one [`ShardGate`] per shard as a
 //! [`GateFactory`], and push store changes to every shard's inbox when the revision moves.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ pub enum ServiceError {
 #[derive(Debug)]
 pub struct KeyService {
     rules: Arc<AuthRules>,
-    snapshot: Arc<KeySnapshot>,
+    /// Held until the shards have built their indexes, then released.
+    snapshot: Option<Arc<KeySnapshot>>,
+    loaded: usize,
     loader: KeyLoader,
     inboxes: Arc<[Arc<Inbox>]>,
 }
@@ -57,7 +59,8 @@ impl KeyService {
             .collect();
         Ok(Self {
             rules,
-            snapshot: Arc::new(snapshot),
+            loaded: snapshot.entries.len(),
+            snapshot: Some(Arc::new(snapshot)),
             loader,
             inboxes,
         })
@@ -66,7 +69,7 @@ impl KeyService {
     /// Keys loaded at start.
     #[must_use]
     pub fn loaded_keys(&self) -> usize {
-        self.snapshot.entries.len()
+        self.loaded
     }
 
     /// The revision the service has caught up to.
@@ -75,19 +78,40 @@ impl KeyService {
         self.loader.revision()
     }
 
-    /// Builds shard `n`'s gate (its own index over the shared entries).
+    /// Builds shard `n`'s gate (its own index over the shared entries); `None` once the
+    /// snapshot has gone to [`KeyService::gate_factory`].
     #[must_use]
-    pub fn gate(&self, n: usize) -> ShardGate {
-        build_gate(&self.snapshot, &self.rules, &self.inboxes, n)
+    pub fn gate(&self, n: usize) -> Option<ShardGate> {
+        let snap = self.snapshot.as_ref()?;
+        Some(build_gate(snap, &self.rules, &self.inboxes, n))
     }
 
-    /// A factory the proxy calls once per shard, on that shard's thread.
+    /// A factory the proxy calls once per shard, on that shard's thread. It takes the loaded
+    /// snapshot and lets go of it once every shard has its index, so the entries are then held
+    /// only by the shards' indexes. A call for a shard beyond the configured count, or after
+    /// that, gets a gate with an empty index (every key `UNKNOWN_KEY`) and logs an error.
     #[must_use]
-    pub fn gate_factory(&self) -> GateFactory {
-        let snapshot = Arc::clone(&self.snapshot);
+    pub fn gate_factory(&mut self) -> GateFactory {
+        let held = Mutex::new((self.snapshot.take(), self.inboxes.len()));
         let rules = Arc::clone(&self.rules);
         let inboxes = Arc::clone(&self.inboxes);
-        Box::new(move |n| -> Box<dyn Gate> { Box::new(build_gate(&snapshot, &rules, &inboxes, n)) })
+        Box::new(move |n| -> Box<dyn Gate> {
+            let mut g = held.lock().unwrap_or_else(PoisonError::into_inner);
+            let gate = if let Some(snap) = &g.0 {
+                build_gate(snap, &rules, &inboxes, n)
+            } else {
+                tracing::error!(
+                    shard = n,
+                    "key snapshot already released; shard starts empty"
+                );
+                build_gate(&KeySnapshot::default(), &rules, &inboxes, n)
+            };
+            g.1 = g.1.saturating_sub(1);
+            if g.1 == 0 {
+                g.0 = None;
+            }
+            Box::new(gate)
+        })
     }
 
     /// Catches up with the store and queues the changes for every shard; returns the new

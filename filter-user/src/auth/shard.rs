@@ -110,8 +110,8 @@ impl ShardGate {
         ) {
             Decision::Allow(e) => Verdict::Allow(Some(Identity {
                 key_id: Arc::clone(e.key_id()),
-                tenant: Arc::clone(&e.owner().tenant),
-                user: Arc::clone(&e.owner().user),
+                tenant: Arc::clone(e.owner().tenant()),
+                user: Arc::clone(e.owner().user()),
             })),
             Decision::Deny(r) => Verdict::Deny(denial(
                 &r,

@@ -203,7 +203,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
             "not checked: pass --path to check a route's scopes",
         );
     }
-    match e.owner().limit {
+    match e.owner().limit() {
         Some(l) => rep.pass(
             "rate",
             &format!(
@@ -236,8 +236,8 @@ fn verdict(
             println!(
                 "verdict: ALLOW as {} (tenant {}, user {})",
                 e.key_id(),
-                e.owner().tenant,
-                e.owner().user
+                e.owner().tenant(),
+                e.owner().user()
             );
             ExitCode::SUCCESS
         }

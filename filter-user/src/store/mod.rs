@@ -117,7 +117,7 @@ pub trait KeyStore: Send {
     ///
     /// # Errors
     /// Database failures.
-    fn for_each_key(&self, visit: &mut dyn FnMut(KeyView)) -> Result<u64>;
+    fn for_each_key(&self, visit: &mut dyn FnMut(&KeyRecord, &User)) -> Result<u64>;
 
     /// A user by name.
     ///

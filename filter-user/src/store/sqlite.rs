@@ -38,44 +38,69 @@ fn words(s: &str) -> impl Iterator<Item = &str> {
     s.split(' ').filter(|w| !w.is_empty())
 }
 
-fn row_to_view(r: &Row<'_>) -> rusqlite::Result<KeyView> {
+/// Decodes the key columns 0..=13 of [`SELECT_VIEW`] / [`SCAN_KEYS`].
+fn row_to_record(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let hash: [u8; 32] = r
         .get_ref(1)?
         .as_blob()?
         .try_into()
         .map_err(|_| corrupt(1, "hash is not 32 bytes".into()))?;
-    let scopes: String = r.get(3)?;
-    let cidrs: String = r.get(6)?;
-    let allow_cidrs = words(&cidrs)
+    let scopes = r.get_ref(3)?.as_str()?;
+    let cidrs = r.get_ref(6)?.as_str()?;
+    let allow_cidrs = words(cidrs)
         .map(|c| c.parse().map_err(|_| corrupt(6, format!("bad CIDR {c}"))))
         .collect::<rusqlite::Result<_>>()?;
     let rate = match (r.get::<_, Option<u32>>(7)?, r.get::<_, Option<u32>>(8)?) {
         (Some(per_sec), Some(burst)) => Some(RateLimit { per_sec, burst }),
         _ => None,
     };
-    let status: String = r.get(9)?;
-    let user_status: String = r.get(16)?;
+    let status = r.get_ref(9)?.as_str()?;
+    Ok(KeyRecord {
+        id: r.get(0)?,
+        hash: KeyHash(hash),
+        env: r.get(2)?,
+        scopes: words(scopes).map(str::to_owned).collect(),
+        not_before: r.get(4)?,
+        expires_at: r.get(5)?,
+        allow_cidrs,
+        rate,
+        status: KeyStatus::parse(status)
+            .ok_or_else(|| corrupt(9, format!("key status {status}")))?,
+        revoked_at: r.get(10)?,
+        grace_until: r.get(11)?,
+        rotated_to: r.get(12)?,
+        created_at: r.get(13)?,
+    })
+}
+
+/// Every key without its user (joined in memory by `for_each_key`); user id is column 14.
+const SCAN_KEYS: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
+        k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
+        k.created_at, k.user_id
+     FROM keys k";
+
+const SELECT_USERS: &str = "SELECT u.id, u.name, u.status, t.name FROM users u
+     JOIN tenants t ON t.id = u.tenant_id";
+
+fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
+    let s = r.get_ref(2)?.as_str()?;
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        status: UserStatus::parse(s).ok_or_else(|| corrupt(2, format!("user status {s}")))?,
+        tenant: r.get(3)?,
+    })
+}
+
+fn row_to_view(r: &Row<'_>) -> rusqlite::Result<KeyView> {
+    let key = row_to_record(r)?;
+    let user_status = r.get_ref(16)?.as_str()?;
     Ok(KeyView {
-        key: KeyRecord {
-            id: r.get(0)?,
-            hash: KeyHash(hash),
-            env: r.get(2)?,
-            scopes: words(&scopes).map(str::to_owned).collect(),
-            not_before: r.get(4)?,
-            expires_at: r.get(5)?,
-            allow_cidrs,
-            rate,
-            status: KeyStatus::parse(&status)
-                .ok_or_else(|| corrupt(9, format!("key status {status}")))?,
-            revoked_at: r.get(10)?,
-            grace_until: r.get(11)?,
-            rotated_to: r.get(12)?,
-            created_at: r.get(13)?,
-        },
+        key,
         user: User {
             id: r.get(14)?,
             name: r.get(15)?,
-            status: UserStatus::parse(&user_status)
+            status: UserStatus::parse(user_status)
                 .ok_or_else(|| corrupt(16, format!("user status {user_status}")))?,
             tenant: r.get(17)?,
         },
@@ -123,20 +148,8 @@ fn must_view(conn: &Connection, key: KeyRef<'_>) -> Result<KeyView> {
 
 fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT u.id, u.name, u.status, t.name FROM users u
-             JOIN tenants t ON t.id = u.tenant_id WHERE u.name = ?1",
-        )?
-        .query_row([name], |r| {
-            let s: String = r.get(2)?;
-            Ok(User {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                status: UserStatus::parse(&s)
-                    .ok_or_else(|| corrupt(2, format!("user status {s}")))?,
-                tenant: r.get(3)?,
-            })
-        })
+        .prepare_cached(&format!("{SELECT_USERS} WHERE u.name = ?1"))?
+        .query_row([name], row_to_user)
         .optional()?)
 }
 
@@ -239,6 +252,19 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;
         Ok(Self { conn })
+    }
+}
+
+impl SqliteStore {
+    /// Sets SQLite's page cache size (KiB) for this connection: large for bulk loads, the
+    /// default (2 MiB) for a daemon that should stay small.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn set_cache_kib(&self, kib: u32) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))?;
+        Ok(())
     }
 }
 
@@ -367,14 +393,26 @@ impl KeyStore for SqliteStore {
         Ok(User { status, ..u })
     }
 
-    fn for_each_key(&self, visit: &mut dyn FnMut(KeyView)) -> Result<u64> {
+    fn for_each_key(&self, visit: &mut dyn FnMut(&KeyRecord, &User)) -> Result<u64> {
         let tx = self.conn.unchecked_transaction()?;
         let rev = read_revision(&tx)?;
         {
-            let mut stmt = tx.prepare(SELECT_VIEW)?;
+            let mut users = std::collections::HashMap::new();
+            let mut stmt = tx.prepare(SELECT_USERS)?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                visit(row_to_view(r)?);
+                let u = row_to_user(r)?;
+                users.insert(u.id, u);
+            }
+            let mut stmt = tx.prepare(SCAN_KEYS)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let key = row_to_record(r)?;
+                let uid: i64 = r.get(14)?;
+                let user = users
+                    .get(&uid)
+                    .ok_or_else(|| StoreError::Corrupt(format!("{} has no user {uid}", key.id)))?;
+                visit(&key, user);
             }
         }
         tx.commit()?;
