@@ -120,6 +120,13 @@ fn bench(c: &mut Criterion) {
             )
         });
     });
+    g.bench_function("parse_only_valid_key", |b| {
+        b.iter(|| filter_common::apikey::parse(black_box(&key)).is_ok());
+    });
+    g.bench_function("crc32_only_key_head", |b| {
+        let head = &key.as_bytes()[..key.len() - 6];
+        b.iter(|| filter_common::apikey::crc32(black_box(head)));
+    });
     g.bench_function("baseline_sha256_of_key", |b| {
         b.iter(|| KeyHash::of(black_box(&key)));
     });

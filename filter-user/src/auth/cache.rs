@@ -166,7 +166,14 @@ impl KeyEntry {
     /// Whether this entry's hash equals `hash`, in constant time.
     #[must_use]
     pub fn hash_is(&self, hash: &[u8; 32]) -> bool {
-        self.hash.ct_eq(hash).into()
+        // XOR-OR the four words (no data-dependent branch), then one constant-time compare.
+        let mut acc = 0u64;
+        for (a, b) in self.hash.chunks_exact(8).zip(hash.chunks_exact(8)) {
+            let a = u64::from_le_bytes(a.try_into().unwrap_or([0; 8]));
+            let b = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            acc |= a ^ b;
+        }
+        acc.ct_eq(&0).into()
     }
 
     fn runtime(&self) -> &KeyRuntime {

@@ -277,6 +277,7 @@ pub fn check_rate(e: &KeyEntry, now: Now) -> Result<(), Refusal<'_>> {
     Ok(())
 }
 
+#[inline]
 fn chain<'a>(
     cache: &'a ShardCache,
     route: &'a RouteRules,
