@@ -152,7 +152,7 @@ fn every_change_bumps_the_revision_and_is_logged() {
     assert!(st.changes_since(7).unwrap().is_empty());
 
     let mut n = 0;
-    let rev = st.for_each_key(&mut |_, _| n += 1).unwrap();
+    let rev = st.for_each_key(&mut |_| {}, &mut |_, _| n += 1).unwrap();
     assert_eq!((n, rev), (3, 7));
 }
 

@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<ExitCode> {
         let st = SqliteStore::open(&db)?;
         let (t, c) = (Instant::now(), cpu_secs());
         let mut n = 0usize;
-        st.for_each_key(&mut |_, _| n += 1)?;
+        st.for_each_key(&mut |_| {}, &mut |_, _| n += 1)?;
         println!(
             "scan only:           {:.2} s wall, {:.2} s CPU ({n} rows)",
             t.elapsed().as_secs_f64(),

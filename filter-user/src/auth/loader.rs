@@ -2,6 +2,7 @@
 //! 1M keys never sit in memory twice), interns users and policies so keys share them, and
 //! catches up on store changes "since revision R" for a running daemon.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -57,15 +58,28 @@ impl KeyLoader {
     pub fn load(store: &dyn KeyStore) -> Result<(Self, KeySnapshot), StoreError> {
         let mut loader = Self::default();
         let mut snap = KeySnapshot::default();
-        let mut seen_inactive = HashMap::with_hasher(RandomState::new());
-        snap.revision = store.for_each_key(&mut |key, user| {
-            if user.status != UserStatus::Active {
-                seen_inactive.insert(user.id, user.status);
-            }
-            snap.entries.push(loader.entry(key, user));
-        })?;
+        let mut missing_user = None;
+        // Both visitors build into the loader, one after the other.
+        let cell = RefCell::new(&mut loader);
+        snap.revision = store.for_each_key(
+            &mut |user| {
+                if user.status != UserStatus::Active {
+                    snap.inactive.push((user.id, user.status));
+                }
+                cell.borrow_mut().user(user);
+            },
+            &mut |key, user_id| {
+                let mut l = cell.borrow_mut();
+                match l.users.get(&user_id).cloned() {
+                    Some(user) => snap.entries.push(l.entry_with(key, user)),
+                    None => missing_user = Some(key.id.clone()),
+                }
+            },
+        )?;
+        if let Some(id) = missing_user {
+            return Err(StoreError::Corrupt(format!("{id} has no user")));
+        }
         snap.entries.shrink_to_fit();
-        snap.inactive = seen_inactive.into_iter().collect();
         loader.revision = snap.revision;
         Ok((loader, snap))
     }
@@ -83,8 +97,12 @@ impl KeyLoader {
 
     /// A shared entry for key `rec` of `user`.
     pub fn entry(&mut self, rec: &KeyRecord, user: &User) -> Arc<KeyEntry> {
-        let policy = self.policy(rec);
         let user = self.user(user);
+        self.entry_with(rec, user)
+    }
+
+    fn entry_with(&mut self, rec: &KeyRecord, user: Arc<UserInfo>) -> Arc<KeyEntry> {
+        let policy = self.policy(rec);
         // The policy's address identifies it while the loader holds it (it always does).
         let key = (user.id, Arc::as_ptr(&policy) as usize);
         let owner = Arc::clone(self.owners.entry(key).or_insert_with(|| {

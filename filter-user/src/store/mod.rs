@@ -113,11 +113,16 @@ pub trait KeyStore: Send {
     /// Unknown user, re-activating a deleted user, database failures.
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User>;
 
-    /// Streams every key with its user from one consistent snapshot; returns its revision.
+    /// Streams every user, then every key with its user's id, from one consistent snapshot;
+    /// returns its revision. (Users first, so a loader can join without a second copy.)
     ///
     /// # Errors
     /// Database failures.
-    fn for_each_key(&self, visit: &mut dyn FnMut(&KeyRecord, &User)) -> Result<u64>;
+    fn for_each_key(
+        &self,
+        user: &mut dyn FnMut(&User),
+        key: &mut dyn FnMut(&KeyRecord, i64),
+    ) -> Result<u64>;
 
     /// A user by name.
     ///

@@ -73,7 +73,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
-/// Every key without its user (joined in memory by `for_each_key`); user id is column 14.
+/// Every key without its user (the caller joins users in memory); user id is column 14.
 const SCAN_KEYS: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
         k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
         k.created_at, k.user_id
@@ -393,26 +393,23 @@ impl KeyStore for SqliteStore {
         Ok(User { status, ..u })
     }
 
-    fn for_each_key(&self, visit: &mut dyn FnMut(&KeyRecord, &User)) -> Result<u64> {
+    fn for_each_key(
+        &self,
+        user: &mut dyn FnMut(&User),
+        key: &mut dyn FnMut(&KeyRecord, i64),
+    ) -> Result<u64> {
         let tx = self.conn.unchecked_transaction()?;
         let rev = read_revision(&tx)?;
         {
-            let mut users = std::collections::HashMap::new();
             let mut stmt = tx.prepare(SELECT_USERS)?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let u = row_to_user(r)?;
-                users.insert(u.id, u);
+                user(&row_to_user(r)?);
             }
             let mut stmt = tx.prepare(SCAN_KEYS)?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let key = row_to_record(r)?;
-                let uid: i64 = r.get(14)?;
-                let user = users
-                    .get(&uid)
-                    .ok_or_else(|| StoreError::Corrupt(format!("{} has no user {uid}", key.id)))?;
-                visit(&key, user);
+                key(&row_to_record(r)?, r.get(14)?);
             }
         }
         tx.commit()?;
