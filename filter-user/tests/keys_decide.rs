@@ -472,3 +472,47 @@ fn every_key_code_is_covered_here() {
         .collect();
     assert_eq!(key_codes.len(), 15);
 }
+
+#[test]
+fn debug_output_never_holds_the_key() {
+    use edgefilter::auth::extract::extract;
+    use edgefilter::auth::{Decision, decide};
+
+    let mut f = fixture();
+    let (id, key) = f.create(new_key("alice"));
+    let (rid, revoked) = f.create(new_key("alice"));
+    f.store.revoke(KeyRef::Id(&rid), NOW).unwrap();
+    let svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
+    let gate = svc.gate(0).unwrap();
+    let route = edgefilter::auth::AuthRules::from_config(&f.cfg).unwrap();
+    let route = &route.routes[V1];
+    let mut seen = vec![format!("{svc:?} {gate:?}")];
+    for k in [&key, &revoked] {
+        let hs = [httparse::Header {
+            name: "X-API-Key",
+            value: k.as_bytes(),
+        }];
+        let found = extract(route, &hs, None);
+        let d = decide(
+            gate.cache(),
+            route,
+            "live",
+            found,
+            peer(),
+            Now::at_secs(NOW),
+        );
+        seen.push(format!("{found:?} {d:?}"));
+        if let Decision::Allow(e) = d {
+            assert_eq!(&**e.key_id(), id);
+        }
+    }
+    for text in &seen {
+        for k in [&key, &revoked] {
+            for w in k.as_bytes()[8..].windows(8) {
+                let w = std::str::from_utf8(w).unwrap();
+                assert!(!text.contains(w), "Debug output holds a key: {text}");
+            }
+        }
+    }
+    assert!(seen[2].contains(&rid), "{}", seen[2]);
+}

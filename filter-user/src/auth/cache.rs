@@ -121,7 +121,7 @@ fn secs32(t: i64) -> u32 {
 }
 
 /// One key as the edge sees it. Built once per change and shared by all shards.
-#[derive(Debug)]
+/// `Debug` shows the public id and state only.
 pub struct KeyEntry {
     hash: [u8; 32],
     id: [u8; 12],
@@ -133,6 +133,19 @@ pub struct KeyEntry {
     rotated: bool,
     owner: Arc<Owner>,
     runtime: OnceLock<Box<KeyRuntime>>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field(
+                "id",
+                &format_args!("key_{}", String::from_utf8_lossy(&self.id)),
+            )
+            .field("status", &self.status)
+            .field("user", self.owner.user())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyEntry {
@@ -250,12 +263,20 @@ pub enum CacheUpdate {
 }
 
 /// One shard's index. Owned by the shard; only the shard writes it.
-#[derive(Debug)]
 pub struct ShardCache {
     keys: HashTable<Arc<KeyEntry>>,
     hasher: RandomState,
     /// Users that are not active (few): user id → state.
     inactive: hashbrown::HashMap<i64, UserStatus, RandomState>,
+}
+
+impl std::fmt::Debug for ShardCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCache")
+            .field("keys", &self.keys.len())
+            .field("inactive_users", &self.inactive.len())
+            .finish()
+    }
 }
 
 impl ShardCache {

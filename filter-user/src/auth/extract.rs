@@ -2,8 +2,8 @@
 
 use super::rules::{Place, RouteRules};
 
-/// What the request holds, as far as the key is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the request holds, as far as the key is concerned. `Debug` never shows the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Extracted<'a> {
     /// No key anywhere.
     Missing,
@@ -16,6 +16,20 @@ pub enum Extracted<'a> {
         /// Where it was.
         place: Place,
     },
+}
+
+impl std::fmt::Debug for Extracted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("Missing"),
+            Self::WrongPlace(p) => f.debug_tuple("WrongPlace").field(p).finish(),
+            Self::Key { raw, place } => f
+                .debug_struct("Key")
+                .field("len", &raw.len())
+                .field("place", place)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The raw value at `place`, if any.

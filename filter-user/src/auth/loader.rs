@@ -15,7 +15,7 @@ use crate::store::{
 };
 
 /// The store's keys at one revision, ready to index.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeySnapshot {
     /// Every key.
     pub entries: Vec<Arc<KeyEntry>>,
@@ -26,7 +26,6 @@ pub struct KeySnapshot {
 }
 
 /// Builds entries, sharing owners between keys; remembers the revision it has seen.
-#[derive(Debug)]
 pub struct KeyLoader {
     hasher: RandomState,
     policies: HashTable<(u64, Arc<Policy>)>,
@@ -35,6 +34,26 @@ pub struct KeyLoader {
     owners: HashMap<(i64, usize), Arc<Owner>, RandomState>,
     tenants: HashMap<Box<str>, Arc<str>, RandomState>,
     revision: u64,
+}
+
+impl std::fmt::Debug for KeySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySnapshot")
+            .field("entries", &self.entries.len())
+            .field("inactive", &self.inactive.len())
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KeyLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLoader")
+            .field("users", &self.users.len())
+            .field("policies", &self.policies.len())
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for KeyLoader {
