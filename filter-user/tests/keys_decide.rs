@@ -516,3 +516,49 @@ fn debug_output_never_holds_the_key() {
     }
     assert!(seen[2].contains(&rid), "{}", seen[2]);
 }
+
+#[test]
+fn the_watcher_thread_carries_a_revocation_to_running_gates() {
+    let mut f = fixture();
+    let (id, key) = f.create(new_key("alice"));
+    let mut svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
+    let factory = svc.gate_factory();
+    let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(&factory).collect();
+    let watcher_store =
+        SqliteStore::open(&f.cfg.resolve(std::path::Path::new("var/keys.db"))).unwrap();
+    let _watcher = svc.spawn_watcher(Box::new(watcher_store), Duration::from_millis(20));
+    let hs = [httparse::Header {
+        name: "X-API-Key",
+        value: key.as_bytes(),
+    }];
+    let req = GateRequest {
+        peer: peer(),
+        method: "GET",
+        path: "/v1/x",
+        query: None,
+        headers: &hs,
+        route: V1,
+    };
+    for g in &mut gates {
+        assert!(allowed(&g.check(&req)));
+    }
+    f.store.revoke(KeyRef::Id(&id), NOW).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for g in &mut gates {
+        loop {
+            match g.check(&req) {
+                Verdict::Deny(d) => {
+                    assert_eq!(d.code, ErrorCode::KeyRevoked);
+                    break;
+                }
+                Verdict::Allow(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "revocation never arrived"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
