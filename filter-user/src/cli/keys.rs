@@ -235,68 +235,20 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let now = store::unix_now();
-    if let KeysCmd::Create(a) = &cmd {
-        let new = match new_key(a, &cfg.keys.environment, now) {
-            Ok(n) => n,
-            Err(m) => return Ok(usage(&m)),
-        };
-        let mut st = store::open(&cfg)?;
-        let created = st.create_keys(std::slice::from_ref(&new), now)?;
-        for c in &created {
-            print_created(c, a.json.json, now, None);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let grace = match &cmd {
-        KeysCmd::Rotate { grace, .. } => match parse_duration(grace) {
-            Ok(g) => g,
-            Err(m) => return Ok(usage(&format!("--grace: {m}"))),
-        },
-        _ => std::time::Duration::ZERO,
-    };
-    let mut st = store::open(&cfg)?;
-    run_on(&mut *st, cmd, grace, now)
-}
-
-fn run_on(
-    st: &mut dyn KeyStore,
-    cmd: KeysCmd,
-    grace: std::time::Duration,
-    now: i64,
-) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCmd::Create(_) => unreachable!("handled by run"),
-        KeysCmd::List { tenant, json } => {
-            let keys = st.list_keys(tenant.as_deref())?;
-            if json.json {
-                let arr: Vec<Value> = keys.iter().map(|v| view_json(v, now)).collect();
-                println!("{}", Value::Array(arr));
-            } else {
-                println!(
-                    "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} CREATED",
-                    "ID", "TENANT", "USER", "STATE", "ENV", "SCOPES", "EXPIRES"
-                );
-                for v in &keys {
-                    println!(
-                        "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} {}",
-                        v.key.id,
-                        v.user.tenant,
-                        v.user.name,
-                        effective_state(v, now),
-                        v.key.env,
-                        if v.key.scopes.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            v.key.scopes.join(",")
-                        },
-                        v.key.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
-                        rfc3339(v.key.created_at)
-                    );
-                }
+        KeysCmd::Create(a) => {
+            let new = match new_key(&a, &cfg.keys.environment, now) {
+                Ok(n) => n,
+                Err(m) => return Ok(usage(&m)),
+            };
+            let created = store::open(&cfg)?.create_keys(std::slice::from_ref(&new), now)?;
+            for c in &created {
+                print_created(c, a.json.json, now, None);
             }
         }
+        KeysCmd::List { tenant, json } => list(&*store::open(&cfg)?, tenant.as_deref(), json, now)?,
         KeysCmd::Show { id, json } => {
-            let Some(v) = st.find_key(KeyRef::from_arg(&id))? else {
+            let Some(v) = store::open(&cfg)?.find_key(KeyRef::from_arg(&id))? else {
                 anyhow::bail!("no such key{}", id_suffix(&id));
             };
             if json.json {
@@ -306,35 +258,69 @@ fn run_on(
             }
         }
         KeysCmd::Revoke { id } => {
-            let v = st.revoke(KeyRef::from_arg(&id), now)?;
-            println!(
-                "{} revoked at {}",
-                v.key.id,
-                v.key.revoked_at.map_or_else(String::new, rfc3339)
-            );
+            let v = store::open(&cfg)?.revoke(KeyRef::from_arg(&id), now)?;
+            let at = v.key.revoked_at.map_or_else(String::new, rfc3339);
+            println!("{} revoked at {at}", v.key.id);
         }
         KeysCmd::Approve { id } => {
-            let v = st.approve(KeyRef::from_arg(&id), now)?;
+            let v = store::open(&cfg)?.approve(KeyRef::from_arg(&id), now)?;
             println!(
                 "{} approved (tenant {}, user {})",
                 v.key.id, v.user.tenant, v.user.name
             );
         }
-        KeysCmd::Rotate { id, json, .. } => {
-            let (old, new) = st.rotate(KeyRef::from_arg(&id), grace, now)?;
+        KeysCmd::Rotate { id, grace, json } => {
+            let grace = match parse_duration(&grace) {
+                Ok(g) => g,
+                Err(m) => return Ok(usage(&format!("--grace: {m}"))),
+            };
+            let (old, new) = store::open(&cfg)?.rotate(KeyRef::from_arg(&id), grace, now)?;
             let until = old.key.grace_until.map_or_else(String::new, rfc3339);
-            print_created(
-                &new,
-                json.json,
-                now,
-                Some(("replaces", json!({"id": old.key.id, "grace_until": until}))),
-            );
+            let replaces = json!({"id": old.key.id, "grace_until": until});
+            print_created(&new, json.json, now, Some(("replaces", replaces)));
             if !json.json {
                 println!("{} keeps working until {until}", old.key.id);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> anyhow::Result<()> {
+    let keys = st.list_keys(tenant)?;
+    if json.json {
+        let arr: Vec<Value> = keys.iter().map(|v| view_json(v, now)).collect();
+        println!("{}", Value::Array(arr));
+        return Ok(());
+    }
+    let row = |cols: [&str; 8]| {
+        println!(
+            "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} {}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+        );
+    };
+    row([
+        "ID", "TENANT", "USER", "STATE", "ENV", "SCOPES", "EXPIRES", "CREATED",
+    ]);
+    for v in &keys {
+        let scopes = if v.key.scopes.is_empty() {
+            "-".to_owned()
+        } else {
+            v.key.scopes.join(",")
+        };
+        let expires = v.key.expires_at.map_or_else(|| "never".to_owned(), rfc3339);
+        row([
+            &v.key.id,
+            &v.user.tenant,
+            &v.user.name,
+            effective_state(v, now),
+            &v.key.env,
+            &scopes,
+            &expires,
+            &rfc3339(v.key.created_at),
+        ]);
+    }
+    Ok(())
 }
 
 /// ` key_…` for an id; nothing for a full key (never echo it).
