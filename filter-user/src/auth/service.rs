@@ -96,9 +96,19 @@ impl KeyService {
         let rules = Arc::clone(&self.rules);
         let inboxes = Arc::clone(&self.inboxes);
         Box::new(move |n| -> Box<dyn Gate> {
-            let mut g = held.lock().unwrap_or_else(PoisonError::into_inner);
-            let gate = if let Some(snap) = &g.0 {
-                build_gate(snap, &rules, &inboxes, n)
+            // Take a reference under the lock, build outside it: shards build in parallel, and
+            // the snapshot is freed when the last builder drops its reference.
+            let snap = {
+                let mut g = held.lock().unwrap_or_else(PoisonError::into_inner);
+                let snap = g.0.clone();
+                g.1 = g.1.saturating_sub(1);
+                if g.1 == 0 {
+                    g.0 = None;
+                }
+                snap
+            };
+            let gate = if let Some(snap) = snap {
+                build_gate(&snap, &rules, &inboxes, n)
             } else {
                 tracing::error!(
                     shard = n,
@@ -106,10 +116,6 @@ impl KeyService {
                 );
                 build_gate(&KeySnapshot::default(), &rules, &inboxes, n)
             };
-            g.1 = g.1.saturating_sub(1);
-            if g.1 == 0 {
-                g.0 = None;
-            }
             Box::new(gate)
         })
     }
