@@ -562,3 +562,46 @@ fn the_watcher_thread_carries_a_revocation_to_running_gates() {
         }
     }
 }
+
+#[test]
+fn a_changed_key_keeps_its_rate_budget() {
+    let mut f = fixture();
+    let mut r = new_key("alice");
+    r.rate = Some(RateLimit {
+        per_sec: 1,
+        burst: 2,
+    });
+    let (id, key) = f.create(r);
+    let mut svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
+    let factory = svc.gate_factory();
+    let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(&factory).collect();
+    let hs = [httparse::Header {
+        name: "X-API-Key",
+        value: key.as_bytes(),
+    }];
+    let req = GateRequest {
+        peer: peer(),
+        method: "GET",
+        path: "/v1/x",
+        query: None,
+        headers: &hs,
+        route: V1,
+    };
+    assert!(allowed(&gates[0].check(&req)));
+    assert!(allowed(&gates[1].check(&req)));
+    // Rotating replaces the old key's record in every shard; its spent budget stays spent.
+    f.store
+        .rotate(
+            KeyRef::Id(&id),
+            Duration::from_secs(3600),
+            edgefilter::store::unix_now(),
+        )
+        .unwrap();
+    svc.poll(&f.store).unwrap().expect("revision moved");
+    for g in &mut gates {
+        let Verdict::Deny(d) = g.check(&req) else {
+            panic!("budget was reset by the update")
+        };
+        assert_eq!(d.code, ErrorCode::RateLimited);
+    }
+}

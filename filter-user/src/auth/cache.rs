@@ -201,6 +201,19 @@ impl KeyEntry {
         })
     }
 
+    /// Carries the rate budget (and id string) of `old`, the record this one replaces, when
+    /// `old` was in use. The first shard to apply the change does it; the rest find it done.
+    pub fn continue_from(&self, old: &KeyEntry) {
+        if let Some(rt) = old.runtime.get() {
+            self.runtime.get_or_init(|| {
+                Box::new(KeyRuntime {
+                    key_id: Arc::clone(&rt.key_id),
+                    bucket: Bucket::continuing(&rt.bucket),
+                })
+            });
+        }
+    }
+
     /// The public id (`key_…`), made on first use and then shared.
     pub fn key_id(&self) -> &Arc<str> {
         &self.runtime().key_id
@@ -343,7 +356,10 @@ impl ShardCache {
                     .keys
                     .entry(h, |x| x.hash_is(e.hash()), |x| hasher.hash_one(x.hash()))
                 {
-                    hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = Arc::clone(e),
+                    hashbrown::hash_table::Entry::Occupied(mut o) => {
+                        e.continue_from(o.get());
+                        *o.get_mut() = Arc::clone(e);
+                    }
                     hashbrown::hash_table::Entry::Vacant(v) => {
                         v.insert(Arc::clone(e));
                     }

@@ -55,6 +55,14 @@ fn ceil_secs(ns: u64) -> u64 {
 }
 
 impl Bucket {
+    /// A bucket that continues where `other` is (a key's record was replaced, not its budget).
+    #[must_use]
+    pub fn continuing(other: &Bucket) -> Self {
+        Self {
+            tat: AtomicU64::new(other.tat.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Takes one token at `now_ns`. `Ok` with what is left, or `Err` with when to retry
     /// (`reset_secs`, at least 1). Lock-free: a compare-and-swap loop.
     ///
