@@ -1,1 +1,163 @@
-//! The key store: the KeyStore trait, SQLite and PostgreSQL backends.
+//! The key store: the [`KeyStore`] trait, its records, and the embedded SQLite backend.
+//!
+//! Every change commits in one transaction that also bumps the store revision and appends a
+//! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`].
+//! Only SHA-256 hashes of keys are stored, never a key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod ids;
+pub mod model;
+pub mod schema;
+pub mod sqlite;
+pub mod timefmt;
+
+pub use model::{
+    Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
+    RateLimit, Secret, User, UserStatus,
+};
+pub use sqlite::SqliteStore;
+
+use crate::config::{Config, StoreKind};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The database directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer edgefilter.
+    #[error("store schema version {found} is newer than this edgefilter knows ({known})")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version known here.
+        known: i64,
+    },
+    /// The configured backend is not available in this build.
+    #[error("store.kind = \"{0}\" is not supported yet")]
+    Unsupported(&'static str),
+    /// No key with that id (or key).
+    #[error("no key {0}")]
+    NoSuchKey(String),
+    /// No user with that name.
+    #[error("no user {0}")]
+    NoSuchUser(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored row does not decode.
+    #[error("corrupt store row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A key store backend. All writes are transactional and durable when they return.
+pub trait KeyStore: Send {
+    /// Creates keys in one transaction; returns each record with its secret (shown once).
+    ///
+    /// # Errors
+    /// Conflicts (user in another tenant, deleted user) and database failures.
+    fn create_keys(&mut self, new: &[NewKey], now: i64) -> Result<Vec<CreatedKey>>;
+
+    /// Finds a key by id or by full key.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn find_key(&self, key: KeyRef<'_>) -> Result<Option<KeyView>>;
+
+    /// Every key, optionally of one tenant, oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyView>>;
+
+    /// Revokes a key (idempotent).
+    ///
+    /// # Errors
+    /// Unknown key, database failures.
+    fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView>;
+
+    /// Approves a pending key.
+    ///
+    /// # Errors
+    /// Unknown or revoked key, database failures.
+    fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView>;
+
+    /// Creates a replacement key; the old one keeps working for `grace`, then answers
+    /// `KEY_REVOKED`. Returns the old key's new state and the new key.
+    ///
+    /// # Errors
+    /// Unknown, revoked or already rotated key, database failures.
+    fn rotate(
+        &mut self,
+        key: KeyRef<'_>,
+        grace: Duration,
+        now: i64,
+    ) -> Result<(KeyView, CreatedKey)>;
+
+    /// Sets a user's state (deleted is final).
+    ///
+    /// # Errors
+    /// Unknown user, re-activating a deleted user, database failures.
+    fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User>;
+
+    /// Streams every user, then every key with its user's id, from one consistent snapshot;
+    /// returns its revision. (Users first, so a loader can join without a second copy.)
+    ///
+    /// # Errors
+    /// Database failures.
+    fn for_each_key(
+        &self,
+        user: &mut dyn FnMut(&User),
+        key: &mut dyn FnMut(&KeyRecord, i64),
+    ) -> Result<u64>;
+
+    /// A user by name.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn find_user(&self, name: &str) -> Result<Option<User>>;
+
+    /// The current revision (0 for an empty store).
+    ///
+    /// # Errors
+    /// Database failures.
+    fn revision(&self) -> Result<u64>;
+
+    /// Every change after `revision`, in order.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn changes_since(&self, revision: u64) -> Result<Vec<Change>>;
+}
+
+/// Opens the configured store (`store.kind`, `store.path` resolved against the config file).
+///
+/// # Errors
+/// Unsupported backend, unopenable database, failed migration.
+pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
+    match cfg.store.kind {
+        StoreKind::Sqlite => Ok(Box::new(SqliteStore::open(&cfg.resolve(&cfg.store.path))?)),
+        StoreKind::Postgres => Err(StoreError::Unsupported("postgres")),
+    }
+}
+
+/// The current time in unix seconds.
+#[must_use]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,169 @@
+//! The decision chain: a cached key allowed (hash + lookup + every check), a malformed and a
+//! checksum-failing key rejected before the cache, against the cost of SHA-256 and of the map
+//! lookup alone measured in the same run (report ratios, not absolute pass/fail).
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use edgefilter::auth::extract::Extracted;
+use edgefilter::auth::rules::{AuthRules, Place};
+use edgefilter::auth::{KeyService, Now, decide};
+use edgefilter::config::Config;
+use edgefilter::gate::GateRequest;
+use edgefilter::store::{KeyHash, KeyStore, NewKey, RateLimit, SqliteStore};
+
+const KEYS: usize = 100_000;
+
+fn new_key(i: usize, rate: Option<RateLimit>) -> NewKey {
+    NewKey {
+        tenant: format!("t{}", i % 100),
+        user: format!("u{}", i % 10_000),
+        env: "live".into(),
+        scopes: vec!["ai:invoke".into()],
+        not_before: Some(1),
+        expires_at: Some(4_000_000_000),
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        rate,
+        pending: false,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        "[[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9\"\nscopes = [\"ai:invoke\"]\n",
+        dir.path(),
+    )
+    .unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    let batch: Vec<NewKey> = (0..KEYS).map(|i| new_key(i, None)).collect();
+    let made = store.create_keys(&batch, 100).unwrap();
+    let limited = store
+        .create_keys(
+            &[new_key(
+                7,
+                Some(RateLimit {
+                    per_sec: 1_000_000_000,
+                    burst: u32::MAX,
+                }),
+            )],
+            100,
+        )
+        .unwrap();
+    let key = made[KEYS / 2].secret.expose().to_owned();
+    let limited_key = limited[0].secret.expose().to_owned();
+    let svc = KeyService::load(&cfg, &store, 2).unwrap();
+    let mut gate = svc.gate(0).unwrap();
+    let rules = AuthRules::from_config(&cfg).unwrap();
+    let route = &rules.routes[0];
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    let now = Now::at_secs(1_800_000_000);
+    let found = |raw| Extracted::Key {
+        raw,
+        place: Place::Bearer,
+    };
+    let malformed = format!("{key} ");
+    let mut typo = key.clone().into_bytes();
+    typo[20] = if typo[20] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).unwrap();
+    let hash = KeyHash::of(&key).0;
+
+    let mut g = c.benchmark_group("decide");
+    g.bench_function("allow_cached_key", |b| {
+        b.iter(|| {
+            let d = decide(
+                gate.cache(),
+                route,
+                "live",
+                black_box(found(&key)),
+                peer,
+                now,
+            );
+            assert!(matches!(d, edgefilter::auth::Decision::Allow(_)));
+        });
+    });
+    g.bench_function("allow_cached_key_rate_limited", |b| {
+        b.iter(|| {
+            let d = decide(
+                gate.cache(),
+                route,
+                "live",
+                black_box(found(&limited_key)),
+                peer,
+                now,
+            );
+            assert!(matches!(d, edgefilter::auth::Decision::Allow(_)));
+        });
+    });
+    g.bench_function("reject_malformed", |b| {
+        b.iter(|| {
+            decide(
+                gate.cache(),
+                route,
+                "live",
+                black_box(found(&malformed)),
+                peer,
+                now,
+            )
+        });
+    });
+    g.bench_function("reject_checksum", |b| {
+        b.iter(|| {
+            decide(
+                gate.cache(),
+                route,
+                "live",
+                black_box(found(&typo)),
+                peer,
+                now,
+            )
+        });
+    });
+    g.bench_function("parse_only_valid_key", |b| {
+        b.iter(|| filter_common::apikey::parse(black_box(&key)).is_ok());
+    });
+    g.bench_function("crc32_only_key_head", |b| {
+        let head = &key.as_bytes()[..key.len() - 6];
+        b.iter(|| filter_common::apikey::crc32(black_box(head)));
+    });
+    g.bench_function("baseline_sha256_of_key", |b| {
+        b.iter(|| KeyHash::of(black_box(&key)));
+    });
+    g.bench_function("baseline_cache_lookup", |b| {
+        b.iter(|| gate.cache().get(black_box(&hash)).is_some());
+    });
+    g.finish();
+
+    let header = format!("Bearer {key}");
+    let hs = [
+        httparse::Header {
+            name: "Host",
+            value: b"edge",
+        },
+        httparse::Header {
+            name: "Authorization",
+            value: header.as_bytes(),
+        },
+    ];
+    let req = GateRequest {
+        peer,
+        method: "POST",
+        path: "/v1/chat",
+        query: None,
+        headers: &hs,
+        route: 0,
+    };
+    c.bench_function("gate/check_allow_with_identity", |b| {
+        b.iter(|| gate.check_at(black_box(&req), now));
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

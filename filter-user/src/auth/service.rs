@@ -1,0 +1,193 @@
+//! Wiring for the daemon: load the store once, build one [`ShardGate`] per shard as a
+//! [`GateFactory`], and push store changes to every shard's inbox when the revision moves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::cache::ShardCache;
+use super::loader::{KeyLoader, KeySnapshot};
+use super::rules::{AuthRules, RulesError};
+use super::shard::{Batch, Inbox, ShardGate};
+use crate::config::Config;
+use crate::gate::{Gate, GateFactory};
+use crate::store::{self, KeyStore, StoreError};
+
+/// Start-up failures of the key checks.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The routes' key rules are invalid.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+/// The loaded key state of a daemon.
+#[derive(Debug)]
+pub struct KeyService {
+    rules: Arc<AuthRules>,
+    /// Held until the shards have built their indexes, then released.
+    snapshot: Option<Arc<KeySnapshot>>,
+    loaded: usize,
+    loader: KeyLoader,
+    inboxes: Arc<[Arc<Inbox>]>,
+}
+
+impl KeyService {
+    /// Opens the configured store and loads every key for `cfg.shard_count()` shards.
+    ///
+    /// # Errors
+    /// Store or rules failures.
+    pub fn open(cfg: &Config) -> Result<(Self, Box<dyn KeyStore>), ServiceError> {
+        let store = store::open(cfg)?;
+        let svc = Self::load(cfg, &*store, cfg.shard_count())?;
+        Ok((svc, store))
+    }
+
+    /// Loads every key from `store` for `shards` shards.
+    ///
+    /// # Errors
+    /// Store or rules failures.
+    pub fn load(cfg: &Config, store: &dyn KeyStore, shards: usize) -> Result<Self, ServiceError> {
+        let rules = Arc::new(AuthRules::from_config(cfg)?);
+        let (loader, snapshot) = KeyLoader::load(store)?;
+        let inboxes = (0..shards)
+            .map(|_| Arc::new(Inbox::new(snapshot.revision)))
+            .collect();
+        Ok(Self {
+            rules,
+            loaded: snapshot.entries.len(),
+            snapshot: Some(Arc::new(snapshot)),
+            loader,
+            inboxes,
+        })
+    }
+
+    /// Keys loaded at start.
+    #[must_use]
+    pub fn loaded_keys(&self) -> usize {
+        self.loaded
+    }
+
+    /// The revision the service has caught up to.
+    #[must_use]
+    pub fn revision(&self) -> u64 {
+        self.loader.revision()
+    }
+
+    /// Builds shard `n`'s gate (its own index over the shared entries); `None` once the
+    /// snapshot has gone to [`KeyService::gate_factory`].
+    #[must_use]
+    pub fn gate(&self, n: usize) -> Option<ShardGate> {
+        let snap = self.snapshot.as_ref()?;
+        Some(build_gate(snap, &self.rules, &self.inboxes, n))
+    }
+
+    /// A factory the proxy calls once per shard, on that shard's thread. It takes the loaded
+    /// snapshot and lets go of it once every shard has its index, so the entries are then held
+    /// only by the shards' indexes. A call for a shard beyond the configured count, or after
+    /// that, gets a gate with an empty index (every key `UNKNOWN_KEY`) and logs an error.
+    #[must_use]
+    pub fn gate_factory(&mut self) -> GateFactory {
+        let held = Mutex::new((self.snapshot.take(), self.inboxes.len()));
+        let rules = Arc::clone(&self.rules);
+        let inboxes = Arc::clone(&self.inboxes);
+        Box::new(move |n| -> Box<dyn Gate> {
+            // Take a reference under the lock, build outside it: shards build in parallel, and
+            // the snapshot is freed when the last builder drops its reference.
+            let snap = {
+                let mut g = held.lock().unwrap_or_else(PoisonError::into_inner);
+                let snap = g.0.clone();
+                g.1 = g.1.saturating_sub(1);
+                if g.1 == 0 {
+                    g.0 = None;
+                }
+                snap
+            };
+            let gate = if let Some(snap) = snap {
+                build_gate(&snap, &rules, &inboxes, n)
+            } else {
+                tracing::error!(
+                    shard = n,
+                    "key snapshot already released; shard starts empty"
+                );
+                build_gate(&KeySnapshot::default(), &rules, &inboxes, n)
+            };
+            Box::new(gate)
+        })
+    }
+
+    /// Catches up with the store and queues the changes for every shard; returns the new
+    /// revision when it moved.
+    ///
+    /// # Errors
+    /// Store failures (the shards keep serving their last state).
+    pub fn poll(&mut self, store: &dyn KeyStore) -> Result<Option<u64>, StoreError> {
+        let updates = self.loader.reload_if_revision_changed(store)?;
+        if updates.is_empty() {
+            return Ok(None);
+        }
+        let batch = Arc::new(Batch {
+            revision: self.loader.revision(),
+            updates,
+        });
+        for inbox in &*self.inboxes {
+            inbox.push(Arc::clone(&batch));
+        }
+        Ok(Some(batch.revision))
+    }
+
+    /// The revision each shard has applied.
+    #[must_use]
+    pub fn applied(&self) -> Vec<u64> {
+        self.inboxes.iter().map(|i| i.applied()).collect()
+    }
+
+    /// Polls the store every `every` on a thread of its own until the handle is dropped.
+    #[must_use]
+    pub fn spawn_watcher(mut self, store: Box<dyn KeyStore>, every: Duration) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let join = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = self.poll(&*store) {
+                    tracing::warn!(error = %e, "key store poll failed; shards keep their last state");
+                }
+                std::thread::sleep(every);
+            }
+        });
+        Watcher {
+            stop,
+            join: Some(join),
+        }
+    }
+}
+
+fn build_gate(
+    snapshot: &KeySnapshot,
+    rules: &Arc<AuthRules>,
+    inboxes: &[Arc<Inbox>],
+    n: usize,
+) -> ShardGate {
+    let cache = ShardCache::new(&snapshot.entries, &snapshot.inactive);
+    ShardGate::new(cache, Arc::clone(rules), inboxes.get(n).cloned())
+}
+
+/// Stops the store watcher when dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
