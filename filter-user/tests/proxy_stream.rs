@@ -87,7 +87,7 @@ fn upload(env: &Env, total: u64, chunked: bool) -> (String, u64) {
             c.w.write_all(&block[..n]).unwrap();
         }
         sent += n as u64;
-        if sent % (64 << 20) == 0 {
+        if sent.is_multiple_of(64 << 20) {
             peak = peak.max(rss_kib().saturating_sub(base));
         }
     }
