@@ -88,10 +88,11 @@ where
         }
         c.buf.advance(n);
     }
-    let close_client = !p.keep_alive || shard.stopping.get();
     // Read the response head; interim (1xx) answers are passed on or dropped.
     c.rbuf.clear();
     let head = loop {
+        // Decided late so a drain that starts while we wait still closes this connection.
+        let close_client = !p.keep_alive || shard.stopping.get();
         match response::process(&c.rbuf, p.is_head, &p.request_id, close_client, &mut c.rout) {
             RespStep::Final(h) => break h,
             RespStep::Interim(n) => {
