@@ -119,6 +119,7 @@ fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
                 max_body_bytes: 1 << 20,
                 tls: false,
                 peer: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                peer_text: "203.0.113.7",
                 trusted_proxies: &[],
                 gate: &mut *gate,
                 ids: &mut ids,

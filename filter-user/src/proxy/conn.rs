@@ -102,6 +102,7 @@ where
 {
     let st = &*shard.settings;
     let peer_ip = c.peer.ip();
+    let peer_text = peer_ip.to_string();
     loop {
         let deadline = Instant::now() + st.client_timeout;
         let step = loop {
@@ -115,6 +116,7 @@ where
                         max_body_bytes: st.max_body_bytes,
                         tls: c.tls,
                         peer: peer_ip,
+                        peer_text: &peer_text,
                         trusted_proxies: &st.trusted_proxies,
                         gate: &mut **gate,
                         ids: &mut ids,

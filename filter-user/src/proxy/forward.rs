@@ -3,9 +3,6 @@
 //! forwarding headers), plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the caller's identity,
 //! the route's injected credential and normalised framing. Written into a reused buffer.
 
-use std::io::Write as _;
-use std::net::IpAddr;
-
 use super::head::{Framing, Scan, is};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
@@ -20,7 +17,7 @@ pub(crate) struct Forward<'a, 'b> {
     pub scan: &'a Scan<'b>,
     pub route: &'a CompiledRoute,
     pub authority: &'a str,
-    pub peer: IpAddr,
+    pub peer: &'a str,
     pub trusted: bool,
     pub tls: bool,
     pub request_id: &'a RequestId,
@@ -54,8 +51,8 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) {
         out.extend_from_slice(xff.as_bytes());
         out.extend_from_slice(b", ");
     }
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}\r\n", f.peer);
+    out.extend_from_slice(f.peer.as_bytes());
+    out.extend_from_slice(b"\r\n");
     header(
         out,
         b"X-Forwarded-Proto",

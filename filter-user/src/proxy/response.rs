@@ -1,6 +1,8 @@
 //! Upstream response heads: parsed in place, framing decided (HEAD, 1xx, 204 and 304 have no
 //! body), hop-by-hop headers removed, `X-Request-Id` set, and rewritten into a reused buffer.
 
+use std::mem::MaybeUninit;
+
 use super::head::{is, parse_length, trim};
 use super::reqid::RequestId;
 
@@ -48,9 +50,14 @@ pub(crate) fn process(
     close_client: bool,
     out: &mut Vec<u8>,
 ) -> RespStep {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {
             return RespStep::Partial;
