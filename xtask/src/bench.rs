@@ -24,10 +24,16 @@ pub struct BenchArgs {
     /// edgefilter shards; HAProxy threads and nginx workers follow it.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// Interleaved rounds (each target once per round); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the XDP cost bench.
     #[arg(long)]
     pub proxy_only: bool,
 }
+
+/// The load targets, in table order.
+const TARGETS: [&str; 4] = ["direct upstream", "edgefilter", "HAProxy", "nginx"];
 
 /// One measured target.
 struct Row {
@@ -112,42 +118,79 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?
     .ready(up)?;
 
-    let mut rows = vec![measure("direct upstream", up, args)?];
-
-    let ef = free_addr()?;
-    let conf = fill(&root, "edgefilter.toml", &dir, ef, up, args.shards)?;
-    let proc = Proc::spawn(
-        "edgefilter",
-        Command::new(root.join("target/release/edgefilter"))
-            .args(["run", "--no-xdp", "--config"])
-            .arg(&conf),
-    )?
-    .ready(ef)?;
-    rows.push(measure("edgefilter", ef, args)?);
-    drop(proc);
-
-    let ha = free_addr()?;
-    let conf = fill(&root, "haproxy.cfg", &dir, ha, up, args.shards)?;
-    let proc = Proc::spawn("haproxy", Command::new("haproxy").arg("-f").arg(&conf))?.ready(ha)?;
-    rows.push(measure("HAProxy", ha, args)?);
-    drop(proc);
-
-    let ng = free_addr()?;
-    let conf = fill(&root, "nginx.conf", &dir, ng, up, args.shards)?;
-    let proc = Proc::spawn(
-        "nginx",
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir),
-    )?
-    .ready(ng)?;
-    rows.push(measure("nginx", ng, args)?);
-    drop(proc);
-
+    // Rounds interleave the targets so a noisy neighbour hurts them alike.
+    let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds.max(1) {
+        eprintln!("round {}/{}", round + 1, args.rounds.max(1));
+        for (i, name) in TARGETS.into_iter().enumerate() {
+            samples[i].push(run_target(name, &root, &dir, up, args)?);
+        }
+    }
+    let rows: Vec<Row> = samples.into_iter().map(median).collect();
     print_table(&rows, args);
     Ok(())
+}
+
+/// Starts one target (the upstream itself needs nothing), measures it, stops it.
+fn run_target(
+    name: &'static str,
+    root: &Path,
+    dir: &Path,
+    up: SocketAddr,
+    args: &BenchArgs,
+) -> Result<Row> {
+    if name == "direct upstream" {
+        return measure(name, up, args);
+    }
+    let addr = free_addr()?;
+    let _proc = match name {
+        "edgefilter" => {
+            let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+            Proc::spawn(
+                name,
+                Command::new(root.join("target/release/edgefilter"))
+                    .args(["run", "--no-xdp", "--config"])
+                    .arg(&conf),
+            )?
+        }
+        "HAProxy" => {
+            let conf = fill(root, "haproxy.cfg", dir, addr, up, args.shards)?;
+            Proc::spawn(name, Command::new("haproxy").arg("-f").arg(&conf))?
+        }
+        _ => {
+            let conf = fill(root, "nginx.conf", dir, addr, up, args.shards)?;
+            Proc::spawn(
+                name,
+                Command::new("nginx")
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(dir),
+            )?
+        }
+    }
+    .ready(addr)?;
+    measure(name, addr, args)
+}
+
+/// Per-column medians of one target's rounds.
+fn median(mut rows: Vec<Row>) -> Row {
+    let mid = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rps: Vec<f64> = rows.iter().map(|r| r.rps).collect();
+    let mut p50: Vec<f64> = rows.iter().map(|r| r.p50_us).collect();
+    let mut p99: Vec<f64> = rows.iter().map(|r| r.p99_us).collect();
+    let errors = rows.iter().map(|r| r.errors).sum();
+    let first = rows.swap_remove(0);
+    Row {
+        name: first.name,
+        rps: mid(&mut rps),
+        p50_us: mid(&mut p50),
+        p99_us: mid(&mut p99),
+        errors,
+    }
 }
 
 /// `cargo run --release -p benches --bin xdp_cost`, when that bench exists.
@@ -276,9 +319,15 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!();
     println!(
-        "wrk -t2 -c{} -d{}s --latency, {} cores, edgefilter {} shards (AllowAll gate), \
-         HAProxy nbthread {}, nginx worker_processes {}:",
-        args.connections, args.duration, cores, args.shards, args.shards, args.shards
+        "wrk -t2 -c{} -d{}s --latency, median of {} interleaved rounds, {} cores, \
+         edgefilter {} shards (AllowAll gate), HAProxy nbthread {}, nginx worker_processes {}:",
+        args.connections,
+        args.duration,
+        args.rounds.max(1),
+        cores,
+        args.shards,
+        args.shards,
+        args.shards
     );
     println!();
     println!("| target | requests/s | p50 | p99 | errors |");
