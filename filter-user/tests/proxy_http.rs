@@ -169,6 +169,11 @@ fn head_204_304_and_close_have_the_right_shapes() {
     let mut c = env.connect();
     let r = c.call("GET /echo HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("GET /echo HTTP/1.0\r\n"),
+        "{}",
+        r.text()
+    );
     assert!(c.closed());
 }
 
@@ -183,6 +188,19 @@ fn chunked_request_bodies_are_forwarded_and_curl_expect_continue_works() {
     let seen = r.text();
     assert!(seen.contains("Transfer-Encoding: chunked\r\n"), "{seen}");
     assert!(seen.ends_with("wikipedia"), "{seen}");
+    // A raw client waiting for `100 Continue` gets it (with its request id) before sending.
+    let mut c = env.connect();
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\
+          X-Request-Id: cont-1\r\n\r\n",
+    );
+    let interim = c.read(false);
+    assert_eq!(interim.status, 100);
+    assert_eq!(interim.header("x-request-id").as_deref(), Some("cont-1"));
+    c.send(b"hello");
+    let r = c.read(false);
+    assert!(r.text().ends_with("hello"), "{}", r.text());
+    assert!(!r.text().to_ascii_lowercase().contains("expect:"));
     // curl sends `Expect: 100-continue` for bodies over 1 MiB.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");

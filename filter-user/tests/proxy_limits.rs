@@ -96,6 +96,7 @@ fn malformed_heads_and_targets_are_400() {
         "GET /v1/../admin HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET /v1/%2e%2e/admin HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET /v1/..%2Fadmin HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST /te-in-10 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n",
     ] {

@@ -16,8 +16,6 @@ use super::shard::{Settings, Shard};
 use super::upstream;
 use crate::codes::ErrorCode;
 
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
 /// Forwards the request `p` whose upstream head is in `c.out`.
 pub(crate) async fn forward<S>(shard: &Shard, c: &mut Conn, io: &mut S, p: &Prepared) -> Flow
 where
@@ -27,12 +25,15 @@ where
     let rid = p.request_id.as_str();
     c.buf.advance(p.head_len);
     let mut body = BodyState::new(p.framing, st.max_body_bytes);
-    if p.expect_continue
-        && !body.done()
-        && c.buf.is_empty()
-        && write_client(io, CONTINUE, st.client_timeout).await.is_err()
-    {
-        return Flow::Close;
+    if p.expect_continue && !body.done() && c.buf.is_empty() {
+        c.rout.clear();
+        c.rout
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\nX-Request-Id: ");
+        c.rout.extend_from_slice(p.request_id.as_bytes());
+        c.rout.extend_from_slice(b"\r\n\r\n");
+        if write_client(io, &c.rout, st.client_timeout).await.is_err() {
+            return Flow::Close;
+        }
     }
     match body.take(&c.buf) {
         Ok(n) => {

@@ -23,6 +23,8 @@ pub(crate) struct Forward<'a, 'b> {
     pub request_id: &'a RequestId,
     pub identity: Option<&'a Identity>,
     pub framing: Framing,
+    /// The client speaks HTTP/1.0: ask the same of the upstream so it never answers chunked.
+    pub http10: bool,
 }
 
 /// Serialises the upstream request head into `out` (cleared first).
@@ -34,7 +36,11 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) {
     if let Some(q) = f.query {
         write_query(out, q, f.route.strip_key);
     }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(if f.http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for h in f.headers {
         if keep(h.name, f) {
             header(out, h.name.as_bytes(), h.value);

@@ -145,6 +145,8 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         scan.keep_alive && !scan.close
     };
     let framing = match (scan.chunked, scan.content_length) {
+        // Chunked framing does not exist in HTTP/1.0: a 1.0 request claiming it is faulty.
+        (true, _) if version == 0 => return refuse_id(None, request_id, ErrorCode::BadRequest),
         (true, Some(_)) => return refuse_id(None, request_id, ErrorCode::BadRequest),
         (true, None) => Framing::Chunked,
         (false, Some(0) | None) => Framing::Empty,
@@ -211,6 +213,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             request_id: &request_id,
             identity: identity.as_ref(),
             framing,
+            http10: version == 0,
         },
     );
     Step::Forward(Prepared {
