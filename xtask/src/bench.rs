@@ -1,12 +1,355 @@
-//! `cargo xtask bench`: XDP per-packet cost, decision benches, proxy load against peers.
+//! `cargo xtask bench`: the XDP per-packet cost (when its bench binary exists), then proxy load
+//! against peers: the bench upstream direct, edgefilter, HAProxy and nginx, each proxying plainly
+//! to the same upstream on 127.0.0.1, driven by `wrk --latency` in the same run. Prints a
+//! markdown table with requests/s, p50, p99 and the ratios edgefilter/peer.
 
-use anyhow::{Result, bail};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{output, root, run as run_cmd};
 
 /// Bench options.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// edgefilter shards; HAProxy threads and nginx workers follow it.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Interleaved rounds (each target once per round); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Skip the XDP cost bench.
+    #[arg(long)]
+    pub proxy_only: bool,
+}
+
+/// The load targets, in table order.
+const TARGETS: [&str; 4] = ["direct upstream", "edgefilter", "HAProxy", "nginx"];
+
+/// One measured target.
+struct Row {
+    name: &'static str,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+/// A child process killed when dropped, so a failed bench leaves nothing running.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first so a master process (nginx, HAProxy) takes its workers down with it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Self { name, child })
+    }
+
+    /// Waits until `addr` accepts connections (10 s at most).
+    fn ready(mut self, addr: SocketAddr) -> Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited early with {status}", self.name);
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(self);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{} did not listen on {addr} within 10 s", self.name)
+    }
+}
 
 /// Runs the benches.
-pub fn run(_args: &BenchArgs) -> Result<()> {
-    bail!("benches not built yet")
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let root = root();
+    if !args.proxy_only {
+        xdp_cost(&root)?;
+    }
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "bench_upstream",
+    ]))
+    .context("building bench_upstream")?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).context("creating target/bench")?;
+    let up = free_addr()?;
+    let _upstream = Proc::spawn(
+        "bench_upstream",
+        Command::new(root.join("target/release/bench_upstream")).arg(up.to_string()),
+    )?
+    .ready(up)?;
+
+    // Rounds interleave the targets so a noisy neighbour hurts them alike.
+    let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds.max(1) {
+        eprintln!("round {}/{}", round + 1, args.rounds.max(1));
+        for (i, name) in TARGETS.into_iter().enumerate() {
+            samples[i].push(run_target(name, &root, &dir, up, args)?);
+        }
+    }
+    let rows: Vec<Row> = samples.into_iter().map(median).collect();
+    print_table(&rows, args);
+    Ok(())
+}
+
+/// Starts one target (the upstream itself needs nothing), measures it, stops it.
+fn run_target(
+    name: &'static str,
+    root: &Path,
+    dir: &Path,
+    up: SocketAddr,
+    args: &BenchArgs,
+) -> Result<Row> {
+    if name == "direct upstream" {
+        return measure(name, up, args);
+    }
+    let addr = free_addr()?;
+    let _proc = match name {
+        "edgefilter" => {
+            let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+            Proc::spawn(
+                name,
+                Command::new(root.join("target/release/edgefilter"))
+                    .args(["run", "--no-xdp", "--config"])
+                    .arg(&conf),
+            )?
+        }
+        "HAProxy" => {
+            let conf = fill(root, "haproxy.cfg", dir, addr, up, args.shards)?;
+            Proc::spawn(name, Command::new("haproxy").arg("-f").arg(&conf))?
+        }
+        _ => {
+            let conf = fill(root, "nginx.conf", dir, addr, up, args.shards)?;
+            Proc::spawn(
+                name,
+                Command::new("nginx")
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(dir),
+            )?
+        }
+    }
+    .ready(addr)?;
+    measure(name, addr, args)
+}
+
+/// Per-column medians of one target's rounds.
+fn median(mut rows: Vec<Row>) -> Row {
+    let mid = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rps: Vec<f64> = rows.iter().map(|r| r.rps).collect();
+    let mut p50: Vec<f64> = rows.iter().map(|r| r.p50_us).collect();
+    let mut p99: Vec<f64> = rows.iter().map(|r| r.p99_us).collect();
+    let errors = rows.iter().map(|r| r.errors).sum();
+    let first = rows.swap_remove(0);
+    Row {
+        name: first.name,
+        rps: mid(&mut rps),
+        p50_us: mid(&mut p50),
+        p99_us: mid(&mut p99),
+        errors,
+    }
+}
+
+/// `cargo run --release -p benches --bin xdp_cost`, when that bench exists.
+fn xdp_cost(root: &Path) -> Result<()> {
+    if !root.join("benches/src/bin/xdp_cost.rs").exists() {
+        println!("(no benches/src/bin/xdp_cost.rs: XDP cost bench skipped)");
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "run",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "xdp_cost",
+    ]))
+    .context("XDP cost bench")
+}
+
+/// A currently free 127.0.0.1 port.
+fn free_addr() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?)
+}
+
+/// Writes `benches/peers/<name>` with its placeholders filled into `dir`.
+fn fill(
+    root: &Path,
+    name: &str,
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    shards: usize,
+) -> Result<PathBuf> {
+    let src = root.join("benches/peers").join(name);
+    let text =
+        std::fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+    let admin = free_addr()?;
+    let text = text
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@UPSTREAM@", &upstream.to_string())
+        .replace("@THREADS@", &shards.to_string())
+        .replace("@WORKERS@", &shards.to_string())
+        .replace("@SHARDS@", &shards.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@DIR@", &dir.display().to_string());
+    let dst = dir.join(name);
+    std::fs::write(&dst, text).with_context(|| format!("writing {}", dst.display()))?;
+    Ok(dst)
+}
+
+/// A 1 s warm-up, then the measured wrk run.
+fn measure(name: &'static str, addr: SocketAddr, args: &BenchArgs) -> Result<Row> {
+    let url = format!("http://{addr}/");
+    let wrk = |secs: u64| {
+        output(Command::new("timeout").args([
+            &(secs + 30).to_string(),
+            "wrk",
+            "-t2",
+            &format!("-c{}", args.connections),
+            &format!("-d{secs}s"),
+            "--latency",
+            &url,
+        ]))
+        .with_context(|| format!("wrk against {name}"))
+    };
+    wrk(1)?;
+    let out = wrk(args.duration)?;
+    let row = parse_wrk(name, &out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+    eprintln!(
+        "{name}: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, errors {}",
+        row.rps, row.p50_us, row.p99_us, row.errors
+    );
+    Ok(row)
+}
+
+fn parse_wrk(name: &'static str, out: &str) -> Result<Row> {
+    let mut rps = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = 0;
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = Some(v.trim().parse::<f64>()?);
+        } else if let Some(v) = line.strip_prefix("50%") {
+            p50 = Some(micros(v.trim())?);
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = Some(micros(v.trim())?);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += v.trim().parse::<u64>()?;
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    match (rps, p50, p99) {
+        (Some(rps), Some(p50_us), Some(p99_us)) => Ok(Row {
+            name,
+            rps,
+            p50_us,
+            p99_us,
+            errors,
+        }),
+        _ => bail!("no Requests/sec or latency distribution"),
+    }
+}
+
+/// `1.23ms` → 1230.
+fn micros(v: &str) -> Result<f64> {
+    let split = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .context("latency without unit")?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        "m" => n * 60e6,
+        _ => bail!("unknown latency unit {unit}"),
+    })
+}
+
+fn print_table(rows: &[Row], args: &BenchArgs) {
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!();
+    println!(
+        "wrk -t2 -c{} -d{}s --latency, median of {} interleaved rounds, {} cores, \
+         edgefilter {} shards (AllowAll gate), HAProxy nbthread {}, nginx worker_processes {}:",
+        args.connections,
+        args.duration,
+        args.rounds.max(1),
+        cores,
+        args.shards,
+        args.shards,
+        args.shards
+    );
+    println!();
+    println!("| target | requests/s | p50 | p99 | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} |",
+            r.name, r.rps, r.p50_us, r.p99_us, r.errors
+        );
+    }
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    if let (Some(ef), Some(ha), Some(ng)) = (find("edgefilter"), find("HAProxy"), find("nginx")) {
+        println!();
+        println!(
+            "edgefilter/HAProxy: {:.2}x requests/s (target ≥ 1.3x), p99 {:.2}x (target ≤ 1.0x)",
+            ef.rps / ha.rps,
+            ef.p99_us / ha.p99_us
+        );
+        println!(
+            "edgefilter/nginx:   {:.2}x requests/s (target ≥ 1.8x), p99 {:.2}x",
+            ef.rps / ng.rps,
+            ef.p99_us / ng.p99_us
+        );
+    }
 }

@@ -1,12 +1,207 @@
-//! The sharded HTTP/1.1 (+TLS) reverse proxy.
+//! The sharded HTTP/1.1 (+TLS) reverse proxy: start it, find its addresses, reload TLS, drain it.
+//!
+//! [`start`] binds every listener (one `SO_REUSEPORT` socket per shard and address) and spawns
+//! one pinned thread per shard, each with its own current-thread tokio runtime. Nothing mutable is
+//! shared between shards on the request path. [`serve`] is the daemon's thin wrapper: it waits for
+//! SIGTERM/SIGINT (drain, then return) and SIGHUP (TLS certificate reload).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gate::GateFactory;
 
-/// Starts one shard per `runtime.shards` and serves until SIGTERM/SIGINT, then drains.
+mod body;
+mod conn;
+mod exchange;
+mod forward;
+pub mod head;
+mod listen;
+pub mod reqid;
+pub mod respond;
+mod response;
+pub mod route;
+mod shard;
+pub mod tls;
+mod upstream;
+
+/// How long SIGTERM waits for in-flight requests before the shards are torn down.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the proxy could not start (or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A route is invalid (upstream URL, injected header, ...).
+    #[error(transparent)]
+    Route(#[from] route::RouteError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A shard thread could not be spawned or its runtime built.
+    #[error("shard {shard}: {source}")]
+    Shard {
+        /// Shard number.
+        shard: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A shard thread panicked.
+    #[error("shard thread panicked")]
+    Panicked,
+}
+
+/// A running proxy: its bound addresses and the means to reload TLS and to stop it.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    http: Vec<SocketAddr>,
+    https: Vec<SocketAddr>,
+    stop: watch::Sender<Option<Duration>>,
+    threads: Vec<JoinHandle<()>>,
+    certs: Option<Arc<tls::CertStore>>,
+}
+
+impl ProxyHandle {
+    /// The bound plain-HTTP addresses (ephemeral ports resolved), in `listen.http` order.
+    #[must_use]
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.http
+    }
+
+    /// The bound TLS addresses, in `listen.https` order.
+    #[must_use]
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.https
+    }
+
+    /// Re-reads the certificate and key files; open connections keep their sessions.
+    ///
+    /// # Errors
+    /// When the files are unusable; the previous certificate stays in service.
+    pub fn reload_tls(&self) -> Result<(), ProxyError> {
+        match &self.certs {
+            Some(store) => store.reload().map_err(ProxyError::Tls),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
+    ///
+    /// # Errors
+    /// When a shard thread panicked.
+    pub fn shutdown(mut self, drain: Duration) -> Result<(), ProxyError> {
+        self.stop_and_join(drain)
+    }
+
+    fn stop_and_join(&mut self, drain: Duration) -> Result<(), ProxyError> {
+        self.stop.send_replace(Some(drain));
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                result = Err(ProxyError::Panicked);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        // A handle dropped without `shutdown` stops at once; a panicking shard is not re-raised.
+        let _ = self.stop_and_join(Duration::ZERO);
+    }
+}
+
+/// Binds every listener and starts one shard thread per `Config::shard_count()`.
+///
+/// # Errors
+/// Route, TLS and bind errors, each naming what failed.
+pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
+    let routes = Arc::new(route::RouteTable::build(cfg)?);
+    let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
+        (_, true) => None,
+        (Some(t), false) => Some(Arc::new(tls::CertStore::load(
+            cfg.resolve(&t.cert),
+            cfg.resolve(&t.key),
+        )?)),
+        (None, false) => return Err(ProxyError::Tls(tls::TlsError::MissingSection)),
+    };
+    let shards = cfg.shard_count().max(1);
+    let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
+    let (stop, stop_rx) = watch::channel(None);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let settings = Arc::new(shard::Settings::new(cfg, routes));
+    let mut threads = Vec::with_capacity(shards);
+    for (n, listeners) in bound.per_shard.into_iter().enumerate() {
+        let spec = shard::Spec {
+            n,
+            core: (!cores.is_empty()).then(|| cores[n % cores.len()]),
+            listeners,
+            gate: gates(n),
+            settings: Arc::clone(&settings),
+            tls: certs.as_ref().map(|c| tls::server_config(Arc::clone(c))),
+            stop: stop_rx.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{n}"))
+            .spawn(move || shard::run(spec))
+            .map_err(|source| ProxyError::Shard { shard: n, source })?;
+        threads.push(t);
+    }
+    Ok(ProxyHandle {
+        http: bound.http,
+        https: bound.https,
+        stop,
+        threads,
+        certs,
+    })
+}
+
+/// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
+/// SIGHUP reloads the TLS certificate.
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(_cfg: &Config, _gates: GateFactory) -> anyhow::Result<()> {
-    anyhow::bail!("proxy not built yet")
+pub fn serve(cfg: &Config, gates: GateFactory) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handle = start(cfg, gates)?;
+    tracing::info!(
+        http = ?handle.local_addrs(),
+        https = ?handle.tls_addrs(),
+        shards = cfg.shard_count(),
+        "proxy listening"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match handle.reload_tls() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
+                },
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    tracing::info!("draining in-flight requests");
+    handle.shutdown(DRAIN_DEADLINE)?;
+    Ok(())
 }

@@ -1,0 +1,358 @@
+//! Request heads: parsed with httparse straight out of the connection's read buffer into a stack
+//! array of borrowed headers, checked for smuggling shapes, routed, passed to the shard's gate,
+//! and serialised for the upstream into a reused buffer — without a heap allocation.
+//!
+//! [`process`] is the whole per-request hot path before any I/O; it is public so the
+//! counting-allocator test and the benches can drive it in isolation.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::forward::{self, Forward};
+use super::reqid::{IdGen, RequestId};
+use super::route::RouteTable;
+use crate::codes::ErrorCode;
+use crate::gate::{Denial, Gate, GateRequest, Verdict};
+
+/// Most request headers accepted (431 above).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length: n` (n > 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A request to forward: the forwarded head is already in the output buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    /// Bytes of the read buffer the head used.
+    pub head_len: usize,
+    /// Body framing.
+    pub framing: Framing,
+    /// The client wants the connection kept open.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    /// `HEAD` request (no response body).
+    pub is_head: bool,
+    /// Matched route index.
+    pub route: usize,
+    /// The request's id.
+    pub request_id: RequestId,
+}
+
+/// A request answered by the proxy itself.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Bytes of the head, when it could be parsed (`None`: the connection must close).
+    pub head_len: Option<usize>,
+    /// Body framing, when known.
+    pub framing: Framing,
+    /// The client wants the connection kept open.
+    pub keep_alive: bool,
+    /// The request's id.
+    pub request_id: RequestId,
+    /// Why.
+    pub denial: Denial,
+}
+
+/// What to do with the bytes read so far.
+#[derive(Debug)]
+pub enum Step {
+    /// The head is incomplete: read more.
+    Partial,
+    /// Forward; the upstream head is in `out`.
+    Forward(Prepared),
+    /// Answer with an error.
+    Refuse(Box<Refusal>),
+}
+
+/// Everything [`process`] needs besides the bytes.
+pub struct HeadCtx<'a> {
+    /// Compiled routes.
+    pub routes: &'a RouteTable,
+    /// `limits.max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// `limits.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// The connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// `peer` as text (formatted once per connection, for `X-Forwarded-For`).
+    pub peer_text: &'a str,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: &'a [IpNet],
+    /// The shard's gate.
+    pub gate: &'a mut dyn Gate,
+    /// The shard's id maker.
+    pub ids: &'a mut IdGen,
+}
+
+/// What one pass over the headers found.
+#[derive(Default)]
+pub(crate) struct Scan<'b> {
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub close: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub host: Option<&'b str>,
+    pub request_id: Option<&'b [u8]>,
+    pub xff: Option<&'b str>,
+    /// Values of `Connection` headers (their tokens name more hop-by-hop headers).
+    pub connection: [&'b str; 4],
+    pub n_connection: usize,
+}
+
+/// Parses, checks, routes, gates and serialises one request head from `buf`.
+pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
+    // Uninitialised: zeroing 100 headers per request would cost more than parsing them.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) if n <= ctx.max_header_bytes => n,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return refuse(ctx, None, ErrorCode::HeadersTooLarge);
+        }
+        Ok(httparse::Status::Partial) if buf.len() < ctx.max_header_bytes => {
+            return Step::Partial;
+        }
+        Ok(httparse::Status::Partial) => return refuse(ctx, None, ErrorCode::HeadersTooLarge),
+        Err(_) => return refuse(ctx, None, ErrorCode::BadRequest),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return refuse(ctx, None, ErrorCode::BadRequest);
+    };
+    let Ok(scan) = scan(req.headers) else {
+        return refuse(ctx, None, ErrorCode::BadRequest);
+    };
+    let request_id = scan
+        .request_id
+        .and_then(RequestId::from_caller)
+        .unwrap_or_else(|| ctx.ids.next_id());
+    let keep_alive = if version == 1 {
+        !scan.close
+    } else {
+        scan.keep_alive && !scan.close
+    };
+    let framing = match (scan.chunked, scan.content_length) {
+        // Chunked framing does not exist in HTTP/1.0: a 1.0 request claiming it is faulty.
+        (true, _) if version == 0 => return refuse_id(None, request_id, ErrorCode::BadRequest),
+        (true, Some(_)) => return refuse_id(None, request_id, ErrorCode::BadRequest),
+        (true, None) => Framing::Chunked,
+        (false, Some(0) | None) => Framing::Empty,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let refuse_here = |code| {
+        Step::Refuse(Box::new(Refusal {
+            head_len: Some(head_len),
+            framing,
+            keep_alive,
+            request_id,
+            denial: Denial::new(code),
+        }))
+    };
+    if (version == 1 && scan.host.is_none()) || !sane_target(target) {
+        return refuse_here(ErrorCode::BadRequest);
+    }
+    if matches!(framing, Framing::Length(n) if n > ctx.max_body_bytes) {
+        return refuse_here(ErrorCode::PayloadTooLarge);
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let Some(route) = ctx.routes.find(path) else {
+        return refuse_here(ErrorCode::NoRoute);
+    };
+    let trusted = ctx.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
+    let peer = client_ip(ctx.peer, trusted, scan.xff);
+    let verdict = ctx.gate.check(&GateRequest {
+        peer,
+        method,
+        path,
+        query,
+        headers: req.headers,
+        route,
+    });
+    let identity = match verdict {
+        Verdict::Allow(id) => id,
+        Verdict::Deny(denial) => {
+            return Step::Refuse(Box::new(Refusal {
+                head_len: Some(head_len),
+                framing,
+                keep_alive,
+                request_id,
+                denial,
+            }));
+        }
+    };
+    let r = &ctx.routes.routes[route];
+    forward::write_head(
+        out,
+        &Forward {
+            method,
+            path,
+            query,
+            headers: req.headers,
+            scan: &scan,
+            route: r,
+            authority: &ctx.routes.upstreams[r.upstream].authority,
+            peer: ctx.peer_text,
+            trusted,
+            tls: ctx.tls,
+            request_id: &request_id,
+            identity: identity.as_ref(),
+            framing,
+            http10: version == 0,
+        },
+    );
+    Step::Forward(Prepared {
+        head_len,
+        framing,
+        keep_alive,
+        expect_continue: scan.expect_continue,
+        is_head: method == "HEAD",
+        route,
+        request_id,
+    })
+}
+
+fn refuse(ctx: &mut HeadCtx<'_>, head_len: Option<usize>, code: ErrorCode) -> Step {
+    refuse_id(head_len, ctx.ids.next_id(), code)
+}
+
+fn refuse_id(head_len: Option<usize>, request_id: RequestId, code: ErrorCode) -> Step {
+    Step::Refuse(Box::new(Refusal {
+        head_len,
+        framing: Framing::Empty,
+        keep_alive: false,
+        request_id,
+        denial: Denial::new(code),
+    }))
+}
+
+/// Case-insensitive header-name test against a lower-case literal.
+#[inline]
+pub(crate) fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// One pass over the headers: framing, connection options, and the few values we need.
+///
+/// Refuses (with `Err`) every smuggling shape: two different `Content-Length`s, a
+/// `Content-Length` that is not plain digits, a `Transfer-Encoding` other than exactly `chunked`
+/// (or given twice), two `Host`s. Obs-fold never gets here: httparse rejects it in requests.
+pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, ()> {
+    let mut s = Scan::default();
+    for h in headers {
+        let name = h.name;
+        let value = h.value;
+        match name.len() {
+            4 if is(name, "host") => {
+                if s.host.is_some() {
+                    return Err(());
+                }
+                s.host = Some(std::str::from_utf8(value).map_err(|_| ())?);
+            }
+            6 if is(name, "expect") => {
+                s.expect_continue |= trim(value).eq_ignore_ascii_case(b"100-continue");
+            }
+            10 if is(name, "connection") => {
+                let v = std::str::from_utf8(value).map_err(|_| ())?;
+                for tok in v.split(',').map(str::trim) {
+                    if tok.eq_ignore_ascii_case("close") {
+                        s.close = true;
+                    } else if tok.eq_ignore_ascii_case("keep-alive") {
+                        s.keep_alive = true;
+                    }
+                }
+                if s.n_connection < s.connection.len() {
+                    s.connection[s.n_connection] = v;
+                    s.n_connection += 1;
+                } else {
+                    return Err(());
+                }
+            }
+            12 if is(name, "x-request-id") => s.request_id = Some(value),
+            14 if is(name, "content-length") => {
+                let n = parse_length(value)?;
+                if s.content_length.is_some_and(|m| m != n) {
+                    return Err(());
+                }
+                s.content_length = Some(n);
+            }
+            15 if is(name, "x-forwarded-for") => {
+                s.xff = Some(std::str::from_utf8(value).map_err(|_| ())?);
+            }
+            17 if is(name, "transfer-encoding") => {
+                if s.chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(());
+                }
+                s.chunked = true;
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// `Content-Length`: 1 to 19 ASCII digits, nothing else.
+pub(crate) fn parse_length(v: &[u8]) -> Result<u64, ()> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    Ok(v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Origin-form only, and no dot segments (they would let `/v1/../admin` ride the `/v1/` route).
+fn sane_target(t: &str) -> bool {
+    let path = t.split_once('?').map_or(t, |(p, _)| p);
+    if !path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    let b = path.as_bytes();
+    for i in 0..b.len() {
+        if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && matches!(b.get(i + 2), Some(b'e' | b'E' | b'f' | b'F'))
+        {
+            return false;
+        }
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// The client address the gate sees: the socket peer, or behind a trusted proxy the right-most
+/// `X-Forwarded-For` entry.
+fn client_ip(peer: IpAddr, trusted: bool, xff: Option<&str>) -> IpAddr {
+    if trusted
+        && let Some(xff) = xff
+        && let Some(Ok(ip)) = xff.rsplit(',').next().map(|s| s.trim().parse())
+    {
+        return ip;
+    }
+    peer
+}

@@ -1,0 +1,75 @@
+//! Listener sockets: one `SO_REUSEPORT` socket per shard and address, bound before the shards
+//! start so bind errors surface at once and an ephemeral port (`:0`) is shared by every shard.
+
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::ProxyError;
+
+/// Listen backlog per socket.
+const BACKLOG: i32 = 4096;
+
+/// One shard's listeners, each flagged TLS or plain.
+#[derive(Debug)]
+pub(crate) struct ShardListeners {
+    /// `(listener, is_tls)`.
+    pub list: Vec<(TcpListener, bool)>,
+}
+
+/// Everything bound.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    /// Resolved plain addresses.
+    pub http: Vec<SocketAddr>,
+    /// Resolved TLS addresses.
+    pub https: Vec<SocketAddr>,
+    /// Per shard.
+    pub per_shard: Vec<ShardListeners>,
+}
+
+/// Binds `shards` sockets for each address.
+pub(crate) fn bind_all(
+    http: &[SocketAddr],
+    https: &[SocketAddr],
+    shards: usize,
+) -> Result<Bound, ProxyError> {
+    let mut per_shard: Vec<ShardListeners> = (0..shards)
+        .map(|_| ShardListeners { list: Vec::new() })
+        .collect();
+    let mut resolved = [Vec::new(), Vec::new()];
+    for (tls, addrs) in [(false, http), (true, https)] {
+        for &want in addrs {
+            let mut addr = want;
+            for shard in &mut per_shard {
+                let l = bind_one(addr).map_err(|source| ProxyError::Bind { addr: want, source })?;
+                // The first socket fixes an ephemeral port; the others join it.
+                addr = l
+                    .local_addr()
+                    .map_err(|source| ProxyError::Bind { addr: want, source })?;
+                shard.list.push((l, tls));
+            }
+            resolved[usize::from(tls)].push(addr);
+        }
+    }
+    let [http, https] = resolved;
+    Ok(Bound {
+        http,
+        https,
+        per_shard,
+    })
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_tcp_nodelay(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    Ok(sock.into())
+}

@@ -1,0 +1,187 @@
+//! One shard: a pinned thread running a current-thread tokio runtime with its own listeners,
+//! gate, request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
+//! except the stop signal.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::listen::ShardListeners;
+use super::reqid::IdGen;
+use super::route::RouteTable;
+use super::upstream::Pool;
+use crate::config::{Config, ErrorDetail};
+use crate::gate::Gate;
+
+/// Read-only settings shared by every shard.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub routes: Arc<RouteTable>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub client_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub opaque: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Settings {
+    pub fn new(cfg: &Config, routes: Arc<RouteTable>) -> Self {
+        Self {
+            routes,
+            max_header_bytes: cfg.limits.max_header_bytes.max(256),
+            max_body_bytes: cfg.limits.max_body_bytes,
+            client_timeout: cfg.limits.client_timeout,
+            upstream_timeout: cfg.limits.upstream_timeout,
+            opaque: cfg.keys.errors == ErrorDetail::Opaque,
+            trusted_proxies: cfg.keys.trusted_proxies.clone(),
+        }
+    }
+}
+
+/// What a shard thread starts with.
+pub(crate) struct Spec {
+    pub n: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub listeners: ShardListeners,
+    pub gate: Box<dyn Gate>,
+    pub settings: Arc<Settings>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub stop: watch::Receiver<Option<Duration>>,
+}
+
+/// A shard's own state, shared by its tasks on its one thread.
+pub(crate) struct Shard {
+    pub settings: Arc<Settings>,
+    pub gate: RefCell<Box<dyn Gate>>,
+    pub ids: RefCell<IdGen>,
+    pub pool: RefCell<Pool>,
+    /// Set once draining starts.
+    pub stopping: Cell<bool>,
+    /// Woken when draining starts (idle connections and accept loops leave).
+    pub notify: Notify,
+    /// Open client connections.
+    pub active: Cell<usize>,
+}
+
+/// The shard thread's body.
+pub(crate) fn run(spec: Spec) {
+    if let Some(core) = spec.core {
+        core_affinity::set_for_current(core);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = spec.n, "cannot build the shard runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, shard_main(spec));
+}
+
+async fn shard_main(spec: Spec) {
+    let Spec {
+        n,
+        listeners,
+        gate,
+        settings,
+        tls,
+        mut stop,
+        ..
+    } = spec;
+    let upstreams = settings.routes.upstreams.len();
+    let shard = Rc::new(Shard {
+        settings,
+        gate: RefCell::new(gate),
+        ids: RefCell::new(IdGen::new(n)),
+        pool: RefCell::new(Pool::new(upstreams)),
+        stopping: Cell::new(false),
+        notify: Notify::new(),
+        active: Cell::new(0),
+    });
+    let acceptor = tls.map(TlsAcceptor::from);
+    for (l, is_tls) in listeners.list {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                let acc = if is_tls { acceptor.clone() } else { None };
+                tokio::task::spawn_local(accept_loop(Rc::clone(&shard), l, acc));
+            }
+            Err(e) => tracing::error!(shard = n, "cannot register listener: {e}"),
+        }
+    }
+    let drain = loop {
+        if let Some(d) = *stop.borrow_and_update() {
+            break d;
+        }
+        if stop.changed().await.is_err() {
+            break Duration::ZERO;
+        }
+    };
+    shard.stopping.set(true);
+    shard.notify.notify_waiters();
+    let deadline = tokio::time::Instant::now() + drain;
+    while shard.active.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends (or is dropped).
+struct Active(Rc<Shard>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let notified = shard.notify.notified();
+        if shard.stopping.get() {
+            return;
+        }
+        let (sock, peer) = tokio::select! {
+            biased;
+            () = notified => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        shard.active.set(shard.active.get() + 1);
+        let guard = Active(Rc::clone(&shard));
+        tokio::task::spawn_local(connection(guard, sock, peer, tls.clone()));
+    }
+}
+
+async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    let shard = &guard.0;
+    match tls {
+        None => super::conn::serve(shard, sock, peer, false).await,
+        Some(acc) => {
+            let timeout = shard.settings.client_timeout;
+            match tokio::time::timeout(timeout, acc.accept(sock)).await {
+                Ok(Ok(stream)) => super::conn::serve(shard, stream, peer, true).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}

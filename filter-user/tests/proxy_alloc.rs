@@ -1,0 +1,151 @@
+//! Proves the per-request hot path allocates nothing: parse the head out of the read buffer,
+//! match the route, call the gate, and serialise the upstream head into a reused buffer —
+//! counted by a `#[global_allocator]` that counts this thread's allocations.
+//!
+//! The counting allocator is the one `unsafe` in the test suite: `GlobalAlloc` cannot be
+//! implemented without it. It only forwards to `System` and bumps a thread-local counter.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use edgefilter::config::Config;
+use edgefilter::gate::{AllowAll, Gate, GateRequest, Identity, Verdict};
+use edgefilter::proxy::head::{self, Framing, HeadCtx, Step};
+use edgefilter::proxy::reqid::IdGen;
+use edgefilter::proxy::route::RouteTable;
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn bump() {
+    // `try_with`: the thread-locals may be gone while a thread is torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract is exactly `System`'s; the counter touches no allocator state.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations(f: impl FnOnce()) -> u64 {
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|on| on.set(true));
+    f();
+    COUNTING.with(|on| on.set(false));
+    COUNT.with(Cell::get)
+}
+
+/// A gate that allows with an identity (shared `Arc`s, as the key cache would hand out).
+struct WithIdentity(Identity);
+
+impl Gate for WithIdentity {
+    fn check(&mut self, req: &GateRequest<'_>) -> Verdict {
+        let has_key = req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("authorization"));
+        Verdict::Allow(has_key.then(|| self.0.clone()))
+    }
+}
+
+const REQUEST: &[u8] = b"POST /v1/chat/completions?stream=true&api_key=ef_live_x HTTP/1.1\r\n\
+Host: api.example.com\r\n\
+User-Agent: curl/8.5.0\r\n\
+Accept: */*\r\n\
+Authorization: Bearer ef_live_0123456789abcdefghijABCDEFGHIJklmnop\r\n\
+Content-Type: application/json\r\n\
+X-Request-Id: req-abc.123\r\n\
+Connection: keep-alive\r\n\
+Content-Length: 42\r\n\r\n\
+{\"model\":\"m\",\"messages\":[],\"stream\":true}";
+
+#[test]
+fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
+    let cfg = Config::parse(
+        "[[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n\
+         [[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9000\"\nkey_in_query = true\n\
+         inject_header = { name = \"Authorization\", value = \"Bearer sk-upstream\" }\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let routes = RouteTable::build(&cfg).unwrap();
+    let mut ids = IdGen::new(0);
+    let mut out = Vec::with_capacity(4096);
+    let identity = Identity {
+        key_id: Arc::from("key_0123456789ab"),
+        tenant: Arc::from("acme"),
+        user: Arc::from("alice"),
+    };
+    let gates: [Box<dyn Gate>; 2] = [Box::new(AllowAll), Box::new(WithIdentity(identity))];
+    for mut gate in gates {
+        let mut run = || {
+            let mut ctx = HeadCtx {
+                routes: &routes,
+                max_header_bytes: 16384,
+                max_body_bytes: 1 << 20,
+                tls: false,
+                peer: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                peer_text: "203.0.113.7",
+                trusted_proxies: &[],
+                gate: &mut *gate,
+                ids: &mut ids,
+            };
+            head::process(REQUEST, &mut ctx, &mut out)
+        };
+        // Warm once, and check the result is what a forward should be.
+        match run() {
+            Step::Forward(p) => {
+                assert_eq!(p.route, 1);
+                assert_eq!(p.framing, Framing::Length(42));
+                assert_eq!(p.request_id.as_str(), "req-abc.123");
+            }
+            other => panic!("not forwarded: {other:?}"),
+        }
+        let n = allocations(|| {
+            for _ in 0..1000 {
+                assert!(matches!(run(), Step::Forward(_)));
+            }
+        });
+        assert_eq!(n, 0, "{n} allocations in 1000 requests");
+        let sent = String::from_utf8(out.clone()).unwrap();
+        assert!(sent.starts_with("POST /v1/chat/completions?stream=true HTTP/1.1\r\n"));
+        assert!(sent.contains("Authorization: Bearer sk-upstream\r\n"));
+        assert!(!sent.contains("ef_live_"));
+    }
+    // The counter itself works: an allocation is seen.
+    assert!(allocations(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
+}
