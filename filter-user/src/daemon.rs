@@ -1,9 +1,15 @@
-//! Daemon wiring: logging → key store → XDP → shards (proxy) → wait for a signal.
+//! Daemon wiring: logging → key store → XDP → control plane → shards (proxy) + admin API →
+//! wait for a signal.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::admin::{AdminServer, Readiness};
 use crate::config::Config;
+use crate::control::ControlPlane;
+use crate::gate::{Gate, GateFactory};
 
 /// How often the daemon looks for store changes made by other processes (the CLI without the
 /// admin API, or another host).
@@ -12,12 +18,18 @@ const STORE_POLL: Duration = Duration::from_millis(200);
 /// Runs the daemon until SIGTERM/SIGINT.
 ///
 /// # Errors
-/// Start-up failures (store, XDP attach, listener bind, TLS files, ...).
+/// Start-up failures (store, XDP attach, listener bind, admin API bind, TLS files, ...).
 pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
     let started = Instant::now();
+    let ready = Arc::new(Readiness::new());
     let (mut keys, store) = crate::auth::KeyService::open(&cfg)?;
-    tracing::info!(keys = keys.loaded_keys(), revision = keys.revision(), "key store loaded");
+    tracing::info!(
+        keys = keys.loaded_keys(),
+        revision = keys.revision(),
+        "key store loaded"
+    );
+    ready.set_store(true);
     let _xdp = if no_xdp || !cfg.xdp.enabled {
         tracing::warn!(
             "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy"
@@ -28,9 +40,34 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         tracing::info!(interfaces = ?cfg.xdp.interfaces, mode = ?cfg.xdp.mode, "XDP attached");
         Some(xdp)
     };
-    let gates = keys.gate_factory();
-    let _watcher = keys.spawn_watcher(store, STORE_POLL);
-    tracing::info!(shards = cfg.shard_count(), startup_ms = started.elapsed().as_millis(), "serving");
-    crate::proxy::serve(&cfg, gates)?;
+    ready.set_xdp(true);
+    let gates = count_shards(keys.gate_factory(), cfg.shard_count(), Arc::clone(&ready));
+    let cfg = Arc::new(cfg);
+    let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
+    let watcher = plane.spawn_watcher(STORE_POLL);
+    let admin = AdminServer::from_config(&cfg, plane, Arc::clone(&ready))?.spawn()?;
+    tracing::info!(
+        shards = cfg.shard_count(),
+        admin = %admin.local_addr(),
+        startup_ms = started.elapsed().as_millis(),
+        "serving"
+    );
+    let served = crate::proxy::serve(&cfg, gates);
+    ready.set_shards(false);
+    drop(admin);
+    drop(watcher);
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Wraps the gate factory so readiness turns on once every shard has built its gate.
+fn count_shards(inner: GateFactory, shards: usize, ready: Arc<Readiness>) -> GateFactory {
+    let built = AtomicUsize::new(0);
+    Box::new(move |n| -> Box<dyn Gate> {
+        let gate = inner(n);
+        if built.fetch_add(1, Ordering::AcqRel) + 1 == shards {
+            ready.set_shards(true);
+        }
+        gate
+    })
 }

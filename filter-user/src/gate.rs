@@ -90,6 +90,15 @@ pub enum Verdict {
 pub trait Gate: Send {
     /// Decides one request. Must not block.
     fn check(&mut self, req: &GateRequest<'_>) -> Verdict;
+
+    /// A signal the shard awaits while idle; when it fires the shard calls [`Gate::on_wake`],
+    /// so changes are applied even when no request arrives. `None`: the gate has no changes.
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// Applies pending changes (called by the shard after [`Gate::change_signal`] fired).
+    fn on_wake(&mut self) {}
 }
 
 /// Builds the gate of shard `n`.

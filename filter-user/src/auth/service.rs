@@ -1,16 +1,18 @@
 //! Wiring for the daemon: load the store once, build one [`ShardGate`] per shard as a
-//! [`GateFactory`], and push store changes to every shard's inbox when the revision moves.
+//! [`GateFactory`], and publish store changes to every shard through the control plane's
+//! lock-free [`Fanout`] when the revision moves.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cache::ShardCache;
 use super::loader::{KeyLoader, KeySnapshot};
 use super::rules::{AuthRules, RulesError};
-use super::shard::{Batch, Inbox, ShardGate};
+use super::shard::{Batch, ShardGate};
 use crate::config::Config;
+use crate::control::{AckWatcher, Fanout, Propagation, ShardInbox};
 use crate::gate::{Gate, GateFactory};
 use crate::store::{self, KeyStore, StoreError};
 
@@ -25,15 +27,29 @@ pub enum ServiceError {
     Rules(#[from] RulesError),
 }
 
+/// Each shard's inbox, taken by the shard's gate when it is built.
+type Inboxes = Arc<Mutex<Vec<Option<ShardInbox<Batch>>>>>;
+
 /// The loaded key state of a daemon.
-#[derive(Debug)]
 pub struct KeyService {
     rules: Arc<AuthRules>,
     /// Held until the shards have built their indexes, then released.
     snapshot: Option<Arc<KeySnapshot>>,
     loaded: usize,
     loader: KeyLoader,
-    inboxes: Arc<[Arc<Inbox>]>,
+    fanout: Fanout<Batch>,
+    inboxes: Inboxes,
+    propagation: Arc<Propagation>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService")
+            .field("loaded", &self.loaded)
+            .field("revision", &self.loader.revision())
+            .field("published", &self.fanout.last_published())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyService {
@@ -54,15 +70,17 @@ impl KeyService {
     pub fn load(cfg: &Config, store: &dyn KeyStore, shards: usize) -> Result<Self, ServiceError> {
         let rules = Arc::new(AuthRules::from_config(cfg)?);
         let (loader, snapshot) = KeyLoader::load(store)?;
-        let inboxes = (0..shards)
-            .map(|_| Arc::new(Inbox::new(snapshot.revision)))
-            .collect();
+        let propagation = Propagation::new();
+        let (fanout, inboxes) =
+            Fanout::new(shards, snapshot.revision, Some(propagation.observer()));
         Ok(Self {
             rules,
             loaded: snapshot.entries.len(),
             snapshot: Some(Arc::new(snapshot)),
             loader,
-            inboxes,
+            fanout,
+            inboxes: Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect())),
+            propagation,
         })
     }
 
@@ -79,7 +97,8 @@ impl KeyService {
     }
 
     /// Builds shard `n`'s gate (its own index over the shared entries); `None` once the
-    /// snapshot has gone to [`KeyService::gate_factory`].
+    /// snapshot has gone to [`KeyService::gate_factory`]. The first gate built for `n` takes
+    /// that shard's inbox; a second one gets no changes.
     #[must_use]
     pub fn gate(&self, n: usize) -> Option<ShardGate> {
         let snap = self.snapshot.as_ref()?;
@@ -92,7 +111,12 @@ impl KeyService {
     /// that, gets a gate with an empty index (every key `UNKNOWN_KEY`) and logs an error.
     #[must_use]
     pub fn gate_factory(&mut self) -> GateFactory {
-        let held = Mutex::new((self.snapshot.take(), self.inboxes.len()));
+        let shards = self
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let held = Mutex::new((self.snapshot.take(), shards));
         let rules = Arc::clone(&self.rules);
         let inboxes = Arc::clone(&self.inboxes);
         Box::new(move |n| -> Box<dyn Gate> {
@@ -120,30 +144,61 @@ impl KeyService {
         })
     }
 
-    /// Catches up with the store and queues the changes for every shard; returns the new
+    /// Catches up with the store and publishes the changes to every shard; returns the new
     /// revision when it moved.
     ///
     /// # Errors
     /// Store failures (the shards keep serving their last state).
     pub fn poll(&mut self, store: &dyn KeyStore) -> Result<Option<u64>, StoreError> {
+        self.poll_at(store, Instant::now())
+    }
+
+    /// [`Self::poll`] for a change committed at `committed_at` (propagation is measured from
+    /// it).
+    ///
+    /// # Errors
+    /// Store failures (the shards keep serving their last state).
+    pub fn poll_at(
+        &mut self,
+        store: &dyn KeyStore,
+        committed_at: Instant,
+    ) -> Result<Option<u64>, StoreError> {
         let updates = self.loader.reload_if_revision_changed(store)?;
-        if updates.is_empty() {
+        let revision = self.loader.revision();
+        if revision <= self.fanout.last_published() {
             return Ok(None);
         }
-        let batch = Arc::new(Batch {
-            revision: self.loader.revision(),
-            updates,
-        });
-        for inbox in &*self.inboxes {
-            inbox.push(Arc::clone(&batch));
+        let batch = Arc::new(Batch { revision, updates });
+        // The loader's revision only grows and is above the last published one: in order.
+        if let Err(e) = self.fanout.publish_at(revision, batch, committed_at) {
+            tracing::error!(error = %e, "fan-out refused a store revision");
+            return Ok(None);
         }
-        Ok(Some(batch.revision))
+        Ok(Some(revision))
+    }
+
+    /// The last revision published to the shards.
+    #[must_use]
+    pub fn published(&self) -> u64 {
+        self.fanout.last_published()
+    }
+
+    /// A handle that waits until every shard applied a revision.
+    #[must_use]
+    pub fn acks(&self) -> AckWatcher<Batch> {
+        self.fanout.watcher()
+    }
+
+    /// The propagation histogram (store commit → last shard applied).
+    #[must_use]
+    pub fn propagation(&self) -> Arc<Propagation> {
+        Arc::clone(&self.propagation)
     }
 
     /// The revision each shard has applied.
     #[must_use]
     pub fn applied(&self) -> Vec<u64> {
-        self.inboxes.iter().map(|i| i.applied()).collect()
+        self.fanout.watcher().applied()
     }
 
     /// Polls the store every `every` on a thread of its own until the handle is dropped.
@@ -169,11 +224,16 @@ impl KeyService {
 fn build_gate(
     snapshot: &KeySnapshot,
     rules: &Arc<AuthRules>,
-    inboxes: &[Arc<Inbox>],
+    inboxes: &Inboxes,
     n: usize,
 ) -> ShardGate {
+    let inbox = inboxes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(n)
+        .and_then(Option::take);
     let cache = ShardCache::new(&snapshot.entries, &snapshot.inactive);
-    ShardGate::new(cache, Arc::clone(rules), inboxes.get(n).cloned())
+    ShardGate::new(cache, Arc::clone(rules), inbox)
 }
 
 /// Stops the store watcher when dropped.

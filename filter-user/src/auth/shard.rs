@@ -1,10 +1,7 @@
-//! A shard's [`Gate`]: its own cache, the shared rules, and an inbox of store changes that it
-//! drains (lock-free) before each decision.
+//! A shard's [`Gate`]: its own cache, the shared rules, and its [`ShardInbox`] of store
+//! changes (the control plane's lock-free fan-out), drained before each decision and on wake-up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crossbeam_queue::SegQueue;
 
 use super::cache::{CacheUpdate, ShardCache};
 use super::decide::{Decision, Now, decide};
@@ -12,6 +9,7 @@ use super::deny::{RenderCtx, denial};
 use super::extract::extract;
 use super::rules::AuthRules;
 use crate::codes::ErrorCode;
+use crate::control::ShardInbox;
 use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
 
 /// Updates that bring a shard to `revision`, built once and shared by every shard.
@@ -23,47 +21,18 @@ pub struct Batch {
     pub updates: Vec<CacheUpdate>,
 }
 
-/// One shard's inbox: a lock-free queue in, the applied revision out.
-#[derive(Debug, Default)]
-pub struct Inbox {
-    queue: SegQueue<Arc<Batch>>,
-    applied: AtomicU64,
-}
-
-impl Inbox {
-    /// An inbox whose shard starts at `revision`.
-    #[must_use]
-    pub fn new(revision: u64) -> Self {
-        Self {
-            queue: SegQueue::new(),
-            applied: AtomicU64::new(revision),
-        }
-    }
-
-    /// Queues a batch for the shard.
-    pub fn push(&self, batch: Arc<Batch>) {
-        self.queue.push(batch);
-    }
-
-    /// The newest revision the shard has applied.
-    #[must_use]
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-}
-
 /// The key checker of one shard.
 #[derive(Debug)]
 pub struct ShardGate {
     cache: ShardCache,
     rules: Arc<AuthRules>,
-    inbox: Option<Arc<Inbox>>,
+    inbox: Option<ShardInbox<Batch>>,
 }
 
 impl ShardGate {
     /// A gate over `cache`; `inbox`, when given, is drained before each check.
     #[must_use]
-    pub fn new(cache: ShardCache, rules: Arc<AuthRules>, inbox: Option<Arc<Inbox>>) -> Self {
+    pub fn new(cache: ShardCache, rules: Arc<AuthRules>, inbox: Option<ShardInbox<Batch>>) -> Self {
         Self {
             cache,
             rules,
@@ -82,15 +51,19 @@ impl ShardGate {
         &self.cache
     }
 
-    /// Applies whatever the inbox holds.
+    /// Applies whatever the inbox holds; one atomic load when nothing is pending.
+    #[inline]
     pub fn drain_inbox(&mut self) {
-        let Some(inbox) = &self.inbox else { return };
-        while let Some(batch) = inbox.queue.pop() {
-            for u in &batch.updates {
-                self.cache.apply(u);
-            }
-            inbox.applied.store(batch.revision, Ordering::Release);
+        let Some(inbox) = &mut self.inbox else { return };
+        if !inbox.pending() {
+            return;
         }
+        let cache = &mut self.cache;
+        inbox.drain(|_, batch| {
+            for u in &batch.updates {
+                cache.apply(u);
+            }
+        });
     }
 
     /// Checks a request at `now` (the [`Gate`] impl uses the system clock).
@@ -128,5 +101,13 @@ impl ShardGate {
 impl Gate for ShardGate {
     fn check(&mut self, req: &GateRequest<'_>) -> Verdict {
         self.check_at(req, Now::system())
+    }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.inbox.as_ref().map(ShardInbox::signal)
+    }
+
+    fn on_wake(&mut self) {
+        self.drain_inbox();
     }
 }

@@ -1,4 +1,6 @@
-//! `edgefilter keys create|list|show|revoke|approve|rotate`, against the store directly.
+//! `edgefilter keys create|list|show|revoke|approve|rotate`: changes go through the running
+//! daemon's admin API when it is up (returning once every shard applied them), else straight
+//! to the store; reads use the store. The output is the same either way.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,8 +9,11 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::daemon_api::{self, segment};
 use super::{EXIT_USAGE, JsonFlag, load_config};
+use crate::admin::AdminClient;
 use crate::config::parse_duration;
+use crate::control::keyjson::cli_key;
 use crate::store::timefmt::{parse_when, rfc3339};
 use crate::store::{
     self, CreatedKey, KeyRef, KeyStatus, KeyStore, KeyView, NewKey, RateLimit, UserStatus,
@@ -208,21 +213,74 @@ fn print_view(v: &KeyView, now: i64) {
     println!("created:     {}", rfc3339(k.created_at));
 }
 
-fn print_created(c: &CreatedKey, json: bool, now: i64, extra: Option<(&str, Value)>) {
+/// `view` in the CLI's JSON shape with the secret added.
+fn created_json(c: &CreatedKey, now: i64) -> Value {
+    let mut v = view_json(&c.view, now);
+    v["key"] = Value::from(c.secret.expose());
+    v
+}
+
+/// Prints a created key (`v`: the CLI's JSON shape including `key`).
+fn print_created(mut v: Value, json: bool, extra: Option<(&str, Value)>) {
     if json {
-        let mut v = view_json(&c.view, now);
-        v["key"] = Value::from(c.secret.expose());
         if let Some((name, x)) = extra {
             v[name] = x;
         }
         println!("{v}");
     } else {
-        println!("{}", c.secret.expose());
+        println!("{}", v["key"].as_str().unwrap_or_default());
         println!(
             "id: {}  (the key above is shown only this once; store it now)",
-            c.view.key.id
+            v["id"].as_str().unwrap_or_default()
         );
     }
+}
+
+fn print_revoked(v: &Value) {
+    let at = v["revoked_at"].as_str().unwrap_or_default();
+    println!("{} revoked at {at}", v["id"].as_str().unwrap_or_default());
+}
+
+fn print_approved(v: &Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    println!(
+        "{} approved (tenant {}, user {})",
+        s("id"),
+        s("tenant"),
+        s("user")
+    );
+}
+
+/// Prints a rotation: the new key (CLI shape with `key`) and the old one's id and grace end.
+fn print_rotated(new: Value, old_id: &str, until: &str, json: bool) {
+    let replaces = json!({"id": old_id, "grace_until": until});
+    print_created(new, json, Some(("replaces", replaces)));
+    if !json {
+        println!("{old_id} keeps working until {until}");
+    }
+}
+
+/// The admin API request for `keys create`.
+fn create_body(a: &CreateArgs, new: &NewKey) -> Value {
+    json!({
+        "tenant": a.tenant, "user": a.user, "scopes": a.scopes,
+        "expires": a.expires, "not_before": a.not_before,
+        "allowed_cidrs": new.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "rate": new.rate.map(|r| r.per_sec), "burst": new.rate.map(|r| r.burst),
+        "pending": a.pending, "env": new.env,
+    })
+}
+
+/// A key change through the daemon (`Some`) or the store (`None`).
+fn change(
+    api: Option<&AdminClient>,
+    id: &str,
+    action: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Option<Value>> {
+    let Some(c) = api else { return Ok(None) };
+    let path = format!("/v1/keys/{}/{action}", segment(id));
+    daemon_api::call(c, "POST", &path, body).map(Some)
 }
 
 /// Runs the command.
@@ -235,15 +293,24 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let now = store::unix_now();
+    let api = match &cmd {
+        KeysCmd::List { .. } | KeysCmd::Show { .. } => None,
+        _ => daemon_api::discover(&cfg),
+    };
     match cmd {
         KeysCmd::Create(a) => {
             let new = match new_key(&a, &cfg.keys.environment, now) {
                 Ok(n) => n,
                 Err(m) => return Ok(usage(&m)),
             };
-            let created = store::open(&cfg)?.create_keys(std::slice::from_ref(&new), now)?;
-            for c in &created {
-                print_created(c, a.json.json, now, None);
+            if let Some(c) = &api {
+                let v = daemon_api::call(c, "POST", "/v1/keys", Some(&create_body(&a, &new)))?;
+                print_created(cli_key(&v), a.json.json, None);
+            } else {
+                let created = store::open(&cfg)?.create_keys(std::slice::from_ref(&new), now)?;
+                for c in &created {
+                    print_created(created_json(c, now), a.json.json, None);
+                }
             }
         }
         KeysCmd::List { tenant, json } => list(&*store::open(&cfg)?, tenant.as_deref(), json, now)?,
@@ -257,29 +324,39 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 print_view(&v, now);
             }
         }
-        KeysCmd::Revoke { id } => {
-            let v = store::open(&cfg)?.revoke(KeyRef::from_arg(&id), now)?;
-            let at = v.key.revoked_at.map_or_else(String::new, rfc3339);
-            println!("{} revoked at {at}", v.key.id);
-        }
-        KeysCmd::Approve { id } => {
-            let v = store::open(&cfg)?.approve(KeyRef::from_arg(&id), now)?;
-            println!(
-                "{} approved (tenant {}, user {})",
-                v.key.id, v.user.tenant, v.user.name
-            );
-        }
+        KeysCmd::Revoke { id } => match change(api.as_ref(), &id, "revoke", None)? {
+            Some(r) => print_revoked(&cli_key(&r["key"])),
+            None => {
+                let v = store::open(&cfg)?.revoke(KeyRef::from_arg(&id), now)?;
+                print_revoked(&view_json(&v, now));
+            }
+        },
+        KeysCmd::Approve { id } => match change(api.as_ref(), &id, "approve", None)? {
+            Some(r) => print_approved(&cli_key(&r["key"])),
+            None => {
+                let v = store::open(&cfg)?.approve(KeyRef::from_arg(&id), now)?;
+                print_approved(&view_json(&v, now));
+            }
+        },
         KeysCmd::Rotate { id, grace, json } => {
-            let grace = match parse_duration(&grace) {
+            let grace_d = match parse_duration(&grace) {
                 Ok(g) => g,
                 Err(m) => return Ok(usage(&format!("--grace: {m}"))),
             };
-            let (old, new) = store::open(&cfg)?.rotate(KeyRef::from_arg(&id), grace, now)?;
-            let until = old.key.grace_until.map_or_else(String::new, rfc3339);
-            let replaces = json!({"id": old.key.id, "grace_until": until});
-            print_created(&new, json.json, now, Some(("replaces", replaces)));
-            if !json.json {
-                println!("{} keeps working until {until}", old.key.id);
+            let body = json!({ "grace": grace });
+            match change(api.as_ref(), &id, "rotate", Some(&body))? {
+                Some(r) => {
+                    let old = &r["old"];
+                    let until = old["grace_until"].as_str().unwrap_or_default();
+                    let old_id = old["id"].as_str().unwrap_or_default();
+                    print_rotated(cli_key(&r["new"]), old_id, until, json.json);
+                }
+                None => {
+                    let (old, new) =
+                        store::open(&cfg)?.rotate(KeyRef::from_arg(&id), grace_d, now)?;
+                    let until = old.key.grace_until.map_or_else(String::new, rfc3339);
+                    print_rotated(created_json(&new, now), &old.key.id, &until, json.json);
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use crate::config::{Config, DEFAULT_PATH};
 
 pub mod allow;
 pub mod check;
+pub mod daemon_api;
 pub mod explain;
 pub mod keys;
 pub mod stats;

@@ -1,10 +1,12 @@
-//! `edgefilter users suspend|activate|delete`, against the store directly.
+//! `edgefilter users suspend|activate|delete`: through the running daemon's admin API when it
+//! is up (returning once every shard applied the change), else straight to the store.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::daemon_api::{self, segment};
 use super::load_config;
 use crate::store::{self, UserStatus};
 
@@ -37,11 +39,23 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let (user, status) = match cmd {
-        UsersCmd::Suspend { user } => (user, UserStatus::Suspended),
-        UsersCmd::Activate { user } => (user, UserStatus::Active),
-        UsersCmd::Delete { user } => (user, UserStatus::Deleted),
+    let (user, status, action) = match cmd {
+        UsersCmd::Suspend { user } => (user, UserStatus::Suspended, "suspend"),
+        UsersCmd::Activate { user } => (user, UserStatus::Active, "activate"),
+        UsersCmd::Delete { user } => (user, UserStatus::Deleted, "delete"),
     };
+    if let Some(c) = daemon_api::discover(&cfg) {
+        let path = format!("/v1/users/{}/{action}", segment(&user));
+        let v = daemon_api::call(&c, "POST", &path, None)?;
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        println!(
+            "user {} (tenant {}): {}",
+            s("user"),
+            s("tenant"),
+            s("status")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut st = store::open(&cfg)?;
     let u = st.set_user_status(&user, status, store::unix_now())?;
     println!(

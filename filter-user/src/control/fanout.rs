@@ -62,8 +62,8 @@ struct Slot<C> {
     published: AtomicU64,
     /// Highest revision this shard has applied (written by the shard only).
     applied: AtomicU64,
-    /// Wakes an idle shard.
-    wake: Notify,
+    /// Wakes an idle shard (shared so a shard task can await it without borrowing the inbox).
+    wake: Arc<Notify>,
 }
 
 /// A revision's publish time, readable by whichever shard completes it.
@@ -173,7 +173,7 @@ impl<C: Send + Sync + 'static> Fanout<C> {
                 queue: SegQueue::new(),
                 published: AtomicU64::new(start),
                 applied: AtomicU64::new(start),
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
             })
             .collect();
         let stamps = (0..TIMES)
@@ -340,6 +340,15 @@ async fn wait_applied<C>(
     }
 }
 
+impl<C> std::fmt::Debug for ShardInbox<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardInbox")
+            .field("index", &self.index)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<C> ShardInbox<C> {
     /// Whether changes are waiting. One atomic load; call it before every decision.
     #[inline]
@@ -373,6 +382,13 @@ impl<C> ShardInbox<C> {
     /// shard task `select!`s on it. Spurious wake-ups are possible: check [`Self::pending`].
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.shared.slots[self.index].wake.notified()
+    }
+
+    /// The shard's wake-up signal, for a task that awaits changes while the inbox itself is
+    /// owned elsewhere (e.g. inside the shard's gate). Same semantics as [`Self::notified`].
+    #[must_use]
+    pub fn signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.slots[self.index].wake)
     }
 
     /// The revision this shard has applied.

@@ -110,6 +110,10 @@ async fn shard_main(spec: Spec) {
         notify: Notify::new(),
         active: Cell::new(0),
     });
+    let signal = shard.gate.borrow().change_signal();
+    if let Some(signal) = signal {
+        tokio::task::spawn_local(apply_when_idle(Rc::clone(&shard), signal));
+    }
     let acceptor = tls.map(TlsAcceptor::from);
     for (l, is_tls) in listeners.list {
         match TcpListener::from_std(l) {
@@ -133,6 +137,27 @@ async fn shard_main(spec: Spec) {
     let deadline = tokio::time::Instant::now() + drain;
     while shard.active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Applies gate changes as soon as they are published, even when no request arrives (busy
+/// shards apply them before their next decision anyway). Ends when the shard drains.
+async fn apply_when_idle(shard: Rc<Shard>, signal: Arc<Notify>) {
+    loop {
+        let stopping = shard.notify.notified();
+        if shard.stopping.get() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = stopping => return,
+            () = signal.notified() => {
+                // The gate is only borrowed synchronously by requests; never across an await.
+                if let Ok(mut gate) = shard.gate.try_borrow_mut() {
+                    gate.on_wake();
+                }
+            }
+        }
     }
 }
 

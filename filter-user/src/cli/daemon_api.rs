@@ -1,0 +1,63 @@
+//! Key-changing commands through the running daemon's admin API (SPEC §3): the call returns
+//! only once every shard has applied the change. `None` from [`discover`] means "no daemon:
+//! write the store directly".
+
+use serde_json::Value;
+
+use crate::admin::AdminClient;
+use crate::config::Config;
+
+/// The running daemon's admin API, if one is listening.
+#[must_use]
+pub fn discover(cfg: &Config) -> Option<AdminClient> {
+    AdminClient::discover(cfg)
+}
+
+/// Calls the daemon; any non-2xx answer is an error naming the daemon, the code and the hint.
+///
+/// # Errors
+/// The daemon cannot be reached, or refused or failed the change.
+pub fn call(
+    client: &AdminClient,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let (status, v) = client.call(method, path, body)?;
+    if (200..300).contains(&status) {
+        return Ok(v);
+    }
+    let e = &v["error"];
+    let code = e["code"].as_str().unwrap_or("ERROR");
+    let message = e["message"].as_str().unwrap_or("no message");
+    let hint = e["hint"]
+        .as_str()
+        .map_or_else(String::new, |h| format!(" ({h})"));
+    anyhow::bail!(
+        "the daemon at {} answered {status} {code}: {message}{hint}",
+        client.addr()
+    )
+}
+
+/// Percent-encodes one path segment (everything but unreserved characters).
+#[must_use]
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(super::segment("key_AbC09"), "key_AbC09");
+        assert_eq!(super::segment("a b/c%"), "a%20b%2Fc%25");
+    }
+}

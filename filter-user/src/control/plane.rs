@@ -1,0 +1,366 @@
+//! The control plane: the one writer of the key store. Each key change is committed (durable),
+//! then loaded and published to every shard as one batch, and answered only once every shard
+//! has applied it. The store watcher publishes through the same lock, so there is one sequence.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use super::keyjson::api_key;
+use super::propagation::Propagation;
+use crate::admin::{
+    AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, ExplainRequest, ListKeysQuery,
+    OpFuture, RotateRequest, UserAction,
+};
+use crate::auth::KeyService;
+use crate::auth::shard::Batch;
+use crate::config::{Config, parse_duration};
+use crate::control::AckWatcher;
+use crate::store::timefmt::parse_when;
+use crate::store::{self, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus};
+use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
+
+/// How long a key change waits for every shard before answering `PROPAGATION_TIMEOUT`.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default grace of a rotated key.
+const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+struct Inner {
+    keys: KeyService,
+    store: Box<dyn KeyStore>,
+}
+
+/// The control plane; implements [`AdminOps`].
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    acks: AckWatcher<Batch>,
+    propagation: Arc<Propagation>,
+    cfg: Arc<Config>,
+    timeout: Duration,
+}
+
+impl ControlPlane {
+    /// Takes over the loaded key service (its gates already handed to the shards) and the
+    /// store it was loaded from.
+    #[must_use]
+    pub fn new(cfg: Arc<Config>, keys: KeyService, store: Box<dyn KeyStore>) -> Arc<Self> {
+        Arc::new(Self {
+            acks: keys.acks(),
+            propagation: keys.propagation(),
+            inner: Mutex::new(Inner { keys, store }),
+            cfg,
+            timeout: APPLY_TIMEOUT,
+        })
+    }
+
+    /// The propagation histogram (`edgefilter_revocation_propagation_seconds`).
+    #[must_use]
+    pub fn propagation(&self) -> &Arc<Propagation> {
+        &self.propagation
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes whatever the store holds beyond the last published revision (changes made by
+    /// other processes); returns the revision to wait for.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let Inner { keys, store } = &mut *g;
+        keys.poll(&**store)?;
+        Ok(keys.published())
+    }
+
+    /// Runs a store write under the writer lock, then publishes what changed; returns the
+    /// write's result and the revision every shard must reach.
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&mut dyn KeyStore, i64) -> Result<T, StoreError>,
+    ) -> Result<(T, u64), ApiError> {
+        let mut g = self.lock();
+        let Inner { keys, store } = &mut *g;
+        let out = op(&mut **store, store::unix_now()).map_err(store_error)?;
+        let committed = Instant::now();
+        keys.poll_at(&**store, committed).map_err(store_error)?;
+        Ok((out, keys.published()))
+    }
+
+    async fn applied(&self, rev: u64) -> Result<(), ApiError> {
+        self.acks
+            .wait_applied(rev, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::propagation_timeout(e.to_string())
+                    .with_hint("The change is committed; shards apply it when they catch up.")
+            })
+    }
+
+    /// Polls the store every `every` on a thread of its own until the handle is dropped.
+    #[must_use]
+    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) -> PlaneWatcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let me = Arc::clone(self);
+        let join = std::thread::Builder::new()
+            .name("store-watch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    if let Err(e) = me.sync() {
+                        tracing::warn!(error = %e, "key store poll failed; shards keep their last state");
+                    }
+                    std::thread::sleep(every);
+                }
+            })
+            .ok();
+        PlaneWatcher { stop, join }
+    }
+
+    fn new_key(&self, r: CreateKeyRequest, now: i64) -> Result<NewKey, ApiError> {
+        let small = |n: u64, what: &str| {
+            u32::try_from(n).map_err(|_| ApiError::bad_request(format!("`{what}` is too large")))
+        };
+        let rate = match (r.rate, r.burst) {
+            (Some(0), _) => return Err(ApiError::bad_request("`rate` must be at least 1")),
+            (Some(per_sec), burst) => {
+                let per_sec = small(per_sec, "rate")?;
+                let burst = burst.map_or(Ok(per_sec), |b| small(b, "burst"))?.max(1);
+                Some(RateLimit { per_sec, burst })
+            }
+            (None, Some(_)) => return Err(ApiError::bad_request("`burst` needs `rate`")),
+            (None, None) => None,
+        };
+        let when = |s: Option<String>, what: &str| {
+            s.map(|s| {
+                parse_when(&s, now).map_err(|m| ApiError::bad_request(format!("`{what}`: {m}")))
+            })
+            .transpose()
+        };
+        Ok(NewKey {
+            tenant: r.tenant,
+            user: r.user,
+            env: r.env.unwrap_or_else(|| self.cfg.keys.environment.clone()),
+            scopes: r.scopes,
+            not_before: when(r.not_before, "not_before")?,
+            expires_at: when(r.expires, "expires")?,
+            allow_cidrs: r.allowed_cidrs.iter().map(IpNet::trunc).collect(),
+            rate,
+            pending: r.pending,
+        })
+    }
+
+    fn allow_change(&self, net: IpNet, add: bool) -> Result<Value, ApiError> {
+        let _one_writer = self.lock();
+        let path = allowfile_path(&self.cfg);
+        let mut file = AllowFile::load(&path).map_err(xdp_error)?;
+        let changed = if add {
+            file.add(&self.cfg.xdp.allow, net)
+        } else {
+            file.remove(&self.cfg.xdp.allow, net)
+        };
+        if !add && !changed {
+            return Err(ApiError::not_found(format!(
+                "{net} is not in the allowlist."
+            )));
+        }
+        if changed {
+            file.save(&path).map_err(xdp_error)?;
+        }
+        let pins = PinDir::from_env();
+        if pins.has_maps() {
+            let mut maps = open_pinned(&pins).map_err(xdp_error)?;
+            if add {
+                maps.allow_insert(net).map_err(xdp_error)?;
+            } else {
+                maps.allow_remove(net).map_err(xdp_error)?;
+            }
+        }
+        Ok(allow_json(&file, &self.cfg))
+    }
+}
+
+/// Stops the store watcher when dropped.
+#[derive(Debug)]
+pub struct PlaneWatcher {
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Drop for PlaneWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn allow_json(file: &AllowFile, cfg: &Config) -> Value {
+    let cidrs: Vec<String> = file
+        .effective(&cfg.xdp.allow)
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    json!({ "cidrs": cidrs })
+}
+
+/// Maps a store failure to an API error; never echoes a key.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NoSuchKey(_) => ApiError::not_found("No such key."),
+        StoreError::NoSuchUser(_) => ApiError::not_found("No such user."),
+        StoreError::Conflict(m) => ApiError::conflict(m),
+        other => ApiError::store_unavailable(other.to_string()),
+    }
+}
+
+fn xdp_error(e: crate::xdp::XdpError) -> ApiError {
+    ApiError::internal(format!("XDP allowlist: {e}"))
+}
+
+fn key_ref(id: &str) -> KeyRef<'_> {
+    KeyRef::from_arg(id)
+}
+
+fn boxed<'a>(f: impl Future<Output = Result<Value, ApiError>> + Send + 'a) -> OpFuture<'a> {
+    Box::pin(f)
+}
+
+impl AdminOps for ControlPlane {
+    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let now = store::unix_now();
+            let new = self.new_key(req, now)?;
+            let (created, rev) =
+                self.write(|st, now| st.create_keys(std::slice::from_ref(&new), now))?;
+            self.applied(rev).await?;
+            let c = created
+                .first()
+                .ok_or_else(|| ApiError::internal("the store created no key"))?;
+            let mut v = api_key(&c.view, now);
+            v["key"] = Value::from(c.secret.expose());
+            v["revision"] = json!(rev);
+            Ok(v)
+        })
+    }
+
+    fn list_keys(&self, query: ListKeysQuery) -> OpFuture<'_> {
+        boxed(async move {
+            let now = store::unix_now();
+            let keys = self
+                .lock()
+                .store
+                .list_keys(query.tenant.as_deref())
+                .map_err(store_error)?;
+            Ok(Value::Array(keys.iter().map(|v| api_key(v, now)).collect()))
+        })
+    }
+
+    fn show_key(&self, id: String) -> OpFuture<'_> {
+        boxed(async move {
+            let found = self
+                .lock()
+                .store
+                .find_key(key_ref(&id))
+                .map_err(store_error)?;
+            let v = found.ok_or_else(|| ApiError::not_found("No such key."))?;
+            Ok(api_key(&v, store::unix_now()))
+        })
+    }
+
+    fn revoke_key(&self, id: String) -> OpFuture<'_> {
+        boxed(async move {
+            let (v, rev) = self.write(|st, now| st.revoke(key_ref(&id), now))?;
+            self.applied(rev).await?;
+            Ok(json!({"revision": rev, "key": api_key(&v, store::unix_now())}))
+        })
+    }
+
+    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let grace = match req.grace.as_deref() {
+                Some(g) => {
+                    parse_duration(g).map_err(|m| ApiError::bad_request(format!("`grace`: {m}")))?
+                }
+                None => DEFAULT_GRACE,
+            };
+            let ((old, new), rev) = self.write(|st, now| st.rotate(key_ref(&id), grace, now))?;
+            self.applied(rev).await?;
+            let now = store::unix_now();
+            let mut created = api_key(&new.view, now);
+            created["key"] = Value::from(new.secret.expose());
+            created["revision"] = json!(rev);
+            Ok(json!({"revision": rev, "old": api_key(&old, now), "new": created}))
+        })
+    }
+
+    fn approve_key(&self, id: String) -> OpFuture<'_> {
+        boxed(async move {
+            let (v, rev) = self.write(|st, now| st.approve(key_ref(&id), now))?;
+            self.applied(rev).await?;
+            Ok(json!({"revision": rev, "key": api_key(&v, store::unix_now())}))
+        })
+    }
+
+    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_> {
+        boxed(async move {
+            let status = match action {
+                UserAction::Suspend => UserStatus::Suspended,
+                UserAction::Activate => UserStatus::Active,
+                UserAction::Delete => UserStatus::Deleted,
+            };
+            let ((u, keys), rev) = self.write(|st, now| {
+                let u = st.set_user_status(&user, status, now)?;
+                let keys = st
+                    .list_keys(Some(&u.tenant))?
+                    .iter()
+                    .filter(|v| v.user.id == u.id)
+                    .count();
+                Ok((u, keys))
+            })?;
+            self.applied(rev).await?;
+            Ok(json!({
+                "revision": rev, "user": u.name, "tenant": u.tenant,
+                "status": u.status.as_str(), "keys": keys,
+            }))
+        })
+    }
+
+    fn allowlist(&self) -> OpFuture<'_> {
+        boxed(async move {
+            let file = AllowFile::load(&allowfile_path(&self.cfg)).map_err(xdp_error)?;
+            Ok(allow_json(&file, &self.cfg))
+        })
+    }
+
+    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_> {
+        boxed(async move { self.allow_change(req.cidr.trunc(), true) })
+    }
+
+    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_> {
+        boxed(async move { self.allow_change(req.cidr.trunc(), false) })
+    }
+
+    fn explain(&self, _req: ExplainRequest) -> OpFuture<'_> {
+        boxed(async move {
+            Err(
+                ApiError::internal("explain over the admin API is not available in this build.")
+                    .with_hint("Run `edgefilter explain --key KEY` on the edge host."),
+            )
+        })
+    }
+
+    fn metrics(&self) -> String {
+        self.propagation.render()
+    }
+}
