@@ -1,0 +1,313 @@
+//! The real `edgefilter run --no-xdp` in a temp dir: free 127.0.0.1 ports, 2 shards, a SQLite
+//! store, the admin API; killed (SIGKILL) when dropped. Plus a keep-alive raw-socket client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon's directory, config and (while running) process.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the config (2 shards, route `/v1/` → `upstream`) and starts the daemon.
+    pub fn start(upstream: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cfg = format!(
+            r#"
+[listen]
+http = ["{http}"]
+[runtime]
+shards = 2
+[xdp]
+enabled = false
+[store]
+kind = "sqlite"
+path = "var/keys.db"
+[admin]
+listen = "{admin}"
+token_file = "var/admin.token"
+[keys]
+environment = "live"
+[log]
+format = "text"
+access_log = "off"
+[[route]]
+prefix = "/v1/"
+upstream = "http://{upstream}"
+scopes = ["ai:invoke"]
+"#
+        );
+        std::fs::write(dir.path().join("ef.toml"), cfg).unwrap();
+        let mut d = Self {
+            dir,
+            http,
+            admin,
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("ef.toml")
+    }
+
+    /// The admin token (created by the daemon on first start).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("var/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Starts the daemon (again) and waits until `/readyz` answers 200.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+            .arg("--config")
+            .arg(self.config())
+            .args(["run", "--no-xdp"])
+            .env_remove("EDGEFILTER_CONFIG")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = raw_http(self.admin, "GET", "/readyz", None, None) {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("daemon exited: {st}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("EDGEFILTER_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserts exit 0, returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `keys create --json` through the CLI: (id, key).
+    pub fn create_key(&self, user: &str) -> (String, String) {
+        let out = self.cli_ok(&[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--user",
+            user,
+            "--scope",
+            "ai:invoke",
+            "--json",
+        ]);
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// One admin API call with `token` (`None`: no Authorization header).
+    pub fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        raw_http(self.admin, method, path, token, body).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; (status, JSON body or string or null).
+pub fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, Value)> {
+    let payload = body.map(Value::to_string).unwrap_or_default();
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    );
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(payload.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
+    };
+    Ok((status, v))
+}
+
+/// A keep-alive client sending `GET path` with `X-API-Key`.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// One answer: status and the shard that answered (from `X-Request-Id`).
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub status: u16,
+    pub shard: Option<u8>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    /// Sends one request (reconnecting when the server closed) and reads the answer.
+    pub fn get(&mut self, path: &str, key: &str) -> std::io::Result<Answer> {
+        for _ in 0..3 {
+            if self.stream.is_none() {
+                let s = TcpStream::connect(self.addr)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                self.stream = Some(s);
+                self.buf.clear();
+            }
+            match self.exchange(path, key) {
+                Ok(a) => return Ok(a),
+                Err(_) => self.stream = None,
+            }
+        }
+        Err(std::io::Error::other("three connection failures in a row"))
+    }
+
+    fn exchange(&mut self, path: &str, key: &str) -> std::io::Result<Answer> {
+        let s = self.stream.as_mut().unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n"
+        )?;
+        let end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("bad status line"))?;
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let len: usize = header("content-length:")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no content-length"))?;
+        let shard = header("x-request-id:")
+            .and_then(|id| id.get(8..10).and_then(|h| u8::from_str_radix(h, 16).ok()));
+        let close = header("connection:").is_some_and(|v| v == "close");
+        while self.buf.len() < end + len {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        self.buf.drain(..end + len);
+        if close {
+            self.stream = None;
+        }
+        Ok(Answer { status, shard })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
