@@ -26,6 +26,17 @@ fn no_2xx_for_a_revoked_key_once_keys_revoke_returned() {
     let up = upstream::Upstream::start();
     let d = Daemon::start(up.addr);
     let (id, key) = d.create_key("alice");
+    // The key works before the load starts (it does at once when the create went through the
+    // daemon; this wait only matters if the CLI wrote the store directly).
+    let mut probe = KeepAlive::new(d.http);
+    let t0 = Instant::now();
+    while probe.get("/v1/echo", &key).unwrap().status != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the new key never worked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
