@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Skip the XDP cost bench.
     #[arg(long)]
     pub proxy_only: bool,
+    /// Only the revocation propagation step.
+    #[arg(long)]
+    pub propagation_only: bool,
 }
 
 /// The load targets, in table order.
@@ -97,7 +100,7 @@ impl Proc {
 /// Runs the benches.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let root = root();
-    if !args.proxy_only {
+    if !args.proxy_only && !args.propagation_only {
         xdp_cost(&root)?;
     }
     run_cmd(Command::new("cargo").current_dir(&root).args([
@@ -118,6 +121,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?
     .ready(up)?;
 
+    if args.propagation_only {
+        return propagation(&root, &dir, up, args);
+    }
     // Rounds interleave the targets so a noisy neighbour hurts them alike.
     let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds.max(1) {
@@ -128,7 +134,39 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
     print_table(&rows, args);
-    Ok(())
+    propagation(&root, &dir, up, args)
+}
+
+/// Starts the release daemon (2 shards by default) and runs the propagation step against it.
+fn propagation(root: &Path, dir: &Path, up: SocketAddr, args: &BenchArgs) -> Result<()> {
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "filter-user",
+        "--bin",
+        "edgefilter",
+    ]))
+    .context("building edgefilter")?;
+    let addr = free_addr()?;
+    let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+    let text = std::fs::read_to_string(&conf)?;
+    let admin: SocketAddr = text
+        .split("[admin]")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("listen = ")))
+        .map(|v| v.trim_matches('"').parse())
+        .context("no admin.listen in the bench config")??;
+    let token = dir.join("admin.token");
+    let _ = std::fs::remove_file(&token);
+    let _daemon = Proc::spawn(
+        "edgefilter",
+        Command::new(root.join("target/release/edgefilter"))
+            .args(["run", "--no-xdp", "--config"])
+            .arg(&conf),
+    )?
+    .ready(admin)?;
+    crate::propagation::run(addr, admin, &token, args.connections)
 }
 
 /// Starts one target (the upstream itself needs nothing), measures it, stops it.

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod propagation;
 mod setup;
 mod util;
 
