@@ -65,3 +65,50 @@ fn get_with_key(addr: std::net::SocketAddr, key: &str) -> (u16, serde_json::Valu
     let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, serde_json::from_str(body).unwrap_or_default())
 }
+
+/// `keys create --json` and `keys revoke` print the same shapes through the daemon and directly.
+#[test]
+fn cli_output_is_the_same_through_the_daemon_and_direct() {
+    let up = upstream::Upstream::start();
+    let mut d = Daemon::start(up.addr);
+    let create = |d: &Daemon, user: &str| -> serde_json::Value {
+        let out = d.cli_ok(&[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--user",
+            user,
+            "--rate",
+            "5/s",
+            "--burst",
+            "9",
+            "--allow-cidr",
+            "198.18.0.0/15",
+            "--expires",
+            "30d",
+            "--json",
+        ]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let via = create(&d, "alice");
+    let revoked_via = d.cli_ok(&["keys", "revoke", via["id"].as_str().unwrap()]);
+    d.kill9();
+    let direct = create(&d, "bob");
+    let revoked_direct = d.cli_ok(&["keys", "revoke", direct["id"].as_str().unwrap()]);
+    let names = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&via), names(&direct));
+    for field in ["rate", "allow_cidrs", "scopes", "env", "status", "state"] {
+        assert_eq!(via[field], direct[field], "{field}");
+    }
+    assert_eq!(via["rate"], json!({"per_sec": 5, "burst": 9}));
+    let shape = |s: &str| {
+        s.split_whitespace()
+            .skip(1)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(shape(&revoked_via), shape(&revoked_direct));
+    assert_eq!(shape(&revoked_via), "revoked at");
+}
