@@ -118,12 +118,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?
     .ready(up)?;
 
+    // edgefilter checks a real key on every request (hash, lookup, every check of the chain);
+    // every target gets the same header so the requests are byte-for-byte the same.
+    let key = bench_key(&root, &dir, up, args.shards)?;
     // Rounds interleave the targets so a noisy neighbour hurts them alike.
     let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}", round + 1, args.rounds.max(1));
         for (i, name) in TARGETS.into_iter().enumerate() {
-            samples[i].push(run_target(name, &root, &dir, up, args)?);
+            samples[i].push(run_target(name, &root, &dir, up, &key, args)?);
         }
     }
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
@@ -137,10 +140,11 @@ fn run_target(
     root: &Path,
     dir: &Path,
     up: SocketAddr,
+    key: &str,
     args: &BenchArgs,
 ) -> Result<Row> {
     if name == "direct upstream" {
-        return measure(name, up, args);
+        return measure(name, up, key, args);
     }
     let addr = free_addr()?;
     let _proc = match name {
@@ -170,7 +174,26 @@ fn run_target(
         }
     }
     .ready(addr)?;
-    measure(name, addr, args)
+    measure(name, addr, key, args)
+}
+
+/// Creates the key every bench request carries, in the bench store edgefilter will load.
+fn bench_key(root: &Path, dir: &Path, up: SocketAddr, shards: usize) -> Result<String> {
+    let _ = std::fs::remove_file(dir.join("keys.db"));
+    let conf = fill(root, "edgefilter.toml", dir, free_addr()?, up, shards)?;
+    let out = output(
+        Command::new(root.join("target/release/edgefilter"))
+            .args([
+                "keys", "create", "--tenant", "bench", "--user", "bench", "--json", "--config",
+            ])
+            .arg(&conf),
+    )
+    .context("creating the bench key")?;
+    out.split('"')
+        .skip_while(|f| *f != "key")
+        .nth(2)
+        .map(str::to_string)
+        .context("`keys create --json` printed no key")
 }
 
 /// Per-column medians of one target's rounds.
@@ -243,8 +266,9 @@ fn fill(
 }
 
 /// A 1 s warm-up, then the measured wrk run.
-fn measure(name: &'static str, addr: SocketAddr, args: &BenchArgs) -> Result<Row> {
+fn measure(name: &'static str, addr: SocketAddr, key: &str, args: &BenchArgs) -> Result<Row> {
     let url = format!("http://{addr}/");
+    let header = format!("Authorization: Bearer {key}");
     let wrk = |secs: u64| {
         output(Command::new("timeout").args([
             &(secs + 30).to_string(),
@@ -253,6 +277,8 @@ fn measure(name: &'static str, addr: SocketAddr, args: &BenchArgs) -> Result<Row
             &format!("-c{}", args.connections),
             &format!("-d{secs}s"),
             "--latency",
+            "-H",
+            &header,
             &url,
         ]))
         .with_context(|| format!("wrk against {name}"))
