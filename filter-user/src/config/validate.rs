@@ -168,7 +168,8 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
     }
     let mut seen = std::collections::HashSet::new();
     for a in listen.http.iter().chain(&listen.https) {
-        if !seen.insert(*a) {
+        // Port 0 asks the kernel for a free port each time, so it never collides.
+        if a.port() != 0 && !seen.insert(*a) {
             bad(
                 "listen",
                 span_at(root, &["listen"]),
