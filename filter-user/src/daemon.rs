@@ -17,7 +17,11 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
     let started = Instant::now();
     let (mut keys, store) = crate::auth::KeyService::open(&cfg)?;
-    tracing::info!(keys = keys.loaded_keys(), revision = keys.revision(), "key store loaded");
+    tracing::info!(
+        keys = keys.loaded_keys(),
+        revision = keys.revision(),
+        "key store loaded"
+    );
     let _xdp = if no_xdp || !cfg.xdp.enabled {
         tracing::warn!(
             "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy"
@@ -30,7 +34,11 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     };
     let gates = keys.gate_factory();
     let _watcher = keys.spawn_watcher(store, STORE_POLL);
-    tracing::info!(shards = cfg.shard_count(), startup_ms = started.elapsed().as_millis(), "serving");
+    tracing::info!(
+        shards = cfg.shard_count(),
+        startup_ms = started.elapsed().as_millis(),
+        "serving"
+    );
     crate::proxy::serve(&cfg, gates)?;
     Ok(ExitCode::SUCCESS)
 }

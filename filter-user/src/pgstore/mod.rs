@@ -38,6 +38,9 @@ pub enum PgError {
     /// The database did not answer in time.
     #[error("postgres: no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The database cannot be reached (refused, closed, timed out): nothing was changed.
+    #[error("key store database (PostgreSQL) unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// Connects to `url` (a `postgres://` URL or `key=value` string) and drives the connection on
