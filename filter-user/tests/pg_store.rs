@@ -224,12 +224,21 @@ fn postgres_behaves_like_a_key_store_and_fails_clearly_when_down() {
     let lag = st.lag().unwrap();
     assert!(lag > Duration::ZERO);
 
-    // Back: the same store reconnects by itself; the key was not revoked while down.
+    // Back: the same store reconnects by itself (its first call is a write, on a connection
+    // that died with the server); the key was not revoked while down.
     fx.start_again();
+    st.create_keys(&[new_key("t", "erin", false)], 550)
+        .expect("the first write after the restart succeeds");
     let v = st.find_key(KeyRef::Id(&id)).unwrap().unwrap();
     assert_eq!(v.key.status, KeyStatus::Active);
     assert!(st.lag().unwrap() < lag);
     st.revoke(KeyRef::Id(&id), 600).unwrap();
+
+    // A restart between two calls: the held connection is dead, the next write still works.
+    fx.stop();
+    fx.start_again();
+    st.create_keys(&[new_key("t", "frank", false)], 700)
+        .expect("a write on a connection that died between calls is retried on a fresh one");
     assert_eq!(
         st.find_key(KeyRef::Id(&id)).unwrap().unwrap().key.status,
         KeyStatus::Revoked

@@ -96,15 +96,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn in_tx<T>(c: &Client, f: impl Future<Output = Result<T>>) -> Result<T> {
     c.batch_execute("BEGIN").await.map_err(pg)?;
     match f.await {
-        Ok(v) => {
-            c.batch_execute("COMMIT").await.map_err(pg)?;
-            Ok(v)
-        }
+        Ok(v) => match c.batch_execute("COMMIT").await {
+            Ok(()) => Ok(v),
+            // The server refused the commit: nothing was made.
+            Err(e) if !connection_lost(&e) => Err(pg(e)),
+            Err(e) => Err(StoreError::Postgres(PgError::CommitUnknown(e.to_string()))),
+        },
         Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
             Err(e)
         }
     }
+}
+
+/// Whether `e` means the connection is gone (refused, closed, I/O, or the server shutting
+/// down: SQLSTATE classes 08 and 57P) rather than a refusal of this statement.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
 }
 
 fn unix(t: std::time::SystemTime) -> i64 {
@@ -120,9 +130,20 @@ impl PgKeyStore {
     /// newer than this build.
     pub fn open(url: &str) -> Result<Self> {
         let mut cfg: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
-        cfg.connect_timeout(CONNECT_TIMEOUT);
-        cfg.options(format!("-c statement_timeout={}", OP_TIMEOUT.as_millis()));
-        cfg.application_name("edgefilter");
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let user_opts = cfg
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        cfg.options(format!(
+            "{user_opts}-c statement_timeout={}",
+            OP_TIMEOUT.as_millis()
+        ));
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("edgefilter");
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -183,7 +204,7 @@ impl PgKeyStore {
     /// the server reported stay as they are.
     fn classify(&self, e: StoreError) -> StoreError {
         match e {
-            StoreError::Postgres(PgError::Db(e)) if e.as_db_error().is_none() => {
+            StoreError::Postgres(PgError::Db(e)) if connection_lost(&e) => {
                 self.unreachable(e.to_string())
             }
             StoreError::Postgres(PgError::Timeout(t)) => {
@@ -280,9 +301,11 @@ impl PgKeyStore {
         }
     }
 
-    /// A read: retried once on a fresh connection when the old one had died (e.g. the
-    /// database restarted since the last call).
-    fn read<T, F>(&self, op: impl Fn(Arc<Client>) -> F) -> Result<T>
+    /// Retried once on a fresh connection when the old one had died (e.g. the database
+    /// restarted since the last call). Safe for writes too: a transaction that failed before
+    /// its commit made nothing, and a commit that may have happened is
+    /// [`PgError::CommitUnknown`], never retried.
+    fn retrying<T, F>(&self, op: impl Fn(Arc<Client>) -> F) -> Result<T>
     where
         T: Send,
         F: Future<Output = Result<T>> + Send,
@@ -295,7 +318,7 @@ impl PgKeyStore {
     }
 
     fn change_key(&self, key: KeyRef<'_>, now: i64, step: KeyStep) -> Result<KeyView> {
-        self.run(|c| async move {
+        self.retrying(|c| async move {
             in_tx(&c, async {
                 let v = must_view(&c, key, true).await?;
                 if let Some((set, kind)) = step(&v)? {
@@ -312,7 +335,7 @@ impl PgKeyStore {
 
 impl KeyStore for PgKeyStore {
     fn create_keys(&mut self, new: &[NewKey], now: i64) -> Result<Vec<CreatedKey>> {
-        self.run(|c| async move {
+        self.retrying(|c| async move {
             in_tx(&c, async {
                 let mut out = Vec::with_capacity(new.len());
                 for n in new {
@@ -325,11 +348,11 @@ impl KeyStore for PgKeyStore {
     }
 
     fn find_key(&self, key: KeyRef<'_>) -> Result<Option<KeyView>> {
-        self.read(|c| async move { view_by(&c, key, false).await })
+        self.retrying(|c| async move { view_by(&c, key, false).await })
     }
 
     fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyView>> {
-        self.read(|c| async move {
+        self.retrying(|c| async move {
             let sql = format!("{SELECT_VIEW} WHERE $1::text IS NULL OR t.name = $1 ORDER BY k.seq");
             let rows = c.query(&sql, &[&tenant]).await.map_err(pg)?;
             rows.iter().map(to_view).collect()
@@ -360,7 +383,7 @@ impl KeyStore for PgKeyStore {
         grace: Duration,
         now: i64,
     ) -> Result<(KeyView, CreatedKey)> {
-        self.run(|c| async move {
+        self.retrying(|c| async move {
             in_tx(&c, async {
                 let old = must_view(&c, key, true).await?;
                 let k = &old.key;
@@ -407,7 +430,7 @@ impl KeyStore for PgKeyStore {
     }
 
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
-        self.run(|c| async move {
+        self.retrying(|c| async move {
             in_tx(&c, async {
                 let u = user_by_name(&c, user, true)
                     .await?
@@ -500,15 +523,15 @@ impl KeyStore for PgKeyStore {
     }
 
     fn find_user(&self, name: &str) -> Result<Option<User>> {
-        self.read(|c| async move { user_by_name(&c, name, false).await })
+        self.retrying(|c| async move { user_by_name(&c, name, false).await })
     }
 
     fn revision(&self) -> Result<u64> {
-        self.read(|c| async move { Ok(pgstore::current_revision(&*c).await?) })
+        self.retrying(|c| async move { Ok(pgstore::current_revision(&*c).await?) })
     }
 
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
-        let rows = self.read(|c| async move {
+        let rows = self.retrying(|c| async move {
             let mut out = Vec::new();
             let mut after = revision;
             loop {

@@ -2,6 +2,7 @@
 //! catch-up on reconnect, heartbeat, backoff) on a thread of its own, turned into a blocking
 //! `wait_for_change(timeout)` the watcher calls instead of sleeping, plus the lag it reports.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use crate::pgstore::{ChangeFollower, FollowerConfig, FollowerStatus, PgError};
 struct Wake {
     /// Changes seen by the follower so far.
     seen: Mutex<u64>,
+    /// The newest revision seen (set before waking).
+    last: AtomicU64,
     cond: Condvar,
 }
 
@@ -30,7 +33,7 @@ pub struct ChangeNotifier {
 impl std::fmt::Debug for ChangeNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeNotifier")
-            .field("last_revision", &self.status.last_applied())
+            .field("last_revision", &self.last_revision())
             .field("connected", &self.status.connected())
             .finish_non_exhaustive()
     }
@@ -59,9 +62,10 @@ impl ChangeNotifier {
                 };
                 rt.block_on(async move {
                     let follower =
-                        ChangeFollower::spawn(FollowerConfig::new(url, from), move |_| {
+                        ChangeFollower::spawn(FollowerConfig::new(url, from), move |row| {
                             let mut n = sink.seen.lock().unwrap_or_else(PoisonError::into_inner);
                             *n += 1;
+                            sink.last.store(row.revision, Ordering::Release);
                             sink.cond.notify_all();
                         });
                     let Ok(follower) = follower else { return };
@@ -124,7 +128,10 @@ impl ChangeNotifier {
     /// The newest revision announced so far.
     #[must_use]
     pub fn last_revision(&self) -> u64 {
-        self.status.last_applied()
+        self.wake
+            .last
+            .load(Ordering::Acquire)
+            .max(self.status.last_applied())
     }
 }
 
