@@ -550,8 +550,15 @@ impl KeyStore for PgKeyStore {
                 let p = &r.payload;
                 let subject = if let Some(id) = p.get("key_id").and_then(|v| v.as_str()) {
                     ChangeSubject::Key(id.to_owned())
+                } else if let Some(user) = p.get("user").and_then(|v| v.as_str()) {
+                    ChangeSubject::User(user.to_owned())
                 } else {
-                    ChangeSubject::User(p.get("user")?.as_str()?.to_owned())
+                    tracing::warn!(
+                        revision = r.revision,
+                        kind = %r.kind,
+                        "change log row names neither a key_id nor a user; ignored"
+                    );
+                    return None;
                 };
                 Some(Change {
                     revision: r.revision,
