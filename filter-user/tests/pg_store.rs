@@ -246,6 +246,29 @@ fn postgres_behaves_like_a_key_store_and_fails_clearly_when_down() {
 }
 
 #[test]
+fn postgres_store_works_and_drops_inside_another_runtime() {
+    // What an async admin handler does: call the synchronous store from a runtime thread.
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let url = fx.postgres_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut st = PgKeyStore::open(&url).unwrap();
+        let made = st.create_keys(&[new_key("t", "gina", false)], 1).unwrap();
+        st.revoke(KeyRef::Id(&made[0].view.key.id), 2).unwrap();
+        let (mut n, mut k) = (0, 0);
+        st.for_each_key(&mut |_| n += 1, &mut |_, _| k += 1)
+            .unwrap();
+        assert_eq!((n, k), (1, 1));
+        drop(st);
+    });
+}
+
+#[test]
 fn postgres_notifier_wakes_on_a_commit_by_another_writer() {
     let Some(fx) = PgFixture::start() else {
         return;

@@ -34,7 +34,7 @@ impl Drop for Session {
 
 /// The store's connection: a private runtime, one session, reconnects, bounded calls.
 pub struct Conn {
-    rt: Runtime,
+    rt: OwnedRuntime,
     cfg: tokio_postgres::Config,
     /// `host:port` for messages (never the password).
     target: String,
@@ -49,6 +49,29 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("target", &self.target)
             .finish_non_exhaustive()
+    }
+}
+
+/// The store's runtime. Dropped without blocking, so a store may also be dropped inside
+/// another runtime (e.g. by an async admin handler), where dropping a `Runtime` would panic.
+struct OwnedRuntime(Option<Runtime>);
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = Runtime;
+
+    fn deref(&self) -> &Runtime {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime used after drop"))
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -126,7 +149,7 @@ impl Conn {
             .build()
             .map_err(|e| PgError::Unreachable(format!("cannot start its runtime: {e}")))?;
         let store = Self {
-            rt,
+            rt: OwnedRuntime(Some(rt)),
             target: target_of(&cfg),
             cfg,
             session: Mutex::new(None),
