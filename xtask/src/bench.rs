@@ -99,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let root = root();
     if !args.proxy_only {
         xdp_cost(&root)?;
+        key_benches(&root)?;
     }
     run_cmd(Command::new("cargo").current_dir(&root).args([
         "build",
@@ -231,6 +232,35 @@ fn xdp_cost(root: &Path) -> Result<()> {
         "xdp_cost",
     ]))
     .context("XDP cost bench")
+}
+
+/// The key-check benches: criterion `decide` and `propagation`, then the 1M-key memory and
+/// start-up measurement.
+fn key_benches(root: &Path) -> Result<()> {
+    for bench in ["decide", "propagation"] {
+        run_cmd(Command::new("cargo").current_dir(root).args([
+            "bench",
+            "-p",
+            "benches",
+            "--bench",
+            bench,
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ]))
+        .with_context(|| format!("criterion bench {bench}"))?;
+    }
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "run",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "keys_memory",
+    ]))
+    .context("1M-key memory bench")
 }
 
 /// A currently free 127.0.0.1 port.
