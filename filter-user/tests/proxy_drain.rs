@@ -120,6 +120,24 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
         ),
     )
     .unwrap();
+    // The daemon checks keys: create one in its store before it starts.
+    let created = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .args([
+            "keys", "create", "--tenant", "t", "--user", "u", "--json", "--config",
+        ])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let keyed_get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nAuthorization: Bearer {key}\r\n\r\n")
+    };
     let d = Daemon(
         Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .args(["run", "--no-xdp", "--config"])
@@ -129,7 +147,12 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     );
     wait_listening(http);
     wait_listening(https);
-    assert_eq!(Client::connect(http).call(&get("/echo")).status, 200);
+    assert_eq!(
+        Client::connect(http).call(&get("/echo")).status,
+        401,
+        "no key, no entry"
+    );
+    assert_eq!(Client::connect(http).call(&keyed_get("/echo")).status, 200);
 
     let before = tls::TlsClient::connect(https, pki.client_config(&[b"http/1.1"])).peer_leaf();
     let second = pki.issue("second");
@@ -149,7 +172,7 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     }
 
     let mut busy = Client::connect(http);
-    busy.send(get("/slow").as_bytes());
+    busy.send(keyed_get("/slow").as_bytes());
     std::thread::sleep(Duration::from_millis(300));
     let mut d = d;
     signal(&d.0, "-TERM");

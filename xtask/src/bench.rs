@@ -102,6 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let root = root();
     if !args.proxy_only && !args.propagation_only {
         xdp_cost(&root)?;
+        key_benches(&root)?;
     }
     run_cmd(Command::new("cargo").current_dir(&root).args([
         "build",
@@ -124,12 +125,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.propagation_only {
         return propagation(&root, &dir, up, args);
     }
+    // edgefilter checks a real key on every request (hash, lookup, every check of the chain);
+    // every target gets the same header so the requests are byte-for-byte the same.
+    let key = bench_key(&root, &dir, up, args.shards)?;
     // Rounds interleave the targets so a noisy neighbour hurts them alike.
     let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}", round + 1, args.rounds.max(1));
         for (i, name) in TARGETS.into_iter().enumerate() {
-            samples[i].push(run_target(name, &root, &dir, up, args)?);
+            samples[i].push(run_target(name, &root, &dir, up, &key, args)?);
         }
     }
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
@@ -175,10 +179,11 @@ fn run_target(
     root: &Path,
     dir: &Path,
     up: SocketAddr,
+    key: &str,
     args: &BenchArgs,
 ) -> Result<Row> {
     if name == "direct upstream" {
-        return measure(name, up, args);
+        return measure(name, up, key, args);
     }
     let addr = free_addr()?;
     let _proc = match name {
@@ -208,7 +213,26 @@ fn run_target(
         }
     }
     .ready(addr)?;
-    measure(name, addr, args)
+    measure(name, addr, key, args)
+}
+
+/// Creates the key every bench request carries, in the bench store edgefilter will load.
+fn bench_key(root: &Path, dir: &Path, up: SocketAddr, shards: usize) -> Result<String> {
+    let _ = std::fs::remove_file(dir.join("keys.db"));
+    let conf = fill(root, "edgefilter.toml", dir, free_addr()?, up, shards)?;
+    let out = output(
+        Command::new(root.join("target/release/edgefilter"))
+            .args([
+                "keys", "create", "--tenant", "bench", "--user", "bench", "--json", "--config",
+            ])
+            .arg(&conf),
+    )
+    .context("creating the bench key")?;
+    out.split('"')
+        .skip_while(|f| *f != "key")
+        .nth(2)
+        .map(str::to_string)
+        .context("`keys create --json` printed no key")
 }
 
 /// Per-column medians of one target's rounds.
@@ -248,6 +272,35 @@ fn xdp_cost(root: &Path) -> Result<()> {
     .context("XDP cost bench")
 }
 
+/// The key-check benches: criterion `decide` and `propagation`, then the 1M-key memory and
+/// start-up measurement.
+fn key_benches(root: &Path) -> Result<()> {
+    for bench in ["decide", "propagation"] {
+        run_cmd(Command::new("cargo").current_dir(root).args([
+            "bench",
+            "-p",
+            "benches",
+            "--bench",
+            bench,
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ]))
+        .with_context(|| format!("criterion bench {bench}"))?;
+    }
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "run",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "keys_memory",
+    ]))
+    .context("1M-key memory bench")
+}
+
 /// A currently free 127.0.0.1 port.
 fn free_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -281,8 +334,9 @@ fn fill(
 }
 
 /// A 1 s warm-up, then the measured wrk run.
-fn measure(name: &'static str, addr: SocketAddr, args: &BenchArgs) -> Result<Row> {
+fn measure(name: &'static str, addr: SocketAddr, key: &str, args: &BenchArgs) -> Result<Row> {
     let url = format!("http://{addr}/");
+    let header = format!("Authorization: Bearer {key}");
     let wrk = |secs: u64| {
         output(Command::new("timeout").args([
             &(secs + 30).to_string(),
@@ -291,6 +345,8 @@ fn measure(name: &'static str, addr: SocketAddr, args: &BenchArgs) -> Result<Row
             &format!("-c{}", args.connections),
             &format!("-d{secs}s"),
             "--latency",
+            "-H",
+            &header,
             &url,
         ]))
         .with_context(|| format!("wrk against {name}"))

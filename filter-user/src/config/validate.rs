@@ -7,7 +7,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, ConfigProblem, StoreKind, XdpMode, line_of};
+use super::{Config, ConfigProblem, StoreKind, line_of};
 
 /// Parses `text` section by section so one bad section does not hide the others.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
@@ -168,7 +168,8 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
     }
     let mut seen = std::collections::HashSet::new();
     for a in listen.http.iter().chain(&listen.https) {
-        if !seen.insert(*a) {
+        // Port 0 asks the kernel for a free port each time, so it never collides.
+        if a.port() != 0 && !seen.insert(*a) {
             bad(
                 "listen",
                 span_at(root, &["listen"]),
@@ -222,13 +223,8 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
                 );
             }
         }
-        if x.allow.is_empty() && x.mode == XdpMode::Enforce {
-            bad("xdp", span_at(root, &["xdp", "allow"]),
-                "xdp.allow is empty while mode = \"enforce\": every client of the protected ports would be dropped; \
-                 list the allowed CIDRs (\"0.0.0.0/0\", \"::/0\" allow all) or use mode = \"monitor\""
-                    .into(),
-            );
-        }
+        // An empty allowlist in enforce mode is refused when XDP starts, not here: the
+        // effective allowlist also holds `edgefilter allow add` entries (allowlist.json).
     }
     if x.protected_ports.contains(&0) {
         bad(

@@ -38,6 +38,14 @@ pub enum PgError {
     /// The database did not answer in time.
     #[error("postgres: no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The connection failed while committing: the change may or may not have been made.
+    #[error(
+        "key store database (PostgreSQL) connection lost during commit ({0}); the change may or may not have been made: check with `edgefilter keys show`"
+    )]
+    CommitUnknown(String),
+    /// The database cannot be reached (refused, closed, timed out): nothing was changed.
+    #[error("key store database (PostgreSQL) unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// Connects to `url` (a `postgres://` URL or `key=value` string) and drives the connection on

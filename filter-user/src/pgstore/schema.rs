@@ -49,12 +49,58 @@ CREATE TRIGGER changes_stamp BEFORE INSERT ON changes
     FOR EACH ROW EXECUTE FUNCTION edgefilter_stamp_change();
 ";
 
-/// Every migration, in order. The key store's tables are appended here as versions 2, 3, ...
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "changes log with serialised revisions and NOTIFY",
-    sql: CHANGES_V1,
-}];
+/// The key store's tables, the same shape as the SQLite store's: times in unix seconds, only
+/// the SHA-256 of a key (`hash`, 32 bytes), scopes and CIDRs as text arrays. `seq` keeps the
+/// creation order (`keys list`, oldest first).
+const KEYS_V2: &str = r"
+CREATE TABLE tenants (
+    id         bigserial PRIMARY KEY,
+    name       text NOT NULL UNIQUE,
+    created_at bigint NOT NULL
+);
+CREATE TABLE users (
+    id         bigserial PRIMARY KEY,
+    tenant_id  bigint NOT NULL REFERENCES tenants(id),
+    name       text NOT NULL UNIQUE,
+    status     text NOT NULL CHECK (status IN ('active', 'suspended', 'deleted')),
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL
+);
+CREATE TABLE keys (
+    seq         bigserial NOT NULL UNIQUE,
+    id          text PRIMARY KEY,
+    hash        bytea NOT NULL UNIQUE CHECK (length(hash) = 32),
+    user_id     bigint NOT NULL REFERENCES users(id),
+    env         text NOT NULL,
+    scopes      text[] NOT NULL,
+    not_before  bigint,
+    expires_at  bigint,
+    allow_cidrs text[] NOT NULL,
+    rate        bigint CHECK (rate >= 0),
+    burst       bigint CHECK (burst >= 0),
+    status      text NOT NULL CHECK (status IN ('pending', 'active', 'revoked')),
+    revoked_at  bigint,
+    grace_until bigint,
+    rotated_to  text,
+    created_at  bigint NOT NULL,
+    updated_at  bigint NOT NULL
+);
+CREATE INDEX keys_user ON keys(user_id);
+";
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "changes log with serialised revisions and NOTIFY",
+        sql: CHANGES_V1,
+    },
+    Migration {
+        version: 2,
+        name: "tenants, users and keys (SHA-256 only)",
+        sql: KEYS_V2,
+    },
+];
 
 /// Brings the schema to the newest version; returns it.
 ///

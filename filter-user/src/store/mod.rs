@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod ids;
 pub mod model;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 pub mod timefmt;
@@ -55,6 +56,9 @@ pub enum StoreError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The PostgreSQL store failed or could not be reached (fleet mode).
+    #[error(transparent)]
+    Postgres(#[from] crate::pgstore::PgError),
     /// A stored row does not decode.
     #[error("corrupt store row: {0}")]
     Corrupt(String),
@@ -150,7 +154,9 @@ pub trait KeyStore: Send {
 pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
     match cfg.store.kind {
         StoreKind::Sqlite => Ok(Box::new(SqliteStore::open(&cfg.resolve(&cfg.store.path))?)),
-        StoreKind::Postgres => Err(StoreError::Unsupported("postgres")),
+        StoreKind::Postgres => Ok(Box::new(postgres::PgKeyStore::open(
+            cfg.store.url.as_deref().unwrap_or_default(),
+        )?)),
     }
 }
 

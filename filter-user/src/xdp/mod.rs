@@ -41,6 +41,13 @@ pub enum XdpError {
         "this binary has no XDP program embedded: run `cargo xtask build-ebpf`, then rebuild (or run with --no-xdp)"
     )]
     NoObject,
+    /// Enforce mode with nothing allowlisted would drop every client of the protected ports.
+    #[error(
+        "xdp.mode = \"enforce\" with an empty allowlist would drop every client of ports {0:?}: \
+         add CIDRs to xdp.allow or with `edgefilter allow add` (\"0.0.0.0/0\" and \"::/0\" allow all), \
+         or set xdp.mode = \"monitor\""
+    )]
+    EmptyAllowlist(Vec<u16>),
     /// The object could not be parsed or its maps created.
     #[error("loading the XDP object: {0}")]
     Load(#[source] aya::EbpfError),
@@ -239,6 +246,13 @@ pub fn start(cfg: &Config) -> Result<XdpRuntime, XdpError> {
 /// [`XdpError`] when the program cannot be loaded or attached.
 pub fn start_with(cfg: &Config, opts: &XdpOptions) -> Result<XdpRuntime, XdpError> {
     object::object()?;
+    let wanted: Vec<ipnet::IpNet> = effective_allowlist(cfg)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if wanted.is_empty() && cfg.xdp.mode == crate::config::XdpMode::Enforce {
+        return Err(XdpError::EmptyAllowlist(cfg.protected_ports()));
+    }
     let pins = opts.pins.clone();
     pins.ensure()?;
     check_pinned_layouts(&pins)?;
@@ -247,10 +261,6 @@ pub fn start_with(cfg: &Config, opts: &XdpOptions) -> Result<XdpRuntime, XdpErro
     let mut maps = XdpMaps::from_ebpf(&mut ebpf)?;
     maps.set_mode(cfg.xdp.mode)?;
     maps.set_protected_ports(&cfg.protected_ports())?;
-    let wanted: Vec<ipnet::IpNet> = effective_allowlist(cfg)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
     let diff = maps.sync_allowlist(&wanted)?;
     let (program, interfaces) =
         attach::install(&mut ebpf, &pins, &cfg.xdp.interfaces, cfg.xdp.attach)?;

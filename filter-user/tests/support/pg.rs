@@ -217,3 +217,105 @@ fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A TCP forwarder in front of the server that a test can cut (every open connection closed,
+/// new ones refused) and restore: one host loses the database while the others keep it.
+pub struct PgLink {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    open: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl LinkState {
+    fn close_all(&self) {
+        for s in self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl PgLink {
+    /// Forwards a fresh 127.0.0.1 port to `fx`'s port.
+    pub fn new(fx: &PgFixture) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind link");
+        let addr = listener.local_addr().expect("link addr");
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], fx.port()));
+        let state = std::sync::Arc::new(LinkState::default());
+        let st = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(down) = conn else { continue };
+                if st.cut.load(Ordering::Acquire) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let Ok(up) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                for s in [&down, &up] {
+                    if let Ok(c) = s.try_clone() {
+                        st.open.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    }
+                }
+                for (mut from, mut into) in [
+                    (down.try_clone(), up.try_clone()),
+                    (up.try_clone(), down.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// A `postgres://` URL through the link.
+    pub fn postgres_url(&self) -> String {
+        format!("postgres://postgres@{}/postgres", self.addr)
+    }
+
+    /// Closes every forwarded connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.state.close_all();
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for PgLink {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.state.close_all();
+        let _ = std::net::TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}

@@ -1,0 +1,322 @@
+//! The PostgreSQL key store for fleet mode (SPEC §11): the same records and change semantics as
+//! SQLite, every change in one transaction that also appends to the `changes` log (bumping the
+//! revision, `NOTIFY` at commit). The [`KeyStore`] trait is synchronous, so the store owns a
+//! private current-thread tokio runtime; every call is bounded by a timeout, so a dead database
+//! gives a clear [`StoreError`] within seconds instead of hanging a command.
+
+mod conn;
+mod notify;
+mod rows;
+
+use std::time::Duration;
+
+pub use notify::ChangeNotifier;
+
+use self::conn::{Conn, PAGE, in_tx};
+use self::rows::{
+    SCAN_KEYS, SCAN_USERS, SELECT_VIEW, insert_key, log_key, log_user, must_view, pg, to_record,
+    to_user, to_view, user_by_name, view_by,
+};
+use super::model::{
+    Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, User,
+    UserStatus,
+};
+use super::{KeyStore, Result, StoreError};
+use crate::pgstore;
+
+/// What a key change does to a key in its current state: `None` (nothing to do), or the
+/// `SET` clause (`$1` = now) and the change kind to log.
+type KeyStep = fn(&KeyView) -> Result<Option<(&'static str, &'static str)>>;
+
+/// A key store in a PostgreSQL database shared by every edge host.
+#[derive(Debug)]
+pub struct PgKeyStore {
+    conn: Conn,
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+impl PgKeyStore {
+    /// Connects to `url` (`postgres://…`), migrates the schema and returns the store.
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable database (within about 2 s), a failed migration, a schema
+    /// newer than this build.
+    pub fn open(url: &str) -> Result<Self> {
+        Ok(Self {
+            conn: Conn::open(url)?,
+        })
+    }
+
+    /// Time since the last successful call to the database (`None` before the first).
+    #[must_use]
+    pub fn lag(&self) -> Option<Duration> {
+        self.conn.lag()
+    }
+
+    /// A notifier that wakes when another writer commits a change after `from` (a `LISTEN`
+    /// on its own connection, with reconnects and lag). See [`ChangeNotifier`].
+    ///
+    /// # Errors
+    /// [`PgError::Url`] only; an unreachable database is retried in the background.
+    pub fn notifier(url: &str, from: u64) -> Result<ChangeNotifier> {
+        Ok(ChangeNotifier::spawn(url, from)?)
+    }
+
+    fn change_key(&self, key: KeyRef<'_>, now: i64, step: KeyStep) -> Result<KeyView> {
+        self.conn.retrying(|c| async move {
+            in_tx(&c, async {
+                let v = must_view(&c, key, true).await?;
+                if let Some((set, kind)) = step(&v)? {
+                    let sql = format!("UPDATE keys SET {set}, updated_at = $1 WHERE id = $2");
+                    c.execute(&sql, &[&now, &v.key.id]).await.map_err(pg)?;
+                    log_key(&c, kind, &v.key.id).await?;
+                }
+                must_view(&c, KeyRef::Id(&v.key.id), false).await
+            })
+            .await
+        })
+    }
+}
+
+impl KeyStore for PgKeyStore {
+    fn create_keys(&mut self, new: &[NewKey], now: i64) -> Result<Vec<CreatedKey>> {
+        self.conn.retrying(|c| async move {
+            in_tx(&c, async {
+                let mut out = Vec::with_capacity(new.len());
+                for n in new {
+                    out.push(insert_key(&c, n, now).await?);
+                }
+                Ok(out)
+            })
+            .await
+        })
+    }
+
+    fn find_key(&self, key: KeyRef<'_>) -> Result<Option<KeyView>> {
+        self.conn
+            .retrying(|c| async move { view_by(&c, key, false).await })
+    }
+
+    fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyView>> {
+        self.conn.retrying(|c| async move {
+            let sql = format!("{SELECT_VIEW} WHERE $1::text IS NULL OR t.name = $1 ORDER BY k.seq");
+            let rows = c.query(&sql, &[&tenant]).await.map_err(pg)?;
+            rows.iter().map(to_view).collect()
+        })
+    }
+
+    fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
+        self.change_key(key, now, |v| {
+            Ok((v.key.status != KeyStatus::Revoked)
+                .then_some(("status = 'revoked', revoked_at = $1", "key.revoke")))
+        })
+    }
+
+    fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
+        self.change_key(key, now, |v| match v.key.status {
+            KeyStatus::Revoked => Err(StoreError::Conflict(format!(
+                "{} is revoked; create a new key instead",
+                v.key.id
+            ))),
+            KeyStatus::Active => Ok(None),
+            KeyStatus::Pending => Ok(Some(("status = 'active'", "key.approve"))),
+        })
+    }
+
+    fn rotate(
+        &mut self,
+        key: KeyRef<'_>,
+        grace: Duration,
+        now: i64,
+    ) -> Result<(KeyView, CreatedKey)> {
+        self.conn.retrying(|c| async move {
+            in_tx(&c, async {
+                let old = must_view(&c, key, true).await?;
+                let k = &old.key;
+                if k.status == KeyStatus::Revoked {
+                    return Err(StoreError::Conflict(format!(
+                        "{} is revoked; create a new key with `edgefilter keys create`",
+                        k.id
+                    )));
+                }
+                if let Some(to) = &k.rotated_to {
+                    return Err(StoreError::Conflict(format!(
+                        "{} was already rotated to {to}",
+                        k.id
+                    )));
+                }
+                let lifetime = k.expires_at.map(|e| (e - k.created_at).max(0));
+                let new = NewKey {
+                    tenant: old.user.tenant.clone(),
+                    user: old.user.name.clone(),
+                    env: k.env.clone(),
+                    scopes: k.scopes.clone(),
+                    not_before: None,
+                    expires_at: lifetime.map(|l| now.saturating_add(l)),
+                    allow_cidrs: k.allow_cidrs.clone(),
+                    rate: k.rate,
+                    pending: k.status == KeyStatus::Pending,
+                };
+                let created = insert_key(&c, &new, now).await?;
+                let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+                let grace_until = now.saturating_add(secs);
+                c.execute(
+                    "UPDATE keys SET grace_until = $1, rotated_to = $2, updated_at = $3
+                     WHERE id = $4",
+                    &[&grace_until, &created.view.key.id, &now, &k.id],
+                )
+                .await
+                .map_err(pg)?;
+                log_key(&c, "key.rotate", &k.id).await?;
+                let old = must_view(&c, KeyRef::Id(&k.id), false).await?;
+                Ok((old, created))
+            })
+            .await
+        })
+    }
+
+    fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
+        self.conn.retrying(|c| async move {
+            in_tx(&c, async {
+                let u = user_by_name(&c, user, true)
+                    .await?
+                    .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+                if u.status == UserStatus::Deleted && status != UserStatus::Deleted {
+                    return Err(StoreError::Conflict(format!(
+                        "user {user} is deleted; deletion is final"
+                    )));
+                }
+                if u.status != status {
+                    c.execute(
+                        "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3",
+                        &[&status.as_str(), &now, &u.id],
+                    )
+                    .await
+                    .map_err(pg)?;
+                    let kind = match status {
+                        UserStatus::Active => "user.activate",
+                        UserStatus::Suspended => "user.suspend",
+                        UserStatus::Deleted => "user.delete",
+                    };
+                    log_user(&c, kind, user).await?;
+                }
+                Ok(User { status, ..u })
+            })
+            .await
+        })
+    }
+
+    fn for_each_key(
+        &self,
+        user: &mut dyn FnMut(&User),
+        key: &mut dyn FnMut(&KeyRecord, i64),
+    ) -> Result<u64> {
+        // One snapshot across pages; callbacks run on the caller's thread between pages.
+        let client = self.conn.client()?;
+        let rev = self.conn.run_on(&client, |c| async move {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg)?;
+            Ok(pgstore::current_revision(&*c).await?)
+        })?;
+        let mut scan = || -> Result<()> {
+            let mut after = 0_i64;
+            loop {
+                let page = self.conn.run_on(&client, |c| async move {
+                    let rows = c.query(SCAN_USERS, &[&after, &PAGE]).await.map_err(pg)?;
+                    rows.iter().map(to_user).collect::<Result<Vec<_>>>()
+                })?;
+                page.iter().for_each(&mut *user);
+                match page.last() {
+                    Some(u) if page.len() == usize::try_from(PAGE).unwrap_or(0) => after = u.id,
+                    _ => break,
+                }
+            }
+            let mut after = 0_i64;
+            loop {
+                let page = self.conn.run_on(&client, |c| async move {
+                    let rows = c.query(SCAN_KEYS, &[&after, &PAGE]).await.map_err(pg)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok((
+                                to_record(r)?,
+                                r.try_get(14).map_err(pg)?,
+                                r.try_get(15).map_err(pg)?,
+                            ))
+                        })
+                        .collect::<Result<Vec<(KeyRecord, i64, i64)>>>()
+                })?;
+                for (rec, user_id, _) in &page {
+                    key(rec, *user_id);
+                }
+                match page.last() {
+                    Some(&(_, _, seq)) if page.len() == usize::try_from(PAGE).unwrap_or(0) => {
+                        after = seq;
+                    }
+                    _ => break,
+                }
+            }
+            self.conn.run_on(&client, |c| async move {
+                c.batch_execute("COMMIT").await.map_err(pg)
+            })
+        };
+        if let Err(e) = scan() {
+            // The session may sit inside the snapshot transaction: start afresh.
+            self.conn.reset();
+            return Err(e);
+        }
+        Ok(rev)
+    }
+
+    fn find_user(&self, name: &str) -> Result<Option<User>> {
+        self.conn
+            .retrying(|c| async move { user_by_name(&c, name, false).await })
+    }
+
+    fn revision(&self) -> Result<u64> {
+        self.conn
+            .retrying(|c| async move { Ok(pgstore::current_revision(&*c).await?) })
+    }
+
+    fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
+        let rows = self.conn.retrying(|c| async move {
+            let mut out = Vec::new();
+            let mut after = revision;
+            loop {
+                let page = pgstore::changes_since(&*c, after, PAGE).await?;
+                let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
+                after = page.last().map_or(after, |r| r.revision);
+                out.extend(page);
+                if !full {
+                    return Ok(out);
+                }
+            }
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let p = &r.payload;
+                let subject = if let Some(id) = p.get("key_id").and_then(|v| v.as_str()) {
+                    ChangeSubject::Key(id.to_owned())
+                } else if let Some(user) = p.get("user").and_then(|v| v.as_str()) {
+                    ChangeSubject::User(user.to_owned())
+                } else {
+                    tracing::warn!(
+                        revision = r.revision,
+                        kind = %r.kind,
+                        "change log row names neither a key_id nor a user; ignored"
+                    );
+                    return None;
+                };
+                Some(Change {
+                    revision: r.revision,
+                    at: unix(r.committed_at),
+                    subject,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,238 @@
+//! SQL for the PostgreSQL key store: row decoding and the write steps of each change, every
+//! one run inside the caller's transaction and ending with a `changes` append.
+
+use serde_json::json;
+use tokio_postgres::{Client, Row};
+
+use crate::pgstore::{PgError, append_change};
+use crate::store::ids::{new_key_id, new_secret};
+use crate::store::model::{
+    CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, RateLimit, User, UserStatus,
+};
+use crate::store::{Result, StoreError};
+
+/// Key columns 0..=13, then the user's id, name, status and tenant (14..=17).
+pub const SELECT_VIEW: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
+        k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
+        k.created_at, u.id, u.name, u.status, t.name
+     FROM keys k JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = u.tenant_id";
+
+/// Key columns 0..=13, the user id (14) and the creation order (15), a page after a `seq`.
+pub const SCAN_KEYS: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
+        k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
+        k.created_at, k.user_id, k.seq
+     FROM keys k WHERE k.seq > $1 ORDER BY k.seq LIMIT $2";
+
+/// Users with their tenant, a page after an id.
+pub const SCAN_USERS: &str = "SELECT u.id, u.name, u.status, t.name FROM users u
+     JOIN tenants t ON t.id = u.tenant_id WHERE u.id > $1 ORDER BY u.id LIMIT $2";
+
+const SELECT_USER: &str = "SELECT u.id, u.name, u.status, t.name FROM users u
+     JOIN tenants t ON t.id = u.tenant_id WHERE u.name = $1";
+
+/// A database error as a store error (classified later: reachable or not).
+pub fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(PgError::Db(e))
+}
+
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+fn u32_col(v: Option<i64>) -> Option<u32> {
+    v.and_then(|v| u32::try_from(v).ok())
+}
+
+/// Decodes key columns 0..=13.
+pub fn to_record(r: &Row) -> Result<KeyRecord> {
+    let hash: &[u8] = col(r, 1)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?;
+    let cidrs: Vec<String> = col(r, 6)?;
+    let allow_cidrs = cidrs
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| StoreError::Corrupt(format!("bad CIDR {c}")))
+        })
+        .collect::<Result<_>>()?;
+    let rate = match (u32_col(col(r, 7)?), u32_col(col(r, 8)?)) {
+        (Some(per_sec), Some(burst)) => Some(RateLimit { per_sec, burst }),
+        _ => None,
+    };
+    let status: &str = col(r, 9)?;
+    Ok(KeyRecord {
+        id: col(r, 0)?,
+        hash: KeyHash(hash),
+        env: col(r, 2)?,
+        scopes: col(r, 3)?,
+        not_before: col(r, 4)?,
+        expires_at: col(r, 5)?,
+        allow_cidrs,
+        rate,
+        status: KeyStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("key status {status}")))?,
+        revoked_at: col(r, 10)?,
+        grace_until: col(r, 11)?,
+        rotated_to: col(r, 12)?,
+        created_at: col(r, 13)?,
+    })
+}
+
+fn user_status(s: &str) -> Result<UserStatus> {
+    UserStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("user status {s}")))
+}
+
+/// Decodes a user row of [`SCAN_USERS`].
+pub fn to_user(r: &Row) -> Result<User> {
+    Ok(User {
+        id: col(r, 0)?,
+        name: col(r, 1)?,
+        status: user_status(col(r, 2)?)?,
+        tenant: col(r, 3)?,
+    })
+}
+
+/// Decodes a row of [`SELECT_VIEW`].
+pub fn to_view(r: &Row) -> Result<KeyView> {
+    Ok(KeyView {
+        key: to_record(r)?,
+        user: User {
+            id: col(r, 14)?,
+            name: col(r, 15)?,
+            status: user_status(col(r, 16)?)?,
+            tenant: col(r, 17)?,
+        },
+    })
+}
+
+/// A key by id or hash; `lock` takes its row lock until commit (for a change).
+pub async fn view_by(c: &Client, key: KeyRef<'_>, lock: bool) -> Result<Option<KeyView>> {
+    let tail = if lock { " FOR UPDATE OF k" } else { "" };
+    let row = match key {
+        KeyRef::Id(id) => {
+            c.query_opt(&format!("{SELECT_VIEW} WHERE k.id = $1{tail}"), &[&id])
+                .await
+        }
+        KeyRef::Hash(h) => {
+            c.query_opt(
+                &format!("{SELECT_VIEW} WHERE k.hash = $1{tail}"),
+                &[&&h.0[..]],
+            )
+            .await
+        }
+    }
+    .map_err(pg)?;
+    row.as_ref().map(to_view).transpose()
+}
+
+/// Like [`view_by`], but a missing key is an error.
+pub async fn must_view(c: &Client, key: KeyRef<'_>, lock: bool) -> Result<KeyView> {
+    view_by(c, key, lock).await?.ok_or_else(|| {
+        StoreError::NoSuchKey(match key {
+            KeyRef::Id(id) => id.to_owned(),
+            KeyRef::Hash(_) => "matching the given key".to_owned(),
+        })
+    })
+}
+
+/// A user by name; `lock` takes its row lock.
+pub async fn user_by_name(c: &Client, name: &str, lock: bool) -> Result<Option<User>> {
+    let sql = if lock {
+        format!("{SELECT_USER} FOR UPDATE OF u")
+    } else {
+        SELECT_USER.to_owned()
+    };
+    let row = c.query_opt(&sql, &[&name]).await.map_err(pg)?;
+    row.as_ref().map(to_user).transpose()
+}
+
+/// Appends a change about a key (bumps the revision; `NOTIFY` at commit).
+pub async fn log_key(c: &Client, kind: &str, id: &str) -> Result<u64> {
+    Ok(append_change(c, kind, &json!({ "key_id": id })).await?)
+}
+
+/// Appends a change about a user.
+pub async fn log_user(c: &Client, kind: &str, name: &str) -> Result<u64> {
+    Ok(append_change(c, kind, &json!({ "user": name })).await?)
+}
+
+/// The user to own a new key: created (with its tenant) when new.
+async fn ensure_user(c: &Client, tenant: &str, user: &str, now: i64) -> Result<i64> {
+    c.execute(
+        "INSERT INTO tenants (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&tenant, &now],
+    )
+    .await
+    .map_err(pg)?;
+    c.execute(
+        "INSERT INTO users (tenant_id, name, status, created_at, updated_at)
+         SELECT id, $2, 'active', $3, $3 FROM tenants WHERE name = $1
+         ON CONFLICT (name) DO NOTHING",
+        &[&tenant, &user, &now],
+    )
+    .await
+    .map_err(pg)?;
+    let u = user_by_name(c, user, true)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+    if u.tenant != tenant {
+        return Err(StoreError::Conflict(format!(
+            "user {user} belongs to tenant {}, not {tenant}",
+            u.tenant
+        )));
+    }
+    if u.status == UserStatus::Deleted {
+        return Err(StoreError::Conflict(format!(
+            "user {user} is deleted; it cannot get new keys"
+        )));
+    }
+    Ok(u.id)
+}
+
+/// Inserts a new key and logs `key.create`.
+pub async fn insert_key(c: &Client, new: &NewKey, now: i64) -> Result<CreatedKey> {
+    let (secret, hash) = new_secret(&new.env).ok_or_else(|| {
+        StoreError::Conflict(format!(
+            "environment `{}` must be 1 to 8 lowercase letters",
+            new.env
+        ))
+    })?;
+    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
+        return Err(StoreError::Conflict(format!(
+            "scope `{bad}` must be non-empty without spaces"
+        )));
+    }
+    let user_id = ensure_user(c, &new.tenant, &new.user, now).await?;
+    let id = new_key_id();
+    let cidrs: Vec<String> = new.allow_cidrs.iter().map(ToString::to_string).collect();
+    let status = if new.pending { "pending" } else { "active" };
+    c.execute(
+        "INSERT INTO keys (id, hash, user_id, env, scopes, not_before, expires_at, allow_cidrs,
+             rate, burst, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+        &[
+            &id,
+            &&hash.0[..],
+            &user_id,
+            &new.env,
+            &new.scopes,
+            &new.not_before,
+            &new.expires_at,
+            &cidrs,
+            &new.rate.map(|r| i64::from(r.per_sec)),
+            &new.rate.map(|r| i64::from(r.burst)),
+            &status,
+            &now,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    log_key(c, "key.create", &id).await?;
+    Ok(CreatedKey {
+        view: must_view(c, KeyRef::Id(&id), false).await?,
+        secret,
+    })
+}

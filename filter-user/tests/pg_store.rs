@@ -1,0 +1,316 @@
+//! The key store's behaviour, one test body run against SQLite and against PostgreSQL (a real
+//! server from Debian's package, started by the test): create, find by id or key, list, revoke,
+//! approve, rotate with grace, suspend, the change log "since R", one snapshot for loading, and
+//! for PostgreSQL a clear, quick error while the database is down and a reconnect after.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use edgefilter::store::postgres::PgKeyStore;
+use edgefilter::store::{
+    ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit, SqliteStore, StoreError,
+    UserStatus,
+};
+use pg::PgFixture;
+
+fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
+    NewKey {
+        tenant: tenant.into(),
+        user: user.into(),
+        env: "live".into(),
+        scopes: vec!["a:b".into(), "c".into()],
+        not_before: Some(5),
+        expires_at: Some(1_000_000),
+        allow_cidrs: vec![
+            "198.18.0.0/15".parse().unwrap(),
+            "fd00:ef::/64".parse().unwrap(),
+        ],
+        rate: Some(RateLimit {
+            per_sec: 7,
+            burst: 9,
+        }),
+        pending,
+    }
+}
+
+/// The semantics every backend must share.
+fn behaves_like_a_key_store(st: &mut dyn KeyStore) {
+    assert_eq!(st.revision().unwrap(), 0);
+    let made = st
+        .create_keys(
+            &[
+                new_key("acme", "alice", false),
+                new_key("acme", "bob", true),
+            ],
+            100,
+        )
+        .unwrap();
+    let (a, b) = (&made[0], &made[1]);
+    let r1 = st.revision().unwrap();
+    assert!(r1 >= 2, "each created key is a change");
+
+    // Lookups by id and by the full key agree; the record round-trips.
+    let by_id = st.find_key(KeyRef::Id(&a.view.key.id)).unwrap().unwrap();
+    let by_key = st
+        .find_key(KeyRef::from_arg(a.secret.expose()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_id, by_key);
+    assert_eq!(by_id, a.view);
+    assert_eq!(by_id.key.scopes, ["a:b", "c"]);
+    assert_eq!(by_id.key.allow_cidrs.len(), 2);
+    assert_eq!(
+        by_id.key.rate,
+        Some(RateLimit {
+            per_sec: 7,
+            burst: 9
+        })
+    );
+    assert_eq!(
+        by_id.key.hash,
+        edgefilter::store::KeyHash::of(a.secret.expose())
+    );
+    assert_eq!(by_id.user.tenant, "acme");
+    assert!(
+        st.find_key(KeyRef::Id("key_000000000000"))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(b.view.key.status, KeyStatus::Pending);
+
+    // A user cannot move tenants.
+    assert!(matches!(
+        st.create_keys(&[new_key("other", "alice", false)], 100),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(st.revision().unwrap(), r1, "a refused change logs nothing");
+
+    let listed = st.list_keys(Some("acme")).unwrap();
+    assert_eq!(
+        listed.iter().map(|v| &v.key.id).collect::<Vec<_>>(),
+        [&a.view.key.id, &b.view.key.id],
+        "oldest first"
+    );
+    assert!(st.list_keys(Some("nobody")).unwrap().is_empty());
+
+    // Approve, revoke (idempotent), rotate with grace, suspend.
+    let approved = st.approve(KeyRef::Id(&b.view.key.id), 110).unwrap();
+    assert_eq!(approved.key.status, KeyStatus::Active);
+    let revoked = st.revoke(KeyRef::from_arg(b.secret.expose()), 120).unwrap();
+    assert_eq!(revoked.key.status, KeyStatus::Revoked);
+    assert_eq!(revoked.key.revoked_at, Some(120));
+    let r2 = st.revision().unwrap();
+    st.revoke(KeyRef::Id(&b.view.key.id), 130).unwrap();
+    assert_eq!(st.revision().unwrap(), r2, "revoking twice changes nothing");
+    assert!(matches!(
+        st.approve(KeyRef::Id(&b.view.key.id), 130),
+        Err(StoreError::Conflict(_))
+    ));
+    let (old, new) = st
+        .rotate(KeyRef::Id(&a.view.key.id), Duration::from_secs(60), 200)
+        .unwrap();
+    assert_eq!(old.key.grace_until, Some(260));
+    assert_eq!(
+        old.key.rotated_to.as_deref(),
+        Some(new.view.key.id.as_str())
+    );
+    assert_eq!(new.view.key.expires_at, Some(200 + 1_000_000 - 100));
+    assert!(matches!(
+        st.rotate(KeyRef::Id(&a.view.key.id), Duration::ZERO, 201),
+        Err(StoreError::Conflict(_))
+    ));
+    let u = st
+        .set_user_status("alice", UserStatus::Suspended, 300)
+        .unwrap();
+    assert_eq!(u.status, UserStatus::Suspended);
+    st.set_user_status("bob", UserStatus::Deleted, 300).unwrap();
+    assert!(matches!(
+        st.set_user_status("bob", UserStatus::Active, 301),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        st.set_user_status("nobody", UserStatus::Active, 301),
+        Err(StoreError::NoSuchUser(_))
+    ));
+
+    // The change log: every change after R, in order, naming its subject.
+    let since = st.changes_since(r1).unwrap();
+    let subjects: Vec<_> = since.iter().map(|c| c.subject.clone()).collect();
+    assert_eq!(
+        subjects,
+        [
+            ChangeSubject::Key(b.view.key.id.clone()),
+            ChangeSubject::Key(b.view.key.id.clone()),
+            ChangeSubject::Key(new.view.key.id.clone()),
+            ChangeSubject::Key(a.view.key.id.clone()),
+            ChangeSubject::User("alice".into()),
+            ChangeSubject::User("bob".into()),
+        ]
+    );
+    assert!(since.windows(2).all(|w| w[0].revision < w[1].revision));
+    let last = since.last().unwrap().revision;
+    assert_eq!(st.revision().unwrap(), last);
+    assert!(st.changes_since(last).unwrap().is_empty());
+
+    // One snapshot: users first, then every key, at the current revision.
+    let (mut users, mut keys) = (Vec::new(), Vec::new());
+    let rev = st
+        .for_each_key(&mut |u| users.push(u.clone()), &mut |k, uid| {
+            keys.push((k.id.clone(), uid))
+        })
+        .unwrap();
+    assert_eq!(rev, last);
+    assert_eq!(users.len(), 2);
+    assert_eq!(keys.len(), 3);
+    let alice = users.iter().find(|u| u.name == "alice").unwrap();
+    assert_eq!(alice.status, UserStatus::Suspended);
+    assert!(keys.contains(&(a.view.key.id.clone(), alice.id)));
+}
+
+#[test]
+fn sqlite_behaves_like_a_key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    behaves_like_a_key_store(&mut st);
+}
+
+#[test]
+fn postgres_behaves_like_a_key_store_and_fails_clearly_when_down() {
+    let Some(mut fx) = PgFixture::start() else {
+        return;
+    };
+    let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    behaves_like_a_key_store(&mut st);
+    // The database holds hashes only.
+    let made = st
+        .create_keys(&[new_key("t", "carol", false)], 400)
+        .unwrap();
+    let id = made[0].view.key.id.clone();
+    assert!(!format!("{made:?}").contains(&made[0].secret.expose()[8..]));
+
+    // Reopening migrates nothing and sees everything.
+    let again = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    assert_eq!(again.revision().unwrap(), st.revision().unwrap());
+    drop(again);
+
+    // Down: a change fails quickly with a message naming the database; nothing pretends.
+    fx.stop();
+    let t = Instant::now();
+    let err = st.revoke(KeyRef::Id(&id), 500).unwrap_err();
+    let msg = err.to_string();
+    eprintln!(
+        "revoke while the database is down: {msg} (after {:?})",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            StoreError::Postgres(edgefilter::pgstore::PgError::Unreachable(_))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("unreachable") && msg.contains("127.0.0.1"),
+        "{msg}"
+    );
+    assert!(st.revision().is_err());
+    let lag = st.lag().unwrap();
+    assert!(lag > Duration::ZERO);
+
+    // Back: the same store reconnects by itself (its first call is a write, on a connection
+    // that died with the server); the key was not revoked while down.
+    fx.start_again();
+    st.create_keys(&[new_key("t", "erin", false)], 550)
+        .expect("the first write after the restart succeeds");
+    let v = st.find_key(KeyRef::Id(&id)).unwrap().unwrap();
+    assert_eq!(v.key.status, KeyStatus::Active);
+    assert!(st.lag().unwrap() < lag);
+    st.revoke(KeyRef::Id(&id), 600).unwrap();
+
+    // A restart between two calls: the held connection is dead, the next write still works.
+    fx.stop();
+    fx.start_again();
+    st.create_keys(&[new_key("t", "frank", false)], 700)
+        .expect("a write on a connection that died between calls is retried on a fresh one");
+    assert_eq!(
+        st.find_key(KeyRef::Id(&id)).unwrap().unwrap().key.status,
+        KeyStatus::Revoked
+    );
+}
+
+#[test]
+fn postgres_store_works_and_drops_inside_another_runtime() {
+    // What an async admin handler does: call the synchronous store from a runtime thread.
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let url = fx.postgres_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut st = PgKeyStore::open(&url).unwrap();
+        let made = st.create_keys(&[new_key("t", "gina", false)], 1).unwrap();
+        st.revoke(KeyRef::Id(&made[0].view.key.id), 2).unwrap();
+        let (mut n, mut k) = (0, 0);
+        st.for_each_key(&mut |_| n += 1, &mut |_, _| k += 1)
+            .unwrap();
+        assert_eq!((n, k), (1, 1));
+        drop(st);
+    });
+}
+
+#[test]
+fn postgres_notifier_wakes_on_a_commit_by_another_writer() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let mut writer = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    let from = writer.revision().unwrap();
+    let n = PgKeyStore::notifier(&fx.postgres_url(), from).unwrap();
+    let t = Instant::now();
+    while !n.connected() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "notifier never connected"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !n.wait_for_change(Duration::from_millis(100)),
+        "nothing changed yet"
+    );
+    let mut took = Vec::new();
+    for i in 0..20 {
+        writer
+            .create_keys(&[new_key("t", "dave", false)], i)
+            .unwrap();
+        let t = Instant::now();
+        assert!(
+            n.wait_for_change(Duration::from_secs(2)),
+            "no wake-up for change {i}"
+        );
+        took.push(t.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "commit returned → notifier woke: p50 {:?}, max {:?}",
+        took[took.len() / 2],
+        took.last().unwrap()
+    );
+    assert!(n.lag() < Duration::from_secs(2));
+    assert_eq!(n.last_revision(), writer.revision().unwrap());
+    let t = Instant::now();
+    for _ in 0..50 {
+        writer.revision().unwrap();
+    }
+    eprintln!("revision() round trip: {:?}", t.elapsed() / 50);
+}
