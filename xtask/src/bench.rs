@@ -414,7 +414,7 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
     println!();
     println!(
         "wrk -t2 -c{} -d{}s --latency, median of {} interleaved rounds, {} cores, \
-         edgefilter {} shards (AllowAll gate), HAProxy nbthread {}, nginx worker_processes {}:",
+         edgefilter {} shards (real key check on every request), HAProxy nbthread {}, nginx worker_processes {}:",
         args.connections,
         args.duration,
         args.rounds.max(1),
