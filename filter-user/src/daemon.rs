@@ -42,9 +42,16 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     };
     ready.set_xdp(true);
     let gates = count_shards(keys.gate_factory(), cfg.shard_count(), Arc::clone(&ready));
+    // Fleet mode: LISTEN for commits so other hosts' changes arrive in milliseconds, not polls.
+    let wake = match (cfg.store.kind, cfg.store.url.as_deref()) {
+        (crate::config::StoreKind::Postgres, Some(url)) => Some(
+            crate::store::postgres::ChangeNotifier::spawn(url, keys.revision())?,
+        ),
+        _ => None,
+    };
     let cfg = Arc::new(cfg);
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
-    let watcher = plane.spawn_watcher(STORE_POLL);
+    let watcher = plane.spawn_watcher(STORE_POLL, wake);
     let admin = AdminServer::from_config(&cfg, plane, Arc::clone(&ready))?.spawn()?;
     tracing::info!(
         shards = cfg.shard_count(),

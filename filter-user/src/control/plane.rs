@@ -106,9 +106,14 @@ impl ControlPlane {
             })
     }
 
-    /// Polls the store every `every` on a thread of its own until the handle is dropped.
+    /// Catches up with the store on a thread of its own until the handle is dropped: at once
+    /// when `wake` (fleet mode: PostgreSQL `NOTIFY`) reports a commit, and at least every `every`.
     #[must_use]
-    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) -> PlaneWatcher {
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        every: Duration,
+        wake: Option<crate::store::postgres::ChangeNotifier>,
+    ) -> PlaneWatcher {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let me = Arc::clone(self);
@@ -119,7 +124,12 @@ impl ControlPlane {
                     if let Err(e) = me.sync() {
                         tracing::warn!(error = %e, "key store poll failed; shards keep their last state");
                     }
-                    std::thread::sleep(every);
+                    match &wake {
+                        Some(n) => {
+                            n.wait_for_change(every);
+                        }
+                        None => std::thread::sleep(every),
+                    }
                 }
             })
             .ok();
