@@ -1,4 +1,4 @@
-//! `edgefilter stats: live view`.
+//! `edgefilter stats`: live view (not available yet: it says so and exits 1).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,5 +14,7 @@ pub struct StatsArgs {}
 /// # Errors
 /// Any failure, printed by the dispatcher.
 pub fn run(_config: &Path, _args: StatsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+    anyhow::bail!(
+        "`stats` is not available in this version (it comes with the metrics work); `edgefilter xdp status` shows the XDP counters"
+    )
 }
