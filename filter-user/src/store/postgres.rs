@@ -136,30 +136,7 @@ impl KeyStore for PgKeyStore {
             in_tx(&c, async {
                 let old = must_view(&c, key, true).await?;
                 let k = &old.key;
-                if k.status == KeyStatus::Revoked {
-                    return Err(StoreError::Conflict(format!(
-                        "{} is revoked; create a new key with `edgefilter keys create`",
-                        k.id
-                    )));
-                }
-                if let Some(to) = &k.rotated_to {
-                    return Err(StoreError::Conflict(format!(
-                        "{} was already rotated to {to}",
-                        k.id
-                    )));
-                }
-                let lifetime = k.expires_at.map(|e| (e - k.created_at).max(0));
-                let new = NewKey {
-                    tenant: old.user.tenant.clone(),
-                    user: old.user.name.clone(),
-                    env: k.env.clone(),
-                    scopes: k.scopes.clone(),
-                    not_before: None,
-                    expires_at: lifetime.map(|l| now.saturating_add(l)),
-                    allow_cidrs: k.allow_cidrs.clone(),
-                    rate: k.rate,
-                    pending: k.status == KeyStatus::Pending,
-                };
+                let new = super::rotation_successor(&old, now)?;
                 let created = insert_key(&c, &new, now).await?;
                 let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
                 let grace_until = now.saturating_add(secs);
