@@ -65,6 +65,28 @@ fn tokens_are_checked_and_real_answers_match_the_document() {
         (Some("suspended"), Some(1))
     );
 
+    // Explain over the API: every check, the fix, the real verdict; the key never comes back.
+    let ask = json!({"key": key, "ip": "127.0.0.1", "method": "POST", "path": "/v1/echo"});
+    let (s, v) = d.admin_call("POST", "/v1/explain", Some(&token), Some(&ask));
+    assert_eq!(s, 200, "{v}");
+    assert_documented(&doc, "/v1/explain", "post", s, &v);
+    assert_eq!(
+        (v["decision"].as_str(), v["key_id"].as_str()),
+        (Some("allow"), Some(id.as_str())),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains(&key[8..]),
+        "explain echoed the key: {v}"
+    );
+    let ask = json!({"key": key, "ip": "198.51.100.7", "path": "/nowhere"});
+    let (s, v) = d.admin_call("POST", "/v1/explain", Some(&token), Some(&ask));
+    assert_eq!(
+        (s, v["decision"].as_str(), v["code"].as_str()),
+        (200, Some("deny"), Some("NO_ROUTE")),
+        "{v}"
+    );
+
     let (s, v) = d.admin_call("POST", &revoke, Some(&token), None);
     assert_eq!(s, 200, "{v}");
     assert_documented(&doc, "/v1/keys/{id}/revoke", "post", s, &v);

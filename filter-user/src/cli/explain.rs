@@ -20,7 +20,9 @@ use crate::auth::extract::Extracted;
 use crate::auth::loader::KeyLoader;
 use crate::auth::rules::{AuthRules, Place, RouteRules};
 use crate::auth::{CacheUpdate, KeyEntry, ShardCache};
-use crate::store::{self, KeyHash, KeyRef};
+use crate::codes::ErrorCode;
+use crate::config::Config;
+use crate::store::{self, KeyHash, KeyRef, KeyStore};
 
 /// Arguments.
 #[derive(Debug, Args)]
@@ -39,39 +41,146 @@ pub struct ExplainArgs {
     path: Option<String>,
 }
 
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// Passed.
+    Pass,
+    /// Failed with this code; `first` marks the failure that decides the answer.
+    Fail {
+        /// The answer code.
+        code: ErrorCode,
+        /// Whether this is the first failure (the one the proxy answers with).
+        first: bool,
+    },
+    /// Not run (an earlier check made it meaningless, or an input is missing).
+    Skip,
+}
+
+/// One line of an explanation.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The check's name (`format`, `checksum`, `expiry`, ...).
+    pub name: &'static str,
+    /// Its outcome.
+    pub mark: Mark,
+    /// Why it passed, or the hint when it failed.
+    pub detail: String,
+    /// The command that fixes a failure.
+    pub fix: Option<String>,
+}
+
+/// Every check for one key, in SPEC §5 order, and the verdict of the real chain.
+/// Never holds the key itself.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// What was checked: method, path, address, time, environment, route.
+    pub header: String,
+    /// The checks in order.
+    pub checks: Vec<Check>,
+    /// `Ok(key id)` when the request would be allowed, else the answer code.
+    pub verdict: Result<String, ErrorCode>,
+    /// The verdict line for people.
+    pub verdict_line: String,
+    /// The key's public id, when the store knows the key.
+    pub key_id: Option<String>,
+}
+
+impl Explanation {
+    /// The text `edgefilter explain` prints.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{}\n", self.header);
+        for c in &self.checks {
+            let name = c.name;
+            match &c.mark {
+                Mark::Pass => out.push_str(&format!("  PASS  {name:<12} {}\n", c.detail)),
+                Mark::Skip => out.push_str(&format!("  ----  {name:<12} {}\n", c.detail)),
+                Mark::Fail { code, first } => {
+                    let answer = if *first { "  <- the answer" } else { "" };
+                    out.push_str(&format!(
+                        "  FAIL  {name:<12} {code} {}{answer}\n",
+                        code.status()
+                    ));
+                    out.push_str(&format!("        {:<12} {}\n", "", c.detail));
+                    if let Some(f) = &c.fix {
+                        out.push_str(&format!("        {:<12} fix: {f}\n", ""));
+                    }
+                }
+            }
+        }
+        if !self.verdict_line.is_empty() {
+            out.push_str(&self.verdict_line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The admin API's JSON (`Explain` in docs/openapi.yaml).
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        let checks: Vec<serde_json::Value> = self
+            .checks
+            .iter()
+            .filter(|c| c.mark != Mark::Skip)
+            .map(|c| {
+                serde_json::json!({
+                    "check": c.name,
+                    "passed": c.mark == Mark::Pass,
+                    "detail": c.detail,
+                    "fix": c.fix,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "decision": if self.verdict.is_ok() { "allow" } else { "deny" },
+            "code": self.verdict.as_ref().err().map(|c| c.as_str()),
+            "key_id": self.key_id,
+            "checks": checks,
+        })
+    }
+}
+
 struct Report<'r> {
     ctx: RenderCtx<'r>,
     first_failure: bool,
+    checks: Vec<Check>,
 }
 
 impl Report<'_> {
-    fn pass(&self, check: &str, why: &str) {
-        println!("  PASS  {check:<12} {why}");
+    fn pass(&mut self, name: &'static str, why: &str) {
+        self.checks.push(Check {
+            name,
+            mark: Mark::Pass,
+            detail: why.to_owned(),
+            fix: None,
+        });
     }
 
-    fn skip(&self, check: &str, why: &str) {
-        println!("  ----  {check:<12} {why}");
+    fn skip(&mut self, name: &'static str, why: &str) {
+        self.checks.push(Check {
+            name,
+            mark: Mark::Skip,
+            detail: why.to_owned(),
+            fix: None,
+        });
     }
 
-    fn outcome(&mut self, check: &str, r: Result<(), Refusal<'_>>, ok: &str) {
+    fn outcome(&mut self, name: &'static str, r: Result<(), Refusal<'_>>, ok: &str) {
         match r {
-            Ok(()) => self.pass(check, ok),
+            Ok(()) => self.pass(name, ok),
             Err(refusal) => {
-                let mark = if self.first_failure {
-                    ""
-                } else {
-                    "  <- the answer"
-                };
+                let first = !self.first_failure;
                 self.first_failure = true;
-                println!(
-                    "  FAIL  {check:<12} {} {}{mark}",
-                    refusal.code(),
-                    refusal.code().status()
-                );
-                println!("        {:<12} {}", "", hint(&refusal, &self.ctx));
-                if let Some(f) = fix(&refusal, &self.ctx) {
-                    println!("        {:<12} fix: {f}", "");
-                }
+                self.checks.push(Check {
+                    name,
+                    mark: Mark::Fail {
+                        code: refusal.code(),
+                        first,
+                    },
+                    detail: hint(&refusal, &self.ctx),
+                    fix: fix(&refusal, &self.ctx),
+                });
             }
         }
     }
@@ -86,27 +195,71 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let rules = match AuthRules::from_config(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
+    let store = store::open(&cfg)?;
+    let explained = match explain(
+        &cfg,
+        &*store,
+        &args.key,
+        args.ip,
+        &args.method,
+        args.path.as_deref(),
+    ) {
+        Ok(e) => e,
+        Err(ExplainError::Rules(e)) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(super::EXIT_USAGE));
         }
+        Err(ExplainError::Store(e)) => return Err(e.into()),
     };
+    print!("{}", explained.to_text());
+    Ok(if explained.verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Why an explanation could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The routes' key rules are invalid.
+    #[error(transparent)]
+    Rules(#[from] crate::auth::rules::RulesError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs every check for `key` as a `method` request to `path` from `ip`, with the same check
+/// functions as the proxy, then the real chain for the verdict. Used by the CLI and the admin API.
+///
+/// # Errors
+/// [`ExplainError`] when the routes are invalid or the store fails.
+pub fn explain(
+    cfg: &Config,
+    st: &dyn KeyStore,
+    key_text: &str,
+    ip: IpAddr,
+    method: &str,
+    path: Option<&str>,
+) -> Result<Explanation, ExplainError> {
+    let rules = AuthRules::from_config(cfg)?;
     let default_route = RouteRules {
         prefix: "(any)".into(),
         accepted: Box::new([Place::Bearer, Place::XApiKey]),
         scopes: Box::new([]),
     };
-    let route = match &args.path {
+    let route = match path {
         Some(p) => match rules.route_for_path(p) {
             Some(i) => &rules.routes[i],
             None => {
-                println!(
-                    "{} {p}: NO_ROUTE 404 (no [[route]] prefix matches)",
-                    args.method
-                );
-                return Ok(ExitCode::FAILURE);
+                return Ok(Explanation {
+                    header: format!("{method} {p}: NO_ROUTE 404 (no [[route]] prefix matches)"),
+                    checks: Vec::new(),
+                    verdict: Err(ErrorCode::NoRoute),
+                    verdict_line: String::new(),
+                    key_id: None,
+                });
             }
         },
         None => &default_route,
@@ -116,15 +269,16 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ctx: RenderCtx {
             route,
             edge_env: &rules.environment,
-            peer: args.ip,
+            peer: ip,
         },
         first_failure: false,
+        checks: Vec::new(),
     };
-    println!(
+    let header = format!(
         "{} {} from {} at {} (edge environment `{}`, route {})",
-        args.method,
-        args.path.as_deref().unwrap_or("(no --path)"),
-        args.ip,
+        method,
+        path.unwrap_or("(no --path)"),
+        ip,
         store::timefmt::rfc3339(now.secs),
         rules.environment,
         route.prefix
@@ -133,7 +287,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         "place",
         &format!("clients send the key as {}", route.accepted_list()),
     );
-    let parsed = check_format(&args.key);
+    let parsed = check_format(key_text);
     match parsed {
         Err(Refusal::Checksum) => {
             rep.pass("format", "well formed");
@@ -147,18 +301,17 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let Ok(key) = parsed else {
         rep.skip("...", "later checks need a well-formed key");
-        return Ok(verdict(&rep, None, &args.key, args.ip, now));
+        return Ok(verdict(rep, header, None, None, key_text, ip, now));
     };
     rep.outcome(
         "environment",
         check_environment(&key, &rules.environment),
         &format!("`{}`", key.env()),
     );
-    let st = store::open(&cfg)?;
     let Some(view) = st.find_key(KeyRef::Hash(KeyHash(key_hash(&key))))? else {
         rep.outcome("known", Err(Refusal::Unknown), "");
         rep.skip("...", "later checks need a key the store knows");
-        return Ok(verdict(&rep, None, &args.key, args.ip, now));
+        return Ok(verdict(rep, header, None, None, key_text, ip, now));
     };
     let mut loader = KeyLoader::default();
     let entry: Arc<KeyEntry> = loader.entry_for(&view);
@@ -190,8 +343,8 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     rep.outcome("expiry", check_expiry(e, now), "not expired");
     rep.outcome("user", check_user(&cache, e), "active");
     rep.outcome("approval", check_approved(e), "approved");
-    rep.outcome("address", check_address(e, args.ip), "allowed");
-    if args.path.is_some() {
+    rep.outcome("address", check_address(e, ip), "allowed");
+    if path.is_some() {
         rep.outcome(
             "scopes",
             check_scopes(e, route),
@@ -214,41 +367,52 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ),
         None => rep.pass("rate", "no limit"),
     }
-    Ok(verdict(&rep, Some(&cache), &args.key, args.ip, now))
+    let id = Some(view.key.id.clone());
+    Ok(verdict(rep, header, Some(&cache), id, key_text, ip, now))
 }
 
 /// Runs the real chain for the verdict line.
 fn verdict(
-    rep: &Report<'_>,
+    rep: Report<'_>,
+    header: String,
     cache: Option<&ShardCache>,
+    key_id: Option<String>,
     key: &str,
     ip: IpAddr,
     now: Now,
-) -> ExitCode {
+) -> Explanation {
     let empty = ShardCache::new(&[], &[]);
     let cache = cache.unwrap_or(&empty);
     let found = Extracted::Key {
         raw: key,
         place: Place::Bearer,
     };
-    match decide::decide(cache, rep.ctx.route, rep.ctx.edge_env, found, ip, now) {
-        Decision::Allow(e) => {
-            println!(
-                "verdict: ALLOW as {} (tenant {}, user {})",
-                e.key_id(),
-                e.owner().tenant(),
-                e.owner().user()
-            );
-            ExitCode::SUCCESS
-        }
-        Decision::Deny(r) => {
-            println!(
-                "verdict: DENY {} {}: {}",
-                r.code(),
-                r.code().status(),
-                message(&r)
-            );
-            ExitCode::FAILURE
-        }
+    let (verdict, verdict_line) =
+        match decide::decide(cache, rep.ctx.route, rep.ctx.edge_env, found, ip, now) {
+            Decision::Allow(e) => (
+                Ok(e.key_id().to_string()),
+                format!(
+                    "verdict: ALLOW as {} (tenant {}, user {})",
+                    e.key_id(),
+                    e.owner().tenant(),
+                    e.owner().user()
+                ),
+            ),
+            Decision::Deny(r) => (
+                Err(r.code()),
+                format!(
+                    "verdict: DENY {} {}: {}",
+                    r.code(),
+                    r.code().status(),
+                    message(&r)
+                ),
+            ),
+        };
+    Explanation {
+        header,
+        checks: rep.checks,
+        verdict,
+        verdict_line,
+        key_id,
     }
 }

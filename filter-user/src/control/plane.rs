@@ -366,12 +366,24 @@ impl AdminOps for ControlPlane {
         boxed(async move { self.allow_change(req.cidr.trunc(), false) })
     }
 
-    fn explain(&self, _req: ExplainRequest) -> OpFuture<'_> {
+    fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
         boxed(async move {
-            Err(
-                ApiError::internal("explain over the admin API is not available in this build.")
-                    .with_hint("Run `edgefilter explain --key KEY` on the edge host."),
+            let ip = req.ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let method = req.method.as_deref().unwrap_or("GET");
+            let inner = self.lock();
+            let explained = crate::cli::explain::explain(
+                &self.cfg,
+                &*inner.store,
+                &req.key,
+                ip,
+                method,
+                req.path.as_deref(),
             )
+            .map_err(|e| match e {
+                crate::cli::explain::ExplainError::Store(e) => store_error(e),
+                crate::cli::explain::ExplainError::Rules(e) => ApiError::internal(e.to_string()),
+            })?;
+            Ok(explained.to_json())
         })
     }
 
