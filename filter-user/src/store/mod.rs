@@ -200,3 +200,23 @@ pub fn rotation_successor(old: &KeyView, now: i64) -> Result<NewKey> {
         pending: k.status == KeyStatus::Pending,
     })
 }
+
+/// Whether existing user `u` may own a new key for `tenant`. Shared by every backend.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when `u` belongs to another tenant or is deleted.
+pub fn check_key_owner(u: &User, tenant: &str) -> Result<()> {
+    if u.tenant != tenant {
+        return Err(StoreError::Conflict(format!(
+            "user {} belongs to tenant {}, not {tenant}",
+            u.name, u.tenant
+        )));
+    }
+    if u.status == UserStatus::Deleted {
+        return Err(StoreError::Conflict(format!(
+            "user {} is deleted; it cannot get new keys",
+            u.name
+        )));
+    }
+    Ok(())
+}

@@ -156,17 +156,7 @@ fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
 /// The user to own a new key: created (with its tenant) when new.
 fn ensure_user(tx: &Transaction<'_>, tenant: &str, user: &str, now: i64) -> Result<i64> {
     if let Some(u) = user_by_name(tx, user)? {
-        if u.tenant != tenant {
-            return Err(StoreError::Conflict(format!(
-                "user {user} belongs to tenant {}, not {tenant}",
-                u.tenant
-            )));
-        }
-        if u.status == UserStatus::Deleted {
-            return Err(StoreError::Conflict(format!(
-                "user {user} is deleted; it cannot get new keys"
-            )));
-        }
+        super::check_key_owner(&u, tenant)?;
         return Ok(u.id);
     }
     tx.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?

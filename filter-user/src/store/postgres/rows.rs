@@ -178,17 +178,7 @@ async fn ensure_user(c: &Client, tenant: &str, user: &str, now: i64) -> Result<i
     let u = user_by_name(c, user, true)
         .await?
         .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-    if u.tenant != tenant {
-        return Err(StoreError::Conflict(format!(
-            "user {user} belongs to tenant {}, not {tenant}",
-            u.tenant
-        )));
-    }
-    if u.status == UserStatus::Deleted {
-        return Err(StoreError::Conflict(format!(
-            "user {user} is deleted; it cannot get new keys"
-        )));
-    }
+    crate::store::check_key_owner(&u, tenant)?;
     Ok(u.id)
 }
 
