@@ -503,8 +503,12 @@ fn every_code_through_the_real_proxy() {
         "{}",
         hint(1)
     );
-    // The query value is taken as sent (not decoded): the hint names the offending character.
-    assert!(hint(3).contains("character 47 is '%'"), "{}", hint(3));
+    // The query value is percent-decoded first: `%20` is a trailing space, named as such.
+    assert!(
+        hint(3).contains("trailing whitespace; send the key exactly as it was issued"),
+        "{}",
+        hint(3)
+    );
     assert!(hint(4).contains("character 47 is ' '"), "{}", hint(4));
     // Trailing spaces/tabs after a header value are not part of it (RFC 9110 OWS): the key works.
     let t = curl(&d, p, &["-H", &bearer(&format!("{ok}\t "))]);

@@ -255,6 +255,74 @@ fn missing_wrong_place_malformed_checksum_environment_unknown() {
 }
 
 #[test]
+fn a_query_key_is_percent_decoded_before_it_is_checked() {
+    let mut f = fixture();
+    let (id, key) = f.create(new_key("alice"));
+    let mut t = new_key("tess");
+    t.env = "test".into();
+    let (_, test_key) = f.create(t);
+    let mut g = f.gate();
+    let encode_all = |k: &str| k.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    // Every character escaped: the same key, allowed as itself.
+    let q = format!("x=1&api_key={}", encode_all(&key));
+    let Verdict::Allow(Some(who)) = check(&mut g, Q, &[], Some(&q)) else {
+        panic!("an escaped key is not allowed");
+    };
+    assert_eq!(&*who.key_id, id);
+    // `%20` and `+` are a trailing space, `%0A` a newline: the answer a trailing space gets.
+    for tail in ["%20", "+", "%0A", "%09"] {
+        let q = format!("api_key={key}{tail}");
+        let d = denied(
+            check(&mut g, Q, &[], Some(&q)),
+            ErrorCode::MalformedKey,
+            &key,
+            &["trailing whitespace; send the key exactly as it was issued"],
+        );
+        assert_eq!(d.code.status(), 400);
+        assert_eq!(
+            d.message,
+            "The API key is not in the expected format: trailing whitespace."
+        );
+    }
+    denied(
+        check(&mut g, Q, &[], Some(&format!("api_key=+{key}"))),
+        ErrorCode::MalformedKey,
+        &key,
+        &["leading whitespace"],
+    );
+    denied(
+        check(&mut g, Q, &[], Some(&format!("api_key=%22{key}%22"))),
+        ErrorCode::MalformedKey,
+        &key,
+        &["quotes"],
+    );
+    // Not an escape: the `%` itself is the bad character.
+    let bad = format!("api_key={}%zz{}", &key[..20], &key[20..]);
+    denied(
+        check(&mut g, Q, &[], Some(&bad)),
+        ErrorCode::MalformedKey,
+        &key,
+        &["character 21 is '%' which is not base62"],
+    );
+    // Longer than any key once decoded.
+    let long = format!("api_key={key}{}", "%41".repeat(30));
+    denied(
+        check(&mut g, Q, &[], Some(&long)),
+        ErrorCode::MalformedKey,
+        &key,
+        &["76 characters long, expected 46"],
+    );
+    // The environment of a decoded key is named in the answer.
+    let q = format!("api_key={}", encode_all(&test_key));
+    denied(
+        check(&mut g, Q, &[], Some(&q)),
+        ErrorCode::WrongEnvironment,
+        &test_key,
+        &["serves `live` keys", "`test` key"],
+    );
+}
+
+#[test]
 fn revoked_rotated_not_yet_valid_expired() {
     let mut f = fixture();
     let (rid, revoked) = f.create(new_key("alice"));

@@ -149,3 +149,49 @@ fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
     // The counter itself works: an allocation is seen.
     assert!(allocations(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 1);
 }
+
+#[test]
+fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
+    use edgefilter::auth::{KeyService, Now};
+    use edgefilter::store::{KeyStore, NewKey, SqliteStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        "[[route]]\nprefix = \"/q/\"\nupstream = \"http://127.0.0.1:9\"\nkey_in_query = true\n",
+        dir.path(),
+    )
+    .unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    let new = NewKey {
+        tenant: "acme".into(),
+        user: "alice".into(),
+        env: "live".into(),
+        scopes: Vec::new(),
+        not_before: None,
+        expires_at: None,
+        allow_cidrs: Vec::new(),
+        rate: None,
+        pending: false,
+    };
+    let made = store.create_keys(&[new], 100).unwrap();
+    let key = made[0].secret.expose().to_owned();
+    let mut gate = KeyService::load(&cfg, &store, 1).unwrap().gate(0).unwrap();
+    // `_` escaped, so the value must be decoded before it is checked.
+    let query = format!("x=1&api_key={}", key.replace('_', "%5F"));
+    let req = GateRequest {
+        peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        method: "GET",
+        path: "/q/x",
+        query: Some(&query),
+        headers: &[],
+        route: 0,
+    };
+    let now = Now::at_secs(1_800_000_000);
+    assert!(matches!(gate.check_at(&req, now), Verdict::Allow(Some(_))));
+    let n = allocations(|| {
+        for _ in 0..1000 {
+            assert!(matches!(gate.check_at(&req, now), Verdict::Allow(Some(_))));
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 1000 checks");
+}

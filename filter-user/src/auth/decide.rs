@@ -59,7 +59,7 @@ pub enum Refusal<'a> {
     /// The key is for another environment (`key_env`).
     WrongEnvironment {
         /// The key's environment.
-        key_env: &'a str,
+        key_env: EnvName,
     },
     /// Not in the cache.
     Unknown,
@@ -134,6 +134,47 @@ impl Refusal<'_> {
     }
 }
 
+/// A key's environment (`[a-z]{1,8}`), held inline: a refusal outlives a key decoded on the
+/// stack (see [`Extracted::Decoded`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EnvName {
+    buf: [u8; apikey::ENV_MAX],
+    len: u8,
+}
+
+impl EnvName {
+    /// The environment of `key`.
+    #[must_use]
+    pub fn of(key: &ParsedKey<'_>) -> Self {
+        let env = key.env().as_bytes();
+        let mut buf = [0; apikey::ENV_MAX];
+        let len = env.len().min(apikey::ENV_MAX);
+        buf[..len].copy_from_slice(&env[..len]);
+        Self {
+            buf,
+            len: u8::try_from(len).unwrap_or(0),
+        }
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for EnvName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for EnvName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
 /// The outcome.
 #[derive(Debug, Clone, Copy)]
 pub enum Decision<'a> {
@@ -160,11 +201,13 @@ pub fn check_format(raw: &str) -> Result<ParsedKey<'_>, Refusal<'static>> {
 /// # Errors
 /// `WrongEnvironment`.
 #[inline]
-pub fn check_environment<'a>(key: &ParsedKey<'a>, edge_env: &str) -> Result<(), Refusal<'a>> {
+pub fn check_environment(key: &ParsedKey<'_>, edge_env: &str) -> Result<(), Refusal<'static>> {
     if key.env() == edge_env {
         Ok(())
     } else {
-        Err(Refusal::WrongEnvironment { key_env: key.env() })
+        Err(Refusal::WrongEnvironment {
+            key_env: EnvName::of(key),
+        })
     }
 }
 
@@ -286,10 +329,15 @@ fn chain<'a>(
     peer: IpAddr,
     now: Now,
 ) -> Result<&'a KeyEntry, Refusal<'a>> {
+    let decoded;
     let raw = match found {
         Extracted::Missing => return Err(Refusal::Missing),
         Extracted::WrongPlace(p) => return Err(Refusal::WrongPlace(p)),
         Extracted::Key { raw, .. } => raw,
+        Extracted::Decoded(q) => {
+            decoded = q;
+            decoded.text().map_err(Refusal::Malformed)?
+        }
     };
     let key = check_format(raw)?;
     check_environment(&key, edge_env)?;

@@ -1,6 +1,18 @@
 //! Where the key is: looks in the route's accepted places in order, borrowing from the request.
+//!
+//! A `?api_key=` value is form-encoded: `%XX` is a byte and `+` a space. A value holding
+//! neither is borrowed as it is (the common case); otherwise it is decoded into a small buffer
+//! on the stack ([`QueryKey`]), never the heap. Only the value is decoded, never the name: the
+//! parameter the proxy strips before forwarding is exactly the one read here.
+
+use filter_common::apikey::{self, FormatError};
 
 use super::rules::{Place, RouteRules};
+
+/// Bytes a decoded `?api_key=` value may have: the longest key plus room for what a careless
+/// copy adds around it. A longer value is no key: it is refused as the wrong length.
+pub const QUERY_KEY_CAP: usize = 64;
+const _: () = assert!(QUERY_KEY_CAP > apikey::MAX_LEN + 3);
 
 /// What the request holds, as far as the key is concerned. `Debug` never shows the key.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -16,6 +28,8 @@ pub enum Extracted<'a> {
         /// Where it was.
         place: Place,
     },
+    /// A candidate key from the accepted `?api_key=`, which had to be percent-decoded.
+    Decoded(QueryKey),
 }
 
 impl std::fmt::Debug for Extracted<'_> {
@@ -28,7 +42,132 @@ impl std::fmt::Debug for Extracted<'_> {
                 .field("len", &raw.len())
                 .field("place", place)
                 .finish_non_exhaustive(),
+            Self::Decoded(q) => q.fmt(f),
         }
+    }
+}
+
+/// A percent-decoded `?api_key=` value, held inline. `Debug` never shows it.
+#[derive(Clone, Copy)]
+pub struct QueryKey {
+    buf: [u8; QUERY_KEY_CAP],
+    /// Bytes of `buf` in use, or, when the value did not fit, `None`.
+    len: Option<u8>,
+    /// Decoded length in bytes (also when it did not fit).
+    decoded: usize,
+}
+
+impl QueryKey {
+    /// Decodes a form-encoded value: `+` is a space, `%XX` a byte, and a `%` not followed by
+    /// two hex digits stays a `%`. Bytes that are not UTF-8 become U+FFFD (and end the value:
+    /// it is malformed from there on anyway).
+    #[must_use]
+    pub fn decode(raw: &str) -> Self {
+        let mut q = Self {
+            buf: [0; QUERY_KEY_CAP],
+            len: None,
+            decoded: 0,
+        };
+        let b = raw.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let byte = match b[i] {
+                b'+' => b' ',
+                b'%' => match (digit(b.get(i + 1)), digit(b.get(i + 2))) {
+                    (Some(hi), Some(lo)) => {
+                        i += 2;
+                        (hi << 4) | lo
+                    }
+                    _ => b'%',
+                },
+                other => other,
+            };
+            if let Some(slot) = q.buf.get_mut(q.decoded) {
+                *slot = byte;
+            }
+            q.decoded += 1;
+            i += 1;
+        }
+        if q.decoded <= QUERY_KEY_CAP {
+            q.len = u8::try_from(q.decoded).ok();
+            q.repair_utf8();
+        }
+        q
+    }
+
+    /// Ends the value with U+FFFD at its first byte that is not UTF-8, if any.
+    fn repair_utf8(&mut self) {
+        let Some(len) = self.len else { return };
+        let Err(e) = std::str::from_utf8(&self.buf[..usize::from(len)]) else {
+            return;
+        };
+        let at = e.valid_up_to();
+        let end = at + '\u{fffd}'.len_utf8();
+        if end <= QUERY_KEY_CAP {
+            '\u{fffd}'.encode_utf8(&mut self.buf[at..end]);
+            self.len = u8::try_from(end).ok();
+        } else {
+            self.len = u8::try_from(at).ok();
+        }
+    }
+
+    /// The decoded value, or, when it is longer than any key can be, the format error that says
+    /// so (the expected length is the one for the key's environment when that can be read).
+    ///
+    /// # Errors
+    /// [`FormatError::WrongLength`] for a value longer than [`QUERY_KEY_CAP`] bytes.
+    pub fn text(&self) -> Result<&str, FormatError> {
+        match self.len {
+            Some(len) => Ok(std::str::from_utf8(&self.buf[..usize::from(len)]).unwrap_or("")),
+            None => Err(FormatError::WrongLength {
+                got: self.decoded,
+                want: self.expected_len(),
+            }),
+        }
+    }
+
+    /// The length of a key with the environment `ef_<env>_` at the start of the buffer, else
+    /// the longest key.
+    fn expected_len(&self) -> usize {
+        let rest = self
+            .buf
+            .strip_prefix(apikey::PREFIX.as_bytes())
+            .unwrap_or_default();
+        let env = rest
+            .iter()
+            .take(apikey::ENV_MAX + 1)
+            .position(|&c| c == b'_')
+            .filter(|&n| n > 0 && rest[..n].iter().all(u8::is_ascii_lowercase));
+        env.map_or(apikey::MAX_LEN, |n| {
+            apikey::PREFIX.len() + n + 1 + apikey::BODY_LEN
+        })
+    }
+}
+
+impl PartialEq for QueryKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
+impl Eq for QueryKey {}
+
+impl std::fmt::Debug for QueryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded")
+            .field("len", &self.decoded)
+            .field("place", &Place::Query)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The value of a hex digit, if `c` is one.
+fn digit(c: Option<&u8>) -> Option<u8> {
+    match *c? {
+        c @ b'0'..=b'9' => Some(c - b'0'),
+        c @ b'a'..=b'f' => Some(c - b'a' + 10),
+        c @ b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -60,8 +199,9 @@ fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
         .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
 }
 
-/// Finds the key per `route`: the first accepted place holding one wins; else a key in any
-/// other place is [`Extracted::WrongPlace`]; else [`Extracted::Missing`].
+/// Finds the key per `route`: the first accepted place holding one wins (a query value with
+/// `%` or `+` is decoded: [`Extracted::Decoded`]); else a key in any other place is
+/// [`Extracted::WrongPlace`]; else [`Extracted::Missing`].
 #[must_use]
 pub fn extract<'a>(
     route: &RouteRules,
@@ -70,6 +210,9 @@ pub fn extract<'a>(
 ) -> Extracted<'a> {
     for &place in &*route.accepted {
         if let Some(raw) = find(place, headers, query) {
+            if place == Place::Query && raw.bytes().any(|b| b == b'%' || b == b'+') {
+                return Extracted::Decoded(QueryKey::decode(raw));
+            }
             return Extracted::Key { raw, place };
         }
     }
@@ -149,5 +292,94 @@ mod tests {
             Extracted::Missing
         );
         assert_eq!(extract(&def, &[], Some("a=1")), Extracted::Missing);
+    }
+
+    /// What `extract` finds in `?query` on a route that accepts only the query.
+    fn from_query(query: &str) -> Extracted<'_> {
+        extract(&route(&[Place::Query]), &[], Some(query))
+    }
+
+    fn decoded(query: &str) -> String {
+        match from_query(query) {
+            Extracted::Decoded(q) => q.text().unwrap().to_owned(),
+            other => panic!("expected a decoded value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_query_value_is_borrowed() {
+        let q = "a=%20&api_key=ef_live_abc&b=+";
+        match from_query(q) {
+            Extracted::Key { raw, place } => {
+                assert_eq!((raw, place), ("ef_live_abc", Place::Query));
+                assert!(std::ptr::eq(raw.as_ptr(), q[14..].as_ptr()), "copied");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_values_are_form_decoded() {
+        assert_eq!(decoded("api_key=ef_live_abc%20"), "ef_live_abc ");
+        assert_eq!(decoded("api_key=ef_live_abc+"), "ef_live_abc ");
+        assert_eq!(decoded("api_key=ef_live_abc%0A"), "ef_live_abc\n");
+        assert_eq!(decoded("api_key=%65f%5flive%5Fabc"), "ef_live_abc");
+        assert_eq!(decoded("x=1&api_key=%22k%22&y=2"), "\"k\"");
+        assert_eq!(decoded("api_key=a%2Bb"), "a+b");
+        assert_eq!(decoded("api_key=%C3%A9"), "é");
+        // Not an escape: the `%` stays, and the key is malformed at that character.
+        assert_eq!(decoded("api_key=ab%2"), "ab%2");
+        assert_eq!(decoded("api_key=ab%zz+"), "ab%zz ");
+        assert_eq!(decoded("api_key=%"), "%");
+        // Bytes that are not UTF-8 end the value with U+FFFD.
+        assert_eq!(decoded("api_key=ab%FFcd+"), "ab\u{fffd}");
+        assert_eq!(decoded("api_key=ab%C3"), "ab\u{fffd}");
+    }
+
+    #[test]
+    fn a_query_value_too_long_for_any_key_is_the_wrong_length() {
+        let long = format!("api_key=ef_test_{}%20", "a".repeat(60));
+        let Extracted::Decoded(q) = from_query(&long) else {
+            panic!("not decoded");
+        };
+        assert_eq!(
+            q.text(),
+            Err(FormatError::WrongLength {
+                got: 8 + 60 + 1,
+                want: 8 + apikey::BODY_LEN
+            })
+        );
+        let Extracted::Decoded(q) = from_query(&format!("api_key={}+", "%41".repeat(70))) else {
+            panic!("not decoded");
+        };
+        assert_eq!(
+            q.text(),
+            Err(FormatError::WrongLength {
+                got: 71,
+                want: apikey::MAX_LEN
+            })
+        );
+        // Exactly the buffer still fits.
+        let fits = format!("api_key={}+", "b".repeat(QUERY_KEY_CAP - 1));
+        assert_eq!(decoded(&fits).len(), QUERY_KEY_CAP);
+    }
+
+    #[test]
+    fn debug_never_shows_a_decoded_key() {
+        let secret = "ef_live_SECRETsecretSECRETsecret";
+        let q = format!("api_key={secret}%20");
+        let text = format!("{:?}", from_query(&q));
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("len") && text.contains("Query"), "{text}");
+    }
+
+    #[test]
+    fn only_the_value_is_decoded_never_the_name() {
+        let q = route(&[Place::Query]);
+        assert_eq!(extract(&q, &[], Some("api%5Fkey=K")), Extracted::Missing);
+        assert_eq!(
+            extract(&route(&[Place::Bearer]), &[], Some("api_key=K%20")),
+            Extracted::WrongPlace(Place::Query)
+        );
     }
 }
