@@ -1,4 +1,5 @@
-//! `edgefilter check-config` through the real binary: exit codes and line-numbered errors.
+//! `edgefilter check-config` through the real binary: exit codes and line-numbered errors; and
+//! CLI output into a closed pipe (`… | head`) ending quietly.
 
 use std::process::Command;
 
@@ -71,4 +72,58 @@ fn config_path_comes_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs the binary with its stdout a pipe whose reading end is already closed (`… | head`
+/// once `head` has what it wants): every write fails with EPIPE.
+fn into_closed_pipe(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("EDGEFILTER_CONFIG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run edgefilter")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let path = dir.path().join("edgefilter.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xdp]\nenabled = false\n[store]\npath = \"keys.db\"\n\
+             [admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\
+             [[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .expect("write config");
+    for args in [
+        &["check-config"][..],
+        &[
+            "explain",
+            "--key",
+            "ef_live_not-a-key",
+            "--path",
+            "/v1/chat",
+        ],
+        &["keys", "list"],
+        &["allow", "list"],
+    ] {
+        let out = into_closed_pipe(&path, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use ipnet::IpNet;
 
 use super::JsonFlag;
+use super::out::outln;
 use crate::xdp::{AllowFile, Origin, PinDir, allowfile_path, open_pinned};
 
 /// Subcommands.
@@ -66,9 +67,9 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
             let net = cidr.trunc();
             if file.add(&cfg.xdp.allow, net) {
                 file.save(&path)?;
-                println!("added {net} (saved in {})", path.display());
+                outln!("added {net} (saved in {})", path.display());
             } else {
-                println!("{net} is already allowed");
+                outln!("{net} is already allowed");
             }
             apply_live(&pins, |m| m.allow_insert(net).map(|()| true))?;
         }
@@ -79,7 +80,7 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             file.save(&path)?;
-            println!("removed {net} (saved in {})", path.display());
+            outln!("removed {net} (saved in {})", path.display());
             apply_live(&pins, |m| m.allow_remove(net))?;
         }
         AllowCmd::List { json } => list(&file, &cfg.xdp.allow, &pins, json.json)?,
@@ -93,7 +94,7 @@ fn apply_live(
     change: impl FnOnce(&mut crate::xdp::XdpMaps) -> Result<bool, crate::xdp::XdpError>,
 ) -> anyhow::Result<()> {
     if !pins.has_maps() {
-        println!(
+        outln!(
             "no XDP filter is pinned at {}: the change applies when the daemon starts",
             pins.root().display()
         );
@@ -101,7 +102,7 @@ fn apply_live(
     }
     let mut maps = open_pinned(pins)?;
     change(&mut maps)?;
-    println!("live filter updated");
+    outln!("live filter updated");
     Ok(())
 }
 
@@ -129,10 +130,10 @@ fn list(file: &AllowFile, config_allow: &[IpNet], pins: &PinDir, json: bool) -> 
             .iter()
             .map(|(n, o, l)| serde_json::json!({"cidr": n.to_string(), "origin": o, "live": l}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    println!("{:<45} {:<8} LIVE", "CIDR", "ORIGIN");
+    outln!("{:<45} {:<8} LIVE", "CIDR", "ORIGIN");
     for (n, o, l) in &rows {
         let origin = match o {
             Some(Origin::Config) => "config",
@@ -144,10 +145,10 @@ fn list(file: &AllowFile, config_allow: &[IpNet], pins: &PinDir, json: bool) -> 
             Some(false) => "no",
             None => "-",
         };
-        println!("{:<45} {origin:<8} {live}", n.to_string());
+        outln!("{:<45} {origin:<8} {live}", n.to_string());
     }
     if live.is_none() {
-        println!(
+        outln!(
             "(no XDP filter pinned at {}: LIVE unknown)",
             pins.root().display()
         );

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::out::outln;
 use crate::config::Config;
 
 /// Runs `check-config`.
@@ -10,7 +11,7 @@ use crate::config::Config;
 pub fn run(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
-            println!(
+            outln!(
                 "{}: ok ({} route(s), {} shard(s), xdp {})",
                 path.display(),
                 cfg.routes.len(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::load_config;
+use super::out::out;
 use crate::auth::decide::{
     self, Decision, Now, Refusal, check_address, check_approved, check_environment, check_expiry,
     check_format, check_not_before, check_revoked, check_scopes, check_user, key_hash,
@@ -211,7 +212,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         Err(ExplainError::Store(e)) => return Err(e.into()),
     };
-    print!("{}", explained.to_text());
+    out!("{}", explained.to_text());
     Ok(if explained.verdict.is_ok() {
         ExitCode::SUCCESS
     } else {

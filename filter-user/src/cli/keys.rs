@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::daemon_api::{self, segment};
+use super::out::outln;
 use super::{EXIT_USAGE, JsonFlag, load_config};
 use crate::admin::AdminClient;
 use crate::config::parse_duration;
@@ -165,20 +166,20 @@ pub fn view_json(v: &KeyView, now: i64) -> Value {
 fn print_view(v: &KeyView, now: i64) {
     let k = &v.key;
     let opt = |x: Option<i64>| x.map_or_else(|| "-".to_owned(), rfc3339);
-    println!("id:          {}", k.id);
-    println!(
+    outln!("id:          {}", k.id);
+    outln!(
         "tenant/user: {} / {} ({})",
         v.user.tenant,
         v.user.name,
         v.user.status.as_str()
     );
-    println!(
+    outln!(
         "status:      {} (now: {})",
         k.status.as_str(),
         effective_state(v, now)
     );
-    println!("env:         {}", k.env);
-    println!(
+    outln!("env:         {}", k.env);
+    outln!(
         "scopes:      {}",
         if k.scopes.is_empty() {
             "-".to_owned()
@@ -186,10 +187,10 @@ fn print_view(v: &KeyView, now: i64) {
             k.scopes.join(", ")
         }
     );
-    println!("not before:  {}", opt(k.not_before));
-    println!("expires:     {}", opt(k.expires_at));
+    outln!("not before:  {}", opt(k.not_before));
+    outln!("expires:     {}", opt(k.expires_at));
     let cidrs: Vec<String> = k.allow_cidrs.iter().map(ToString::to_string).collect();
-    println!(
+    outln!(
         "allow from:  {}",
         if cidrs.is_empty() {
             "any".to_owned()
@@ -197,7 +198,7 @@ fn print_view(v: &KeyView, now: i64) {
             cidrs.join(", ")
         }
     );
-    println!(
+    outln!(
         "rate:        {}",
         k.rate.map_or_else(
             || "unlimited".to_owned(),
@@ -205,12 +206,12 @@ fn print_view(v: &KeyView, now: i64) {
         )
     );
     if let Some(r) = k.revoked_at {
-        println!("revoked at:  {}", rfc3339(r));
+        outln!("revoked at:  {}", rfc3339(r));
     }
     if let (Some(g), Some(to)) = (k.grace_until, &k.rotated_to) {
-        println!("rotated to:  {to} (old key works until {})", rfc3339(g));
+        outln!("rotated to:  {to} (old key works until {})", rfc3339(g));
     }
-    println!("created:     {}", rfc3339(k.created_at));
+    outln!("created:     {}", rfc3339(k.created_at));
 }
 
 /// `view` in the CLI's JSON shape with the secret added.
@@ -226,10 +227,10 @@ fn print_created(mut v: Value, json: bool, extra: Option<(&str, Value)>) {
         if let Some((name, x)) = extra {
             v[name] = x;
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("{}", v["key"].as_str().unwrap_or_default());
-        println!(
+        outln!("{}", v["key"].as_str().unwrap_or_default());
+        outln!(
             "id: {}  (the key above is shown only this once; store it now)",
             v["id"].as_str().unwrap_or_default()
         );
@@ -238,12 +239,12 @@ fn print_created(mut v: Value, json: bool, extra: Option<(&str, Value)>) {
 
 fn print_revoked(v: &Value) {
     let at = v["revoked_at"].as_str().unwrap_or_default();
-    println!("{} revoked at {at}", v["id"].as_str().unwrap_or_default());
+    outln!("{} revoked at {at}", v["id"].as_str().unwrap_or_default());
 }
 
 fn print_approved(v: &Value) {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    println!(
+    outln!(
         "{} approved (tenant {}, user {})",
         s("id"),
         s("tenant"),
@@ -256,7 +257,7 @@ fn print_rotated(new: Value, old_id: &str, until: &str, json: bool) {
     let replaces = json!({"id": old_id, "grace_until": until});
     print_created(new, json, Some(("replaces", replaces)));
     if !json {
-        println!("{old_id} keeps working until {until}");
+        outln!("{old_id} keeps working until {until}");
     }
 }
 
@@ -319,7 +320,7 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no such key{}", id_suffix(&id));
             };
             if json.json {
-                println!("{}", view_json(&v, now));
+                outln!("{}", view_json(&v, now));
             } else {
                 print_view(&v, now);
             }
@@ -367,13 +368,20 @@ fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> an
     let keys = st.list_keys(tenant)?;
     if json.json {
         let arr: Vec<Value> = keys.iter().map(|v| view_json(v, now)).collect();
-        println!("{}", Value::Array(arr));
+        outln!("{}", Value::Array(arr));
         return Ok(());
     }
     let row = |cols: [&str; 8]| {
-        println!(
+        outln!(
             "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} {}",
-            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            cols[4],
+            cols[5],
+            cols[6],
+            cols[7]
         );
     };
     row([

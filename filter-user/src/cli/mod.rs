@@ -12,6 +12,7 @@ pub mod check;
 pub mod daemon_api;
 pub mod explain;
 pub mod keys;
+pub mod out;
 pub mod stats;
 pub mod users;
 pub mod xdp;

@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use super::daemon_api::{self, segment};
 use super::load_config;
+use super::out::outln;
 use crate::store::{self, UserStatus};
 
 /// Subcommands.
@@ -48,7 +49,7 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
         let path = format!("/v1/users/{}/{action}", segment(&user));
         let v = daemon_api::call(&c, "POST", &path, None)?;
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        println!(
+        outln!(
             "user {} (tenant {}): {}",
             s("user"),
             s("tenant"),
@@ -58,7 +59,7 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
     }
     let mut st = store::open(&cfg)?;
     let u = st.set_user_status(&user, status, store::unix_now())?;
-    println!(
+    outln!(
         "user {} (tenant {}): {}",
         u.name,
         u.tenant,

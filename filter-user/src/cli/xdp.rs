@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::out::outln;
 use crate::xdp::{AttachState, PinDir, ProgramState, detach, open_pinned};
 
 /// Subcommands.
@@ -37,34 +38,34 @@ pub fn run(config: &Path, cmd: XdpCmd) -> anyhow::Result<ExitCode> {
                 ProgramState::Adopted => "adopted (already pinned, untouched)",
                 ProgramState::Replaced => "replaced atomically on every link",
             };
-            println!("program     {program}");
+            outln!("program     {program}");
             for i in rt.interfaces() {
                 let how = match i.state {
                     AttachState::Driver => "attached (driver mode)",
                     AttachState::Skb => "attached (skb mode)",
                     AttachState::Adopted => "adopted (already attached)",
                 };
-                println!("interface   {} (ifindex {}): {how}", i.name, i.ifindex);
+                outln!("interface   {} (ifindex {}): {how}", i.name, i.ifindex);
             }
-            println!("pinned at   {}", rt.pins().root().display());
+            outln!("pinned at   {}", rt.pins().root().display());
         }
         XdpCmd::Detach => {
             let removed = detach(&pins)?;
             if removed.is_empty() {
-                println!("nothing pinned at {}", pins.root().display());
+                outln!("nothing pinned at {}", pins.root().display());
             } else {
                 for p in &removed {
-                    println!("removed {}", p.display());
+                    outln!("removed {}", p.display());
                 }
-                println!("XDP filter detached");
+                outln!("XDP filter detached");
             }
         }
         XdpCmd::Status => {
             let links = pins.links()?;
             let maps = open_pinned(&pins)?;
-            println!("pinned at   {}", pins.root().display());
+            outln!("pinned at   {}", pins.root().display());
             let names: Vec<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
-            println!(
+            outln!(
                 "links       {}",
                 if names.is_empty() {
                     "none (not attached)".to_string()
@@ -76,13 +77,13 @@ pub fn run(config: &Path, cmd: XdpCmd) -> anyhow::Result<ExitCode> {
                 crate::config::XdpMode::Enforce => "enforce",
                 crate::config::XdpMode::Monitor => "monitor (nothing dropped)",
             };
-            println!("mode        {mode}");
-            println!("protected   {:?}", maps.protected_ports()?);
-            println!("allowlist   {} prefixes", maps.allowlist()?.len());
-            println!("denylist    {} entries", maps.denied()?.len());
+            outln!("mode        {mode}");
+            outln!("protected   {:?}", maps.protected_ports()?);
+            outln!("allowlist   {} prefixes", maps.allowlist()?.len());
+            outln!("denylist    {} entries", maps.denied()?.len());
             for (action, reason, v) in maps.counters()?.iter() {
                 if v.packets > 0 {
-                    println!(
+                    outln!(
                         "  {:<10} {:<16} {:>12} pkts {:>14} bytes",
                         action.label(),
                         reason.label(),
