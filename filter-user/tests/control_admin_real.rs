@@ -1,6 +1,6 @@
 //! The admin API of the real daemon: without or with a wrong token every change is refused with
 //! 401 and nothing changes; with the token it works, shards apply it, and the answers match
-//! `docs/openapi.yaml`.
+//! `docs/openapi.yaml`. `edgefilter allow` goes through the running daemon.
 
 #[path = "support/daemon.rs"]
 mod daemon;
@@ -8,6 +8,8 @@ mod daemon;
 mod openapi;
 #[path = "support/upstream.rs"]
 mod upstream;
+
+use std::process::Command;
 
 use daemon::{Daemon, KeepAlive};
 use openapi::{assert_documented, openapi};
@@ -115,4 +117,127 @@ fn tokens_are_checked_and_real_answers_match_the_document() {
     assert!(count >= 3, "propagation samples: {count}");
     let log = d.log();
     assert!(!log.contains(&key), "a key reached the daemon log");
+}
+
+/// `allow add|remove|list` go through the running daemon: a second config that shares only the
+/// daemon's admin address and token (its own store, so its own `allowlist.json`) sees and makes
+/// the daemon's changes, and its own file is never written. With the daemon gone, the CLI edits
+/// the file itself again.
+#[test]
+fn allow_commands_go_through_the_running_daemon() {
+    let up = upstream::Upstream::start();
+    let mut d = Daemon::start(up.addr);
+    let token = d.token();
+    let other = d.dir.path().join("other.toml");
+    let pins = d.pin_dir();
+    std::fs::write(
+        &other,
+        format!(
+            "[xdp]\nenabled = false\n[store]\npath = \"elsewhere/keys.db\"\n\
+             [admin]\nlisten = \"{}\"\ntoken_file = \"var/admin.token\"\n\
+             [[route]]\nprefix = \"/v1/\"\nupstream = \"http://{}\"\n",
+            d.admin, up.addr
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+            .arg("--config")
+            .arg(&other)
+            .args(args)
+            .env_remove("EDGEFILTER_CONFIG")
+            .env(edgefilter::xdp::PIN_DIR_ENV, &pins)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let o = cli(args);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(o.status.success(), "{args:?}: {out}\n{err}");
+        out
+    };
+    let admin = d.admin;
+    let daemon_cidrs = || {
+        let (s, v) = daemon::raw_http(admin, "GET", "/v1/allowlist", Some(&token), None).unwrap();
+        assert_eq!(s, 200, "{v}");
+        v["cidrs"].clone()
+    };
+    let mine = d.dir.path().join("elsewhere/allowlist.json");
+    let nopin = format!(
+        "no XDP filter is pinned at {}: the change applies when the daemon starts",
+        pins.display()
+    );
+
+    let out = ok(&["allow", "add", "198.51.100.7"]);
+    assert!(out.starts_with("added 198.51.100.7/32 (saved in "), "{out}");
+    assert!(out.contains(&nopin), "{out}");
+    assert_eq!(daemon_cidrs(), json!(["198.51.100.7/32"]));
+    let daemons = std::fs::read_to_string(d.dir.path().join("var/allowlist.json")).unwrap();
+    assert!(daemons.contains("198.51.100.7/32"), "{daemons}");
+    assert!(!mine.exists(), "the CLI wrote its own allowlist.json");
+
+    let out = ok(&["allow", "add", "198.51.100.0/24"]);
+    assert!(out.starts_with("added 198.51.100.0/24"), "{out}");
+    let out = ok(&["allow", "add", "198.51.100.9/24"]);
+    assert!(
+        out.starts_with("198.51.100.0/24 is already allowed"),
+        "{out}"
+    );
+    assert_eq!(
+        daemon_cidrs(),
+        json!(["198.51.100.0/24", "198.51.100.7/32"])
+    );
+
+    // `allow list` shows the daemon's list, through this config and the daemon's own.
+    for out in [ok(&["allow", "list"]), d.cli_ok(&["allow", "list"])] {
+        let rows: Vec<&str> = out.lines().collect();
+        assert!(rows[0].starts_with("CIDR"), "{out}");
+        assert!(
+            rows[1].starts_with("198.51.100.0/24") && rows[1].contains("runtime"),
+            "{out}"
+        );
+        assert!(
+            rows[2].starts_with("198.51.100.7/32") && rows[2].ends_with(" -"),
+            "{out}"
+        );
+        assert!(out.contains("(no XDP filter pinned at"), "{out}");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["allow", "list", "--json"])).unwrap();
+    assert_eq!(
+        listed,
+        json!([
+            {"cidr": "198.51.100.0/24", "origin": "runtime", "live": null},
+            {"cidr": "198.51.100.7/32", "origin": "runtime", "live": null},
+        ])
+    );
+
+    let out = ok(&["allow", "remove", "198.51.100.7"]);
+    assert!(
+        out.starts_with("removed 198.51.100.7/32 (saved in "),
+        "{out}"
+    );
+    assert!(out.contains(&nopin), "{out}");
+    assert_eq!(daemon_cidrs(), json!(["198.51.100.0/24"]));
+    let o = cli(&["allow", "remove", "198.51.100.7"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("198.51.100.7/32 is not in the allowlist (see `edgefilter allow list`)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!mine.exists(), "the CLI wrote its own allowlist.json");
+
+    // No daemon: this config's own (empty) file, edited by the CLI itself.
+    d.kill9();
+    let out = ok(&["allow", "list", "--json"]);
+    assert_eq!(out.trim(), "[]");
+    let out = ok(&["allow", "add", "203.0.113.0/24"]);
+    assert!(out.starts_with("added 203.0.113.0/24"), "{out}");
+    let file = std::fs::read_to_string(&mine).unwrap();
+    assert!(file.contains("203.0.113.0/24"), "{file}");
 }

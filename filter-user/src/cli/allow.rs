@@ -1,17 +1,23 @@
 //! `edgefilter allow add|remove|list`: the XDP edge allowlist.
 //!
 //! The effective allowlist is `xdp.allow` from the config plus runtime additions minus runtime
-//! removals; the runtime part lives in `allowlist.json` beside the store. When a filter is
-//! pinned, a change reaches the live map at once (one insert or delete, never a refill).
+//! removals; the runtime part lives in `allowlist.json` beside the store. When the daemon is up,
+//! every subcommand goes through its admin API (`/v1/allowlist`), so the daemon stays the one
+//! writer; when it is not, the file is edited here. Either way, when a filter is pinned a change
+//! reaches the live map at once (one insert or delete, never a refill). The output is the same
+//! on both paths.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use ipnet::IpNet;
+use serde_json::{Value, json};
 
-use super::JsonFlag;
 use super::out::outln;
+use super::{JsonFlag, daemon_api};
+use crate::admin::AdminClient;
+use crate::config::Config;
 use crate::xdp::{AllowFile, Origin, PinDir, allowfile_path, open_pinned};
 
 /// Subcommands.
@@ -50,6 +56,9 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         })
 }
 
+/// The admin API's allowlist resource.
+const ALLOWLIST: &str = "/v1/allowlist";
+
 /// Runs the command.
 ///
 /// # Errors
@@ -60,59 +69,133 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let path = allowfile_path(&cfg);
-    let mut file = AllowFile::load(&path)?;
     let pins = PinDir::from_env();
+    let daemon = daemon_api::discover(&cfg);
     match cmd {
         AllowCmd::Add { cidr } => {
             let net = cidr.trunc();
-            if file.add(&cfg.xdp.allow, net) {
-                file.save(&path)?;
+            let added = match &daemon {
+                Some(c) => {
+                    // The daemon answers with the list after the change: ask what it was before.
+                    let before = daemon_list(c, &cfg)?;
+                    daemon_api::call(c, "POST", ALLOWLIST, Some(&cidr_body(net)))?;
+                    !before.iter().any(|(n, _)| *n == net)
+                }
+                None => {
+                    let mut file = AllowFile::load(&path)?;
+                    let added = file.add(&cfg.xdp.allow, net);
+                    if added {
+                        file.save(&path)?;
+                    }
+                    added
+                }
+            };
+            if added {
                 outln!("added {net} (saved in {})", path.display());
             } else {
                 outln!("{net} is already allowed");
             }
-            apply_live(&pins, |m| m.allow_insert(net).map(|()| true))?;
+            if daemon.is_none() {
+                apply_live(&pins, |m| m.allow_insert(net))?;
+            }
+            say_live(&pins);
         }
         AllowCmd::Remove { cidr } => {
             let net = cidr.trunc();
-            if !file.remove(&cfg.xdp.allow, net) {
+            let removed = match &daemon {
+                Some(c) => {
+                    daemon_api::call_found(c, "DELETE", ALLOWLIST, Some(&cidr_body(net)))?.is_some()
+                }
+                None => {
+                    let mut file = AllowFile::load(&path)?;
+                    let removed = file.remove(&cfg.xdp.allow, net);
+                    if removed {
+                        file.save(&path)?;
+                    }
+                    removed
+                }
+            };
+            if !removed {
                 eprintln!("{net} is not in the allowlist (see `edgefilter allow list`)");
                 return Ok(ExitCode::FAILURE);
             }
-            file.save(&path)?;
             outln!("removed {net} (saved in {})", path.display());
-            apply_live(&pins, |m| m.allow_remove(net))?;
+            if daemon.is_none() {
+                apply_live(&pins, |m| m.allow_remove(net).map(|_| ()))?;
+            }
+            say_live(&pins);
         }
-        AllowCmd::List { json } => list(&file, &cfg.xdp.allow, &pins, json.json)?,
+        AllowCmd::List { json } => {
+            let effective = match &daemon {
+                Some(c) => daemon_list(c, &cfg)?,
+                None => AllowFile::load(&path)?.effective(&cfg.xdp.allow),
+            };
+            list(&effective, &pins, json.json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The body of `POST|DELETE /v1/allowlist`.
+fn cidr_body(net: IpNet) -> Value {
+    json!({ "cidr": net.to_string() })
+}
+
+/// The daemon's effective allowlist, each prefix with its origin (from this config's
+/// `xdp.allow`, which is the daemon's).
+fn daemon_list(client: &AdminClient, cfg: &Config) -> anyhow::Result<Vec<(IpNet, Origin)>> {
+    let v = daemon_api::call(client, "GET", ALLOWLIST, None)?;
+    let config: Vec<IpNet> = cfg.xdp.allow.iter().map(IpNet::trunc).collect();
+    v["cidrs"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("the daemon's allowlist has no `cidrs`: {v}"))?
+        .iter()
+        .map(|c| {
+            let net = c
+                .as_str()
+                .and_then(|s| s.parse::<IpNet>().ok())
+                .ok_or_else(|| anyhow::anyhow!("the daemon's allowlist holds {c}, not a CIDR"))?
+                .trunc();
+            let origin = if config.contains(&net) {
+                Origin::Config
+            } else {
+                Origin::Runtime
+            };
+            Ok((net, origin))
+        })
+        .collect()
 }
 
 /// Applies one change to the pinned map, if a filter is pinned.
 fn apply_live(
     pins: &PinDir,
-    change: impl FnOnce(&mut crate::xdp::XdpMaps) -> Result<bool, crate::xdp::XdpError>,
+    change: impl FnOnce(&mut crate::xdp::XdpMaps) -> Result<(), crate::xdp::XdpError>,
 ) -> anyhow::Result<()> {
-    if !pins.has_maps() {
+    if pins.has_maps() {
+        change(&mut open_pinned(pins)?)?;
+    }
+    Ok(())
+}
+
+/// Says whether the change reached a live filter (the daemon applies it to the pinned map
+/// itself, as [`apply_live`] does here).
+fn say_live(pins: &PinDir) {
+    if pins.has_maps() {
+        outln!("live filter updated");
+    } else {
         outln!(
             "no XDP filter is pinned at {}: the change applies when the daemon starts",
             pins.root().display()
         );
-        return Ok(());
     }
-    let mut maps = open_pinned(pins)?;
-    change(&mut maps)?;
-    outln!("live filter updated");
-    Ok(())
 }
 
-fn list(file: &AllowFile, config_allow: &[IpNet], pins: &PinDir, json: bool) -> anyhow::Result<()> {
+fn list(effective: &[(IpNet, Origin)], pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let live: Option<Vec<IpNet>> = if pins.has_maps() {
         Some(open_pinned(pins)?.allowlist()?)
     } else {
         None
     };
-    let effective = file.effective(config_allow);
     let mut rows: Vec<(IpNet, Option<Origin>, Option<bool>)> = effective
         .iter()
         .map(|(n, o)| (*n, Some(*o), live.as_ref().map(|l| l.contains(n))))

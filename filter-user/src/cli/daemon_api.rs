@@ -1,6 +1,6 @@
-//! Key-changing commands through the running daemon's admin API (SPEC §3): the call returns
-//! only once every shard has applied the change. `None` from [`discover`] means "no daemon:
-//! write the store directly".
+//! Key, user and allowlist commands through the running daemon's admin API (SPEC §3): a key
+//! change returns only once every shard has applied it. `None` from [`discover`] means "no
+//! daemon: write the store (or `allowlist.json`) directly".
 
 use serde_json::Value;
 
@@ -27,13 +27,36 @@ pub fn call(
     if (200..300).contains(&status) {
         return Ok(v);
     }
+    Err(refused(client, status, &v))
+}
+
+/// [`call`], except that `404 Not Found` is `None`: what the request names is not there.
+///
+/// # Errors
+/// The daemon cannot be reached, or refused or failed the request otherwise.
+pub fn call_found(
+    client: &AdminClient,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Option<Value>> {
+    let (status, v) = client.call(method, path, body)?;
+    match status {
+        200..=299 => Ok(Some(v)),
+        404 => Ok(None),
+        _ => Err(refused(client, status, &v)),
+    }
+}
+
+/// The error for a refusal: the daemon, the status, the code, the message and the hint.
+fn refused(client: &AdminClient, status: u16, v: &Value) -> anyhow::Error {
     let e = &v["error"];
     let code = e["code"].as_str().unwrap_or("ERROR");
     let message = e["message"].as_str().unwrap_or("no message");
     let hint = e["hint"]
         .as_str()
         .map_or_else(String::new, |h| format!(" ({h})"));
-    anyhow::bail!(
+    anyhow::anyhow!(
         "the daemon at {} answered {status} {code}: {message}{hint}",
         client.addr()
     )

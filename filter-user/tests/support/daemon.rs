@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
 /// A free port on 127.0.0.1 (bound, read, released).
@@ -73,6 +74,12 @@ scopes = ["ai:invoke"]
         self.dir.path().join("ef.toml")
     }
 
+    /// Where the daemon and its CLI look for a pinned XDP filter: an empty directory of the
+    /// test's own, so no test ever touches a real pinned filter.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.path().join("pins")
+    }
+
     /// The admin token (created by the daemon on first start).
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("var/admin.token"))
@@ -90,6 +97,7 @@ scopes = ["ai:invoke"]
             .arg(self.config())
             .args(["run", "--no-xdp"])
             .env_remove("EDGEFILTER_CONFIG")
+            .env(PIN_DIR_ENV, self.pin_dir())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -131,6 +139,7 @@ scopes = ["ai:invoke"]
             .arg(self.config())
             .args(args)
             .env_remove("EDGEFILTER_CONFIG")
+            .env(PIN_DIR_ENV, self.pin_dir())
             .output()
             .unwrap()
     }
