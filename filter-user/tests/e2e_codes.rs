@@ -1,29 +1,25 @@
 //! End to end, SPEC §5: the real daemon (`edgefilter run --no-xdp`), real keys made with the CLI,
 //! real requests with curl, one per answer code — status, code, headers, and never the key.
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/upstream.rs"]
 mod upstream;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use daemon::{Process, free_port};
 use serde_json::Value;
 
 /// A daemon killed (and reaped) when dropped, its output kept in a file.
 struct Daemon {
-    child: Child,
+    child: Process,
     log: PathBuf,
     port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A temp config + store, and every key made in it (none may ever be echoed).
@@ -31,14 +27,6 @@ struct Edge {
     dir: tempfile::TempDir,
     keys: Vec<String>,
     upstream: upstream::Upstream,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Edge {
@@ -129,20 +117,20 @@ upstream = "http://{up}"
         self.write_config(port, errors);
         let log = self.dir.path().join(format!("daemon-{port}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-            .args(["run", "--no-xdp", "--config"])
-            .arg(self.config_path())
-            .env("E2E_UPSTREAM_SECRET", "upstream-secret-value")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
+        let child = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+                .args(["run", "--no-xdp", "--config"])
+                .arg(self.config_path())
+                .env("E2E_UPSTREAM_SECRET", "upstream-secret-value")
+                .stdout(Stdio::from(file.try_clone().unwrap()))
+                .stderr(Stdio::from(file)),
+        );
         let mut d = Daemon { child, log, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
             assert!(
-                d.child.try_wait().unwrap().is_none(),
+                d.child.try_wait().is_none(),
                 "daemon exited: {}",
                 read(&d.log)
             );

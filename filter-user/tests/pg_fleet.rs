@@ -4,6 +4,8 @@
 //! fails cleanly; a revocation written by hand in SQL while one host is cut off from the
 //! database reaches that host after it reconnects.
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/pg.rs"]
 mod pg;
 #[path = "support/upstream.rs"]
@@ -12,21 +14,13 @@ mod upstream;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use daemon::Process;
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{KeyRef, KeyStore, NewKey};
 use pg::{PgFixture, PgLink};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -59,15 +53,13 @@ fn host(dir: &Path, name: &str, url: &str, upstream: SocketAddr) -> Host {
     Host { conf, http }
 }
 
-fn start(h: &Host) -> Daemon {
-    let d = Daemon(
+fn start(h: &Host) -> Process {
+    let d = Process::spawn(
         Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .args(["run", "--no-xdp", "--config"])
             .arg(&h.conf)
             .env_remove("EDGEFILTER_CONFIG")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
+            .env("RUST_LOG", "warn"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(h.http).is_err() {

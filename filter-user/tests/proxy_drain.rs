@@ -1,6 +1,8 @@
 //! Draining: in-flight requests finish, idle connections close, the deadline is kept; and the
 //! real binary drains on SIGTERM (exit 0) and reloads its TLS certificate on SIGHUP.
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/proxy_env.rs"]
 mod proxy_env;
 #[path = "support/tls.rs"]
@@ -9,9 +11,10 @@ mod tls;
 mod upstream;
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use daemon::Process;
 use proxy_env::{Client, Env, get};
 
 #[test]
@@ -63,16 +66,6 @@ fn shutdown_deadline_cuts_requests_that_run_too_long() {
     );
 }
 
-/// The daemon binary, killed on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,7 +73,7 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn signal(child: &Child, sig: &str) {
+fn signal(child: &Process, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -138,12 +131,10 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     let keyed_get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nAuthorization: Bearer {key}\r\n\r\n")
     };
-    let d = Daemon(
+    let d = Process::spawn(
         Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .args(["run", "--no-xdp", "--config"])
-            .arg(&conf)
-            .spawn()
-            .unwrap(),
+            .arg(&conf),
     );
     wait_listening(http);
     wait_listening(https);
@@ -157,7 +148,7 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     let before = tls::TlsClient::connect(https, pki.client_config(&[b"http/1.1"])).peer_leaf();
     let second = pki.issue("second");
     assert_ne!(before, second);
-    signal(&d.0, "-HUP");
+    signal(&d, "-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let leaf = tls::TlsClient::connect(https, pki.client_config(&[b"http/1.1"])).peer_leaf();
@@ -175,12 +166,12 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     busy.send(keyed_get("/slow").as_bytes());
     std::thread::sleep(Duration::from_millis(300));
     let mut d = d;
-    signal(&d.0, "-TERM");
+    signal(&d, "-TERM");
     let r = busy.read(false);
     assert_eq!(r.status, 200, "in-flight request cut by SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = d.0.try_wait().unwrap() {
+        if let Some(s) = d.try_wait() {
             break s;
         }
         assert!(

@@ -1,11 +1,12 @@
 //! The real `edgefilter run --no-xdp` in a temp dir: free 127.0.0.1 ports, 2 shards, a SQLite
-//! store, the admin API; killed (SIGKILL) when dropped. Plus a keep-alive raw-socket client.
+//! store, the admin API; killed (SIGKILL) when dropped. Plus [`Process`], the one guard every
+//! test that starts the binary holds it in, and a keep-alive raw-socket client.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefilter::xdp::PIN_DIR_ENV;
@@ -20,12 +21,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
+/// test never leaves one behind.
+pub struct Process(Child);
+
+impl Process {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(cmd.spawn().expect("spawn edgefilter"))
+    }
+
+    /// Its process id (to send it a signal).
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().expect("try_wait")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A daemon's directory, config and (while running) process.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub admin: SocketAddr,
-    child: Option<Child>,
+    child: Option<Process>,
 }
 
 impl Daemon {
@@ -92,23 +121,23 @@ scopes = ["ai:invoke"]
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-            .arg("--config")
-            .arg(self.config())
-            .args(["run", "--no-xdp"])
-            .env_remove("EDGEFILTER_CONFIG")
-            .env(PIN_DIR_ENV, self.pin_dir())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+                .arg("--config")
+                .arg(self.config())
+                .args(["run", "--no-xdp"])
+                .env_remove("EDGEFILTER_CONFIG")
+                .env(PIN_DIR_ENV, self.pin_dir())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log)),
+        );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = raw_http(self.admin, "GET", "/readyz", None, None) {
                 return;
             }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(Some(st)) = self.child.as_mut().map(Process::try_wait) {
                 panic!("daemon exited: {st}; log:\n{}", self.log());
             }
             assert!(
@@ -122,10 +151,7 @@ scopes = ["ai:invoke"]
 
     /// `kill -9` and reap.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(self.child.take());
     }
 
     pub fn log(&self) -> String {
@@ -190,6 +216,7 @@ scopes = ["ai:invoke"]
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // The process before its directory (fields drop in order, `dir` first).
         self.kill9();
     }
 }
