@@ -1,6 +1,6 @@
 //! `cargo xtask bench` step: revocation propagation (store commit → every shard applied) in the
 //! real daemon with 2 shards, read from its `/metrics` histogram; first with idle shards (the
-//! baseline of the same run), then under a `wrk` load through the proxy.
+//! baseline of the same run), then under a light and a full `wrk` load through the proxy.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 const METRIC: &str = "edgefilter_revocation_propagation_seconds";
 /// Key changes per phase (each one create + one revoke = 2 samples).
 const CHANGES: usize = 150;
+/// wrk connections of the light-load phase.
+const LIGHT_CONNECTIONS: u32 = 8;
 
 /// Cumulative `(le, count)` buckets of the histogram.
 type Buckets = Vec<(f64, u64)>;
@@ -33,31 +35,18 @@ pub fn run(
     let base = buckets(admin)?;
     let idle_rt = churn(admin, token)?;
     let idle = diff(&buckets(admin)?, &base);
-
-    let mut wrk = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), "-d60s"])
-        .args(["-H", &format!("X-API-Key: {load_key}")])
-        .arg(format!("http://{listen}/"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting wrk")?;
-    std::thread::sleep(Duration::from_secs(1));
-    let before = buckets(admin)?;
-    let loaded = churn(admin, token);
-    let after = buckets(admin);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
-    let loaded_rt = loaded?;
-    let loaded_h = diff(&after?, &before);
+    let mut rows = vec![("idle".to_string(), idle.clone(), idle_rt)];
+    // A light load first, then the full one: the tail grows with how oversubscribed the two
+    // cores are (wrk, the origin and the shards all share them), which the two rows show.
+    for conns in [LIGHT_CONNECTIONS.min(connections), connections] {
+        let (h, rt) = under_load(listen, admin, token, &load_key, conns)?;
+        rows.push((format!("under wrk -t2 -c{conns}"), h, rt));
+    }
 
     println!("\n### Revocation propagation, 2 shards (store commit → last shard applied)\n");
     println!("| shards | samples | p50 ≤ | p99 ≤ | admin call p50 | admin call p99 |");
     println!("|---|---|---|---|---|---|");
-    for (name, h, rt) in [
-        ("idle", &idle, &idle_rt),
-        ("under wrk load", &loaded_h, &loaded_rt),
-    ] {
+    for (name, h, rt) in &rows {
         println!(
             "| {name} | {} | {} | {} | {:.0} µs | {:.0} µs |",
             h.last().map_or(0, |b| b.1),
@@ -67,13 +56,39 @@ pub fn run(
             pct(rt, 0.99),
         );
     }
-    let p99 = quantile(&loaded_h, 0.99);
+    let full = rows.last().map_or(f64::INFINITY, |r| quantile(&r.1, 0.99));
     println!(
-        "\np99 under load {} the 1 ms target (bucket bound; peer: idle shards in the same run, p99 ≤ {}).",
-        if p99 <= 0.001 { "meets" } else { "misses" },
+        "\np99 under the full load (-c{connections}) {} the 1 ms target (bucket bound; peer: idle shards in the same run, p99 ≤ {}).",
+        if full <= 0.001 { "meets" } else { "misses" },
         fmt_bound(quantile(&idle, 0.99)),
     );
     Ok(())
+}
+
+/// Runs `CHANGES` create+revoke pairs while `wrk` loads the proxy with `connections`
+/// connections; returns the propagation histogram of that phase and the admin call times.
+fn under_load(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    token: &str,
+    load_key: &str,
+    connections: u32,
+) -> Result<(Buckets, Vec<f64>)> {
+    let mut wrk = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), "-d60s"])
+        .args(["-H", &format!("X-API-Key: {load_key}")])
+        .arg(format!("http://{listen}/"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting wrk")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = buckets(admin);
+    let loaded = churn(admin, token);
+    let after = buckets(admin);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    Ok((diff(&after?, &before?), loaded?))
 }
 
 /// Creates and revokes `CHANGES` keys; returns each call's round trip in µs.
