@@ -101,7 +101,9 @@ pub(crate) fn process(
         }
     }
     let interim = (100..200).contains(&code);
-    if code == 101 {
+    // httparse takes any three digits; "004" would be re-sent as an unreadable "4" (found by
+    // fuzzing). Codes below 100 do not exist.
+    if code == 101 || code < 100 {
         return RespStep::Bad;
     }
     let framing = if interim || is_head || code == 204 || code == 304 {
@@ -169,6 +171,18 @@ mod tests {
         let id = RequestId::from_caller(b"rid").unwrap();
         let step = process(raw, is_head, &id, false, &mut out);
         (step, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_status_below_100_is_refused() {
+        assert!(matches!(
+            run(b"HTTP/1.1 004 Odd\r\n\r\n", false).0,
+            RespStep::Bad
+        ));
+        assert!(matches!(
+            run(b"HTTP/1.1 099 Odd\r\n\r\n", false).0,
+            RespStep::Bad
+        ));
     }
 
     #[test]
