@@ -11,6 +11,8 @@ pub mod codes;
 pub mod config;
 pub mod control;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gate;
 pub mod obs;
 pub mod pgstore;

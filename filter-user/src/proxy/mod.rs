@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::gate::GateFactory;
 
-mod body;
+pub(crate) mod body;
 mod conn;
 mod exchange;
 mod forward;
@@ -23,7 +23,7 @@ pub mod head;
 mod listen;
 pub mod reqid;
 pub mod respond;
-mod response;
+pub(crate) mod response;
 pub mod route;
 mod shard;
 pub mod tls;
