@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod propagation;
 mod setup;
 mod util;
@@ -44,6 +45,14 @@ enum Cmd {
     },
     /// Benchmarks: XDP per-packet cost, decision benches, proxy load vs peers.
     Bench(bench::BenchArgs),
+    /// Coverage-guided fuzzing of the untrusted-input parsers (nightly + cargo-fuzz).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of them).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,5 +81,6 @@ fn main() -> Result<()> {
             build::all(&tools)?;
             bench::run(&args)
         }
+        Cmd::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
     }
 }
