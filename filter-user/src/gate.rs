@@ -99,6 +99,10 @@ pub trait Gate: Send {
 
     /// Applies pending changes (called by the shard after [`Gate::change_signal`] fired).
     fn on_wake(&mut self) {}
+
+    /// Called once on the shard's own thread before it serves (e.g. to register the thread so
+    /// the control plane can raise it while a change waits).
+    fn on_thread_start(&mut self) {}
 }
 
 /// Builds the gate of shard `n`.

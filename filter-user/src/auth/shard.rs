@@ -110,4 +110,10 @@ impl Gate for ShardGate {
     fn on_wake(&mut self) {
         self.drain_inbox();
     }
+
+    fn on_thread_start(&mut self) {
+        if let Some(inbox) = &self.inbox {
+            inbox.bind_thread();
+        }
+    }
 }

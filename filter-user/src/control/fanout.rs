@@ -6,12 +6,16 @@
 //! idle shard awaits [`ShardInbox::notified`] (a [`tokio::sync::Notify`], which works across
 //! runtimes). The writer awaits [`AckWatcher::wait_applied`], woken by the shards themselves.
 //!
+//! A shard whose thread is bound ([`ShardInbox::bind_thread`]) is briefly raised to real-time
+//! priority while a change waits for it (see [`super::boost`]), so a busy core does not hold a
+//! revocation back for a whole time slice.
+//!
 //! Propagation (publish → last shard applied) is measured by the shard that completes a
 //! revision and handed to the [`PropagationObserver`] (later the
 //! `edgefilter_revocation_propagation_seconds` histogram).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
@@ -64,6 +68,10 @@ struct Slot<C> {
     applied: AtomicU64,
     /// Wakes an idle shard (shared so a shard task can await it without borrowing the inbox).
     wake: Arc<Notify>,
+    /// Kernel thread id of the shard's thread once bound; 0 = not bound (never boosted).
+    tid: AtomicI32,
+    /// Set by the writer after raising the shard, cleared by the shard when it lowers itself.
+    boosted: AtomicBool,
 }
 
 /// A revision's publish time, readable by whichever shard completes it.
@@ -174,6 +182,8 @@ impl<C: Send + Sync + 'static> Fanout<C> {
                 published: AtomicU64::new(start),
                 applied: AtomicU64::new(start),
                 wake: Arc::new(Notify::new()),
+                tid: AtomicI32::new(0),
+                boosted: AtomicBool::new(false),
             })
             .collect();
         let stamps = (0..TIMES)
@@ -241,6 +251,11 @@ impl<C: Send + Sync + 'static> Fanout<C> {
         );
         stamp.rev.store(rev, Ordering::Release);
         for slot in &self.shared.slots {
+            // Raise before the flag, the flag before the push: a shard that pops this item
+            // sees the flag and lowers itself, so it never stays real-time.
+            if self.boost(slot) {
+                slot.boosted.store(true, Ordering::Release);
+            }
             slot.queue.push(Item {
                 rev,
                 change: Arc::clone(&change),
@@ -249,6 +264,12 @@ impl<C: Send + Sync + 'static> Fanout<C> {
             slot.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Raises `slot`'s bound thread to real-time priority; whether it now is.
+    fn boost(&self, slot: &Slot<C>) -> bool {
+        let tid = slot.tid.load(Ordering::Acquire);
+        tid != 0 && super::boost::try_raise(tid)
     }
 
     /// The last published revision.
@@ -375,7 +396,19 @@ impl<C> ShardInbox<C> {
             slot.applied.store(self.applied, Ordering::SeqCst);
             self.shared.after_apply();
         }
+        if slot.boosted.swap(false, Ordering::AcqRel) {
+            super::boost::lower_self();
+        }
         n
+    }
+
+    /// Binds this inbox to the calling thread, the shard's own: from now on the control plane
+    /// raises that thread to real-time priority while a change waits for it, and [`Self::drain`]
+    /// lowers it again. Call it on the shard thread before serving.
+    pub fn bind_thread(&self) {
+        self.shared.slots[self.index]
+            .tid
+            .store(super::boost::current_tid(), Ordering::Release);
     }
 
     /// Resolves when the control plane has published something since the last wake-up; an idle

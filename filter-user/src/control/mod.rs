@@ -1,5 +1,7 @@
 //! Control plane: applies changes, fans them out to shards, measures propagation.
 
+#[allow(unsafe_code)]
+pub mod boost;
 pub mod fanout;
 pub mod keyjson;
 pub mod plane;

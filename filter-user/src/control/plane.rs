@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::boost;
 use super::keyjson::api_key;
 use super::propagation::Propagation;
 use crate::admin::{
@@ -87,6 +88,9 @@ impl ControlPlane {
         &self,
         op: impl FnOnce(&mut dyn KeyStore, i64) -> Result<T, StoreError>,
     ) -> Result<(T, u64), ApiError> {
+        // Real-time from before the commit until the shards have been raised and sent the
+        // change, so a busy core cannot park the writer between the two.
+        let _raised = boost::RaisedSelf::now();
         let mut g = self.lock();
         let Inner { keys, store } = &mut *g;
         let out = op(&mut **store, store::unix_now()).map_err(store_error)?;

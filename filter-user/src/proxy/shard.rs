@@ -110,6 +110,7 @@ async fn shard_main(spec: Spec) {
         notify: Notify::new(),
         active: Cell::new(0),
     });
+    shard.gate.borrow_mut().on_thread_start();
     let signal = shard.gate.borrow().change_signal();
     if let Some(signal) = signal {
         tokio::task::spawn_local(apply_when_idle(Rc::clone(&shard), signal));

@@ -193,3 +193,32 @@ fn stress_ten_thousand_changes_two_shard_threads() {
         "each revision's propagation observed exactly once"
     );
 }
+
+#[test]
+fn a_bound_shard_is_real_time_only_while_a_change_waits() {
+    use crate::control::boost::{current_tid, policy_of};
+    let (mut fan, mut inboxes) = Fanout::<u64>::new(1, 0, None);
+    let mut inbox = inboxes.pop().expect("one inbox");
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let shard = std::thread::spawn(move || {
+        inbox.bind_thread();
+        tid_tx.send(current_tid()).expect("send tid");
+        go_rx.recv().expect("go");
+        let before = policy_of(0).expect("policy");
+        let applied = inbox.drain(|_, _| {});
+        (before, applied, policy_of(0).expect("policy"))
+    });
+    let tid = tid_rx.recv().expect("tid");
+    assert_eq!(policy_of(tid).expect("policy"), libc::SCHED_OTHER);
+    fan.publish(1, Arc::new(1)).expect("publish");
+    go_tx.send(()).expect("go");
+    let (before, applied, after) = shard.join().expect("join");
+    assert_eq!(before, libc::SCHED_FIFO, "raised while the change waited");
+    assert_eq!(applied, 1);
+    assert_eq!(
+        after,
+        libc::SCHED_OTHER,
+        "lowered by the drain that applied it"
+    );
+}

@@ -1,0 +1,143 @@
+//! A brief real-time boost for a shard that has a change to apply.
+//!
+//! Under a full proxy load the two cores are oversubscribed (load generator, origin, shards), and
+//! a shard that has been sent a revocation may wait a whole kernel time slice (~1.4 ms on 6.18's
+//! EEVDF) before it runs again. So the control plane raises each shard thread to `SCHED_FIFO`
+//! priority 1, the lowest real-time priority, just before publishing a change to it; the shard
+//! runs at once, applies the change, and drops itself back to `SCHED_OTHER` in the same drain
+//! ([`super::ShardInbox::drain`]). A shard is real-time only between a publish and its next
+//! scheduler tick, never while serving ordinary traffic.
+//!
+//! Raising another thread needs `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO`); without it the first
+//! failure turns boosting off for the process with one warning, and propagation simply waits
+//! for the scheduler as before. `SCHED_RESET_ON_FORK` keeps the policy from leaking into any
+//! child process.
+//!
+//! Hand-written over `libc` because no kept crate offers it safely by thread id: nix and rustix
+//! lack `sched_setscheduler`, and `thread-priority` addresses threads by `pthread_t`, which is
+//! undefined behaviour to use once the thread has exited (a kernel tid just gives `ESRCH`).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the first `EPERM`: boosting is off for the rest of the process.
+static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// The calling thread's kernel thread id.
+#[must_use]
+pub fn current_tid() -> i32 {
+    // SAFETY: gettid takes no arguments, cannot fail and touches no memory.
+    unsafe { libc::gettid() }
+}
+
+/// Sets `tid` (0 = the calling thread) to `policy` at `priority`.
+fn set(tid: i32, policy: i32, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid, initialised sched_param that outlives the call; the kernel
+    // only reads it. A stale tid yields ESRCH, never undefined behaviour.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &raw const param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Raises thread `tid` (0 = the calling thread) to `SCHED_FIFO` priority 1 (reset on fork).
+///
+/// # Errors
+/// The OS error: `EPERM` without `CAP_SYS_NICE`, `ESRCH` if the thread is gone.
+pub fn raise(tid: i32) -> io::Result<()> {
+    set(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+}
+
+/// [`raise`] unless boosting turned out to be unavailable; whether `tid` is now raised. The
+/// first `EPERM` turns boosting off for the process with one warning.
+pub fn try_raise(tid: i32) -> bool {
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return false;
+    }
+    match raise(tid) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.raw_os_error() == Some(libc::EPERM) && !UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot raise shard or control-plane threads (needs CAP_SYS_NICE): a key change may wait for a busy core's next time slice"
+                );
+            }
+            false
+        }
+    }
+}
+
+/// Keeps the calling thread raised until dropped (the control plane's commit → publish).
+#[must_use = "the thread is lowered when the guard drops"]
+pub struct RaisedSelf(bool);
+
+impl RaisedSelf {
+    /// Raises the calling thread if possible.
+    pub fn now() -> Self {
+        Self(try_raise(0))
+    }
+}
+
+impl Drop for RaisedSelf {
+    fn drop(&mut self) {
+        if self.0 {
+            lower_self();
+        }
+    }
+}
+
+/// Returns the calling thread to `SCHED_OTHER` (lowering needs no privilege).
+pub fn lower_self() {
+    if let Err(e) = set(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, 0) {
+        tracing::warn!(error = %e, "could not drop a shard back to normal scheduling");
+    }
+}
+
+/// The scheduling policy of thread `tid` (without the reset-on-fork flag).
+///
+/// # Errors
+/// The OS error, e.g. `ESRCH` for an unknown thread.
+pub fn policy_of(tid: i32) -> io::Result<i32> {
+    // SAFETY: sched_getscheduler only reads the thread's policy; no memory is passed.
+    let rc = unsafe { libc::sched_getscheduler(tid) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc & !libc::SCHED_RESET_ON_FORK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_is_raised_by_another_and_lowers_itself() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tid_tx.send(current_tid()).expect("send tid");
+            go_rx.recv().expect("go");
+            let raised = policy_of(0).expect("policy");
+            lower_self();
+            (raised, policy_of(0).expect("policy"))
+        });
+        let tid = tid_rx.recv().expect("tid");
+        assert_eq!(policy_of(tid).expect("policy"), libc::SCHED_OTHER);
+        raise(tid).expect("raising a thread needs CAP_SYS_NICE (the tests run as root)");
+        go_tx.send(()).expect("go");
+        let (raised, lowered) = t.join().expect("join");
+        assert_eq!(raised, libc::SCHED_FIFO);
+        assert_eq!(lowered, libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_missing_thread_is_an_error() {
+        assert!(raise(i32::MAX).is_err());
+    }
+}
