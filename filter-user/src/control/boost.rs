@@ -1,4 +1,4 @@
-//! A brief real-time boost for a shard that has a change to apply.
+//! A brief real-time boost for the writer and for a shard that has a change to apply.
 //!
 //! Under a full proxy load the two cores are oversubscribed (load generator, origin, shards), and
 //! a shard that has been sent a revocation may wait a whole kernel time slice (~1.4 ms on 6.18's
@@ -6,7 +6,13 @@
 //! priority 1, the lowest real-time priority, just before publishing a change to it; the shard
 //! runs at once, applies the change, and drops itself back to `SCHED_OTHER` in the same drain
 //! ([`super::ShardInbox::drain`]). A shard is real-time only between a publish and its next
-//! scheduler tick, never while serving ordinary traffic.
+//! scheduler tick, never while serving ordinary traffic. The writer likewise holds itself
+//! real-time from before the store commit until it has published ([`RaisedSelf`]), so a busy core
+//! cannot park it between the two.
+//!
+//! Only a thread running under plain `SCHED_OTHER` is touched: one the operator already made
+//! real-time (e.g. `chrt -f 10 edgefilter run`) or put in `SCHED_BATCH`/`SCHED_IDLE` keeps its
+//! policy.
 //!
 //! Raising another thread needs `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO`); without it the first
 //! failure turns boosting off for the process with one warning, and propagation simply waits
@@ -53,10 +59,11 @@ pub fn raise(tid: i32) -> io::Result<()> {
     set(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
 }
 
-/// [`raise`] unless boosting turned out to be unavailable; whether `tid` is now raised. The
-/// first `EPERM` turns boosting off for the process with one warning.
+/// [`raise`] if `tid` runs under plain `SCHED_OTHER` and boosting is available; whether this
+/// call raised it (and so whoever called it must lower it). The first `EPERM` turns boosting off
+/// for the process with one warning.
 pub fn try_raise(tid: i32) -> bool {
-    if UNAVAILABLE.load(Ordering::Relaxed) {
+    if UNAVAILABLE.load(Ordering::Relaxed) || policy_of(tid).ok() != Some(libc::SCHED_OTHER) {
         return false;
     }
     match raise(tid) {
@@ -134,6 +141,18 @@ mod tests {
         let (raised, lowered) = t.join().expect("join");
         assert_eq!(raised, libc::SCHED_FIFO);
         assert_eq!(lowered, libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_thread_the_operator_made_real_time_is_left_alone() {
+        let t = std::thread::spawn(|| {
+            raise(0).expect("raise (the tests run as root)");
+            let untouched = !try_raise(0);
+            let kept = policy_of(0).expect("policy");
+            lower_self();
+            (untouched, kept)
+        });
+        assert_eq!(t.join().expect("join"), (true, libc::SCHED_FIFO));
     }
 
     #[test]
