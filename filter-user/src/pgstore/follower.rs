@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::log::{ChangeRow, changes_since};
+use super::tls::PgTarget;
 use super::{CHANNEL, PgError};
 
 /// How a follower connects and paces itself.
@@ -115,8 +116,8 @@ impl ChangeFollower {
     where
         F: FnMut(&ChangeRow) + Send + 'static,
     {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(PgError::Url)?;
-        pg.connect_timeout(cfg.timeout);
+        let mut pg = super::tls::parse(&cfg.url)?;
+        pg.config.connect_timeout(cfg.timeout);
         let state = Arc::new(State {
             base: Instant::now(),
             last_applied: AtomicU64::new(cfg.from),
@@ -169,7 +170,7 @@ impl Drop for AbortOnDrop {
 
 async fn run<F: FnMut(&ChangeRow)>(
     cfg: FollowerConfig,
-    pg: tokio_postgres::Config,
+    pg: PgTarget,
     state: Arc<State>,
     mut apply: F,
     mut stop: oneshot::Receiver<()>,
@@ -201,15 +202,16 @@ async fn run<F: FnMut(&ChangeRow)>(
 /// One connection's life. Returns whether it got as far as listening, and why it ended.
 async fn session<F: FnMut(&ChangeRow)>(
     cfg: &FollowerConfig,
-    pg: &tokio_postgres::Config,
+    pg: &PgTarget,
     state: &State,
     apply: &mut F,
 ) -> (bool, PgError) {
-    let (client, mut conn) = match tokio::time::timeout(cfg.timeout, pg.connect(NoTls)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return (false, PgError::Db(e)),
-        Err(_) => return (false, PgError::Timeout(cfg.timeout)),
-    };
+    let (client, mut conn) =
+        match tokio::time::timeout(cfg.timeout, pg.config.connect(pg.tls.clone())).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (false, PgError::Db(e)),
+            Err(_) => return (false, PgError::Timeout(cfg.timeout)),
+        };
     let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
     let mut driver = AbortOnDrop(tokio::spawn(async move {
         loop {

@@ -8,6 +8,7 @@
 pub mod follower;
 pub mod log;
 pub mod schema;
+pub mod tls;
 
 pub use follower::{ChangeFollower, FollowerConfig, FollowerStatus};
 pub use log::{ChangeRow, append_change, changes_since, current_revision};
@@ -16,11 +17,29 @@ pub use schema::{MIGRATIONS, Migration, migrate};
 /// The `LISTEN`/`NOTIFY` channel; the payload is the new revision in decimal.
 pub const CHANNEL: &str = "edgefilter_changes";
 
+/// `e` and its chain of causes, `: `-separated ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer").
+#[must_use]
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// PostgreSQL store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    /// The database refused, failed, or could not be reached.
-    #[error("postgres: {0}")]
+    /// The database refused, failed, or could not be reached (the message carries the causes,
+    /// e.g. why a TLS handshake failed).
+    #[error("postgres: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
     /// `store.url` does not parse.
     #[error("store.url: {0}")]
@@ -35,6 +54,9 @@ pub enum PgError {
         /// Highest version this binary knows.
         known: i32,
     },
+    /// The TLS settings of `store.url` cannot be used (e.g. an unreadable `sslrootcert`).
+    #[error("store.url TLS: {0}")]
+    Tls(String),
     /// The database did not answer in time.
     #[error("postgres: no answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -57,9 +79,9 @@ pub async fn connect(
     url: &str,
     timeout: std::time::Duration,
 ) -> Result<tokio_postgres::Client, PgError> {
-    let mut cfg: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
-    cfg.connect_timeout(timeout);
-    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+    let mut target = tls::parse(url)?;
+    target.config.connect_timeout(timeout);
+    let (client, conn) = tokio::time::timeout(timeout, target.config.connect(target.tls))
         .await
         .map_err(|_| PgError::Timeout(timeout))??;
     tokio::spawn(async move {

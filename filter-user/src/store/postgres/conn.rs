@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// A connection driven by its own task: TCP, under TLS when `store.url` asks for it.
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
 
 use super::rows::pg;
 use crate::pgstore::{self, PgError};
@@ -36,6 +44,8 @@ impl Drop for Session {
 pub struct Conn {
     rt: OwnedRuntime,
     cfg: tokio_postgres::Config,
+    /// TLS per `store.url` (see [`pgstore::tls`]).
+    tls: MakeRustlsConnect,
     /// `host:port` for messages (never the password).
     target: String,
     session: Mutex<Option<Session>>,
@@ -129,7 +139,10 @@ impl Conn {
     /// A bad URL, an unreachable database (within about 2 s), a failed migration, a schema
     /// newer than this build.
     pub fn open(url: &str) -> Result<Self> {
-        let mut cfg: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
+        let pgstore::tls::PgTarget {
+            config: mut cfg,
+            tls,
+        } = pgstore::tls::parse(url)?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -152,6 +165,7 @@ impl Conn {
             rt: OwnedRuntime(Some(rt)),
             target: target_of(&cfg),
             cfg,
+            tls,
             session: Mutex::new(None),
             base: Instant::now(),
             last_contact: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -196,7 +210,7 @@ impl Conn {
     pub fn classify(&self, e: StoreError) -> StoreError {
         match e {
             StoreError::Postgres(PgError::Db(e)) if connection_lost(&e) => {
-                self.unreachable(e.to_string())
+                self.unreachable(pgstore::with_causes(&e))
             }
             StoreError::Postgres(PgError::Timeout(t)) => {
                 self.unreachable(format!("no answer within {t:?}"))
@@ -218,16 +232,12 @@ impl Conn {
         })
     }
 
-    pub fn connect_raw(
-        &self,
-    ) -> Result<(
-        Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    )> {
+    pub fn connect_raw(&self) -> Result<(Client, PgConnection)> {
         let cfg = &self.cfg;
-        self.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await })
+        let tls = self.tls.clone();
+        self.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tls)).await })
             .map_err(|_| self.unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| self.unreachable(e.to_string()))
+            .map_err(|e| self.unreachable(pgstore::with_causes(&e)))
     }
 
     /// The live client, reconnecting when the last connection died.
