@@ -14,6 +14,8 @@ pub struct PgFixture {
     port: u16,
     running: bool,
     as_postgres: bool,
+    /// Serves TLS with `server.crt`/`server.key` in `dir` (see [`PgFixture::start_tls`]).
+    tls: bool,
 }
 
 /// The newest installed `/usr/lib/postgresql/<version>/bin`, if any.
@@ -40,6 +42,16 @@ impl PgFixture {
     /// Starts a fresh server, or returns `None` (after saying so loudly) when the PostgreSQL
     /// binaries are not installed. Any other failure panics: it is a real test failure.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`Self::start`] with TLS on (`ssl=on`), serving the PEM certificate and key given; plain
+    /// connections are still accepted, so a test can check which one a client made.
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Self> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Option<Self> {
         let Some(bin) = find_bin() else {
             eprintln!(
                 "\n!!!!!!!!!! SKIPPED: PostgreSQL binaries not found under /usr/lib/postgresql/*/bin \
@@ -52,11 +64,26 @@ impl PgFixture {
             .prefix("edgefilter-pg-")
             .tempdir()
             .expect("temp dir");
-        if as_postgres {
-            let user = nix::unistd::User::from_name("postgres")
+        let owner = as_postgres.then(|| {
+            nix::unistd::User::from_name("postgres")
                 .expect("passwd lookup")
-                .expect("the postgres system user (from the postgresql package)");
+                .expect("the postgres system user (from the postgresql package)")
+        });
+        if let Some(user) = &owner {
             nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown");
+        }
+        if let Some((cert, key)) = tls {
+            // PostgreSQL wants its key owned by itself and not readable by others.
+            use std::os::unix::fs::PermissionsExt;
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = dir.path().join(name);
+                std::fs::copy(from, &to).expect("copy TLS file");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if let Some(user) = &owner {
+                    nix::unistd::chown(&to, Some(user.uid), Some(user.gid)).expect("chown");
+                }
+            }
         }
         let mut fx = Self {
             bin,
@@ -64,6 +91,7 @@ impl PgFixture {
             port: free_port(),
             running: false,
             as_postgres,
+            tls: tls.is_some(),
         };
         let data = fx.data_dir();
         let out = fx.run(
@@ -108,11 +136,17 @@ impl PgFixture {
     fn start_server(&mut self) {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let d = self.dir.path().display();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key"
+            ));
+        }
         let out = self.run(
             "pg_ctl",
             &[
