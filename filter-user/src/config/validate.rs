@@ -247,7 +247,11 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
                     "store.url must start with postgres:// or postgresql://".into(),
                 );
             }
-            Some(_) => {}
+            Some(u) => {
+                if let Err(e) = crate::pgstore::tls::check(u) {
+                    bad("store", span_at(root, &["store", "url"]), e.to_string());
+                }
+            }
         }
     }
     let env = &cfg.keys.environment;
