@@ -42,7 +42,8 @@ impl std::fmt::Debug for PgTarget {
 ///
 /// # Errors
 /// [`PgError::Url`] for a URL tokio-postgres refuses; [`PgError::Tls`] for an unreadable or
-/// empty `sslrootcert` file, or no usable system trust store.
+/// empty `sslrootcert` file. (No system trust store is not an error here: plaintext and
+/// TLS-less servers still work, and a TLS server then fails verification with its reason.)
 pub fn parse(url: &str) -> Result<PgTarget, PgError> {
     let (rest, root_file) = take_root_cert(url)?;
     let config: tokio_postgres::Config = rest.parse().map_err(PgError::Url)?;
