@@ -2,7 +2,7 @@
 //! (`edgefilter explain … | head`) ends the command quietly instead of a panic.
 //!
 //! Rust ignores SIGPIPE, so a write to a closed pipe fails with `EPIPE`, and `println!` panics
-//! on it. [`print`] writes to the locked stdout instead; on a broken pipe the process exits 0
+//! on it. [`print()`] writes to the locked stdout instead; on a broken pipe the process exits 0
 //! at once, as a Unix tool does when its reader is gone (nobody is left to read the rest), and
 //! on any other write failure it says so on stderr and exits 1. Only the CLI's own commands use
 //! it, never the daemon.

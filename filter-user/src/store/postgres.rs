@@ -60,7 +60,7 @@ impl PgKeyStore {
     /// on its own connection, with reconnects and lag). See [`ChangeNotifier`].
     ///
     /// # Errors
-    /// [`PgError::Url`] only; an unreachable database is retried in the background.
+    /// [`PgError::Url`](crate::pgstore::PgError::Url) or [`PgError::Tls`](crate::pgstore::PgError::Tls) only; an unreachable database is retried in the background.
     pub fn notifier(url: &str, from: u64) -> Result<ChangeNotifier> {
         Ok(ChangeNotifier::spawn(url, from)?)
     }
