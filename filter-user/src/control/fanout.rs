@@ -361,6 +361,16 @@ async fn wait_applied<C>(
     }
 }
 
+impl<C> Drop for ShardInbox<C> {
+    /// Unbinds the thread: once the shard is gone its tid may be reused by any thread on the
+    /// host, which the control plane must never raise.
+    fn drop(&mut self) {
+        self.shared.slots[self.index]
+            .tid
+            .store(0, Ordering::Release);
+    }
+}
+
 impl<C> std::fmt::Debug for ShardInbox<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardInbox")

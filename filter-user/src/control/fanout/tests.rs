@@ -222,3 +222,20 @@ fn a_bound_shard_is_real_time_only_while_a_change_waits() {
         "lowered by the drain that applied it"
     );
 }
+
+#[test]
+fn a_dropped_inbox_unbinds_its_thread() {
+    let (fan, mut inboxes) = Fanout::<u64>::new(1, 0, None);
+    let inbox = inboxes.pop().expect("one inbox");
+    std::thread::spawn(move || {
+        inbox.bind_thread();
+        drop(inbox);
+    })
+    .join()
+    .expect("join");
+    assert_eq!(
+        fan.shared.slots[0].tid.load(Ordering::Acquire),
+        0,
+        "a finished shard's tid must not stay bound"
+    );
+}
