@@ -12,15 +12,15 @@ use tokio_postgres::Client;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::rows::pg;
+use crate::pgstore::{self, PgError};
+use crate::store::{Result, StoreError};
+
 /// A connection driven by its own task: TCP, under TLS when `store.url` asks for it.
 type PgConnection = tokio_postgres::Connection<
     tokio_postgres::Socket,
     <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
 >;
-
-use super::rows::pg;
-use crate::pgstore::{self, PgError};
-use crate::store::{Result, StoreError};
 
 /// Connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
