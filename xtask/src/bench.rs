@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the XDP per-packet cost (when its bench binary exists), then proxy load
 //! against peers: the bench upstream direct, edgefilter, HAProxy and nginx, each proxying plainly
-//! to the same upstream on 127.0.0.1, driven by `wrk --latency` in the same run. Prints a
-//! markdown table with requests/s, p50, p99 and the ratios edgefilter/peer.
+//! to the same upstream on 127.0.0.1, driven by `wrk --latency` in the same run, beside the
+//! I/O floor (`relay_floor`: a lock-step byte relay with edgefilter's threading and no HTTP work,
+//! the most a proxy doing four socket operations per request reaches here). Prints a markdown
+//! table with requests/s, p50, p99, and the ratios edgefilter/peer per round and overall.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -36,8 +38,9 @@ pub struct BenchArgs {
 }
 
 /// The load targets, in table order.
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "direct upstream",
+    "I/O floor (byte relay)",
     "edgefilter",
     "HAProxy",
     "nginx",
@@ -117,8 +120,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "benches",
         "--bin",
         "bench_upstream",
+        "--bin",
+        "relay_floor",
     ]))
-    .context("building bench_upstream")?;
+    .context("building bench_upstream and relay_floor")?;
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir).context("creating target/bench")?;
     let up = free_addr()?;
@@ -142,6 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             samples[i].push(run_target(name, &root, &dir, up, &key, args)?);
         }
     }
+    print_rounds(&samples);
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
     print_table(&rows, args);
     propagation(&root, &dir, up, args)
@@ -193,6 +199,13 @@ fn run_target(
     }
     let addr = free_addr()?;
     let _proc = match name {
+        "I/O floor (byte relay)" => Proc::spawn(
+            name,
+            Command::new(root.join("target/release/relay_floor"))
+                .arg(addr.to_string())
+                .arg(up.to_string())
+                .arg(args.shards.to_string()),
+        )?,
         "edgefilter" => {
             let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
             Proc::spawn(
@@ -421,6 +434,39 @@ fn micros(v: &str) -> Result<f64> {
     })
 }
 
+/// edgefilter's rate over each peer's, round by round (the targets of a round ran back to back,
+/// so these ratios are less noisy than ratios of medians).
+fn print_rounds(samples: &[Vec<Row>]) {
+    let of = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s.first().is_some_and(|r| r.name == name))
+    };
+    let Some(ef) = of("edgefilter") else { return };
+    println!();
+    for peer in ["I/O floor (byte relay)", "HAProxy", "nginx"] {
+        let Some(p) = of(peer) else { continue };
+        let ratios: Vec<String> = ef
+            .iter()
+            .zip(p)
+            .map(|(e, p)| format!("{:.2}x", e.rps / p.rps))
+            .collect();
+        println!("edgefilter/{peer} per round: {}", ratios.join(", "));
+    }
+    let Some(fl) = of("I/O floor (byte relay)") else {
+        return;
+    };
+    for peer in ["HAProxy", "nginx"] {
+        let Some(p) = of(peer) else { continue };
+        let ratios: Vec<String> = fl
+            .iter()
+            .zip(p)
+            .map(|(f, p)| format!("{:.2}x", f.rps / p.rps))
+            .collect();
+        println!("I/O floor/{peer} per round: {}", ratios.join(", "));
+    }
+}
+
 fn print_table(rows: &[Row], args: &BenchArgs) {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!();
@@ -457,6 +503,15 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
             ef.rps / ng.rps,
             ef.p99_us / ng.p99_us
         );
+        if let Some(floor) = find("I/O floor (byte relay)") {
+            println!(
+                "edgefilter/I/O floor: {:.2}x requests/s; I/O floor/HAProxy: {:.2}x, I/O floor/nginx: \
+                 {:.2}x (no proxy doing four socket operations per request exceeds the floor here)",
+                ef.rps / floor.rps,
+                floor.rps / ha.rps,
+                floor.rps / ng.rps
+            );
+        }
         if let Some(stock) = find("nginx (stock proxy_pass)") {
             println!(
                 "edgefilter/nginx with a stock proxy_pass (no upstream keep-alive): {:.2}x requests/s, p99 {:.2}x",
