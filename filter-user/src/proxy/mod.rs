@@ -140,13 +140,17 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let shards = cfg.shard_count().max(1);
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let settings = Arc::new(shard::Settings::new(cfg, routes));
     let mut threads = Vec::with_capacity(shards);
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
             n,
-            core: (!cores.is_empty()).then(|| cores[n % cores.len()]),
+            cores: shard::cores_for(n, shards, &cores),
             listeners,
             gate: gates(n),
             settings: Arc::clone(&settings),
