@@ -442,28 +442,24 @@ fn print_rounds(samples: &[Vec<Row>]) {
             .iter()
             .find(|s| s.first().is_some_and(|r| r.name == name))
     };
-    let Some(ef) = of("edgefilter") else { return };
+    let pairs = [
+        ("edgefilter", "I/O floor (byte relay)"),
+        ("edgefilter", "HAProxy"),
+        ("edgefilter", "nginx"),
+        ("I/O floor (byte relay)", "HAProxy"),
+        ("I/O floor (byte relay)", "nginx"),
+    ];
     println!();
-    for peer in ["I/O floor (byte relay)", "HAProxy", "nginx"] {
-        let Some(p) = of(peer) else { continue };
-        let ratios: Vec<String> = ef
+    for (top, bottom) in pairs {
+        let (Some(t), Some(b)) = (of(top), of(bottom)) else {
+            continue;
+        };
+        let ratios: Vec<String> = t
             .iter()
-            .zip(p)
-            .map(|(e, p)| format!("{:.2}x", e.rps / p.rps))
+            .zip(b)
+            .map(|(t, b)| format!("{:.2}x", t.rps / b.rps))
             .collect();
-        println!("edgefilter/{peer} per round: {}", ratios.join(", "));
-    }
-    let Some(fl) = of("I/O floor (byte relay)") else {
-        return;
-    };
-    for peer in ["HAProxy", "nginx"] {
-        let Some(p) = of(peer) else { continue };
-        let ratios: Vec<String> = fl
-            .iter()
-            .zip(p)
-            .map(|(f, p)| format!("{:.2}x", f.rps / p.rps))
-            .collect();
-        println!("I/O floor/{peer} per round: {}", ratios.join(", "));
+        println!("{top}/{bottom} per round: {}", ratios.join(", "));
     }
 }
 

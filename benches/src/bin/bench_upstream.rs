@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
@@ -16,18 +16,7 @@ fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:18000".into())
         .parse()
         .map_err(std::io::Error::other)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = TcpListener::bind(addr).await?;
-        loop {
-            let (s, _) = listener.accept().await?;
-            let _ = s.set_nodelay(true);
-            tokio::task::spawn_local(serve(s));
-        }
-    })
+    benches::serve_local(std::net::TcpListener::bind(addr)?, serve)
 }
 
 async fn serve(mut s: TcpStream) {

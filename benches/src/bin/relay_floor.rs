@@ -1,6 +1,6 @@
 //! The I/O floor of a userspace HTTP/1.1 proxy on this machine, for `cargo xtask bench`: not a
-//! proxy, a lock-step byte relay. Built like edgefilter's data path (one pinned thread per core,
-//! a current-thread tokio runtime each, an `SO_REUSEPORT` listener each, one upstream connection
+//! proxy, a lock-step byte relay. Built like edgefilter's data path (threads pinned exactly as
+//! shards are, by `edgefilter::proxy::affinity`, a current-thread tokio runtime each, an `SO_REUSEPORT` listener each, one upstream connection
 //! per client connection, `TCP_NODELAY`) but with no parsing, no checks and no header rewriting:
 //! read what the client sent, write it upstream, read what came back, write it to the client.
 //! It performs the same four socket operations per request as any proxy that keeps HTTP/1.1
@@ -11,44 +11,33 @@
 
 use std::net::SocketAddr;
 
+use edgefilter::proxy::affinity;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut next = |what: &str| {
-        args.next().ok_or_else(|| {
-            std::io::Error::other(format!(
-                "usage: relay_floor LISTEN UPSTREAM THREADS (missing {what})"
-            ))
-        })
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, upstream, threads] = args.as_slice() else {
+        return Err(std::io::Error::other(
+            "usage: relay_floor LISTEN UPSTREAM THREADS (e.g. 127.0.0.1:8081 127.0.0.1:9000 2)",
+        ));
     };
-    let listen: SocketAddr = next("LISTEN")?.parse().map_err(std::io::Error::other)?;
-    let upstream: SocketAddr = next("UPSTREAM")?.parse().map_err(std::io::Error::other)?;
-    let threads: usize = next("THREADS")?.parse().map_err(std::io::Error::other)?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let threads = threads.max(1);
-    let single = std::env::var_os("RELAY_SINGLE_CORE").is_some();
+    let bad = |what: &str, v: &str| std::io::Error::other(format!("{what} {v:?}: not valid"));
+    let listen: SocketAddr = listen.parse().map_err(|_| bad("LISTEN", listen))?;
+    let upstream: SocketAddr = upstream.parse().map_err(|_| bad("UPSTREAM", upstream))?;
+    let threads = threads
+        .parse::<usize>()
+        .map_err(|_| bad("THREADS", threads))?
+        .max(1);
+    let cpus = affinity::usable_cpus();
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let sock = bind(listen)?;
-            let set: Vec<usize> = if single || threads >= cores.len() {
-                cores
-                    .get(i % cores.len().max(1))
-                    .map(|c| c.id)
-                    .into_iter()
-                    .collect()
-            } else {
-                cores
-                    .iter()
-                    .map(|c| c.id)
-                    .skip(i)
-                    .step_by(threads)
-                    .collect()
-            };
+            let cores = affinity::cores_for(i, threads, &cpus);
             Ok(std::thread::spawn(move || {
-                serve_thread(sock, upstream, set)
+                affinity::pin_current(i, &cores);
+                benches::serve_local(sock, move |client| relay(client, upstream))
             }))
         })
         .collect::<std::io::Result<_>>()?;
@@ -69,38 +58,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-fn serve_thread(
-    sock: std::net::TcpListener,
-    upstream: SocketAddr,
-    cores: Vec<usize>,
-) -> std::io::Result<()> {
-    if !cores.is_empty() {
-        let mut set = nix::sched::CpuSet::new();
-        for c in cores {
-            set.set(c).map_err(std::io::Error::other)?;
-        }
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-            .map_err(std::io::Error::other)?;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = TcpListener::from_std(sock)?;
-        loop {
-            let (client, _) = listener.accept().await?;
-            tokio::task::spawn_local(relay(client, upstream));
-        }
-    })
-}
-
 /// Lock-step relay of one client connection over its own upstream connection.
 async fn relay(mut client: TcpStream, upstream: SocketAddr) {
     let Ok(mut up) = TcpStream::connect(upstream).await else {
         return;
     };
-    let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
     let mut buf = vec![0u8; 16 * 1024];
     loop {

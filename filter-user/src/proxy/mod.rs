@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::gate::GateFactory;
 
+pub mod affinity;
 pub(crate) mod body;
 mod conn;
 mod exchange;
@@ -140,17 +141,13 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let shards = cfg.shard_count().max(1);
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
-    let cores: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let cores = affinity::usable_cpus();
     let settings = Arc::new(shard::Settings::new(cfg, routes));
     let mut threads = Vec::with_capacity(shards);
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
             n,
-            cores: shard::cores_for(n, shards, &cores),
+            cores: affinity::cores_for(n, shards, &cores),
             listeners,
             gate: gates(n),
             settings: Arc::clone(&settings),

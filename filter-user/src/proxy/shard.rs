@@ -1,5 +1,5 @@
-//! One shard: a thread pinned to its share of the cores (one core when there are at least as many
-//! shards as cores; see [`cores_for`]) running a current-thread tokio runtime with its own listeners,
+//! One shard: a thread pinned to its share of the cores (see [`affinity::cores_for`]) running a
+//! current-thread tokio runtime with its own listeners,
 //! gate, request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
 //! except the stop signal.
 
@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::affinity;
 use super::listen::ShardListeners;
 use super::reqid::IdGen;
 use super::route::RouteTable;
@@ -59,44 +60,6 @@ pub(crate) struct Spec {
     pub stop: watch::Receiver<Option<Duration>>,
 }
 
-/// The CPUs shard `n` of `shards` is pinned to, out of the CPUs the process may use (`all`).
-///
-/// With at least as many shards as CPUs each shard gets one CPU (`n mod CPUs`), so shards never
-/// migrate and keep their caches. With fewer shards the CPUs are dealt out round-robin and a
-/// shard may run on any CPU of its share: one shard on a 2-CPU host pinned to CPU 0 would sit on
-/// whichever CPU the scheduler also puts the other work of the host, while the other idles
-/// (measured with the bench relay: 1–10% fewer requests/s than spreading it).
-pub(crate) fn cores_for(n: usize, shards: usize, all: &[usize]) -> Vec<usize> {
-    if all.is_empty() || shards == 0 {
-        return Vec::new();
-    }
-    if shards >= all.len() {
-        return vec![all[n % all.len()]];
-    }
-    all.iter()
-        .copied()
-        .skip(n % shards)
-        .step_by(shards)
-        .collect()
-}
-
-/// Pins the calling thread to `cores` (best effort: a failure is logged, the shard still runs).
-fn pin(n: usize, cores: &[usize]) {
-    if cores.is_empty() {
-        return;
-    }
-    let mut set = nix::sched::CpuSet::new();
-    for &c in cores {
-        if let Err(e) = set.set(c) {
-            tracing::warn!(shard = n, cpu = c, "cannot pin the shard to this CPU: {e}");
-            return;
-        }
-    }
-    if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-        tracing::warn!(shard = n, ?cores, "cannot pin the shard: {e}");
-    }
-}
-
 /// A shard's own state, shared by its tasks on its one thread.
 pub(crate) struct Shard {
     pub settings: Arc<Settings>,
@@ -113,7 +76,7 @@ pub(crate) struct Shard {
 
 /// The shard thread's body.
 pub(crate) fn run(spec: Spec) {
-    pin(spec.n, &spec.cores);
+    affinity::pin_current(spec.n, &spec.cores);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -247,34 +210,5 @@ async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Optio
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cores_for;
-
-    #[test]
-    fn one_core_each_when_shards_cover_the_cores() {
-        let all = [0, 1, 2, 3];
-        let got: Vec<_> = (0..4).map(|n| cores_for(n, 4, &all)).collect();
-        assert_eq!(got, [vec![0], vec![1], vec![2], vec![3]]);
-        // More shards than cores: they wrap around, still one core each.
-        assert_eq!(cores_for(5, 6, &all), vec![1]);
-    }
-
-    #[test]
-    fn fewer_shards_share_the_cores_without_overlap() {
-        let all = [0, 1, 2, 3, 4];
-        assert_eq!(cores_for(0, 1, &all), vec![0, 1, 2, 3, 4]);
-        assert_eq!(cores_for(0, 2, &all), vec![0, 2, 4]);
-        assert_eq!(cores_for(1, 2, &all), vec![1, 3]);
-        // CPU ids need not be contiguous (a taskset or cgroup may leave gaps).
-        assert_eq!(cores_for(1, 2, &[2, 5, 7]), vec![5]);
-    }
-
-    #[test]
-    fn nothing_known_leaves_the_affinity_alone() {
-        assert!(cores_for(0, 2, &[]).is_empty());
     }
 }
