@@ -124,6 +124,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "relay_floor",
     ]))
     .context("building bench_upstream and relay_floor")?;
+    // The throughput rows run target/release/edgefilter: build it from this tree first.
+    build_edgefilter(&root)?;
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir).context("creating target/bench")?;
     let up = free_addr()?;
@@ -153,8 +155,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     propagation(&root, &dir, up, args)
 }
 
-/// Starts the release daemon (2 shards by default) and runs the propagation step against it.
-fn propagation(root: &Path, dir: &Path, up: SocketAddr, args: &BenchArgs) -> Result<()> {
+/// Builds the release `edgefilter` binary the load targets run.
+fn build_edgefilter(root: &Path) -> Result<()> {
     run_cmd(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
@@ -163,7 +165,12 @@ fn propagation(root: &Path, dir: &Path, up: SocketAddr, args: &BenchArgs) -> Res
         "--bin",
         "edgefilter",
     ]))
-    .context("building edgefilter")?;
+    .context("building edgefilter")
+}
+
+/// Starts the release daemon (2 shards by default) and runs the propagation step against it.
+fn propagation(root: &Path, dir: &Path, up: SocketAddr, args: &BenchArgs) -> Result<()> {
+    build_edgefilter(root)?;
     let addr = free_addr()?;
     let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
     let text = std::fs::read_to_string(&conf)?;
