@@ -509,7 +509,7 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         if let Some(floor) = find("I/O floor (byte relay)") {
             println!(
                 "edgefilter/I/O floor: {:.2}x requests/s; I/O floor/HAProxy: {:.2}x, I/O floor/nginx: \
-                 {:.2}x (no proxy doing four socket operations per request exceeds the floor here)",
+                 {:.2}x (the floor: the most a proxy built on tokio like edgefilter reaches here)",
                 ef.rps / floor.rps,
                 floor.rps / ha.rps,
                 floor.rps / ng.rps
