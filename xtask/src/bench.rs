@@ -2,7 +2,7 @@
 //! against peers: the bench upstream direct, edgefilter, HAProxy and nginx, each proxying plainly
 //! to the same upstream on 127.0.0.1, driven by `wrk --latency` in the same run, beside the
 //! I/O floor (`relay_floor`: a lock-step byte relay with edgefilter's threading and no HTTP work,
-//! the most a proxy doing four socket operations per request reaches here). Prints a markdown
+//! the most a proxy built on tokio like edgefilter reaches here). Prints a markdown
 //! table with requests/s, p50, p99, and the ratios edgefilter/peer per round and overall.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -441,8 +441,8 @@ fn micros(v: &str) -> Result<f64> {
     })
 }
 
-/// edgefilter's rate over each peer's, round by round (the targets of a round ran back to back,
-/// so these ratios are less noisy than ratios of medians).
+/// edgefilter's and the I/O floor's rates over the peers', round by round (the targets of a
+/// round ran back to back, so these ratios are less noisy than ratios of medians).
 fn print_rounds(samples: &[Vec<Row>]) {
     let of = |name: &str| {
         samples

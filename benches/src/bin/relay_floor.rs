@@ -1,11 +1,12 @@
 //! The I/O floor of a userspace HTTP/1.1 proxy on this machine, for `cargo xtask bench`: not a
 //! proxy, a lock-step byte relay. Built like edgefilter's data path (threads pinned exactly as
-//! shards are, by `edgefilter::proxy::affinity`, a current-thread tokio runtime each, an `SO_REUSEPORT` listener each, one upstream connection
-//! per client connection, `TCP_NODELAY`) but with no parsing, no checks and no header rewriting:
-//! read what the client sent, write it upstream, read what came back, write it to the client.
-//! It performs the same four socket operations per request as any proxy that keeps HTTP/1.1
-//! semantics, so its rate bounds what such a proxy can reach here. It is only correct for
-//! request/response traffic whose messages each fit one read, which is what the bench sends.
+//! shards are, by `edgefilter::proxy::affinity`; a current-thread tokio runtime and an
+//! `SO_REUSEPORT` listener each; one upstream connection per client connection; `TCP_NODELAY`)
+//! but with no parsing, no checks and no header rewriting: read what the client sent, write it
+//! upstream, read what came back, write it to the client. It performs the same four socket
+//! operations per request as any proxy that keeps HTTP/1.1 semantics, so its rate bounds what a
+//! proxy built this way can reach here. It is only correct for request/response traffic whose
+//! messages each fit one read, which is what the bench sends.
 //!
 //! Usage: `relay_floor LISTEN UPSTREAM THREADS`.
 
