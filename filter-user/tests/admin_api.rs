@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 #[path = "support/openapi.rs"]
 mod openapi;
+#[path = "support/ports.rs"]
+mod ports;
 use openapi::{assert_documented, check, openapi};
 
 /// Records every call; answers with fixtures shaped like the real thing.
@@ -448,10 +450,7 @@ fn readyz_needs_xdp_store_and_shards() {
 #[test]
 fn token_file_created_0600_and_client_discovers_the_daemon() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        l.local_addr().expect("addr").port()
-    };
+    let port = ports::free_port();
     let mut cfg = Config {
         base_dir: dir.path().to_path_buf(),
         ..Config::default()

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+#[path = "support/ports.rs"]
+mod ports;
+
 fn check_config(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edgefilter.toml");
@@ -93,9 +96,7 @@ fn into_closed_pipe(config: &std::path::Path, args: &[&str]) -> std::process::Ou
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], ports::free_port()));
     let path = dir.path().join("edgefilter.toml");
     std::fs::write(
         &path,

@@ -6,6 +6,8 @@
 mod daemon;
 #[path = "support/openapi.rs"]
 mod openapi;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/upstream.rs"]
 mod upstream;
 

@@ -3,6 +3,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/upstream.rs"]
 mod upstream;
 

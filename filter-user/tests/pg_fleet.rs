@@ -8,6 +8,8 @@
 mod daemon;
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/upstream.rs"]
 mod upstream;
 
@@ -23,10 +25,7 @@ use edgefilter::store::{KeyRef, KeyStore, NewKey};
 use pg::{PgFixture, PgLink};
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], daemon::free_port()))
 }
 
 /// One edge host: its config and its listening address.

@@ -4,6 +4,8 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};

@@ -5,6 +5,8 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,8 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/tls.rs"]
 mod tls;
 

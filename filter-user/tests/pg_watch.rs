@@ -6,6 +6,8 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/proxy_env.rs"]
 mod proxy_env;
 #[path = "support/tls.rs"]
@@ -67,10 +69,7 @@ fn shutdown_deadline_cuts_requests_that_run_too_long() {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], daemon::free_port()))
 }
 
 fn signal(child: &Process, sig: &str) {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
-/// A free port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
 /// test never leaves one behind.

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::ports::free_port;
+
 /// A running (or deliberately stopped) PostgreSQL server.
 pub struct PgFixture {
     bin: PathBuf,
@@ -31,11 +33,6 @@ fn find_bin() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop().map(|(_, b)| b)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").port()
 }
 
 impl PgFixture {
