@@ -38,10 +38,11 @@ pub struct BenchArgs {
 }
 
 /// The load targets, in table order.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "direct upstream",
     "I/O floor (byte relay)",
     "edgefilter",
+    "edgefilter, allow-all gate",
     "HAProxy",
     "nginx",
     "nginx (stock proxy_pass)",
@@ -122,8 +123,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "bench_upstream",
         "--bin",
         "relay_floor",
+        "--bin",
+        "proxy_allow_all",
     ]))
-    .context("building bench_upstream and relay_floor")?;
+    .context("building bench_upstream, relay_floor and proxy_allow_all")?;
     // The throughput rows run target/release/edgefilter: build it from this tree first.
     build_edgefilter(&root)?;
     let dir = root.join("target/bench");
@@ -213,6 +216,13 @@ fn run_target(
                 .arg(up.to_string())
                 .arg(args.shards.to_string()),
         )?,
+        "edgefilter, allow-all gate" => {
+            let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+            Proc::spawn(
+                name,
+                Command::new(root.join("target/release/proxy_allow_all")).arg(&conf),
+            )?
+        }
         "edgefilter" => {
             let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
             Proc::spawn(
@@ -453,6 +463,8 @@ fn print_rounds(samples: &[Vec<Row>]) {
         ("edgefilter", "I/O floor (byte relay)"),
         ("edgefilter", "HAProxy"),
         ("edgefilter", "nginx"),
+        ("edgefilter, allow-all gate", "HAProxy"),
+        ("edgefilter, allow-all gate", "I/O floor (byte relay)"),
         ("I/O floor (byte relay)", "HAProxy"),
         ("I/O floor (byte relay)", "nginx"),
     ];
@@ -506,6 +518,15 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
             ef.rps / ng.rps,
             ef.p99_us / ng.p99_us
         );
+        if let Some(open) = find("edgefilter, allow-all gate") {
+            println!(
+                "edgefilter with the allow-all gate (issue 3's set-up)/HAProxy: {:.2}x requests/s, \
+                 p99 {:.2}x; /nginx: {:.2}x",
+                open.rps / ha.rps,
+                open.p99_us / ha.p99_us,
+                open.rps / ng.rps
+            );
+        }
         if let Some(floor) = find("I/O floor (byte relay)") {
             println!(
                 "edgefilter/I/O floor: {:.2}x requests/s; I/O floor/HAProxy: {:.2}x, I/O floor/nginx: \
