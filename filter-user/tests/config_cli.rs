@@ -96,7 +96,7 @@ fn into_closed_pipe(config: &std::path::Path, args: &[&str]) -> std::process::Ou
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], ports::free_port()));
+    let admin = ports::free_addr();
     let path = dir.path().join("edgefilter.toml");
     std::fs::write(
         &path,

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Process, free_port};
+use daemon::Process;
+use ports::free_port;
 use serde_json::Value;
 
 /// A daemon killed (and reaped) when dropped, its output kept in a file.

@@ -23,10 +23,7 @@ use daemon::Process;
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{KeyRef, KeyStore, NewKey};
 use pg::{PgFixture, PgLink};
-
-fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], daemon::free_port()))
-}
+use ports::free_addr;
 
 /// One edge host: its config and its listening address.
 struct Host {
@@ -35,7 +32,7 @@ struct Host {
 }
 
 fn host(dir: &Path, name: &str, url: &str, upstream: SocketAddr) -> Host {
-    let (http, admin) = (free_port(), free_port());
+    let (http, admin) = (free_addr(), free_addr());
     let conf = dir.join(format!("{name}.toml"));
     std::fs::write(
         &conf,

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon::Process;
+use ports::free_addr;
 use proxy_env::{Client, Env, get};
 
 #[test]
@@ -68,10 +69,6 @@ fn shutdown_deadline_cuts_requests_that_run_too_long() {
     );
 }
 
-fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], daemon::free_port()))
-}
-
 fn signal(child: &Process, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -94,7 +91,7 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
     let up = upstream::Upstream::start();
     let pki = tls::Pki::new("first");
     let dir = tempfile::tempdir().unwrap();
-    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let (http, https, admin) = (free_addr(), free_addr(), free_addr());
     let conf = dir.path().join("edgefilter.toml");
     std::fs::write(
         &conf,

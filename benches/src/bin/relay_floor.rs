@@ -1,19 +1,18 @@
 //! The I/O floor of a userspace HTTP/1.1 proxy on this machine, for `cargo xtask bench`: not a
 //! proxy, a lock-step byte relay. Built like edgefilter's data path (threads pinned exactly as
-//! shards are, by `edgefilter::proxy::affinity`; a current-thread tokio runtime and an
-//! `SO_REUSEPORT` listener each; one upstream connection per client connection; `TCP_NODELAY`)
-//! but with no parsing, no checks and no header rewriting: read what the client sent, write it
-//! upstream, read what came back, write it to the client. It performs the same four socket
-//! operations per request as any proxy that keeps HTTP/1.1 semantics, so its rate bounds what a
-//! proxy built this way can reach here. It is only correct for request/response traffic whose
-//! messages each fit one read, which is what the bench sends.
+//! shards are, by `edgefilter::proxy::affinity`; a current-thread tokio runtime and a listener
+//! from `edgefilter::proxy::listen::bind_one` each; one upstream connection per client
+//! connection; `TCP_NODELAY`) but with no parsing, no checks and no header rewriting: read what
+//! the client sent, write it upstream, read what came back, write it to the client. It performs
+//! the same four socket operations per request as any proxy that keeps HTTP/1.1 semantics, so its
+//! rate bounds what a proxy built this way can reach here. It is only correct for
+//! request/response traffic whose messages each fit one read, which is what the bench sends.
 //!
 //! Usage: `relay_floor LISTEN UPSTREAM THREADS`.
 
 use std::net::SocketAddr;
 
-use edgefilter::proxy::affinity;
-use socket2::{Domain, Protocol, Socket, Type};
+use edgefilter::proxy::{affinity, listen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,7 +33,7 @@ fn main() -> std::io::Result<()> {
     let cpus = affinity::usable_cpus();
     let handles: Vec<_> = (0..threads)
         .map(|i| {
-            let sock = bind(listen)?;
+            let sock = listen::bind_one(listen)?;
             let cores = affinity::cores_for(i, threads, &cpus);
             Ok(std::thread::spawn(move || {
                 affinity::pin_current(i, &cores);
@@ -47,16 +46,6 @@ fn main() -> std::io::Result<()> {
             .map_err(|_| std::io::Error::other("a relay thread panicked"))??;
     }
     Ok(())
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    Ok(sock.into())
 }
 
 /// Lock-step relay of one client connection over its own upstream connection.

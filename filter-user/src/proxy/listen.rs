@@ -60,7 +60,13 @@ pub(crate) fn bind_all(
     })
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// One listening socket as every shard gets it: `SO_REUSEPORT`, `SO_REUSEADDR`, `TCP_NODELAY`,
+/// non-blocking, IPv6-only for IPv6 addresses. Public so the bench's I/O-floor relay listens the
+/// same way.
+///
+/// # Errors
+/// Socket creation, an option, `bind` or `listen` failing.
+pub fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;

@@ -21,7 +21,7 @@ mod conn;
 mod exchange;
 mod forward;
 pub mod head;
-mod listen;
+pub mod listen;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
-pub use crate::ports::free_port;
+use crate::ports::free_addr;
 
 /// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
 /// test never leaves one behind.
@@ -54,8 +54,7 @@ impl Daemon {
     /// Writes the config (2 shards, route `/v1/` → `upstream`) and starts the daemon.
     pub fn start(upstream: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let (http, admin) = (free_addr(), free_addr());
         let cfg = format!(
             r#"
 [listen]

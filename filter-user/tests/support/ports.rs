@@ -6,7 +6,7 @@
 //! parallel tests apart.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Lowest port handed out.
@@ -35,6 +35,11 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port between {FIRST} and {low}");
+}
+
+/// [`free_port`] on 127.0.0.1, as an address.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// The first port of `net.ipv4.ip_local_port_range`.
