@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgefilter::control::{Fanout, PropagationObserver, ShardInbox};
+use edgefilter::fanout::{Fanout, PropagationObserver, ShardInbox};
 
 const SHARDS: usize = 2;
 

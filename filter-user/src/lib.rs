@@ -2,21 +2,57 @@
 //!
 //! `main.rs` only dispatches the CLI; everything it calls lives here so integration tests and
 //! benches can reach it.
-// `unsafe` is denied everywhere except `control::boost` (two scheduler syscalls; see there).
-#![deny(unsafe_code)]
+//!
+//! # Layers
+//!
+//! Every module dependency points down this list: a module may `use` only modules on lower
+//! lines (modules on one line do not use each other). `tests/layering.rs` reads every
+//! `use crate::` path in `src/` and fails on an edge against this order.
+//!
+//! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
+//! 2. [`obs`] — logging (metrics and the access log join it)
+//! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
+//! 4. [`fanout`] — the lock-free change fan-out from one writer to every shard
+//! 5. [`gate`] — the seam between the proxy and the key checks
+//! 6. [`auth`] — where the key is, the per-shard cache, `decide`, the explain engine
+//! 7. [`xdp`] — the kernel program's loader, pins, maps and counters
+//! 8. [`admin`] — the admin API (its types, the `AdminOps` trait, server, client)
+//! 9. [`control`] — the control plane, which implements `AdminOps`
+//! 10. [`proxy`] — the sharded HTTP/1.1 (+TLS) reverse proxy
+//! 11. [`daemon`] — the wiring of `edgefilter run`
+//! 12. [`cli`] — argument parsing and printing
+//!
+//! `admin` sits below `control` because it only defines the API (and serves and calls it
+//! over HTTP); the control plane is one implementation, so the server and client are tested
+//! without a daemon. The proxy knows the key checks only through [`gate`].
+#![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
-pub mod cli;
+// Declared bottom layer first (see the list above).
 pub mod codes;
 pub mod config;
+pub mod pgstore;
+
+pub mod obs;
+
+pub mod store;
+
+pub mod fanout;
+
+pub mod gate;
+
+pub mod auth;
+
+pub mod xdp;
+
+pub mod admin;
+
 pub mod control;
+
+pub mod proxy;
+
 pub mod daemon;
+
+pub mod cli;
+
 #[doc(hidden)]
 pub mod fuzz;
-pub mod gate;
-pub mod obs;
-pub mod pgstore;
-pub mod proxy;
-pub mod store;
-pub mod xdp;

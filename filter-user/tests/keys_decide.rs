@@ -7,6 +7,7 @@ use std::time::Duration;
 use edgefilter::auth::{KeyService, Now, ShardGate};
 use edgefilter::codes::ErrorCode;
 use edgefilter::config::Config;
+use edgefilter::control::ControlPlane;
 use edgefilter::gate::{Denial, GateRequest, Verdict};
 use edgefilter::store::{KeyRef, KeyStore, NewKey, RateLimit, SqliteStore, UserStatus};
 
@@ -594,7 +595,12 @@ fn the_watcher_thread_carries_a_revocation_to_running_gates() {
     let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(&factory).collect();
     let watcher_store =
         SqliteStore::open(&f.cfg.resolve(std::path::Path::new("var/keys.db"))).unwrap();
-    let _watcher = svc.spawn_watcher(Box::new(watcher_store), Duration::from_millis(20));
+    let plane = ControlPlane::new(
+        std::sync::Arc::new(f.cfg.clone()),
+        svc,
+        Box::new(watcher_store),
+    );
+    let _watcher = plane.spawn_watcher(Duration::from_millis(20), None);
     let hs = [httparse::Header {
         name: "X-API-Key",
         value: key.as_bytes(),

@@ -4,12 +4,14 @@
 //! delegates every operation to an [`ops::AdminOps`] implementation (the control plane).
 
 pub mod client;
+pub mod key_json;
 pub mod ops;
 pub mod routes;
 pub mod server;
 pub mod token;
 
 pub use client::{AdminClient, ClientError};
+pub use key_json::{CreatedKeyJson, KeyJson, key_state};
 pub use ops::{
     AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, ExplainRequest, ListKeysQuery,
     OpFuture, Readiness, RotateRequest, UserAction,

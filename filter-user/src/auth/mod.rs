@@ -1,12 +1,13 @@
 //! Key checks: where the key is, the per-shard cache, the decision chain, rate limits.
 //!
-//! [`decide::decide`] is pure (no I/O): the proxy's [`ShardGate`], `edgefilter explain`, the
-//! tests and the benches all run the same chain. [`service::KeyService`] loads the store once,
+//! [`decide::decide`] is pure (no I/O): the proxy's [`ShardGate`], the [`explain`] engine (for
+//! `edgefilter explain` and the admin API), the tests and the benches all run the same chain. [`service::KeyService`] loads the store once,
 //! builds one [`ShardGate`] per shard and feeds them store changes.
 
 pub mod cache;
 pub mod decide;
 pub mod deny;
+pub mod explain;
 pub mod extract;
 pub mod loader;
 pub mod ratelimit;

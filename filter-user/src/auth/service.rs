@@ -1,18 +1,16 @@
 //! Wiring for the daemon: load the store once, build one [`ShardGate`] per shard as a
-//! [`GateFactory`], and publish store changes to every shard through the control plane's
-//! lock-free [`Fanout`] when the revision moves.
+//! [`GateFactory`], and publish store changes to every shard through the lock-free
+//! [`Fanout`] when the revision moves.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cache::ShardCache;
 use super::loader::{KeyLoader, KeySnapshot};
 use super::rules::{AuthRules, RulesError};
 use super::shard::{Batch, ShardGate};
 use crate::config::Config;
-use crate::control::{AckWatcher, Fanout, Propagation, ShardInbox};
+use crate::fanout::{AckWatcher, Fanout, Propagation, ShardInbox};
 use crate::gate::{Gate, GateFactory};
 use crate::store::{self, KeyStore, StoreError};
 
@@ -200,25 +198,6 @@ impl KeyService {
     pub fn applied(&self) -> Vec<u64> {
         self.fanout.watcher().applied()
     }
-
-    /// Polls the store every `every` on a thread of its own until the handle is dropped.
-    #[must_use]
-    pub fn spawn_watcher(mut self, store: Box<dyn KeyStore>, every: Duration) -> Watcher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let join = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                if let Err(e) = self.poll(&*store) {
-                    tracing::warn!(error = %e, "key store poll failed; shards keep their last state");
-                }
-                std::thread::sleep(every);
-            }
-        });
-        Watcher {
-            stop,
-            join: Some(join),
-        }
-    }
 }
 
 fn build_gate(
@@ -234,20 +213,4 @@ fn build_gate(
         .and_then(Option::take);
     let cache = ShardCache::new(&snapshot.entries, &snapshot.inactive);
     ShardGate::new(cache, Arc::clone(rules), inbox)
-}
-
-/// Stops the store watcher when dropped.
-#[derive(Debug)]
-pub struct Watcher {
-    stop: Arc<AtomicBool>,
-    join: Option<JoinHandle<()>>,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
 }

@@ -1,5 +1,5 @@
 //! A shard's [`Gate`]: its own cache, the shared rules, and its [`ShardInbox`] of store
-//! changes (the control plane's lock-free fan-out), drained before each decision and on wake-up.
+//! changes (the lock-free [`crate::fanout`]), drained before each decision and on wake-up.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use super::deny::{RenderCtx, denial};
 use super::extract::extract;
 use super::rules::AuthRules;
 use crate::codes::ErrorCode;
-use crate::control::ShardInbox;
+use crate::fanout::ShardInbox;
 use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
 
 /// Updates that bring a shard to `revision`, built once and shared by every shard.

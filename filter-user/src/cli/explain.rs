@@ -1,29 +1,16 @@
-//! `edgefilter explain --key KEY`: every check in order with pass/fail, the reason and the fix.
-//!
-//! Runs the same check functions as the proxy's decision chain against a one-key cache loaded
-//! from the store, then runs `decide` itself for the verdict. Never prints the key.
+//! `edgefilter explain --key KEY`: prints the explain engine's report ([`crate::auth::explain`]):
+//! every check in order with pass/fail, the reason and the fix. Never prints the key.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::load_config;
 use super::out::out;
-use crate::auth::decide::{
-    self, Decision, Now, Refusal, check_address, check_approved, check_environment, check_expiry,
-    check_format, check_not_before, check_revoked, check_scopes, check_user, key_hash,
-};
-use crate::auth::deny::{RenderCtx, fix, hint, message};
-use crate::auth::extract::Extracted;
-use crate::auth::loader::KeyLoader;
-use crate::auth::rules::{AuthRules, Place, RouteRules};
-use crate::auth::{CacheUpdate, KeyEntry, ShardCache};
-use crate::codes::ErrorCode;
-use crate::config::Config;
-use crate::store::{self, KeyHash, KeyRef, KeyStore};
+use crate::auth::explain::{ExplainError, Explanation, Mark, explain};
+use crate::store;
 
 /// Arguments.
 #[derive(Debug, Args)]
@@ -40,151 +27,6 @@ pub struct ExplainArgs {
     /// Request path (selects the route and its scopes).
     #[arg(long)]
     path: Option<String>,
-}
-
-/// One check's outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mark {
-    /// Passed.
-    Pass,
-    /// Failed with this code; `first` marks the failure that decides the answer.
-    Fail {
-        /// The answer code.
-        code: ErrorCode,
-        /// Whether this is the first failure (the one the proxy answers with).
-        first: bool,
-    },
-    /// Not run (an earlier check made it meaningless, or an input is missing).
-    Skip,
-}
-
-/// One line of an explanation.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// The check's name (`format`, `checksum`, `expiry`, ...).
-    pub name: &'static str,
-    /// Its outcome.
-    pub mark: Mark,
-    /// Why it passed, or the hint when it failed.
-    pub detail: String,
-    /// The command that fixes a failure.
-    pub fix: Option<String>,
-}
-
-/// Every check for one key, in SPEC §5 order, and the verdict of the real chain.
-/// Never holds the key itself.
-#[derive(Debug, Clone)]
-pub struct Explanation {
-    /// What was checked: method, path, address, time, environment, route.
-    pub header: String,
-    /// The checks in order.
-    pub checks: Vec<Check>,
-    /// `Ok(key id)` when the request would be allowed, else the answer code.
-    pub verdict: Result<String, ErrorCode>,
-    /// The verdict line for people.
-    pub verdict_line: String,
-    /// The key's public id, when the store knows the key.
-    pub key_id: Option<String>,
-}
-
-impl Explanation {
-    /// The text `edgefilter explain` prints.
-    #[must_use]
-    pub fn to_text(&self) -> String {
-        let mut out = format!("{}\n", self.header);
-        for c in &self.checks {
-            let name = c.name;
-            match &c.mark {
-                Mark::Pass => out.push_str(&format!("  PASS  {name:<12} {}\n", c.detail)),
-                Mark::Skip => out.push_str(&format!("  ----  {name:<12} {}\n", c.detail)),
-                Mark::Fail { code, first } => {
-                    let answer = if *first { "  <- the answer" } else { "" };
-                    out.push_str(&format!(
-                        "  FAIL  {name:<12} {code} {}{answer}\n",
-                        code.status()
-                    ));
-                    out.push_str(&format!("        {:<12} {}\n", "", c.detail));
-                    if let Some(f) = &c.fix {
-                        out.push_str(&format!("        {:<12} fix: {f}\n", ""));
-                    }
-                }
-            }
-        }
-        if !self.verdict_line.is_empty() {
-            out.push_str(&self.verdict_line);
-            out.push('\n');
-        }
-        out
-    }
-
-    /// The admin API's JSON (`Explain` in docs/openapi.yaml).
-    #[must_use]
-    pub fn to_json(&self) -> serde_json::Value {
-        let checks: Vec<serde_json::Value> = self
-            .checks
-            .iter()
-            .filter(|c| c.mark != Mark::Skip)
-            .map(|c| {
-                serde_json::json!({
-                    "check": c.name,
-                    "passed": c.mark == Mark::Pass,
-                    "detail": c.detail,
-                    "fix": c.fix,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "decision": if self.verdict.is_ok() { "allow" } else { "deny" },
-            "code": self.verdict.as_ref().err().map(|c| c.as_str()),
-            "key_id": self.key_id,
-            "checks": checks,
-        })
-    }
-}
-
-struct Report<'r> {
-    ctx: RenderCtx<'r>,
-    first_failure: bool,
-    checks: Vec<Check>,
-}
-
-impl Report<'_> {
-    fn pass(&mut self, name: &'static str, why: &str) {
-        self.checks.push(Check {
-            name,
-            mark: Mark::Pass,
-            detail: why.to_owned(),
-            fix: None,
-        });
-    }
-
-    fn skip(&mut self, name: &'static str, why: &str) {
-        self.checks.push(Check {
-            name,
-            mark: Mark::Skip,
-            detail: why.to_owned(),
-            fix: None,
-        });
-    }
-
-    fn outcome(&mut self, name: &'static str, r: Result<(), Refusal<'_>>, ok: &str) {
-        match r {
-            Ok(()) => self.pass(name, ok),
-            Err(refusal) => {
-                let first = !self.first_failure;
-                self.first_failure = true;
-                self.checks.push(Check {
-                    name,
-                    mark: Mark::Fail {
-                        code: refusal.code(),
-                        first,
-                    },
-                    detail: hint(&refusal, &self.ctx),
-                    fix: fix(&refusal, &self.ctx),
-                });
-            }
-        }
-    }
 }
 
 /// Runs the command: exit 0 when the request would be allowed, 1 when denied, 2 on usage.
@@ -212,7 +54,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         Err(ExplainError::Store(e)) => return Err(e.into()),
     };
-    out!("{}", explained.to_text());
+    out!("{}", to_text(&explained));
     Ok(if explained.verdict.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -220,200 +62,31 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Why an explanation could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ExplainError {
-    /// The routes' key rules are invalid.
-    #[error(transparent)]
-    Rules(#[from] crate::auth::rules::RulesError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
-
-/// Runs every check for `key` as a `method` request to `path` from `ip`, with the same check
-/// functions as the proxy, then the real chain for the verdict. Used by the CLI and the admin API.
-///
-/// # Errors
-/// [`ExplainError`] when the routes are invalid or the store fails.
-pub fn explain(
-    cfg: &Config,
-    st: &dyn KeyStore,
-    key_text: &str,
-    ip: IpAddr,
-    method: &str,
-    path: Option<&str>,
-) -> Result<Explanation, ExplainError> {
-    let rules = AuthRules::from_config(cfg)?;
-    let default_route = RouteRules {
-        prefix: "(any)".into(),
-        accepted: Box::new([Place::Bearer, Place::XApiKey]),
-        scopes: Box::new([]),
-    };
-    let route = match path {
-        Some(p) => match rules.route_for_path(p) {
-            Some(i) => &rules.routes[i],
-            None => {
-                return Ok(Explanation {
-                    header: format!("{method} {p}: NO_ROUTE 404 (no [[route]] prefix matches)"),
-                    checks: Vec::new(),
-                    verdict: Err(ErrorCode::NoRoute),
-                    verdict_line: String::new(),
-                    key_id: None,
-                });
+/// The text `edgefilter explain` prints.
+#[must_use]
+pub fn to_text(e: &Explanation) -> String {
+    let mut out = format!("{}\n", e.header);
+    for c in &e.checks {
+        let name = c.name;
+        match &c.mark {
+            Mark::Pass => out.push_str(&format!("  PASS  {name:<12} {}\n", c.detail)),
+            Mark::Skip => out.push_str(&format!("  ----  {name:<12} {}\n", c.detail)),
+            Mark::Fail { code, first } => {
+                let answer = if *first { "  <- the answer" } else { "" };
+                out.push_str(&format!(
+                    "  FAIL  {name:<12} {code} {}{answer}\n",
+                    code.status()
+                ));
+                out.push_str(&format!("        {:<12} {}\n", "", c.detail));
+                if let Some(f) = &c.fix {
+                    out.push_str(&format!("        {:<12} fix: {f}\n", ""));
+                }
             }
-        },
-        None => &default_route,
-    };
-    let now = Now::system();
-    let mut rep = Report {
-        ctx: RenderCtx {
-            route,
-            edge_env: &rules.environment,
-            peer: ip,
-        },
-        first_failure: false,
-        checks: Vec::new(),
-    };
-    let header = format!(
-        "{} {} from {} at {} (edge environment `{}`, route {})",
-        method,
-        path.unwrap_or("(no --path)"),
-        ip,
-        store::timefmt::rfc3339(now.secs),
-        rules.environment,
-        route.prefix
-    );
-    rep.pass(
-        "place",
-        &format!("clients send the key as {}", route.accepted_list()),
-    );
-    let parsed = check_format(key_text);
-    match parsed {
-        Err(Refusal::Checksum) => {
-            rep.pass("format", "well formed");
-            rep.outcome("checksum", Err(Refusal::Checksum), "");
-        }
-        Err(r) => rep.outcome("format", Err(r), ""),
-        Ok(_) => {
-            rep.pass("format", "well formed");
-            rep.pass("checksum", "matches");
         }
     }
-    let Ok(key) = parsed else {
-        rep.skip("...", "later checks need a well-formed key");
-        return Ok(verdict(rep, header, None, None, key_text, ip, now));
-    };
-    rep.outcome(
-        "environment",
-        check_environment(&key, &rules.environment),
-        &format!("`{}`", key.env()),
-    );
-    let Some(view) = st.find_key(KeyRef::Hash(KeyHash(key_hash(&key))))? else {
-        rep.outcome("known", Err(Refusal::Unknown), "");
-        rep.skip("...", "later checks need a key the store knows");
-        return Ok(verdict(rep, header, None, None, key_text, ip, now));
-    };
-    let mut loader = KeyLoader::default();
-    let entry: Arc<KeyEntry> = loader.entry_for(&view);
-    let mut cache = ShardCache::new(std::slice::from_ref(&entry), &[]);
-    cache.apply(&CacheUpdate::User {
-        user_id: view.user.id,
-        status: view.user.status,
-    });
-    let e = &*entry;
-    rep.pass(
-        "known",
-        &format!(
-            "{} of user {} (tenant {})",
-            view.key.id, view.user.name, view.user.tenant
-        ),
-    );
-    let grace = view.key.grace_until.map_or_else(
-        || "not revoked".to_owned(),
-        |g| {
-            format!(
-                "rotated to {}; this key works until {}",
-                view.key.rotated_to.as_deref().unwrap_or("?"),
-                store::timefmt::rfc3339(g)
-            )
-        },
-    );
-    rep.outcome("revoked", check_revoked(e, now), &grace);
-    rep.outcome("not before", check_not_before(e, now), "valid now");
-    rep.outcome("expiry", check_expiry(e, now), "not expired");
-    rep.outcome("user", check_user(&cache, e), "active");
-    rep.outcome("approval", check_approved(e), "approved");
-    rep.outcome("address", check_address(e, ip), "allowed");
-    if path.is_some() {
-        rep.outcome(
-            "scopes",
-            check_scopes(e, route),
-            "has every scope the route needs",
-        );
-    } else {
-        rep.skip(
-            "scopes",
-            "not checked: pass --path to check a route's scopes",
-        );
+    if !e.verdict_line.is_empty() {
+        out.push_str(&e.verdict_line);
+        out.push('\n');
     }
-    match e.owner().limit() {
-        Some(l) => rep.pass(
-            "rate",
-            &format!(
-                "{}/s, burst {} (the live budget is the daemon's)",
-                l.per_sec(),
-                l.burst()
-            ),
-        ),
-        None => rep.pass("rate", "no limit"),
-    }
-    let id = Some(view.key.id.clone());
-    Ok(verdict(rep, header, Some(&cache), id, key_text, ip, now))
-}
-
-/// Runs the real chain for the verdict line.
-fn verdict(
-    rep: Report<'_>,
-    header: String,
-    cache: Option<&ShardCache>,
-    key_id: Option<String>,
-    key: &str,
-    ip: IpAddr,
-    now: Now,
-) -> Explanation {
-    let empty = ShardCache::new(&[], &[]);
-    let cache = cache.unwrap_or(&empty);
-    let found = Extracted::Key {
-        raw: key,
-        place: Place::Bearer,
-    };
-    let (verdict, verdict_line) =
-        match decide::decide(cache, rep.ctx.route, rep.ctx.edge_env, found, ip, now) {
-            Decision::Allow(e) => (
-                Ok(e.key_id().to_string()),
-                format!(
-                    "verdict: ALLOW as {} (tenant {}, user {})",
-                    e.key_id(),
-                    e.owner().tenant(),
-                    e.owner().user()
-                ),
-            ),
-            Decision::Deny(r) => (
-                Err(r.code()),
-                format!(
-                    "verdict: DENY {} {}: {}",
-                    r.code(),
-                    r.code().status(),
-                    message(&r)
-                ),
-            ),
-        };
-    Explanation {
-        header,
-        checks: rep.checks,
-        verdict,
-        verdict_line,
-        key_id,
-    }
+    out
 }

@@ -12,13 +12,10 @@ use serde_json::{Value, json};
 use super::daemon_api::{self, segment};
 use super::out::outln;
 use super::{EXIT_USAGE, JsonFlag, load_config};
-use crate::admin::AdminClient;
+use crate::admin::{AdminClient, CreatedKeyJson, KeyJson, key_state};
 use crate::config::parse_duration;
-use crate::control::keyjson::cli_key;
 use crate::store::timefmt::{parse_when, rfc3339};
-use crate::store::{
-    self, CreatedKey, KeyRef, KeyStatus, KeyStore, KeyView, NewKey, RateLimit, UserStatus,
-};
+use crate::store::{self, KeyRef, KeyStore, KeyView, NewKey, RateLimit};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -117,52 +114,6 @@ fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
-/// What the key amounts to now: revoked, rotated, expired, … or its stored status.
-#[must_use]
-pub fn effective_state(v: &KeyView, now: i64) -> &'static str {
-    let k = &v.key;
-    if k.status == KeyStatus::Revoked {
-        "revoked"
-    } else if k.grace_until.is_some_and(|g| now >= g) {
-        "rotated"
-    } else if k.expires_at.is_some_and(|e| now >= e) {
-        "expired"
-    } else if v.user.status != UserStatus::Active {
-        v.user.status.as_str()
-    } else if k.not_before.is_some_and(|nb| now < nb) {
-        "not_yet_valid"
-    } else if k.grace_until.is_some() {
-        "in_grace"
-    } else {
-        k.status.as_str()
-    }
-}
-
-/// The JSON shape of a key (never its secret).
-#[must_use]
-pub fn view_json(v: &KeyView, now: i64) -> Value {
-    let k = &v.key;
-    let t = |x: Option<i64>| x.map(rfc3339);
-    json!({
-        "id": k.id,
-        "tenant": v.user.tenant,
-        "user": v.user.name,
-        "user_status": v.user.status.as_str(),
-        "status": k.status.as_str(),
-        "state": effective_state(v, now),
-        "env": k.env,
-        "scopes": k.scopes,
-        "not_before": t(k.not_before),
-        "expires_at": t(k.expires_at),
-        "allow_cidrs": k.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "rate": k.rate.map(|r| json!({"per_sec": r.per_sec, "burst": r.burst})),
-        "revoked_at": t(k.revoked_at),
-        "grace_until": t(k.grace_until),
-        "rotated_to": k.rotated_to,
-        "created_at": rfc3339(k.created_at),
-    })
-}
-
 fn print_view(v: &KeyView, now: i64) {
     let k = &v.key;
     let opt = |x: Option<i64>| x.map_or_else(|| "-".to_owned(), rfc3339);
@@ -176,7 +127,7 @@ fn print_view(v: &KeyView, now: i64) {
     outln!(
         "status:      {} (now: {})",
         k.status.as_str(),
-        effective_state(v, now)
+        key_state(v, now)
     );
     outln!("env:         {}", k.env);
     outln!(
@@ -214,51 +165,46 @@ fn print_view(v: &KeyView, now: i64) {
     outln!("created:     {}", rfc3339(k.created_at));
 }
 
-/// `view` in the CLI's JSON shape with the secret added.
-fn created_json(c: &CreatedKey, now: i64) -> Value {
-    let mut v = view_json(&c.view, now);
-    v["key"] = Value::from(c.secret.expose());
-    v
-}
-
-/// Prints a created key (`v`: the CLI's JSON shape including `key`).
-fn print_created(mut v: Value, json: bool, extra: Option<(&str, Value)>) {
+/// Prints a created key; `extra` adds a field to the JSON form.
+fn print_created(mut c: CreatedKeyJson, json: bool, extra: Option<(&str, Value)>) {
     if json {
+        c.revision = None;
+        let mut v = serde_json::to_value(&c).unwrap_or_default();
         if let Some((name, x)) = extra {
             v[name] = x;
         }
         outln!("{v}");
     } else {
-        outln!("{}", v["key"].as_str().unwrap_or_default());
+        outln!("{}", c.key);
         outln!(
             "id: {}  (the key above is shown only this once; store it now)",
-            v["id"].as_str().unwrap_or_default()
+            c.record.id
         );
     }
 }
 
-fn print_revoked(v: &Value) {
-    let at = v["revoked_at"].as_str().unwrap_or_default();
-    outln!("{} revoked at {at}", v["id"].as_str().unwrap_or_default());
+fn print_revoked(v: &KeyJson) {
+    let at = v.revoked_at.as_deref().unwrap_or_default();
+    outln!("{} revoked at {at}", v.id);
 }
 
-fn print_approved(v: &Value) {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    outln!(
-        "{} approved (tenant {}, user {})",
-        s("id"),
-        s("tenant"),
-        s("user")
-    );
+fn print_approved(v: &KeyJson) {
+    outln!("{} approved (tenant {}, user {})", v.id, v.tenant, v.user);
 }
 
-/// Prints a rotation: the new key (CLI shape with `key`) and the old one's id and grace end.
-fn print_rotated(new: Value, old_id: &str, until: &str, json: bool) {
+/// Prints a rotation: the new key and the old one's id and grace end.
+fn print_rotated(new: CreatedKeyJson, old_id: &str, until: &str, json: bool) {
     let replaces = json!({"id": old_id, "grace_until": until});
     print_created(new, json, Some(("replaces", replaces)));
     if !json {
         outln!("{old_id} keeps working until {until}");
     }
+}
+
+/// Reads an admin API answer (or one of its fields) as `T`.
+fn from_api<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("the daemon answered a key in an unexpected shape: {e}"))
 }
 
 /// The admin API request for `keys create`.
@@ -306,11 +252,11 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
             };
             if let Some(c) = &api {
                 let v = daemon_api::call(c, "POST", "/v1/keys", Some(&create_body(&a, &new)))?;
-                print_created(cli_key(&v), a.json.json, None);
+                print_created(from_api(&v)?, a.json.json, None);
             } else {
                 let created = store::open(&cfg)?.create_keys(std::slice::from_ref(&new), now)?;
                 for c in &created {
-                    print_created(created_json(c, now), a.json.json, None);
+                    print_created(CreatedKeyJson::from_created(c, now), a.json.json, None);
                 }
             }
         }
@@ -320,23 +266,23 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no such key{}", id_suffix(&id));
             };
             if json.json {
-                outln!("{}", view_json(&v, now));
+                outln!("{}", json!(KeyJson::from_view(&v, now)));
             } else {
                 print_view(&v, now);
             }
         }
         KeysCmd::Revoke { id } => match change(api.as_ref(), &id, "revoke", None)? {
-            Some(r) => print_revoked(&cli_key(&r["key"])),
+            Some(r) => print_revoked(&from_api(&r["key"])?),
             None => {
                 let v = store::open(&cfg)?.revoke(KeyRef::from_arg(&id), now)?;
-                print_revoked(&view_json(&v, now));
+                print_revoked(&KeyJson::from_view(&v, now));
             }
         },
         KeysCmd::Approve { id } => match change(api.as_ref(), &id, "approve", None)? {
-            Some(r) => print_approved(&cli_key(&r["key"])),
+            Some(r) => print_approved(&from_api(&r["key"])?),
             None => {
                 let v = store::open(&cfg)?.approve(KeyRef::from_arg(&id), now)?;
-                print_approved(&view_json(&v, now));
+                print_approved(&KeyJson::from_view(&v, now));
             }
         },
         KeysCmd::Rotate { id, grace, json } => {
@@ -350,13 +296,18 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                     let old = &r["old"];
                     let until = old["grace_until"].as_str().unwrap_or_default();
                     let old_id = old["id"].as_str().unwrap_or_default();
-                    print_rotated(cli_key(&r["new"]), old_id, until, json.json);
+                    print_rotated(from_api(&r["new"])?, old_id, until, json.json);
                 }
                 None => {
                     let (old, new) =
                         store::open(&cfg)?.rotate(KeyRef::from_arg(&id), grace_d, now)?;
                     let until = old.key.grace_until.map_or_else(String::new, rfc3339);
-                    print_rotated(created_json(&new, now), &old.key.id, &until, json.json);
+                    print_rotated(
+                        CreatedKeyJson::from_created(&new, now),
+                        &old.key.id,
+                        &until,
+                        json.json,
+                    );
                 }
             }
         }
@@ -367,8 +318,8 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
 fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> anyhow::Result<()> {
     let keys = st.list_keys(tenant)?;
     if json.json {
-        let arr: Vec<Value> = keys.iter().map(|v| view_json(v, now)).collect();
-        outln!("{}", Value::Array(arr));
+        let arr: Vec<KeyJson> = keys.iter().map(|v| KeyJson::from_view(v, now)).collect();
+        outln!("{}", json!(arr));
         return Ok(());
     }
     let row = |cols: [&str; 8]| {
@@ -398,7 +349,7 @@ fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> an
             &v.key.id,
             &v.user.tenant,
             &v.user.name,
-            effective_state(v, now),
+            key_state(v, now),
             &v.key.env,
             &scopes,
             &expires,

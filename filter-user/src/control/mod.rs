@@ -1,12 +1,6 @@
-//! Control plane: applies changes, fans them out to shards, measures propagation.
+//! Control plane: the one writer of the key store. Commits each change, publishes it through
+//! the [`crate::fanout`] to every shard, and answers the admin API once every shard applied it.
 
-#[allow(unsafe_code)]
-pub mod boost;
-pub mod fanout;
-pub mod keyjson;
 pub mod plane;
-pub mod propagation;
 
-pub use fanout::{AckWatcher, Fanout, FanoutError, PropagationObserver, ShardInbox};
 pub use plane::{ControlPlane, PlaneWatcher};
-pub use propagation::Propagation;

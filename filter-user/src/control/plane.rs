@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::boost;
-use super::keyjson::api_key;
-use super::propagation::Propagation;
 use crate::admin::{
-    AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, ExplainRequest, ListKeysQuery,
-    OpFuture, RotateRequest, UserAction,
+    AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, CreatedKeyJson, ExplainRequest,
+    KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
 use crate::config::{Config, parse_duration};
-use crate::control::AckWatcher;
+use crate::fanout::boost;
+use crate::fanout::{AckWatcher, Propagation};
 use crate::store::timefmt::parse_when;
 use crate::store::{self, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus};
 use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
@@ -255,6 +253,11 @@ fn boxed<'a>(f: impl Future<Output = Result<Value, ApiError>> + Send + 'a) -> Op
     Box::pin(f)
 }
 
+/// `v` as a JSON value (the admin API's answer body).
+fn to_value(v: &impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 impl AdminOps for ControlPlane {
     fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_> {
         boxed(async move {
@@ -266,10 +269,9 @@ impl AdminOps for ControlPlane {
             let c = created
                 .first()
                 .ok_or_else(|| ApiError::internal("the store created no key"))?;
-            let mut v = api_key(&c.view, now);
-            v["key"] = Value::from(c.secret.expose());
-            v["revision"] = json!(rev);
-            Ok(v)
+            let mut v = CreatedKeyJson::from_created(c, now);
+            v.revision = Some(rev);
+            to_value(&v)
         })
     }
 
@@ -281,7 +283,12 @@ impl AdminOps for ControlPlane {
                 .store
                 .list_keys(query.tenant.as_deref())
                 .map_err(store_error)?;
-            Ok(Value::Array(keys.iter().map(|v| api_key(v, now)).collect()))
+            to_value(
+                &keys
+                    .iter()
+                    .map(|v| KeyJson::from_view(v, now))
+                    .collect::<Vec<_>>(),
+            )
         })
     }
 
@@ -293,7 +300,7 @@ impl AdminOps for ControlPlane {
                 .find_key(key_ref(&id))
                 .map_err(store_error)?;
             let v = found.ok_or_else(|| ApiError::not_found("No such key."))?;
-            Ok(api_key(&v, store::unix_now()))
+            to_value(&KeyJson::from_view(&v, store::unix_now()))
         })
     }
 
@@ -301,7 +308,7 @@ impl AdminOps for ControlPlane {
         boxed(async move {
             let (v, rev) = self.write(|st, now| st.revoke(key_ref(&id), now))?;
             self.applied(rev).await?;
-            Ok(json!({"revision": rev, "key": api_key(&v, store::unix_now())}))
+            Ok(json!({"revision": rev, "key": KeyJson::from_view(&v, store::unix_now())}))
         })
     }
 
@@ -316,10 +323,9 @@ impl AdminOps for ControlPlane {
             let ((old, new), rev) = self.write(|st, now| st.rotate(key_ref(&id), grace, now))?;
             self.applied(rev).await?;
             let now = store::unix_now();
-            let mut created = api_key(&new.view, now);
-            created["key"] = Value::from(new.secret.expose());
-            created["revision"] = json!(rev);
-            Ok(json!({"revision": rev, "old": api_key(&old, now), "new": created}))
+            let mut created = CreatedKeyJson::from_created(&new, now);
+            created.revision = Some(rev);
+            Ok(json!({"revision": rev, "old": KeyJson::from_view(&old, now), "new": created}))
         })
     }
 
@@ -327,7 +333,7 @@ impl AdminOps for ControlPlane {
         boxed(async move {
             let (v, rev) = self.write(|st, now| st.approve(key_ref(&id), now))?;
             self.applied(rev).await?;
-            Ok(json!({"revision": rev, "key": api_key(&v, store::unix_now())}))
+            Ok(json!({"revision": rev, "key": KeyJson::from_view(&v, store::unix_now())}))
         })
     }
 
@@ -375,7 +381,7 @@ impl AdminOps for ControlPlane {
             let ip = req.ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let method = req.method.as_deref().unwrap_or("GET");
             let inner = self.lock();
-            let explained = crate::cli::explain::explain(
+            let explained = crate::auth::explain::explain(
                 &self.cfg,
                 &*inner.store,
                 &req.key,
@@ -384,8 +390,8 @@ impl AdminOps for ControlPlane {
                 req.path.as_deref(),
             )
             .map_err(|e| match e {
-                crate::cli::explain::ExplainError::Store(e) => store_error(e),
-                crate::cli::explain::ExplainError::Rules(e) => ApiError::internal(e.to_string()),
+                crate::auth::explain::ExplainError::Store(e) => store_error(e),
+                crate::auth::explain::ExplainError::Rules(e) => ApiError::internal(e.to_string()),
             })?;
             Ok(explained.to_json())
         })

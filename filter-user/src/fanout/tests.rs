@@ -196,7 +196,7 @@ fn stress_ten_thousand_changes_two_shard_threads() {
 
 #[test]
 fn a_bound_shard_is_real_time_only_while_a_change_waits() {
-    use crate::control::boost::{current_tid, policy_of};
+    use crate::fanout::boost::{current_tid, policy_of};
     let (mut fan, mut inboxes) = Fanout::<u64>::new(1, 0, None);
     let mut inbox = inboxes.pop().expect("one inbox");
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -210,15 +210,19 @@ fn a_bound_shard_is_real_time_only_while_a_change_waits() {
         (before, applied, policy_of(0).expect("policy"))
     });
     let tid = tid_rx.recv().expect("tid");
-    assert_eq!(policy_of(tid).expect("policy"), libc::SCHED_OTHER);
+    assert_eq!(policy_of(tid).expect("policy"), thread_sched::Policy::Other);
     fan.publish(1, Arc::new(1)).expect("publish");
     go_tx.send(()).expect("go");
     let (before, applied, after) = shard.join().expect("join");
-    assert_eq!(before, libc::SCHED_FIFO, "raised while the change waited");
+    assert_eq!(
+        before,
+        thread_sched::Policy::Fifo,
+        "raised while the change waited"
+    );
     assert_eq!(applied, 1);
     assert_eq!(
         after,
-        libc::SCHED_OTHER,
+        thread_sched::Policy::Other,
         "lowered by the drain that applied it"
     );
 }

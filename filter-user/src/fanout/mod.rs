@@ -1,4 +1,5 @@
-//! Lock-free fan-out of store changes from the control plane (one writer) to every shard.
+//! Lock-free fan-out of changes from one writer (the control plane) to every shard; used by
+//! `auth` (a shard's gate drains its inbox) and `control` (the writer publishes and awaits acks).
 //!
 //! Each shard has its own lock-free queue ([`crossbeam_queue::SegQueue`]), a `published`
 //! revision the writer bumps after pushing, and an `applied` revision the shard bumps after
@@ -7,7 +8,7 @@
 //! runtimes). The writer awaits [`AckWatcher::wait_applied`], woken by the shards themselves.
 //!
 //! A shard whose thread is bound ([`ShardInbox::bind_thread`]) is briefly raised to real-time
-//! priority while a change waits for it (see [`super::boost`]), so a busy core does not hold a
+//! priority while a change waits for it (see [`boost`]), so a busy core does not hold a
 //! revocation back for a whole time slice.
 //!
 //! Propagation (publish → last shard applied) is measured by the shard that completes a
@@ -20,6 +21,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 use tokio::sync::Notify;
+
+pub mod boost;
+pub mod propagation;
+
+pub use propagation::Propagation;
 
 /// Called once per revision with its propagation time (commit → last shard applied).
 /// Runs on a shard thread: keep it cheap and non-blocking (e.g. an atomic histogram).
@@ -269,7 +275,7 @@ impl<C: Send + Sync + 'static> Fanout<C> {
     /// Raises `slot`'s bound thread to real-time priority; whether it now is.
     fn boost(&self, slot: &Slot<C>) -> bool {
         let tid = slot.tid.load(Ordering::Acquire);
-        tid != 0 && super::boost::try_raise(tid)
+        tid != 0 && boost::try_raise(tid)
     }
 
     /// The last published revision.
@@ -407,7 +413,7 @@ impl<C> ShardInbox<C> {
             self.shared.after_apply();
         }
         if slot.boosted.swap(false, Ordering::AcqRel) {
-            super::boost::lower_self();
+            boost::lower_self();
         }
         n
     }
@@ -418,7 +424,7 @@ impl<C> ShardInbox<C> {
     pub fn bind_thread(&self) {
         self.shared.slots[self.index]
             .tid
-            .store(super::boost::current_tid(), Ordering::Release);
+            .store(boost::current_tid(), Ordering::Release);
     }
 
     /// Resolves when the control plane has published something since the last wake-up; an idle

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::fanout::PropagationObserver;
+use super::PropagationObserver;
 
 /// Bucket upper bounds in seconds (cumulative in the exposition; `+Inf` is implied).
 pub const BUCKETS: [f64; 16] = [

@@ -19,12 +19,13 @@
 //! for the scheduler as before. `SCHED_RESET_ON_FORK` keeps the policy from leaking into any
 //! child process.
 //!
-//! Hand-written over `libc` because no kept crate offers it safely by thread id: nix and rustix
-//! lack `sched_setscheduler`, and `thread-priority` addresses threads by `pthread_t`, which is
-//! undefined behaviour to use once the thread has exited (a kernel tid just gives `ESRCH`).
+//! The syscalls sit behind the safe API of the workspace crate `thread-sched` (kernel thread
+//! ids, not `pthread_t`, so a thread that has exited yields `ESRCH`, never undefined behaviour).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use thread_sched::{Policy, Tid, policy_of as sched_policy_of, set_policy};
 
 /// Set by the first `EPERM`: boosting is off for the rest of the process.
 static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
@@ -32,23 +33,7 @@ static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 /// The calling thread's kernel thread id.
 #[must_use]
 pub fn current_tid() -> i32 {
-    // SAFETY: gettid takes no arguments, cannot fail and touches no memory.
-    unsafe { libc::gettid() }
-}
-
-/// Sets `tid` (0 = the calling thread) to `policy` at `priority`.
-fn set(tid: i32, policy: i32, priority: i32) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: `param` is a valid, initialised sched_param that outlives the call; the kernel
-    // only reads it. A stale tid yields ESRCH, never undefined behaviour.
-    let rc = unsafe { libc::sched_setscheduler(tid, policy, &raw const param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Tid::current().0
 }
 
 /// Raises thread `tid` (0 = the calling thread) to `SCHED_FIFO` priority 1 (reset on fork).
@@ -56,20 +41,22 @@ fn set(tid: i32, policy: i32, priority: i32) -> io::Result<()> {
 /// # Errors
 /// The OS error: `EPERM` without `CAP_SYS_NICE`, `ESRCH` if the thread is gone.
 pub fn raise(tid: i32) -> io::Result<()> {
-    set(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+    set_policy(Tid(tid), Policy::Fifo, 1)
 }
 
 /// [`raise`] if `tid` runs under plain `SCHED_OTHER` and boosting is available; whether this
 /// call raised it (and so whoever called it must lower it). The first `EPERM` turns boosting off
 /// for the process with one warning.
 pub fn try_raise(tid: i32) -> bool {
-    if UNAVAILABLE.load(Ordering::Relaxed) || policy_of(tid).ok() != Some(libc::SCHED_OTHER) {
+    if UNAVAILABLE.load(Ordering::Relaxed) || policy_of(tid).ok() != Some(Policy::Other) {
         return false;
     }
     match raise(tid) {
         Ok(()) => true,
         Err(e) => {
-            if e.raw_os_error() == Some(libc::EPERM) && !UNAVAILABLE.swap(true, Ordering::Relaxed) {
+            if e.kind() == io::ErrorKind::PermissionDenied
+                && !UNAVAILABLE.swap(true, Ordering::Relaxed)
+            {
                 tracing::warn!(
                     "cannot raise shard or control-plane threads (needs CAP_SYS_NICE): a key change may wait for a busy core's next time slice"
                 );
@@ -100,23 +87,17 @@ impl Drop for RaisedSelf {
 
 /// Returns the calling thread to `SCHED_OTHER` (lowering needs no privilege).
 pub fn lower_self() {
-    if let Err(e) = set(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, 0) {
+    if let Err(e) = set_policy(Tid::CURRENT, Policy::Other, 0) {
         tracing::warn!(error = %e, "could not drop a shard back to normal scheduling");
     }
 }
 
-/// The scheduling policy of thread `tid` (without the reset-on-fork flag).
+/// The scheduling policy of thread `tid` (0 = the calling thread).
 ///
 /// # Errors
 /// The OS error, e.g. `ESRCH` for an unknown thread.
-pub fn policy_of(tid: i32) -> io::Result<i32> {
-    // SAFETY: sched_getscheduler only reads the thread's policy; no memory is passed.
-    let rc = unsafe { libc::sched_getscheduler(tid) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc & !libc::SCHED_RESET_ON_FORK)
-    }
+pub fn policy_of(tid: i32) -> io::Result<Policy> {
+    sched_policy_of(Tid(tid))
 }
 
 #[cfg(test)]
@@ -135,12 +116,12 @@ mod tests {
             (raised, policy_of(0).expect("policy"))
         });
         let tid = tid_rx.recv().expect("tid");
-        assert_eq!(policy_of(tid).expect("policy"), libc::SCHED_OTHER);
+        assert_eq!(policy_of(tid).expect("policy"), Policy::Other);
         raise(tid).expect("raising a thread needs CAP_SYS_NICE (the tests run as root)");
         go_tx.send(()).expect("go");
         let (raised, lowered) = t.join().expect("join");
-        assert_eq!(raised, libc::SCHED_FIFO);
-        assert_eq!(lowered, libc::SCHED_OTHER);
+        assert_eq!(raised, Policy::Fifo);
+        assert_eq!(lowered, Policy::Other);
     }
 
     #[test]
@@ -152,7 +133,7 @@ mod tests {
             lower_self();
             (untouched, kept)
         });
-        assert_eq!(t.join().expect("join"), (true, libc::SCHED_FIFO));
+        assert_eq!(t.join().expect("join"), (true, Policy::Fifo));
     }
 
     #[test]
