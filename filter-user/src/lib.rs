@@ -21,6 +21,7 @@
 //! 10. [`proxy`] — the sharded HTTP/1.1 (+TLS) reverse proxy
 //! 11. [`daemon`] — the wiring of `edgefilter run`
 //! 12. [`cli`] — argument parsing and printing
+//! 13. [`fuzz`] — entry points for the fuzz targets (only with the `fuzzing` feature)
 //!
 //! `admin` sits below `control` because it only defines the API (and serves and calls it
 //! over HTTP); the control plane is one implementation, so the server and client are tested
@@ -54,5 +55,6 @@ pub mod daemon;
 
 pub mod cli;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;

@@ -110,6 +110,8 @@ impl Proc {
 /// Runs the benches.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let root = root();
+    // The load generator and the peers (not needed by the tests, so not installed by .ci/run).
+    crate::util::ensure_packages(&["wrk", "nginx", "haproxy", "xdp-tools", "curl"])?;
     if !args.proxy_only && !args.propagation_only {
         xdp_cost(&root)?;
         key_benches(&root)?;

@@ -43,11 +43,27 @@ pub fn all(tools: &Tools) -> Result<()> {
     .context("building edgefilter")
 }
 
-/// Lints, then runs every test. Privileged test binaries serialise their own tests.
-pub fn test(extra: &[String]) -> Result<()> {
+/// The features every check and test builds with (the fuzz entry points, for the corpus replay).
+const TEST_FEATURES: &str = "filter-user/fuzzing";
+
+/// Checks formatting, the dependency policy and lints, then runs every test. Privileged test
+/// binaries serialise their own tests.
+pub fn test(tools: &Tools, extra: &[String]) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["fmt", "--all", "--check"]))
+    .context("formatting (run `cargo fmt --all` to fix)")?;
+    // `advisories` needs the RustSec database from the network; licenses, bans and sources are
+    // checked offline against deny.toml.
+    run(Command::new(tools.bin_dir.join("cargo-deny"))
+        .current_dir(root())
+        .args(["--all-features", "check", "bans", "licenses", "sources"]))
+    .context("cargo deny (policy in deny.toml)")?;
     run(Command::new("cargo").current_dir(root()).args([
         "clippy",
         "--all-targets",
+        "--features",
+        TEST_FEATURES,
         "--",
         "-D",
         "warnings",
@@ -55,7 +71,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     .context("clippy")?;
     run(Command::new("cargo")
         .current_dir(root())
-        .args(["test"])
+        .args(["test", "--features", TEST_FEATURES])
         .args(extra))
     .context("tests")
 }

@@ -37,7 +37,8 @@ enum Cmd {
         #[arg(long)]
         no_xdp: bool,
     },
-    /// The whole test suite: clippy, unit, integration (netns, XDP, TLS, PostgreSQL).
+    /// The whole test suite: fmt, cargo-deny, clippy, unit, integration (netns, XDP, TLS,
+    /// PostgreSQL).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -73,8 +74,9 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             let tools = setup::run()?;
+            setup::cargo_deny(&tools)?;
             build::ebpf(&tools)?;
-            build::test(&args)
+            build::test(&tools, &args)
         }
         Cmd::Bench(args) => {
             let tools = setup::run()?;

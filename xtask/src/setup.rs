@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{output, root, run as run_cmd};
 
+/// The cargo-deny release `cargo xtask test` checks the dependency policy with.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// The bpf-linker release we build.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -53,6 +56,34 @@ pub fn run() -> Result<Tools> {
         build_bpf_linker(&tools_dir, &nightly_lib)?;
     }
     Ok(Tools { bin_dir })
+}
+
+/// Installs cargo-deny into `target/tools/bin` unless that release is there.
+pub fn cargo_deny(tools: &Tools) -> Result<()> {
+    let bin = tools.bin_dir.join("cargo-deny");
+    let current = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION));
+    if current {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deny {CARGO_DENY_VERSION} (a few minutes, once)");
+    let root_dir = tools
+        .bin_dir
+        .parent()
+        .context("the tools directory has no parent")?;
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("cargo-deny@{CARGO_DENY_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(root_dir),
+    )
+    .context("installing cargo-deny (needs crates.io)")
 }
 
 /// bpf-linker loads the nightly's libLLVM at run time (rustc provides it when it calls the linker).

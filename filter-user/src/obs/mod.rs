@@ -1,4 +1,5 @@
-//! Observability: logging setup, metrics, access log.
+//! Observability: installs the logging subscriber (JSON or text on stderr). The propagation
+//! histogram lives with the fan-out ([`crate::fanout::Propagation`]).
 
 use crate::config::{Log, LogFormat};
 

@@ -37,7 +37,8 @@ fn find_bin() -> Option<PathBuf> {
 
 impl PgFixture {
     /// Starts a fresh server, or returns `None` (after saying so loudly) when the PostgreSQL
-    /// binaries are not installed. Any other failure panics: it is a real test failure.
+    /// binaries are not installed; under `CI=true` that panics too, so CI never passes a
+    /// PostgreSQL test it did not run. Any other failure panics: it is a real test failure.
     pub fn start() -> Option<Self> {
         Self::start_with(None)
     }
@@ -50,6 +51,11 @@ impl PgFixture {
 
     fn start_with(tls: Option<(&Path, &Path)>) -> Option<Self> {
         let Some(bin) = find_bin() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin, and under CI=true \
+                 a PostgreSQL test must run, not skip (apt-get install postgresql; .ci/run does)"
+            );
             eprintln!(
                 "\n!!!!!!!!!! SKIPPED: PostgreSQL binaries not found under /usr/lib/postgresql/*/bin \
                  (apt-get install postgresql; .ci/run does) !!!!!!!!!!\n"
