@@ -204,6 +204,67 @@ pub struct NewKey {
     pub pending: bool,
 }
 
+impl NewKey {
+    /// A key for `user` of `tenant` in environment `env`: no scopes, no validity window, any
+    /// address, no rate limit, active. The `with_*` methods set the rest.
+    #[must_use]
+    pub fn new(tenant: impl Into<String>, user: impl Into<String>, env: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+            env: env.into(),
+            scopes: Vec::new(),
+            not_before: None,
+            expires_at: None,
+            allow_cidrs: Vec::new(),
+            rate: None,
+            pending: false,
+        }
+    }
+
+    /// With these scopes.
+    #[must_use]
+    pub fn with_scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Not valid before `at` (unix seconds).
+    #[must_use]
+    pub fn with_not_before(mut self, at: i64) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Expiring at `at` (unix seconds).
+    #[must_use]
+    pub fn with_expiry(mut self, at: i64) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Usable only from these networks.
+    #[must_use]
+    pub fn with_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allow_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// With a token bucket of `per_sec` requests per second and `burst`.
+    #[must_use]
+    pub fn with_rate(mut self, per_sec: u32, burst: u32) -> Self {
+        self.rate = Some(RateLimit { per_sec, burst });
+        self
+    }
+
+    /// Created `pending` (needs `keys approve`).
+    #[must_use]
+    pub fn pending(mut self) -> Self {
+        self.pending = true;
+        self
+    }
+}
+
 /// A created key: its record and, once, its secret.
 #[derive(Debug, Clone)]
 pub struct CreatedKey {
