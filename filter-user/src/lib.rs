@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod fuzz;
 pub mod gate;
 pub mod obs;
+pub mod percent;
 pub mod pgstore;
 pub mod proxy;
 pub mod store;
