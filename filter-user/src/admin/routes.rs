@@ -43,19 +43,6 @@ impl Route {
     pub fn is_public(&self) -> bool {
         matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
     }
-
-    /// Whether the route reads a JSON request body.
-    #[must_use]
-    pub fn has_body(&self) -> bool {
-        matches!(
-            self,
-            Self::CreateKey
-                | Self::RotateKey(_)
-                | Self::AllowAdd
-                | Self::AllowRemove
-                | Self::Explain
-        )
-    }
 }
 
 /// Matches a request. Public routes match before any authentication; the caller authenticates
