@@ -345,23 +345,31 @@ fn default_true() -> bool {
     true
 }
 
-/// Parses a CIDR, or a bare address as its host prefix (`/32`, `/128`).
+/// Parses `a.b.c.d/n`, `x::/n`, or a bare address as its host prefix (`/32`, `/128`), around
+/// any whitespace. Host bits are kept as written (`10.1.2.3/8` stays so): a caller that wants
+/// the network masks it with [`IpNet::trunc`].
 ///
 /// # Errors
 /// A message quoting the bad text and showing the expected shape.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let t = s.trim();
-    t.parse::<IpNet>()
-        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| format!("`{s}` is not a CIDR like 203.0.113.0/24 or 2001:db8::/32"))
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("`{s}` is not a CIDR (e.g. 203.0.113.0/24, 2001:db8::/32, or one address)")
+        })
 }
 
+/// A list of CIDRs, each masked to its network (`10.1.2.3/8` is `10.0.0.0/8`).
 fn cidr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
     items
         .iter()
-        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .map(|s| {
+            parse_cidr(s)
+                .map(|n| n.trunc())
+                .map_err(serde::de::Error::custom)
+        })
         .collect()
 }
 

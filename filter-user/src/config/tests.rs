@@ -208,3 +208,15 @@ fn durations() {
     assert!(parse_duration("10y").is_err());
     assert!(parse_duration("").is_err());
 }
+
+#[test]
+fn cidrs_keep_host_bits_until_a_list_masks_them() {
+    assert_eq!(
+        super::parse_cidr(" 10.1.2.3/8 ").map(|n| n.to_string()),
+        Ok("10.1.2.3/8".into())
+    );
+    let cfg = parse("[xdp]\ninterfaces = [\"lo\"]\nallow = [\"10.1.2.3/8\", \"2001:db8::1/32\"]\n")
+        .expect("valid");
+    let allow: Vec<String> = cfg.xdp.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32"]);
+}
