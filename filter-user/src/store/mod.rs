@@ -10,6 +10,7 @@ use std::time::Duration;
 pub mod ids;
 pub mod model;
 pub mod postgres;
+pub mod rules;
 pub mod schema;
 pub mod sqlite;
 pub mod timefmt;
@@ -166,57 +167,4 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// The key a rotation creates for `old` at `now` (same owner, scopes, networks, limit and
-/// lifetime), or why `old` cannot be rotated. Shared by every backend.
-///
-/// # Errors
-/// [`StoreError::Conflict`] when `old` is revoked or was already rotated.
-pub fn rotation_successor(old: &KeyView, now: i64) -> Result<NewKey> {
-    let k = &old.key;
-    if k.status == KeyStatus::Revoked {
-        return Err(StoreError::Conflict(format!(
-            "{} is revoked; create a new key with `edgefilter keys create`",
-            k.id
-        )));
-    }
-    if let Some(to) = &k.rotated_to {
-        return Err(StoreError::Conflict(format!(
-            "{} was already rotated to {to}",
-            k.id
-        )));
-    }
-    let lifetime = k.expires_at.map(|e| (e - k.created_at).max(0));
-    Ok(NewKey {
-        tenant: old.user.tenant.clone(),
-        user: old.user.name.clone(),
-        env: k.env.clone(),
-        scopes: k.scopes.clone(),
-        not_before: None,
-        expires_at: lifetime.map(|l| now.saturating_add(l)),
-        allow_cidrs: k.allow_cidrs.clone(),
-        rate: k.rate,
-        pending: k.status == KeyStatus::Pending,
-    })
-}
-
-/// Whether existing user `u` may own a new key for `tenant`. Shared by every backend.
-///
-/// # Errors
-/// [`StoreError::Conflict`] when `u` belongs to another tenant or is deleted.
-pub fn check_key_owner(u: &User, tenant: &str) -> Result<()> {
-    if u.tenant != tenant {
-        return Err(StoreError::Conflict(format!(
-            "user {} belongs to tenant {}, not {tenant}",
-            u.name, u.tenant
-        )));
-    }
-    if u.status == UserStatus::Deleted {
-        return Err(StoreError::Conflict(format!(
-            "user {} is deleted; it cannot get new keys",
-            u.name
-        )));
-    }
-    Ok(())
 }

@@ -18,10 +18,9 @@ use self::rows::{
     to_user, to_view, user_by_name, view_by,
 };
 use super::model::{
-    Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, User,
-    UserStatus,
+    Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
-use super::{KeyStore, Result, StoreError};
+use super::{KeyStore, Result, StoreError, rules};
 use crate::pgstore;
 
 /// What a key change does to a key in its current state: `None` (nothing to do), or the
@@ -110,19 +109,14 @@ impl KeyStore for PgKeyStore {
 
     fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
         self.change_key(key, now, |v| {
-            Ok((v.key.status != KeyStatus::Revoked)
+            Ok(rules::revoke_changes(&v.key)
                 .then_some(("status = 'revoked', revoked_at = $1", "key.revoke")))
         })
     }
 
     fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
-        self.change_key(key, now, |v| match v.key.status {
-            KeyStatus::Revoked => Err(StoreError::Conflict(format!(
-                "{} is revoked; create a new key instead",
-                v.key.id
-            ))),
-            KeyStatus::Active => Ok(None),
-            KeyStatus::Pending => Ok(Some(("status = 'active'", "key.approve"))),
+        self.change_key(key, now, |v| {
+            Ok(rules::approve_changes(&v.key)?.then_some(("status = 'active'", "key.approve")))
         })
     }
 
@@ -136,10 +130,9 @@ impl KeyStore for PgKeyStore {
             in_tx(&c, async {
                 let old = must_view(&c, key, true).await?;
                 let k = &old.key;
-                let new = super::rotation_successor(&old, now)?;
+                let new = rules::rotation_successor(&old, now)?;
                 let created = insert_key(&c, &new, now).await?;
-                let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-                let grace_until = now.saturating_add(secs);
+                let grace_until = rules::grace_until(now, grace);
                 c.execute(
                     "UPDATE keys SET grace_until = $1, rotated_to = $2, updated_at = $3
                      WHERE id = $4",
@@ -161,12 +154,7 @@ impl KeyStore for PgKeyStore {
                 let u = user_by_name(&c, user, true)
                     .await?
                     .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-                if u.status == UserStatus::Deleted && status != UserStatus::Deleted {
-                    return Err(StoreError::Conflict(format!(
-                        "user {user} is deleted; deletion is final"
-                    )));
-                }
-                if u.status != status {
+                if rules::user_status_changes(&u, status)? {
                     c.execute(
                         "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3",
                         &[&status.as_str(), &now, &u.id],
