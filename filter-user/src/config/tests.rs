@@ -151,14 +151,6 @@ fn cross_field_checks() {
             "xdp.interfaces is empty",
         ),
         ("[store]\nkind = \"postgres\"\n", "needs store.url"),
-        (
-            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/k?sslrootcert=/nonexistent/ca.pem\"\n",
-            "sslrootcert /nonexistent/ca.pem",
-        ),
-        (
-            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/k?sslmode=sometimes\"\n",
-            "store.url",
-        ),
         ("[limits]\nmax_header_bytes = 10\n", "max_header_bytes"),
         (
             "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n",

@@ -21,7 +21,7 @@ pub use model::{
 };
 pub use sqlite::SqliteStore;
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreKind, ValueProblem};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +161,62 @@ pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
     }
 }
 
+/// The store's part of config validation (a [`crate::config::LayerCheck`]): a PostgreSQL
+/// `store.url` must be a `postgres://` URL that parses, with a readable `sslrootcert`.
+#[must_use]
+pub fn check_config(cfg: &Config) -> Vec<ValueProblem> {
+    let url = match (&cfg.store.kind, &cfg.store.url) {
+        (StoreKind::Postgres, Some(url)) => url,
+        _ => return Vec::new(),
+    };
+    let problem = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        crate::pgstore::tls::check(url).err().map(|e| e.to_string())
+    } else {
+        Some("store.url must start with postgres:// or postgresql://".into())
+    };
+    problem
+        .map(|message| ValueProblem {
+            key: &["store", "url"],
+            message,
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The current time in unix seconds.
 #[must_use]
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The store's `store.url` checks, reported by config validation on the value's line.
+    #[test]
+    fn a_bad_store_url_is_a_config_problem_on_its_line() {
+        let minimal = "[xdp]\ninterfaces = [\"lo\"]\nallow = [\"127.0.0.0/8\"]\n";
+        for (url, needle) in [
+            (
+                "postgres://db/k?sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert /nonexistent/ca.pem",
+            ),
+            ("postgres://db/k?sslmode=sometimes", "store.url"),
+            ("mysql://db/k", "must start with postgres://"),
+        ] {
+            let text = format!("{minimal}[store]\nkind = \"postgres\"\nurl = \"{url}\"\n");
+            let problems = Config::parse_with(&text, Path::new("/etc/edgefilter"), &[check_config])
+                .expect_err(url);
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(problems[0].message.contains(needle), "{url}: {problems:?}");
+            assert_eq!(problems[0].line, 6, "{url}: {problems:?}");
+        }
+        let good = format!("{minimal}[store]\nkind = \"postgres\"\nurl = \"postgres://db/k\"\n");
+        assert!(Config::parse_with(&good, Path::new("/"), &[check_config]).is_ok());
+    }
 }
