@@ -17,7 +17,6 @@ pub mod fuzz;
 pub mod gate;
 pub mod obs;
 pub mod percent;
-pub mod pgstore;
 pub mod proxy;
 pub mod store;
 pub mod xdp;

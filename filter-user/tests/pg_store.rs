@@ -214,7 +214,7 @@ fn postgres_behaves_like_a_key_store_and_fails_clearly_when_down() {
     assert!(
         matches!(
             err,
-            StoreError::Postgres(edgefilter::pgstore::PgError::Unreachable(_))
+            StoreError::Postgres(edgefilter::store::postgres::PgError::Unreachable(_))
         ),
         "{err:?}"
     );

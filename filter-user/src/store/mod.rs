@@ -1,4 +1,7 @@
-//! The key store: the [`KeyStore`] trait, its records, and the embedded SQLite backend.
+//! All storage: the [`KeyStore`] trait, its records, [`open`], and the two backends, the
+//! embedded SQLite store ([`sqlite`]) and the PostgreSQL store of fleet mode ([`postgres`]:
+//! key store, change log, follower, TLS). The business rules both backends obey live once in
+//! [`rules`], the migration runner once in [`migrate`].
 //!
 //! Every change commits in one transaction that also bumps the store revision and appends a
 //! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`].
@@ -11,7 +14,6 @@ pub mod ids;
 pub mod model;
 pub mod postgres;
 pub mod rules;
-pub mod schema;
 pub mod sqlite;
 pub mod timefmt;
 
@@ -59,7 +61,7 @@ pub enum StoreError {
     Conflict(String),
     /// The PostgreSQL store failed or could not be reached (fleet mode).
     #[error(transparent)]
-    Postgres(#[from] crate::pgstore::PgError),
+    Postgres(#[from] postgres::PgError),
     /// A stored row does not decode.
     #[error("corrupt store row: {0}")]
     Corrupt(String),
@@ -170,7 +172,7 @@ pub fn check_config(cfg: &Config) -> Vec<ValueProblem> {
         _ => return Vec::new(),
     };
     let problem = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        crate::pgstore::tls::check(url).err().map(|e| e.to_string())
+        postgres::tls::check(url).err().map(|e| e.to_string())
     } else {
         Some("store.url must start with postgres:// or postgresql://".into())
     };

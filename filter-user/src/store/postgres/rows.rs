@@ -4,7 +4,7 @@
 use serde_json::json;
 use tokio_postgres::{Client, Row};
 
-use crate::pgstore::{PgError, append_change};
+use super::{PgError, append_change};
 use crate::store::ids::new_key_id;
 use crate::store::model::{
     CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, RateLimit, User, UserStatus,

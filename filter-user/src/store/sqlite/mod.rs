@@ -1,4 +1,7 @@
 //! The embedded SQLite backend: WAL, `synchronous = FULL`, one transaction per change.
+//! Its migrations are in [`schema`].
+
+pub mod schema;
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use super::model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
     RateLimit, User, UserStatus,
 };
-use super::{KeyStore, Result, StoreError, rules, schema};
+use super::{KeyStore, Result, StoreError, rules};
 
 /// A key store in one SQLite file.
 pub struct SqliteStore {

@@ -1,16 +1,29 @@
-//! The PostgreSQL key store for fleet mode (SPEC §11): the same records and change semantics as
-//! SQLite, every change in one transaction that also appends to the `changes` log (bumping the
-//! revision, `NOTIFY` at commit). The [`KeyStore`] trait is synchronous, so the store owns a
-//! private current-thread tokio runtime; every call is bounded by a timeout, so a dead database
-//! gives a clear [`StoreError`] within seconds instead of hanging a command.
+//! The PostgreSQL backend for fleet mode (SPEC §11), everything in one place:
+//!
+//! - [`PgKeyStore`]: the [`KeyStore`] with the same records and change semantics as SQLite,
+//!   every change in one transaction that also appends to the `changes` log (bumping the
+//!   revision, `NOTIFY` at commit). The trait is synchronous, so the store owns a private
+//!   current-thread tokio runtime (`conn`); every call is bounded by a timeout, so a dead
+//!   database gives a clear [`StoreError`] within seconds instead of hanging a command.
+//! - `log`: the change log ([`append_change`], [`changes_since`], [`current_revision`]).
+//! - `follower`: the [`ChangeFollower`] every edge host runs to apply changes in revision order
+//!   and catch up after any disconnect; `notify` turns it into the watcher's wake-up.
+//! - `schema`: the versioned migrations; `tls`: `store.url` parsing and its TLS settings.
 
 mod conn;
+pub mod follower;
+pub mod log;
 mod notify;
 mod rows;
+pub mod schema;
+pub mod tls;
 
 use std::time::Duration;
 
+pub use follower::{ChangeFollower, FollowerConfig, FollowerStatus};
+pub use log::{ChangeRow, append_change, changes_since, current_revision};
 pub use notify::ChangeNotifier;
+pub use schema::{MIGRATIONS, Migration, migrate};
 
 use self::conn::{Conn, PAGE, in_tx};
 use self::rows::{
@@ -21,7 +34,84 @@ use super::model::{
     Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
 use super::{KeyStore, Result, StoreError, rules};
-use crate::pgstore;
+
+/// The `LISTEN`/`NOTIFY` channel; the payload is the new revision in decimal.
+pub const CHANNEL: &str = "edgefilter_changes";
+
+/// `e` and its chain of causes, `: `-separated ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer").
+#[must_use]
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// PostgreSQL store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database refused, failed, or could not be reached (the message carries the causes,
+    /// e.g. why a TLS handshake failed).
+    #[error("postgres: {}", with_causes(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// `store.url` does not parse.
+    #[error("store.url: {0}")]
+    Url(tokio_postgres::Error),
+    /// The database holds a schema newer than this binary knows.
+    #[error(
+        "database schema version {found} is newer than this edgefilter's {known}: upgrade edgefilter"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i32,
+        /// Highest version this binary knows.
+        known: i32,
+    },
+    /// The TLS settings of `store.url` cannot be used (e.g. an unreadable `sslrootcert`).
+    #[error("store.url TLS: {0}")]
+    Tls(String),
+    /// The database did not answer in time.
+    #[error("postgres: no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection failed while committing: the change may or may not have been made.
+    #[error(
+        "key store database (PostgreSQL) connection lost during commit ({0}); the change may or may not have been made: check with `edgefilter keys show`"
+    )]
+    CommitUnknown(String),
+    /// The database cannot be reached (refused, closed, timed out): nothing was changed.
+    #[error("key store database (PostgreSQL) unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Connects to `url` (a `postgres://` URL or `key=value` string) and drives the connection on
+/// the current tokio runtime. For writers; followers manage their own connections.
+///
+/// # Errors
+/// [`PgError`] when the URL is invalid or the database cannot be reached in `timeout`.
+pub async fn connect(
+    url: &str,
+    timeout: std::time::Duration,
+) -> std::result::Result<tokio_postgres::Client, PgError> {
+    let mut target = tls::parse(url)?;
+    target.config.connect_timeout(timeout);
+    let (client, conn) = tokio::time::timeout(timeout, target.config.connect(target.tls))
+        .await
+        .map_err(|_| PgError::Timeout(timeout))??;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
 
 /// What a key change does to a key in its current state: `None` (nothing to do), or the
 /// `SET` clause (`$1` = now) and the change kind to log.
@@ -59,7 +149,7 @@ impl PgKeyStore {
     /// on its own connection, with reconnects and lag). See [`ChangeNotifier`].
     ///
     /// # Errors
-    /// [`PgError::Url`](crate::pgstore::PgError::Url) or [`PgError::Tls`](crate::pgstore::PgError::Tls) only; an unreachable database is retried in the background.
+    /// [`PgError::Url`] or [`PgError::Tls`] only; an unreachable database is retried in the background.
     pub fn notifier(url: &str, from: u64) -> Result<ChangeNotifier> {
         Ok(ChangeNotifier::spawn(url, from)?)
     }
@@ -185,7 +275,7 @@ impl KeyStore for PgKeyStore {
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(pg)?;
-            Ok(pgstore::current_revision(&*c).await?)
+            Ok(current_revision(&*c).await?)
         })?;
         let mut scan = || -> Result<()> {
             let mut after = 0_i64;
@@ -243,7 +333,7 @@ impl KeyStore for PgKeyStore {
 
     fn revision(&self) -> Result<u64> {
         self.conn
-            .retrying(|c| async move { Ok(pgstore::current_revision(&*c).await?) })
+            .retrying(|c| async move { Ok(current_revision(&*c).await?) })
     }
 
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
@@ -251,7 +341,7 @@ impl KeyStore for PgKeyStore {
             let mut out = Vec::new();
             let mut after = revision;
             loop {
-                let page = pgstore::changes_since(&*c, after, PAGE).await?;
+                let page = changes_since(&*c, after, PAGE).await?;
                 let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
                 after = page.last().map_or(after, |r| r.revision);
                 out.extend(page);
