@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod ids;
+pub mod migrate;
 pub mod model;
 pub mod postgres;
 pub mod rules;

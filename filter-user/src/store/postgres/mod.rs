@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use follower::{ChangeFollower, FollowerConfig, FollowerStatus};
 pub use log::{ChangeRow, append_change, changes_since, current_revision};
 pub use notify::ChangeNotifier;
-pub use schema::{MIGRATIONS, Migration, migrate};
+pub use schema::{MIGRATIONS, migrate};
 
 use self::conn::{Conn, PAGE, in_tx};
 use self::rows::{

@@ -1,13 +1,18 @@
-//! Versioned SQLite schema migrations, tracked in `PRAGMA user_version`.
+//! The SQLite store's migrations: its SQL, and its bookkeeping for the shared runner
+//! ([`migrate::run`]): the version lives in `PRAGMA user_version`, each step in its own
+//! transaction.
+
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use rusqlite::Connection;
 
+use crate::store::migrate::{self, Migration, TooNew};
 use crate::store::{Result, StoreError};
 
-/// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    // 1: tenants, users, keys (hash only), revision counter and change log.
-    "CREATE TABLE meta (
+/// Tenants, users, keys (hash only), revision counter and change log.
+const KEYS_V1: &str = "CREATE TABLE meta (
          name  TEXT PRIMARY KEY,
          value INTEGER NOT NULL
      );
@@ -49,32 +54,62 @@ const MIGRATIONS: &[&str] = &[
          at       INTEGER NOT NULL,
          kind     TEXT NOT NULL CHECK (kind IN ('key', 'user')),
          subject  TEXT NOT NULL
-     );",
-];
+     );";
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "tenants, users, keys (hash only), revision counter and change log",
+    sql: KEYS_V1,
+}];
 
 /// Newest schema version this build knows.
-#[allow(clippy::cast_possible_wrap)] // a handful of migrations
-pub const VERSION: i64 = MIGRATIONS.len() as i64;
+pub const VERSION: i64 = migrate::newest(MIGRATIONS) as i64;
+
+impl From<TooNew> for StoreError {
+    fn from(TooNew { found, known }: TooNew) -> Self {
+        Self::TooNew { found, known }
+    }
+}
+
+/// A SQLite database as the runner sees it. Its steps are synchronous: each future is ready.
+struct Sqlite<'c>(&'c mut Connection);
+
+impl migrate::Schema for Sqlite<'_> {
+    type Error = StoreError;
+
+    fn version(&mut self) -> impl Future<Output = Result<i64>> + Send {
+        ready(
+            self.0
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(StoreError::from),
+        )
+    }
+
+    fn apply(&mut self, m: &Migration) -> impl Future<Output = Result<()>> + Send {
+        ready(apply(self.0, m))
+    }
+}
+
+/// Runs `m` and sets `user_version` to its version, in one transaction.
+fn apply(conn: &mut Connection, m: &Migration) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(m.sql)?;
+    tx.pragma_update(None, "user_version", m.version)?;
+    tx.commit()?;
+    Ok(())
+}
 
 /// Brings the database to [`VERSION`], one transaction per step.
 ///
 /// # Errors
 /// A newer schema than known, or a failed step.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let mut current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if current > VERSION {
-        return Err(StoreError::TooNew {
-            found: current,
-            known: VERSION,
-        });
+    let mut db = Sqlite(conn);
+    let run = pin!(migrate::run(&mut db, MIGRATIONS));
+    // Every step is a ready future, so the runner finishes on its first poll.
+    match run.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(done) => done.map(|_| ()),
+        Poll::Pending => unreachable!("SQLite migration steps never wait"),
     }
-    while current < VERSION {
-        let tx = conn.transaction()?;
-        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // 0 <= current < len
-        tx.execute_batch(MIGRATIONS[current as usize])?;
-        current += 1;
-        tx.pragma_update(None, "user_version", current)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
