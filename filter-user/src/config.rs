@@ -345,23 +345,31 @@ fn default_true() -> bool {
     true
 }
 
-/// Parses a CIDR, or a bare address as its host prefix (`/32`, `/128`).
+/// Parses `a.b.c.d/n`, `x::/n`, or a bare address as its host prefix (`/32`, `/128`), around
+/// any whitespace. Host bits are kept as written (`10.1.2.3/8` stays so): a caller that wants
+/// the network masks it with [`IpNet::trunc`].
 ///
 /// # Errors
 /// A message quoting the bad text and showing the expected shape.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let t = s.trim();
-    t.parse::<IpNet>()
-        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| format!("`{s}` is not a CIDR like 203.0.113.0/24 or 2001:db8::/32"))
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("`{s}` is not a CIDR (e.g. 203.0.113.0/24, 2001:db8::/32, or one address)")
+        })
 }
 
+/// A list of CIDRs, each masked to its network (`10.1.2.3/8` is `10.0.0.0/8`).
 fn cidr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
     items
         .iter()
-        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .map(|s| {
+            parse_cidr(s)
+                .map(|n| n.trunc())
+                .map_err(serde::de::Error::custom)
+        })
         .collect()
 }
 
@@ -406,6 +414,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// A check of the parsed config that a layer above `config` adds for what only it understands
+/// (the store checks `store.url`). `config` imports nothing from those layers: they hand their
+/// checks to [`Config::load_with`] / [`Config::parse_with`], and each problem is reported among
+/// the others, on the line of the value it names.
+pub type LayerCheck = fn(&Config) -> Vec<ValueProblem>;
+
+/// A problem with one config value, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueProblem {
+    /// Where the value is, e.g. `["store", "url"]` (its first part is the section).
+    pub key: &'static [&'static str],
+    /// What is wrong.
+    pub message: String,
 }
 
 /// One config problem, with the 1-based line it was found on (0 when not tied to a line).
@@ -459,6 +482,14 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming every problem with its line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &[])
+    }
+
+    /// [`Self::load`], with the checks of the layers above (see [`LayerCheck`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming every problem with its line.
+    pub fn load_with(path: &Path, checks: &[LayerCheck]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -466,7 +497,7 @@ impl Config {
         let base = path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Self::parse(&text, &base).map_err(|problems| ConfigError::Invalid {
+        Self::parse_with(&text, &base, checks).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
         })
@@ -477,7 +508,19 @@ impl Config {
     /// # Errors
     /// Every problem found, each with its line.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
-        let mut cfg = validate::parse(text)?;
+        Self::parse_with(text, base_dir, &[])
+    }
+
+    /// [`Self::parse`], with the checks of the layers above (see [`LayerCheck`]).
+    ///
+    /// # Errors
+    /// Every problem found, each with its line.
+    pub fn parse_with(
+        text: &str,
+        base_dir: &Path,
+        checks: &[LayerCheck],
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let mut cfg = validate::parse(text, checks)?;
         cfg.base_dir = base_dir.to_path_buf();
         Ok(cfg)
     }

@@ -31,7 +31,7 @@
 // Declared bottom layer first (see the list above).
 pub mod codes;
 pub mod config;
-pub mod pgstore;
+pub mod percent;
 
 pub mod obs;
 

@@ -47,6 +47,19 @@ fn invalid_config_exits_two_and_names_every_line() {
 }
 
 #[test]
+fn a_bad_store_url_is_reported_on_its_line() {
+    let (code, _, stderr) = check_config(
+        "[xdp]\nenabled = false\n[store]\nkind = \"postgres\"\n\
+         url = \"postgres://db/k?sslrootcert=/nonexistent/ca.pem\"\n",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("edgefilter.toml:5: store.url TLS: sslrootcert /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_config_is_a_config_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .args(["check-config", "--config", "/nonexistent/edgefilter.toml"])

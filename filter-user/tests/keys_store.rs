@@ -175,7 +175,7 @@ fn reopening_keeps_every_reported_write_and_the_schema_version() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, edgefilter::store::schema::VERSION);
+    assert_eq!(version, edgefilter::store::sqlite::schema::VERSION);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();

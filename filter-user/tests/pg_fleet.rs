@@ -139,7 +139,7 @@ fn revoke_by_sql(fx: &PgFixture, id: &str) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = edgefilter::pgstore::connect(&fx.postgres_url(), Duration::from_secs(5))
+        let mut c = edgefilter::store::postgres::connect(&fx.postgres_url(), Duration::from_secs(5))
             .await
             .unwrap();
         // Exactly what an operator's tool would do: the row and the change log, one transaction.

@@ -10,7 +10,7 @@ mod ports;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use edgefilter::pgstore::{
+use edgefilter::store::postgres::{
     self, ChangeFollower, ChangeRow, FollowerConfig, FollowerStatus, append_change, changes_since,
 };
 use pg::PgFixture;
@@ -58,10 +58,10 @@ async fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
 }
 
 async fn writer(fx: &PgFixture) -> tokio_postgres::Client {
-    let mut c = pgstore::connect(&fx.postgres_url(), Duration::from_secs(5))
+    let mut c = postgres::connect(&fx.postgres_url(), Duration::from_secs(5))
         .await
         .expect("writer connects");
-    pgstore::migrate(&mut c).await.expect("migrate");
+    postgres::migrate(&mut c).await.expect("migrate");
     c
 }
 
@@ -103,7 +103,7 @@ async fn two_followers_see_every_change_in_order() {
     // Two concurrent writers: the append lock keeps revisions in commit order.
     let mut tasks = Vec::new();
     for wi in 0..2 {
-        let c = pgstore::connect(&fx.url(), Duration::from_secs(5))
+        let c = postgres::connect(&fx.url(), Duration::from_secs(5))
             .await
             .expect("connect");
         tasks.push(tokio::spawn(async move {
@@ -205,7 +205,7 @@ async fn outage_keeps_state_reports_lag_and_catches_up_on_reconnect() {
     // A change during the outage fails cleanly, on the old connection and on a new one.
     let err = append_change(&w, "key.revoke", &json!({"n": "outage"})).await;
     assert!(err.is_err(), "append during the outage must fail");
-    let fresh = pgstore::connect(&fx.url(), Duration::from_secs(2)).await;
+    let fresh = postgres::connect(&fx.url(), Duration::from_secs(2)).await;
     assert!(fresh.is_err(), "connecting during the outage must fail");
     let lag1 = a.lag().min(b.lag());
     tokio::time::sleep(Duration::from_millis(1200)).await;

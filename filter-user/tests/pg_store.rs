@@ -214,7 +214,7 @@ fn postgres_behaves_like_a_key_store_and_fails_clearly_when_down() {
     assert!(
         matches!(
             err,
-            StoreError::Postgres(edgefilter::pgstore::PgError::Unreachable(_))
+            StoreError::Postgres(edgefilter::store::postgres::PgError::Unreachable(_))
         ),
         "{err:?}"
     );
@@ -315,4 +315,48 @@ fn postgres_notifier_wakes_on_a_commit_by_another_writer() {
         writer.revision().unwrap();
     }
     eprintln!("revision() round trip: {:?}", t.elapsed() / 50);
+}
+
+#[test]
+fn postgres_reopens_its_own_schema_and_refuses_a_newer_one() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let url = fx.postgres_url();
+    let mut st = PgKeyStore::open(&url).unwrap();
+    st.create_keys(&[new_key("acme", "alice", false)], 1)
+        .unwrap();
+    drop(st);
+    // A database this build wrote opens again as it is.
+    let st = PgKeyStore::open(&url).unwrap();
+    assert_eq!(st.list_keys(None).unwrap().len(), 1);
+    drop(st);
+    // One from a newer edgefilter is refused, not touched.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = edgefilter::store::postgres::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        c.execute(
+            "INSERT INTO edgefilter_schema (version, name) VALUES (99, 'from the future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    });
+    drop(rt);
+    let e = PgKeyStore::open(&url).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Postgres(edgefilter::store::postgres::PgError::SchemaTooNew {
+                found: 99,
+                known: 2
+            })
+        ),
+        "{e}"
+    );
 }

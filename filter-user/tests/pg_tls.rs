@@ -14,9 +14,10 @@ mod tls;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgefilter::pgstore::{self, ChangeFollower, ChangeRow, FollowerConfig, append_change};
 use edgefilter::store::KeyStore;
-use edgefilter::store::postgres::PgKeyStore;
+use edgefilter::store::postgres::{
+    self, ChangeFollower, ChangeRow, FollowerConfig, PgKeyStore, append_change,
+};
 use pg::PgFixture;
 use serde_json::json;
 use tls::Pki;
@@ -50,23 +51,23 @@ async fn verified_tls_for_writer_store_and_follower_and_no_fallback() {
     let secure = url(&fx, &format!("sslmode=require&sslrootcert={ca}"));
 
     // The writer: encrypted and verified.
-    let mut c = pgstore::connect(&secure, WAIT)
+    let mut c = postgres::connect(&secure, WAIT)
         .await
         .expect("TLS connect with the right CA");
     assert!(
         encrypted(&c).await,
         "sslmode=require gave a plaintext session"
     );
-    pgstore::migrate(&mut c).await.expect("migrate");
+    postgres::migrate(&mut c).await.expect("migrate");
 
     // The default mode (prefer) uses TLS when the server offers it, verified the same way.
-    let c2 = pgstore::connect(&url(&fx, &format!("sslrootcert={ca}")), WAIT)
+    let c2 = postgres::connect(&url(&fx, &format!("sslrootcert={ca}")), WAIT)
         .await
         .expect("prefer connects");
     assert!(encrypted(&c2).await, "prefer did not use the server's TLS");
 
     // disable stays plaintext (the server accepts both).
-    let plain = pgstore::connect(&url(&fx, "sslmode=disable"), WAIT)
+    let plain = postgres::connect(&url(&fx, "sslmode=disable"), WAIT)
         .await
         .expect("plaintext connect");
     assert!(!encrypted(&plain).await);
@@ -75,7 +76,7 @@ async fn verified_tls_for_writer_store_and_follower_and_no_fallback() {
     let other = Pki::new("localhost");
     let wrong_ca = other.ca_pem.display().to_string();
     for mode in ["sslmode=require&", ""] {
-        let e = pgstore::connect(&url(&fx, &format!("{mode}sslrootcert={wrong_ca}")), WAIT)
+        let e = postgres::connect(&url(&fx, &format!("{mode}sslrootcert={wrong_ca}")), WAIT)
             .await
             .expect_err("a server certificate from an unknown CA must be refused");
         let text = e.to_string();
@@ -128,7 +129,7 @@ async fn require_against_a_server_without_tls_fails() {
     let Some(fx) = PgFixture::start() else {
         return;
     };
-    let e = pgstore::connect(&url(&fx, "sslmode=require"), WAIT)
+    let e = postgres::connect(&url(&fx, "sslmode=require"), WAIT)
         .await
         .expect_err("require must not fall back to plaintext");
     assert!(
@@ -136,7 +137,7 @@ async fn require_against_a_server_without_tls_fails() {
         "unexpected error: {e}"
     );
     // prefer falls back to plaintext when the server has no TLS at all.
-    let c = pgstore::connect(&fx.postgres_url(), WAIT)
+    let c = postgres::connect(&fx.postgres_url(), WAIT)
         .await
         .expect("prefer without server TLS");
     assert!(!encrypted(&c).await);

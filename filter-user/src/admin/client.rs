@@ -54,13 +54,6 @@ impl AdminClient {
         }
     }
 
-    /// Sets the per-request I/O timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// The daemon's admin API if it is listening on `admin.listen` and the token file is
     /// readable; `None` means "no daemon: write the store directly".
     #[must_use]

@@ -300,11 +300,4 @@ impl Readiness {
             self.shards.load(Ordering::Acquire),
         )
     }
-
-    /// All up.
-    #[must_use]
-    pub fn is_ready(&self) -> bool {
-        let (x, s, h) = self.parts();
-        x && s && h
-    }
 }

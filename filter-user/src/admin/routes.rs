@@ -43,19 +43,6 @@ impl Route {
     pub fn is_public(&self) -> bool {
         matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
     }
-
-    /// Whether the route reads a JSON request body.
-    #[must_use]
-    pub fn has_body(&self) -> bool {
-        matches!(
-            self,
-            Self::CreateKey
-                | Self::RotateKey(_)
-                | Self::AllowAdd
-                | Self::AllowRemove
-                | Self::Explain
-        )
-    }
 }
 
 /// Matches a request. Public routes match before any authentication; the caller authenticates
@@ -128,26 +115,11 @@ fn not_found() -> ApiError {
 /// # Errors
 /// 400 when it is empty or not valid percent-encoded UTF-8.
 pub fn decode_component(seg: &str) -> Result<String, ApiError> {
-    let bad =
-        || ApiError::bad_request("A path or query parameter is not valid percent-encoded UTF-8.");
-    if seg.is_empty() {
-        return Err(bad());
-    }
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
-            let s = std::str::from_utf8(hex).map_err(|_| bad())?;
-            out.push(u8::from_str_radix(s, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
+    crate::percent::decode_utf8(seg)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("A path or query parameter is not valid percent-encoded UTF-8.")
+        })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use filter_common::apikey::{self, FormatError};
 
 use super::rules::{Place, RouteRules};
+use crate::percent::{self, Plus};
 
 /// Bytes a decoded `?api_key=` value may have: the longest key plus room for what a careless
 /// copy adds around it. A longer value is no key: it is refused as the wrong length.
@@ -68,25 +69,11 @@ impl QueryKey {
             len: None,
             decoded: 0,
         };
-        let b = raw.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            let byte = match b[i] {
-                b'+' => b' ',
-                b'%' => match (digit(b.get(i + 1)), digit(b.get(i + 2))) {
-                    (Some(hi), Some(lo)) => {
-                        i += 2;
-                        (hi << 4) | lo
-                    }
-                    _ => b'%',
-                },
-                other => other,
-            };
+        for byte in percent::bytes(raw, Plus::Space).map(|b| b.unwrap_or(b'%')) {
             if let Some(slot) = q.buf.get_mut(q.decoded) {
                 *slot = byte;
             }
             q.decoded += 1;
-            i += 1;
         }
         if q.decoded <= QUERY_KEY_CAP {
             q.len = u8::try_from(q.decoded).ok();
@@ -158,16 +145,6 @@ impl std::fmt::Debug for QueryKey {
             .field("len", &self.decoded)
             .field("place", &Place::Query)
             .finish_non_exhaustive()
-    }
-}
-
-/// The value of a hex digit, if `c` is one.
-fn digit(c: Option<&u8>) -> Option<u8> {
-    match *c? {
-        c @ b'0'..=b'9' => Some(c - b'0'),
-        c @ b'a'..=b'f' => Some(c - b'a' + 10),
-        c @ b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

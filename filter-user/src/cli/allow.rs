@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::out::outln;
 use super::{JsonFlag, daemon_api};
 use crate::admin::AdminClient;
-use crate::config::Config;
+use crate::config::{Config, parse_cidr};
 use crate::xdp::{AllowFile, Origin, PinDir, allowfile_path, open_pinned};
 
 /// Subcommands.
@@ -41,19 +41,6 @@ pub enum AllowCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
-}
-
-/// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a host prefix).
-///
-/// # Errors
-/// A message saying what a CIDR looks like.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            format!("`{s}` is not a CIDR (e.g. 203.0.113.0/24, 2001:db8::/32, or one address)")
-        })
 }
 
 /// The admin API's allowlist resource.

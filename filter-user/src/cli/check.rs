@@ -9,7 +9,7 @@ use crate::config::Config;
 /// Runs `check-config`.
 #[must_use]
 pub fn run(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load_with(path, super::CONFIG_CHECKS) {
         Ok(cfg) => {
             outln!(
                 "{}: ok ({} route(s), {} shard(s), xdp {})",

@@ -69,12 +69,15 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// The checks the layers above `config` add to its validation.
+pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+
 /// Loads the config or prints every problem and returns the usage exit code.
 ///
 /// # Errors
 /// The exit code to use when the config cannot be loaded.
 pub fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    Config::load_with(path, CONFIG_CHECKS).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EXIT_USAGE)
     })

@@ -151,14 +151,6 @@ fn cross_field_checks() {
             "xdp.interfaces is empty",
         ),
         ("[store]\nkind = \"postgres\"\n", "needs store.url"),
-        (
-            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/k?sslrootcert=/nonexistent/ca.pem\"\n",
-            "sslrootcert /nonexistent/ca.pem",
-        ),
-        (
-            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/k?sslmode=sometimes\"\n",
-            "store.url",
-        ),
         ("[limits]\nmax_header_bytes = 10\n", "max_header_bytes"),
         (
             "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n",
@@ -207,4 +199,16 @@ fn durations() {
     assert!(parse_duration("h").is_err());
     assert!(parse_duration("10y").is_err());
     assert!(parse_duration("").is_err());
+}
+
+#[test]
+fn cidrs_keep_host_bits_until_a_list_masks_them() {
+    assert_eq!(
+        super::parse_cidr(" 10.1.2.3/8 ").map(|n| n.to_string()),
+        Ok("10.1.2.3/8".into())
+    );
+    let cfg = parse("[xdp]\ninterfaces = [\"lo\"]\nallow = [\"10.1.2.3/8\", \"2001:db8::1/32\"]\n")
+        .expect("valid");
+    let allow: Vec<String> = cfg.xdp.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32"]);
 }

@@ -7,10 +7,11 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, ConfigProblem, StoreKind, line_of};
+use super::{Config, ConfigProblem, LayerCheck, StoreKind, line_of};
 
-/// Parses `text` section by section so one bad section does not hide the others.
-pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+/// Parses `text` section by section so one bad section does not hide the others; then runs the
+/// cross-field checks and the `layers`' checks.
+pub(super) fn parse(text: &str, layers: &[LayerCheck]) -> Result<Config, Vec<ConfigProblem>> {
     let (root, syntax) = DeTable::parse_recoverable(text);
     let at = |span: Option<Range<usize>>| span.map_or(0, |s| line_of(text, s.start));
     if !syntax.is_empty() {
@@ -62,9 +63,21 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
             message: clean(e.message()),
         }]
     })?;
+    let layer_problems = layers.iter().flat_map(|c| c(&cfg)).map(|p| {
+        let section = p.key.first().copied().unwrap_or_default();
+        let line = span_at(&root, p.key).map_or(0, |s| line_of(text, s.start));
+        (
+            section,
+            ConfigProblem {
+                line,
+                message: p.message,
+            },
+        )
+    });
     problems.extend(
         check(&cfg, &root, text)
             .into_iter()
+            .chain(layer_problems)
             .filter(|(section, _)| !failed.iter().any(|f| f == section))
             .map(|(_, p)| p),
     );
@@ -233,26 +246,13 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             "xdp.protected_ports: port 0 is not a port".into(),
         );
     }
-    if cfg.store.kind == StoreKind::Postgres {
-        match &cfg.store.url {
-            None => bad(
-                "store",
-                span_at(root, &["store", "kind"]),
-                "store.kind = \"postgres\" needs store.url".into(),
-            ),
-            Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
-                bad(
-                    "store",
-                    span_at(root, &["store", "url"]),
-                    "store.url must start with postgres:// or postgresql://".into(),
-                );
-            }
-            Some(u) => {
-                if let Err(e) = crate::pgstore::tls::check(u) {
-                    bad("store", span_at(root, &["store", "url"]), e.to_string());
-                }
-            }
-        }
+    // What a `store.url` may hold is the store's to say: it adds that check (see `LayerCheck`).
+    if cfg.store.kind == StoreKind::Postgres && cfg.store.url.is_none() {
+        bad(
+            "store",
+            span_at(root, &["store", "kind"]),
+            "store.kind = \"postgres\" needs store.url".into(),
+        );
     }
     let env = &cfg.keys.environment;
     if env.is_empty() || env.len() > 8 || !env.bytes().all(|b| b.is_ascii_lowercase()) {

@@ -232,7 +232,7 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::NoSuchKey(_) => ApiError::not_found("No such key."),
         StoreError::NoSuchUser(_) => ApiError::not_found("No such user."),
         StoreError::Conflict(m) => ApiError::conflict(m),
-        StoreError::Postgres(crate::pgstore::PgError::CommitUnknown(m)) => {
+        StoreError::Postgres(crate::store::postgres::PgError::CommitUnknown(m)) => {
             ApiError::new(503, "STORE_UNAVAILABLE", m).with_hint(
                 "The connection was lost during the commit: check with `edgefilter keys show` before retrying.",
             )

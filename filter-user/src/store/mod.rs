@@ -1,4 +1,7 @@
-//! The key store: the [`KeyStore`] trait, its records, and the embedded SQLite backend.
+//! All storage: the [`KeyStore`] trait, its records, [`open`], and the two backends, the
+//! embedded SQLite store ([`sqlite`]) and the PostgreSQL store of fleet mode ([`postgres`]:
+//! key store, change log, follower, TLS). The business rules both backends obey live once in
+//! [`rules`], the migration runner once in [`migrate`].
 //!
 //! Every change commits in one transaction that also bumps the store revision and appends a
 //! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`].
@@ -8,9 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod ids;
+pub mod migrate;
 pub mod model;
 pub mod postgres;
-pub mod schema;
+pub mod rules;
 pub mod sqlite;
 pub mod timefmt;
 
@@ -20,7 +24,7 @@ pub use model::{
 };
 pub use sqlite::SqliteStore;
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreKind, ValueProblem};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +62,7 @@ pub enum StoreError {
     Conflict(String),
     /// The PostgreSQL store failed or could not be reached (fleet mode).
     #[error(transparent)]
-    Postgres(#[from] crate::pgstore::PgError),
+    Postgres(#[from] postgres::PgError),
     /// A stored row does not decode.
     #[error("corrupt store row: {0}")]
     Corrupt(String),
@@ -160,6 +164,28 @@ pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
     }
 }
 
+/// The store's part of config validation (a [`crate::config::LayerCheck`]): a PostgreSQL
+/// `store.url` must be a `postgres://` URL that parses, with a readable `sslrootcert`.
+#[must_use]
+pub fn check_config(cfg: &Config) -> Vec<ValueProblem> {
+    let url = match (&cfg.store.kind, &cfg.store.url) {
+        (StoreKind::Postgres, Some(url)) => url,
+        _ => return Vec::new(),
+    };
+    let problem = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::tls::check(url).err().map(|e| e.to_string())
+    } else {
+        Some("store.url must start with postgres:// or postgresql://".into())
+    };
+    problem
+        .map(|message| ValueProblem {
+            key: &["store", "url"],
+            message,
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The current time in unix seconds.
 #[must_use]
 pub fn unix_now() -> i64 {
@@ -168,55 +194,32 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The key a rotation creates for `old` at `now` (same owner, scopes, networks, limit and
-/// lifetime), or why `old` cannot be rotated. Shared by every backend.
-///
-/// # Errors
-/// [`StoreError::Conflict`] when `old` is revoked or was already rotated.
-pub fn rotation_successor(old: &KeyView, now: i64) -> Result<NewKey> {
-    let k = &old.key;
-    if k.status == KeyStatus::Revoked {
-        return Err(StoreError::Conflict(format!(
-            "{} is revoked; create a new key with `edgefilter keys create`",
-            k.id
-        )));
-    }
-    if let Some(to) = &k.rotated_to {
-        return Err(StoreError::Conflict(format!(
-            "{} was already rotated to {to}",
-            k.id
-        )));
-    }
-    let lifetime = k.expires_at.map(|e| (e - k.created_at).max(0));
-    Ok(NewKey {
-        tenant: old.user.tenant.clone(),
-        user: old.user.name.clone(),
-        env: k.env.clone(),
-        scopes: k.scopes.clone(),
-        not_before: None,
-        expires_at: lifetime.map(|l| now.saturating_add(l)),
-        allow_cidrs: k.allow_cidrs.clone(),
-        rate: k.rate,
-        pending: k.status == KeyStatus::Pending,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
 
-/// Whether existing user `u` may own a new key for `tenant`. Shared by every backend.
-///
-/// # Errors
-/// [`StoreError::Conflict`] when `u` belongs to another tenant or is deleted.
-pub fn check_key_owner(u: &User, tenant: &str) -> Result<()> {
-    if u.tenant != tenant {
-        return Err(StoreError::Conflict(format!(
-            "user {} belongs to tenant {}, not {tenant}",
-            u.name, u.tenant
-        )));
+    use super::*;
+
+    /// The store's `store.url` checks, reported by config validation on the value's line.
+    #[test]
+    fn a_bad_store_url_is_a_config_problem_on_its_line() {
+        let minimal = "[xdp]\ninterfaces = [\"lo\"]\nallow = [\"127.0.0.0/8\"]\n";
+        for (url, needle) in [
+            (
+                "postgres://db/k?sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert /nonexistent/ca.pem",
+            ),
+            ("postgres://db/k?sslmode=sometimes", "store.url"),
+            ("mysql://db/k", "must start with postgres://"),
+        ] {
+            let text = format!("{minimal}[store]\nkind = \"postgres\"\nurl = \"{url}\"\n");
+            let problems = Config::parse_with(&text, Path::new("/etc/edgefilter"), &[check_config])
+                .expect_err(url);
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(problems[0].message.contains(needle), "{url}: {problems:?}");
+            assert_eq!(problems[0].line, 6, "{url}: {problems:?}");
+        }
+        let good = format!("{minimal}[store]\nkind = \"postgres\"\nurl = \"postgres://db/k\"\n");
+        assert!(Config::parse_with(&good, Path::new("/"), &[check_config]).is_ok());
     }
-    if u.status == UserStatus::Deleted {
-        return Err(StoreError::Conflict(format!(
-            "user {} is deleted; it cannot get new keys",
-            u.name
-        )));
-    }
-    Ok(())
 }

@@ -13,7 +13,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::rows::pg;
-use crate::pgstore::{self, PgError};
+use super::{PgError, schema, tls, with_causes};
 use crate::store::{Result, StoreError};
 
 /// A connection driven by its own task: TCP, under TLS when `store.url` asks for it.
@@ -44,7 +44,7 @@ impl Drop for Session {
 pub struct Conn {
     rt: OwnedRuntime,
     cfg: tokio_postgres::Config,
-    /// TLS per `store.url` (see [`pgstore::tls`]).
+    /// TLS per `store.url` (see [`tls`]).
     tls: MakeRustlsConnect,
     /// `host:port` for messages (never the password).
     target: String,
@@ -139,10 +139,10 @@ impl Conn {
     /// A bad URL, an unreachable database (within about 2 s), a failed migration, a schema
     /// newer than this build.
     pub fn open(url: &str) -> Result<Self> {
-        let pgstore::tls::PgTarget {
+        let tls::PgTarget {
             config: mut cfg,
             tls,
-        } = pgstore::tls::parse(url)?;
+        } = tls::parse(url)?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -176,7 +176,7 @@ impl Conn {
         });
         store
             .block_on(async {
-                tokio::time::timeout(OP_TIMEOUT, pgstore::migrate(&mut client)).await
+                tokio::time::timeout(OP_TIMEOUT, schema::migrate(&mut client)).await
             })
             .map_err(|_| store.unreachable(format!("migration: no answer within {OP_TIMEOUT:?}")))?
             .map_err(|e| store.classify(e.into()))?;
@@ -210,7 +210,7 @@ impl Conn {
     pub fn classify(&self, e: StoreError) -> StoreError {
         match e {
             StoreError::Postgres(PgError::Db(e)) if connection_lost(&e) => {
-                self.unreachable(pgstore::with_causes(&e))
+                self.unreachable(with_causes(&e))
             }
             StoreError::Postgres(PgError::Timeout(t)) => {
                 self.unreachable(format!("no answer within {t:?}"))
@@ -237,7 +237,7 @@ impl Conn {
         let tls = self.tls.clone();
         self.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tls)).await })
             .map_err(|_| self.unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| self.unreachable(pgstore::with_causes(&e)))
+            .map_err(|e| self.unreachable(with_causes(&e)))
     }
 
     /// The live client, reconnecting when the last connection died.

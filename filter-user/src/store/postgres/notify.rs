@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::pgstore::{ChangeFollower, FollowerConfig, FollowerStatus, PgError};
+use super::{ChangeFollower, FollowerConfig, FollowerStatus, PgError};
 
 #[derive(Default)]
 struct Wake {

@@ -4,12 +4,12 @@
 use serde_json::json;
 use tokio_postgres::{Client, Row};
 
-use crate::pgstore::{PgError, append_change};
-use crate::store::ids::{new_key_id, new_secret};
+use super::{PgError, append_change};
+use crate::store::ids::new_key_id;
 use crate::store::model::{
     CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, RateLimit, User, UserStatus,
 };
-use crate::store::{Result, StoreError};
+use crate::store::{Result, StoreError, rules};
 
 /// Key columns 0..=13, then the user's id, name, status and tenant (14..=17).
 pub const SELECT_VIEW: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
@@ -130,12 +130,9 @@ pub async fn view_by(c: &Client, key: KeyRef<'_>, lock: bool) -> Result<Option<K
 
 /// Like [`view_by`], but a missing key is an error.
 pub async fn must_view(c: &Client, key: KeyRef<'_>, lock: bool) -> Result<KeyView> {
-    view_by(c, key, lock).await?.ok_or_else(|| {
-        StoreError::NoSuchKey(match key {
-            KeyRef::Id(id) => id.to_owned(),
-            KeyRef::Hash(_) => "matching the given key".to_owned(),
-        })
-    })
+    view_by(c, key, lock)
+        .await?
+        .ok_or_else(|| rules::no_such_key(key))
 }
 
 /// A user by name; `lock` takes its row lock.
@@ -178,23 +175,13 @@ async fn ensure_user(c: &Client, tenant: &str, user: &str, now: i64) -> Result<i
     let u = user_by_name(c, user, true)
         .await?
         .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-    crate::store::check_key_owner(&u, tenant)?;
+    rules::check_key_owner(&u, tenant)?;
     Ok(u.id)
 }
 
 /// Inserts a new key and logs `key.create`.
 pub async fn insert_key(c: &Client, new: &NewKey, now: i64) -> Result<CreatedKey> {
-    let (secret, hash) = new_secret(&new.env).ok_or_else(|| {
-        StoreError::Conflict(format!(
-            "environment `{}` must be 1 to 8 lowercase letters",
-            new.env
-        ))
-    })?;
-    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
-        return Err(StoreError::Conflict(format!(
-            "scope `{bad}` must be non-empty without spaces"
-        )));
-    }
+    let (secret, hash) = rules::new_key_secret(new)?;
     let user_id = ensure_user(c, &new.tenant, &new.user, now).await?;
     let id = new_key_id();
     let cidrs: Vec<String> = new.allow_cidrs.iter().map(ToString::to_string).collect();

@@ -1,16 +1,19 @@
 //! The embedded SQLite backend: WAL, `synchronous = FULL`, one transaction per change.
+//! Its migrations are in [`schema`].
+
+pub mod schema;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::ids::{new_key_id, new_secret};
+use super::ids::new_key_id;
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
     RateLimit, User, UserStatus,
 };
-use super::{KeyStore, Result, StoreError, schema};
+use super::{KeyStore, Result, StoreError, rules};
 
 /// A key store in one SQLite file.
 pub struct SqliteStore {
@@ -138,12 +141,7 @@ fn view_by(conn: &Connection, key: KeyRef<'_>) -> Result<Option<KeyView>> {
 }
 
 fn must_view(conn: &Connection, key: KeyRef<'_>) -> Result<KeyView> {
-    view_by(conn, key)?.ok_or_else(|| {
-        StoreError::NoSuchKey(match key {
-            KeyRef::Id(id) => id.to_owned(),
-            KeyRef::Hash(_) => "matching the given key".to_owned(),
-        })
-    })
+    view_by(conn, key)?.ok_or_else(|| rules::no_such_key(key))
 }
 
 fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
@@ -156,7 +154,7 @@ fn user_by_name(conn: &Connection, name: &str) -> Result<Option<User>> {
 /// The user to own a new key: created (with its tenant) when new.
 fn ensure_user(tx: &Transaction<'_>, tenant: &str, user: &str, now: i64) -> Result<i64> {
     if let Some(u) = user_by_name(tx, user)? {
-        super::check_key_owner(&u, tenant)?;
+        rules::check_key_owner(&u, tenant)?;
         return Ok(u.id);
     }
     tx.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
@@ -173,17 +171,7 @@ fn ensure_user(tx: &Transaction<'_>, tenant: &str, user: &str, now: i64) -> Resu
 }
 
 fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> Result<CreatedKey> {
-    let (secret, hash) = new_secret(&new.env).ok_or_else(|| {
-        StoreError::Conflict(format!(
-            "environment `{}` must be 1 to 8 lowercase letters",
-            new.env
-        ))
-    })?;
-    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
-        return Err(StoreError::Conflict(format!(
-            "scope `{bad}` must be non-empty without spaces"
-        )));
-    }
+    let (secret, hash) = rules::new_key_secret(new)?;
     let user_id = ensure_user(tx, &new.tenant, &new.user, now)?;
     let id = new_key_id();
     let rev = bump(tx, now, &ChangeSubject::Key(id.clone()))?;
@@ -283,7 +271,7 @@ impl KeyStore for SqliteStore {
     fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
         let tx = self.conn.transaction()?;
         let v = must_view(&tx, key)?;
-        if v.key.status != KeyStatus::Revoked {
+        if rules::revoke_changes(&v.key) {
             tx.execute(
                 "UPDATE keys SET status = 'revoked', revoked_at = ?1 WHERE id = ?2",
                 params![now, v.key.id],
@@ -298,21 +286,12 @@ impl KeyStore for SqliteStore {
     fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
         let tx = self.conn.transaction()?;
         let v = must_view(&tx, key)?;
-        match v.key.status {
-            KeyStatus::Revoked => {
-                return Err(StoreError::Conflict(format!(
-                    "{} is revoked; create a new key instead",
-                    v.key.id
-                )));
-            }
-            KeyStatus::Active => {}
-            KeyStatus::Pending => {
-                tx.execute(
-                    "UPDATE keys SET status = 'active' WHERE id = ?1",
-                    [&v.key.id],
-                )?;
-                set_rev(&tx, &v.key.id, now)?;
-            }
+        if rules::approve_changes(&v.key)? {
+            tx.execute(
+                "UPDATE keys SET status = 'active' WHERE id = ?1",
+                [&v.key.id],
+            )?;
+            set_rev(&tx, &v.key.id, now)?;
         }
         let v = must_view(&tx, KeyRef::Id(&v.key.id))?;
         tx.commit()?;
@@ -328,12 +307,11 @@ impl KeyStore for SqliteStore {
         let tx = self.conn.transaction()?;
         let old = must_view(&tx, key)?;
         let k = &old.key;
-        let new = super::rotation_successor(&old, now)?;
+        let new = rules::rotation_successor(&old, now)?;
         let created = insert_key(&tx, &new, now)?;
-        let grace_until = now.saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
         tx.execute(
             "UPDATE keys SET grace_until = ?1, rotated_to = ?2 WHERE id = ?3",
-            params![grace_until, created.view.key.id, k.id],
+            params![rules::grace_until(now, grace), created.view.key.id, k.id],
         )?;
         set_rev(&tx, &k.id, now)?;
         let old = must_view(&tx, KeyRef::Id(&k.id))?;
@@ -344,12 +322,7 @@ impl KeyStore for SqliteStore {
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
         let tx = self.conn.transaction()?;
         let u = user_by_name(&tx, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-        if u.status == UserStatus::Deleted && status != UserStatus::Deleted {
-            return Err(StoreError::Conflict(format!(
-                "user {user} is deleted; deletion is final"
-            )));
-        }
-        if u.status != status {
+        if rules::user_status_changes(&u, status)? {
             tx.execute(
                 "UPDATE users SET status = ?1, updated_at = ?2 WHERE id = ?3",
                 params![status.as_str(), now, u.id],

@@ -92,8 +92,8 @@ fn take_root_cert(url: &str) -> Result<(String, Option<PathBuf>), PgError> {
     for pair in query.split('&') {
         match pair.strip_prefix("sslrootcert=") {
             Some(raw) => {
-                let path = crate::admin::routes::decode_component(raw)
-                    .map_err(|_| PgError::Tls("sslrootcert: bad percent-encoding".into()))?;
+                let path = crate::percent::decode_utf8(raw)
+                    .ok_or_else(|| PgError::Tls("sslrootcert: bad percent-encoding".into()))?;
                 if path.is_empty() {
                     return Err(PgError::Tls("sslrootcert is empty".into()));
                 }

@@ -1,20 +1,13 @@
-//! Versioned schema migrations for the PostgreSQL store, applied under an advisory lock so
-//! several hosts starting at once migrate exactly once.
+//! The PostgreSQL store's migrations: its SQL, and its bookkeeping for the shared runner
+//! ([`migrate::run`]): versions recorded in an `edgefilter_schema` table, every step in one
+//! transaction under an advisory lock, so several hosts starting at once migrate exactly once.
 
-use tokio_postgres::Client;
+use std::future::Future;
+
+use tokio_postgres::{Client, Transaction};
 
 use super::PgError;
-
-/// One migration: applied once, in version order, inside one transaction.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    /// Strictly increasing from 1.
-    pub version: i32,
-    /// What it does.
-    pub name: &'static str,
-    /// The SQL (may hold several statements).
-    pub sql: &'static str,
-}
+use crate::store::migrate::{self, Migration, TooNew};
 
 /// Advisory-lock id serialising migrations.
 const MIGRATE_LOCK: i64 = 0x6566_6d69; // "efmi"
@@ -102,46 +95,74 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Brings the schema to the newest version; returns it.
+impl From<TooNew> for PgError {
+    fn from(TooNew { found, known }: TooNew) -> Self {
+        let narrow = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+        Self::SchemaTooNew {
+            found: narrow(found),
+            known: narrow(known),
+        }
+    }
+}
+
+/// The database as the runner sees it: one transaction holding the migration lock.
+struct Postgres<'t>(&'t Transaction<'t>);
+
+impl migrate::Schema for Postgres<'_> {
+    type Error = PgError;
+
+    fn version(&mut self) -> impl Future<Output = Result<i64, PgError>> + Send {
+        let tx = self.0;
+        async move {
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS edgefilter_schema (
+                    version    integer PRIMARY KEY,
+                    name       text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )",
+            )
+            .await?;
+            let found: i32 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) FROM edgefilter_schema",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(i64::from(found))
+        }
+    }
+
+    fn apply(&mut self, m: &Migration) -> impl Future<Output = Result<(), PgError>> + Send {
+        let tx = self.0;
+        let m = *m;
+        async move {
+            tx.batch_execute(m.sql).await?;
+            tx.execute(
+                "INSERT INTO edgefilter_schema (version, name) VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .await?;
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                "postgres schema migrated"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Brings the schema to the newest version, every step in one transaction under an advisory
+/// lock (so several hosts starting at once migrate exactly once); returns that version.
 ///
 /// # Errors
 /// [`PgError`] on a database error, or when the database is newer than this binary.
 pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
-    let known = MIGRATIONS.last().map_or(0, |m| m.version);
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS edgefilter_schema (
-            version    integer PRIMARY KEY,
-            name       text NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )",
-    )
-    .await?;
-    let found: i32 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM edgefilter_schema",
-            &[],
-        )
-        .await?
-        .get(0);
-    if found > known {
-        return Err(PgError::SchemaTooNew { found, known });
-    }
-    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
-        tx.batch_execute(m.sql).await?;
-        tx.execute(
-            "INSERT INTO edgefilter_schema (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await?;
-        tracing::info!(
-            version = m.version,
-            name = m.name,
-            "postgres schema migrated"
-        );
-    }
+    let known = migrate::run(&mut Postgres(&tx), MIGRATIONS).await?;
     tx.commit().await?;
     Ok(known)
 }

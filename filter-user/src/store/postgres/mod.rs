@@ -1,16 +1,29 @@
-//! The PostgreSQL key store for fleet mode (SPEC §11): the same records and change semantics as
-//! SQLite, every change in one transaction that also appends to the `changes` log (bumping the
-//! revision, `NOTIFY` at commit). The [`KeyStore`] trait is synchronous, so the store owns a
-//! private current-thread tokio runtime; every call is bounded by a timeout, so a dead database
-//! gives a clear [`StoreError`] within seconds instead of hanging a command.
+//! The PostgreSQL backend for fleet mode (SPEC §11), everything in one place:
+//!
+//! - [`PgKeyStore`]: the [`KeyStore`] with the same records and change semantics as SQLite,
+//!   every change in one transaction that also appends to the `changes` log (bumping the
+//!   revision, `NOTIFY` at commit). The trait is synchronous, so the store owns a private
+//!   current-thread tokio runtime (`conn`); every call is bounded by a timeout, so a dead
+//!   database gives a clear [`StoreError`] within seconds instead of hanging a command.
+//! - `log`: the change log ([`append_change`], [`changes_since`], [`current_revision`]).
+//! - `follower`: the [`ChangeFollower`] every edge host runs to apply changes in revision order
+//!   and catch up after any disconnect; `notify` turns it into the watcher's wake-up.
+//! - `schema`: the versioned migrations; `tls`: `store.url` parsing and its TLS settings.
 
 mod conn;
+pub mod follower;
+pub mod log;
 mod notify;
 mod rows;
+pub mod schema;
+pub mod tls;
 
 use std::time::Duration;
 
+pub use follower::{ChangeFollower, FollowerConfig, FollowerStatus};
+pub use log::{ChangeRow, append_change, changes_since, current_revision};
 pub use notify::ChangeNotifier;
+pub use schema::{MIGRATIONS, migrate};
 
 use self::conn::{Conn, PAGE, in_tx};
 use self::rows::{
@@ -18,11 +31,87 @@ use self::rows::{
     to_user, to_view, user_by_name, view_by,
 };
 use super::model::{
-    Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, User,
-    UserStatus,
+    Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
-use super::{KeyStore, Result, StoreError};
-use crate::pgstore;
+use super::{KeyStore, Result, StoreError, rules};
+
+/// The `LISTEN`/`NOTIFY` channel; the payload is the new revision in decimal.
+pub const CHANNEL: &str = "edgefilter_changes";
+
+/// `e` and its chain of causes, `: `-separated ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer").
+#[must_use]
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// PostgreSQL store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database refused, failed, or could not be reached (the message carries the causes,
+    /// e.g. why a TLS handshake failed).
+    #[error("postgres: {}", with_causes(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// `store.url` does not parse.
+    #[error("store.url: {0}")]
+    Url(tokio_postgres::Error),
+    /// The database holds a schema newer than this binary knows.
+    #[error(
+        "database schema version {found} is newer than this edgefilter's {known}: upgrade edgefilter"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i32,
+        /// Highest version this binary knows.
+        known: i32,
+    },
+    /// The TLS settings of `store.url` cannot be used (e.g. an unreadable `sslrootcert`).
+    #[error("store.url TLS: {0}")]
+    Tls(String),
+    /// The database did not answer in time.
+    #[error("postgres: no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection failed while committing: the change may or may not have been made.
+    #[error(
+        "key store database (PostgreSQL) connection lost during commit ({0}); the change may or may not have been made: check with `edgefilter keys show`"
+    )]
+    CommitUnknown(String),
+    /// The database cannot be reached (refused, closed, timed out): nothing was changed.
+    #[error("key store database (PostgreSQL) unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Connects to `url` (a `postgres://` URL or `key=value` string) and drives the connection on
+/// the current tokio runtime. For writers; followers manage their own connections.
+///
+/// # Errors
+/// [`PgError`] when the URL is invalid or the database cannot be reached in `timeout`.
+pub async fn connect(
+    url: &str,
+    timeout: std::time::Duration,
+) -> std::result::Result<tokio_postgres::Client, PgError> {
+    let mut target = tls::parse(url)?;
+    target.config.connect_timeout(timeout);
+    let (client, conn) = tokio::time::timeout(timeout, target.config.connect(target.tls))
+        .await
+        .map_err(|_| PgError::Timeout(timeout))??;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
 
 /// What a key change does to a key in its current state: `None` (nothing to do), or the
 /// `SET` clause (`$1` = now) and the change kind to log.
@@ -60,7 +149,7 @@ impl PgKeyStore {
     /// on its own connection, with reconnects and lag). See [`ChangeNotifier`].
     ///
     /// # Errors
-    /// [`PgError::Url`](crate::pgstore::PgError::Url) or [`PgError::Tls`](crate::pgstore::PgError::Tls) only; an unreachable database is retried in the background.
+    /// [`PgError::Url`] or [`PgError::Tls`] only; an unreachable database is retried in the background.
     pub fn notifier(url: &str, from: u64) -> Result<ChangeNotifier> {
         Ok(ChangeNotifier::spawn(url, from)?)
     }
@@ -110,19 +199,14 @@ impl KeyStore for PgKeyStore {
 
     fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
         self.change_key(key, now, |v| {
-            Ok((v.key.status != KeyStatus::Revoked)
+            Ok(rules::revoke_changes(&v.key)
                 .then_some(("status = 'revoked', revoked_at = $1", "key.revoke")))
         })
     }
 
     fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
-        self.change_key(key, now, |v| match v.key.status {
-            KeyStatus::Revoked => Err(StoreError::Conflict(format!(
-                "{} is revoked; create a new key instead",
-                v.key.id
-            ))),
-            KeyStatus::Active => Ok(None),
-            KeyStatus::Pending => Ok(Some(("status = 'active'", "key.approve"))),
+        self.change_key(key, now, |v| {
+            Ok(rules::approve_changes(&v.key)?.then_some(("status = 'active'", "key.approve")))
         })
     }
 
@@ -136,10 +220,9 @@ impl KeyStore for PgKeyStore {
             in_tx(&c, async {
                 let old = must_view(&c, key, true).await?;
                 let k = &old.key;
-                let new = super::rotation_successor(&old, now)?;
+                let new = rules::rotation_successor(&old, now)?;
                 let created = insert_key(&c, &new, now).await?;
-                let secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-                let grace_until = now.saturating_add(secs);
+                let grace_until = rules::grace_until(now, grace);
                 c.execute(
                     "UPDATE keys SET grace_until = $1, rotated_to = $2, updated_at = $3
                      WHERE id = $4",
@@ -161,12 +244,7 @@ impl KeyStore for PgKeyStore {
                 let u = user_by_name(&c, user, true)
                     .await?
                     .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-                if u.status == UserStatus::Deleted && status != UserStatus::Deleted {
-                    return Err(StoreError::Conflict(format!(
-                        "user {user} is deleted; deletion is final"
-                    )));
-                }
-                if u.status != status {
+                if rules::user_status_changes(&u, status)? {
                     c.execute(
                         "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3",
                         &[&status.as_str(), &now, &u.id],
@@ -197,7 +275,7 @@ impl KeyStore for PgKeyStore {
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(pg)?;
-            Ok(pgstore::current_revision(&*c).await?)
+            Ok(current_revision(&*c).await?)
         })?;
         let mut scan = || -> Result<()> {
             let mut after = 0_i64;
@@ -255,7 +333,7 @@ impl KeyStore for PgKeyStore {
 
     fn revision(&self) -> Result<u64> {
         self.conn
-            .retrying(|c| async move { Ok(pgstore::current_revision(&*c).await?) })
+            .retrying(|c| async move { Ok(current_revision(&*c).await?) })
     }
 
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
@@ -263,7 +341,7 @@ impl KeyStore for PgKeyStore {
             let mut out = Vec::new();
             let mut after = revision;
             loop {
-                let page = pgstore::changes_since(&*c, after, PAGE).await?;
+                let page = changes_since(&*c, after, PAGE).await?;
                 let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
                 after = page.last().map_or(after, |r| r.revision);
                 out.extend(page);

@@ -1,0 +1,135 @@
+//! The business rules of the key store, written once for every backend: what a new key may
+//! look like, who may own it, which state changes are allowed (deletion is final, a revoked key
+//! stays revoked), and what a rotation creates. A backend reads the current rows, asks these
+//! functions, and writes what they say inside its transaction.
+
+use std::time::Duration;
+
+use super::ids::new_secret;
+use super::model::{
+    KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, Secret, User, UserStatus,
+};
+use super::{Result, StoreError};
+
+/// Checks a new key's environment and scopes, then makes its secret and hash.
+///
+/// # Errors
+/// [`StoreError::Conflict`] for an environment that is not 1 to 8 lowercase letters, or a scope
+/// that is empty or holds a space.
+pub fn new_key_secret(new: &NewKey) -> Result<(Secret, KeyHash)> {
+    let made = new_secret(&new.env).ok_or_else(|| {
+        StoreError::Conflict(format!(
+            "environment `{}` must be 1 to 8 lowercase letters",
+            new.env
+        ))
+    })?;
+    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
+        return Err(StoreError::Conflict(format!(
+            "scope `{bad}` must be non-empty without spaces"
+        )));
+    }
+    Ok(made)
+}
+
+/// Whether existing user `u` may own a new key for `tenant`.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when `u` belongs to another tenant or is deleted.
+pub fn check_key_owner(u: &User, tenant: &str) -> Result<()> {
+    if u.tenant != tenant {
+        return Err(StoreError::Conflict(format!(
+            "user {} belongs to tenant {}, not {tenant}",
+            u.name, u.tenant
+        )));
+    }
+    if u.status == UserStatus::Deleted {
+        return Err(StoreError::Conflict(format!(
+            "user {} is deleted; it cannot get new keys",
+            u.name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether revoking `k` changes it (revoking is idempotent).
+#[must_use]
+pub fn revoke_changes(k: &KeyRecord) -> bool {
+    k.status != KeyStatus::Revoked
+}
+
+/// Whether approving `k` changes it (approving an active key does nothing).
+///
+/// # Errors
+/// [`StoreError::Conflict`] when `k` is revoked.
+pub fn approve_changes(k: &KeyRecord) -> Result<bool> {
+    match k.status {
+        KeyStatus::Revoked => Err(StoreError::Conflict(format!(
+            "{} is revoked; create a new key instead",
+            k.id
+        ))),
+        KeyStatus::Active => Ok(false),
+        KeyStatus::Pending => Ok(true),
+    }
+}
+
+/// Whether setting `u`'s state to `to` changes it.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when `u` is deleted and `to` is not: deletion is final.
+pub fn user_status_changes(u: &User, to: UserStatus) -> Result<bool> {
+    if u.status == UserStatus::Deleted && to != UserStatus::Deleted {
+        return Err(StoreError::Conflict(format!(
+            "user {} is deleted; deletion is final",
+            u.name
+        )));
+    }
+    Ok(u.status != to)
+}
+
+/// The key a rotation creates for `old` at `now` (same owner, scopes, networks, limit and
+/// lifetime), or why `old` cannot be rotated.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when `old` is revoked or was already rotated.
+pub fn rotation_successor(old: &KeyView, now: i64) -> Result<NewKey> {
+    let k = &old.key;
+    if k.status == KeyStatus::Revoked {
+        return Err(StoreError::Conflict(format!(
+            "{} is revoked; create a new key with `edgefilter keys create`",
+            k.id
+        )));
+    }
+    if let Some(to) = &k.rotated_to {
+        return Err(StoreError::Conflict(format!(
+            "{} was already rotated to {to}",
+            k.id
+        )));
+    }
+    let lifetime = k.expires_at.map(|e| (e - k.created_at).max(0));
+    Ok(NewKey {
+        tenant: old.user.tenant.clone(),
+        user: old.user.name.clone(),
+        env: k.env.clone(),
+        scopes: k.scopes.clone(),
+        not_before: None,
+        expires_at: lifetime.map(|l| now.saturating_add(l)),
+        allow_cidrs: k.allow_cidrs.clone(),
+        rate: k.rate,
+        pending: k.status == KeyStatus::Pending,
+    })
+}
+
+/// Until when a key rotated at `now` keeps working.
+#[must_use]
+pub fn grace_until(now: i64, grace: Duration) -> i64 {
+    now.saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The error for a key that is not there (a full key is never echoed).
+#[must_use]
+pub fn no_such_key(key: KeyRef<'_>) -> StoreError {
+    StoreError::NoSuchKey(match key {
+        KeyRef::Id(id) => id.to_owned(),
+        KeyRef::Hash(_) => "matching the given key".to_owned(),
+    })
+}
