@@ -3,11 +3,6 @@
 //! approve, rotate with grace, suspend, the change log "since R", one snapshot for loading, and
 //! for PostgreSQL a clear, quick error while the database is down and a reconnect after.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-
 use std::time::{Duration, Instant};
 
 use edgefilter::store::postgres::PgKeyStore;
@@ -15,7 +10,8 @@ use edgefilter::store::{
     ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit, SqliteStore, StoreError,
     UserStatus,
 };
-use pg::PgFixture;
+
+use crate::support::pg::PgFixture;
 
 fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
     NewKey {

@@ -4,11 +4,6 @@
 //! real catch-up (`KeyLoader::reload_if_revision_changed`) on its own `PgKeyStore`; the figure
 //! is commit returned → the watcher holds the cache updates for that revision.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -18,7 +13,8 @@ use std::time::{Duration, Instant};
 use edgefilter::auth::loader::KeyLoader;
 use edgefilter::store::postgres::{ChangeNotifier, PgKeyStore};
 use edgefilter::store::{KeyRef, KeyStore, NewKey, unix_now};
-use pg::PgFixture;
+
+use crate::support::pg::PgFixture;
 
 const EVERY: Duration = Duration::from_millis(200);
 

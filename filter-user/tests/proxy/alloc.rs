@@ -1,6 +1,8 @@
 //! Proves the per-request hot path allocates nothing: parse the head out of the read buffer,
 //! match the route, call the gate, and serialise the upstream head into a reused buffer —
 //! counted by a `#[global_allocator]` that counts this thread's allocations.
+//! The count is per thread, so the other tests of this binary, running in parallel threads,
+//! neither add to it nor are slowed by more than a thread-local check per allocation.
 //!
 //! The counting allocator is the one `unsafe` in the test suite: `GlobalAlloc` cannot be
 //! implemented without it. It only forwards to `System` and bumps a thread-local counter.

@@ -1,22 +1,17 @@
 //! End to end, SPEC §5: the real daemon (`edgefilter run --no-xdp`), real keys made with the CLI,
 //! real requests with curl, one per answer code — status, code, headers, and never the key.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::Process;
-use ports::free_port;
 use serde_json::Value;
+
+use crate::support::daemon::Process;
+use crate::support::ports::free_port;
+use crate::support::upstream;
 
 /// A daemon killed (and reaped) when dropped, its output kept in a file.
 struct Daemon {

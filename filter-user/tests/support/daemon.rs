@@ -1,7 +1,6 @@
 //! The real `edgefilter run --no-xdp` in a temp dir: free 127.0.0.1 ports, 2 shards, a SQLite
 //! store, the admin API; killed (SIGKILL) when dropped. Plus [`Process`], the one guard every
 //! test that starts the binary holds it in, and a keep-alive raw-socket client.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
-use crate::ports::free_addr;
+use super::ports::free_addr;
 
 /// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
 /// test never leaves one behind.
