@@ -175,17 +175,7 @@ fn two_daemons_share_one_postgres_and_no_revocation_is_lost() {
     let (k3_id, k3) = create(&h1, "carol");
     let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
     let batch: Vec<NewKey> = (0..50)
-        .map(|i| NewKey {
-            tenant: "acme".into(),
-            user: format!("load{i}"),
-            env: "live".into(),
-            scopes: Vec::new(),
-            not_before: None,
-            expires_at: None,
-            allow_cidrs: Vec::new(),
-            rate: None,
-            pending: false,
-        })
+        .map(|i| NewKey::new("acme", format!("load{i}"), "live"))
         .collect();
     let many = st
         .create_keys(&batch, edgefilter::store::unix_now())

@@ -14,23 +14,16 @@ use edgefilter::store::{
 use crate::support::pg::PgFixture;
 
 fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
-    NewKey {
-        tenant: tenant.into(),
-        user: user.into(),
-        env: "live".into(),
-        scopes: vec!["a:b".into(), "c".into()],
-        not_before: Some(5),
-        expires_at: Some(1_000_000),
-        allow_cidrs: vec![
+    let key = NewKey::new(tenant, user, "live")
+        .with_scopes(["a:b", "c"])
+        .with_not_before(5)
+        .with_expiry(1_000_000)
+        .with_cidrs([
             "198.18.0.0/15".parse().unwrap(),
             "fd00:ef::/64".parse().unwrap(),
-        ],
-        rate: Some(RateLimit {
-            per_sec: 7,
-            burst: 9,
-        }),
-        pending,
-    }
+        ])
+        .with_rate(7, 9);
+    if pending { key.pending() } else { key }
 }
 
 /// The semantics every backend must share.

@@ -71,17 +71,7 @@ fn notify_driven_watcher_beats_polling_in_the_same_run() {
     let url = fx.postgres_url();
     let mut writer = PgKeyStore::open(&url).unwrap();
     let keys: Vec<_> = (0..30)
-        .map(|i| NewKey {
-            tenant: "acme".into(),
-            user: format!("u{i}"),
-            env: "live".into(),
-            scopes: Vec::new(),
-            not_before: None,
-            expires_at: None,
-            allow_cidrs: Vec::new(),
-            rate: None,
-            pending: false,
-        })
+        .map(|i| NewKey::new("acme", format!("u{i}"), "live"))
         .collect();
     let made = writer.create_keys(&keys, unix_now()).unwrap();
     let from = writer.revision().unwrap();

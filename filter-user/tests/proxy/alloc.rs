@@ -164,17 +164,7 @@ fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
     )
     .unwrap();
     let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-    let new = NewKey {
-        tenant: "acme".into(),
-        user: "alice".into(),
-        env: "live".into(),
-        scopes: Vec::new(),
-        not_before: None,
-        expires_at: None,
-        allow_cidrs: Vec::new(),
-        rate: None,
-        pending: false,
-    };
+    let new = NewKey::new("acme", "alice", "live");
     let made = store.create_keys(&[new], 100).unwrap();
     let key = made[0].secret.expose().to_owned();
     let mut gate = KeyService::load(&cfg, &store, 1).unwrap().gate(0).unwrap();
