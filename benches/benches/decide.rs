@@ -11,22 +11,16 @@ use edgefilter::auth::rules::{AuthRules, Place};
 use edgefilter::auth::{KeyService, Now, decide};
 use edgefilter::config::Config;
 use edgefilter::gate::GateRequest;
-use edgefilter::store::{KeyHash, KeyStore, NewKey, RateLimit, SqliteStore};
+use edgefilter::store::{KeyHash, KeyStore, NewKey, SqliteStore};
 
 const KEYS: usize = 100_000;
 
-fn new_key(i: usize, rate: Option<RateLimit>) -> NewKey {
-    NewKey {
-        tenant: format!("t{}", i % 100),
-        user: format!("u{}", i % 10_000),
-        env: "live".into(),
-        scopes: vec!["ai:invoke".into()],
-        not_before: Some(1),
-        expires_at: Some(4_000_000_000),
-        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
-        rate,
-        pending: false,
-    }
+fn new_key(i: usize) -> NewKey {
+    NewKey::new(format!("t{}", i % 100), format!("u{}", i % 10_000), "live")
+        .with_scopes(["ai:invoke"])
+        .with_not_before(1)
+        .with_expiry(4_000_000_000)
+        .with_cidrs(["127.0.0.0/8".parse().unwrap()])
 }
 
 fn bench(c: &mut Criterion) {
@@ -37,19 +31,10 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-    let batch: Vec<NewKey> = (0..KEYS).map(|i| new_key(i, None)).collect();
+    let batch: Vec<NewKey> = (0..KEYS).map(new_key).collect();
     let made = store.create_keys(&batch, 100).unwrap();
     let limited = store
-        .create_keys(
-            &[new_key(
-                7,
-                Some(RateLimit {
-                    per_sec: 1_000_000_000,
-                    burst: u32::MAX,
-                }),
-            )],
-            100,
-        )
+        .create_keys(&[new_key(7).with_rate(1_000_000_000, u32::MAX)], 100)
         .unwrap();
     let key = made[KEYS / 2].secret.expose().to_owned();
     let limited_key = limited[0].secret.expose().to_owned();

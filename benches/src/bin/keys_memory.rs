@@ -50,19 +50,20 @@ fn populate(db: &Path, n: usize, probe: &Path) -> anyhow::Result<()> {
     let mut done = 0;
     while done < n {
         let batch: Vec<NewKey> = (done..n.min(done + BATCH))
-            .map(|i| NewKey {
-                tenant: format!("tenant{}", i / 1000),
-                user: format!("user{}", i / 10),
-                env: "live".into(),
-                scopes: vec!["ai:invoke".into()],
-                not_before: None,
-                expires_at: Some(4_000_000_000),
-                allow_cidrs: Vec::new(),
-                rate: (i % 2 == 0).then_some(edgefilter::store::RateLimit {
-                    per_sec: 100,
-                    burst: 200,
-                }),
-                pending: false,
+            .map(|i| {
+                let key = NewKey::new(
+                    format!("tenant{}", i / 1000),
+                    format!("user{}", i / 10),
+                    "live",
+                )
+                .with_scopes(["ai:invoke"])
+                .with_expiry(4_000_000_000);
+                // Every other key rate-limited.
+                if i % 2 == 0 {
+                    key.with_rate(100, 200)
+                } else {
+                    key
+                }
             })
             .collect();
         let made = st.create_keys(&batch, edgefilter::store::unix_now())?;

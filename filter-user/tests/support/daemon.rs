@@ -1,7 +1,7 @@
 //! The real `edgefilter run --no-xdp` in a temp dir: free 127.0.0.1 ports, 2 shards, a SQLite
-//! store, the admin API; killed (SIGKILL) when dropped. Plus [`Process`], the one guard every
-//! test that starts the binary holds it in, and a keep-alive raw-socket client.
-#![allow(dead_code)]
+//! store, the admin API, and keys, log and routes of the test's choosing (by default one route
+//! `/v1/`); killed (SIGKILL) when dropped. Plus [`Process`], the one guard every test that starts
+//! the binary holds it in, and a keep-alive raw-socket client.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
-use crate::ports::free_addr;
+use super::ports::free_addr;
 
 /// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
 /// test never leaves one behind.
@@ -47,12 +47,41 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// Set in the daemon's environment (not the CLI's), e.g. for `${…}` in the config.
+    env: Vec<(String, String)>,
     child: Option<Process>,
 }
 
+/// The tables after the fixed ones in [`Daemon::start`]'s config: live keys, a text log without
+/// access log, and route `/v1/` → `upstream` needing scope `ai:invoke`.
+pub fn default_tables(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[keys]
+environment = "live"
+[log]
+format = "text"
+access_log = "off"
+[[route]]
+prefix = "/v1/"
+upstream = "http://{upstream}"
+scopes = ["ai:invoke"]
+"#
+    )
+}
+
 impl Daemon {
-    /// Writes the config (2 shards, route `/v1/` → `upstream`) and starts the daemon.
+    /// Writes the config ([`default_tables`] for `upstream`) and starts the daemon.
     pub fn start(upstream: SocketAddr) -> Self {
+        let mut d = Self::configure(&default_tables(upstream));
+        d.restart();
+        d
+    }
+
+    /// Writes the config without starting the daemon (the CLI works on its store meanwhile;
+    /// [`Daemon::restart`] starts it): the fixed tables (listen, 2 shards, XDP off, SQLite store,
+    /// admin API) followed by `tables` (`[keys]`, `[log]`, the routes).
+    pub fn configure(tables: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (http, admin) = (free_addr(), free_addr());
         let cfg = format!(
@@ -69,26 +98,23 @@ path = "var/keys.db"
 [admin]
 listen = "{admin}"
 token_file = "var/admin.token"
-[keys]
-environment = "live"
-[log]
-format = "text"
-access_log = "off"
-[[route]]
-prefix = "/v1/"
-upstream = "http://{upstream}"
-scopes = ["ai:invoke"]
-"#
+{tables}"#
         );
         std::fs::write(dir.path().join("ef.toml"), cfg).unwrap();
-        let mut d = Self {
+        Self {
             dir,
             http,
             admin,
+            env: Vec::new(),
             child: None,
-        };
-        d.restart();
-        d
+        }
+    }
+
+    /// Sets `name` to `value` in the environment of the daemon (from its next start on).
+    #[must_use]
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn config(&self) -> PathBuf {
@@ -109,7 +135,7 @@ scopes = ["ai:invoke"]
             .to_string()
     }
 
-    /// Starts the daemon (again) and waits until `/readyz` answers 200.
+    /// Starts the daemon (first or again) and waits until `/readyz` answers 200.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
@@ -120,6 +146,7 @@ scopes = ["ai:invoke"]
                 .args(["run", "--no-xdp"])
                 .env_remove("EDGEFILTER_CONFIG")
                 .env(PIN_DIR_ENV, self.pin_dir())
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::from(log.try_clone().unwrap()))
                 .stderr(Stdio::from(log)),
         );

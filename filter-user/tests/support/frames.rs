@@ -1,9 +1,5 @@
 //! Crafted Ethernet frames for the XDP tests: VLAN tags, IPv4 (fragments), IPv6 (extension
 //! headers), TCP/UDP/ICMP. Checksums are left zero: the program never looks at them.
-#![allow(
-    dead_code,
-    reason = "shared by several test binaries, each using a part"
-)]
 
 use std::net::IpAddr;
 

@@ -2,10 +2,6 @@
 //! veth pair (198.18.0.0/24, fd00:ef::/64), TCP listeners inside the server namespace, client
 //! connections from a chosen source address, and a per-test bpffs pin directory. Everything is
 //! removed in `Drop`, which never panics (so it cannot double-panic during a failing test).
-#![allow(
-    dead_code,
-    reason = "shared by several test binaries, each using a part"
-)]
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! A small OpenAPI 3.0 response validator over `docs/openapi.yaml`, shared by the admin API
 //! tests (in-process fake and real daemon).
-#![allow(dead_code)]
 
 use serde_json::Value;
 

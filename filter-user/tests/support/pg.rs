@@ -2,12 +2,11 @@
 //! in a temp dir, its own port on 127.0.0.1 and socket directory, run as the `postgres` user when
 //! the tests run as root (PostgreSQL refuses root). `stop`/`start` simulate an outage; `Drop`
 //! always stops the server and removes the directory.
-#![allow(dead_code)] // Each test binary uses a different part of the fixture.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::ports::free_port;
+use super::ports::free_port;
 
 /// A running (or deliberately stopped) PostgreSQL server.
 pub struct PgFixture {

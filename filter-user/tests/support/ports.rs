@@ -4,7 +4,6 @@
 //! given it as its local port, failing the child with "Address already in use" (seen in CI).
 //! Below the range no outgoing connection ever gets a port, and a per-process counter keeps
 //! parallel tests apart.
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};

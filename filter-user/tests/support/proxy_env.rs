@@ -1,6 +1,5 @@
 //! Proxy test fixtures: an in-process proxy on ephemeral 127.0.0.1 ports in front of the test
 //! origin, and a raw-socket HTTP/1.1 client that reads exactly one response at a time.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,11 +1,5 @@
 //! Shared setup of the `BPF_PROG_TEST_RUN` tests: the real program with private maps, a fixed
 //! allowlist and protected ports, and a check that exactly one (action, reason) counter rose.
-#![allow(
-    dead_code,
-    reason = "shared by several test binaries, each using a part"
-)]
-
-use std::sync::Mutex;
 
 use edgefilter::config::XdpMode;
 use edgefilter::xdp::{Standalone, XdpCounters};
@@ -31,9 +25,6 @@ pub const DST_V4: &str = "198.18.0.1";
 pub const ALLOWED_V6: &str = "fd00:ef::5";
 pub const OTHER_V6: &str = "fd00:ef:1::7";
 pub const DST_V6: &str = "fd00:ef::1";
-
-/// Kernel state is shared (the verifier and test runs are cheap, but keep the output readable).
-pub static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The program with private maps: enforce, ports protected, 198.18.1.0/24 and fd00:ef::/64 allowed.
 pub fn filter() -> Standalone {

@@ -1,6 +1,5 @@
 //! Test PKI: an rcgen-made CA and leaf certificates for 127.0.0.1/localhost written as PEM files,
 //! plus a small blocking rustls client that reports the certificate and ALPN it got.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -11,7 +11,6 @@
 //! - `/…/close`: an answer without length, ended by closing the connection.
 //!
 //! Every request head is also recorded in [`Upstream::heads`].
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

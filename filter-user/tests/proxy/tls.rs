@@ -1,18 +1,13 @@
 //! TLS through the proxy with an rcgen-made CA: curl and a rustls client, TLS 1.2 and 1.3 only,
 //! ALPN `http/1.1`, certificate reload without dropping open connections, bad files named.
 
-#[path = "support/proxy_env.rs"]
-mod proxy_env;
-#[path = "support/tls.rs"]
-mod tls;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::process::Command;
 
 use edgefilter::gate::AllowAll;
 use edgefilter::proxy;
-use tls::{Pki, TlsClient};
+
+use crate::support::tls::{Pki, TlsClient};
+use crate::support::{proxy_env, upstream};
 
 fn tls_config(pki: &Pki, up: std::net::SocketAddr) -> edgefilter::config::Config {
     proxy_env::config(

@@ -1,24 +1,14 @@
 //! Draining: in-flight requests finish, idle connections close, the deadline is kept; and the
 //! real binary drains on SIGTERM (exit 0) and reloads its TLS certificate on SIGHUP.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/proxy_env.rs"]
-mod proxy_env;
-#[path = "support/tls.rs"]
-mod tls;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::Process;
-use ports::free_addr;
-use proxy_env::{Client, Env, get};
+use crate::support::daemon::Process;
+use crate::support::ports::free_addr;
+use crate::support::proxy_env::{Client, Env, get};
+use crate::support::{tls, upstream};
 
 #[test]
 fn shutdown_finishes_in_flight_requests_and_closes_idle_ones() {

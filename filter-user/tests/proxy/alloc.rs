@@ -1,6 +1,8 @@
 //! Proves the per-request hot path allocates nothing: parse the head out of the read buffer,
 //! match the route, call the gate, and serialise the upstream head into a reused buffer —
 //! counted by a `#[global_allocator]` that counts this thread's allocations.
+//! The count is per thread, so the other tests of this binary, running in parallel threads,
+//! neither add to it nor are slowed by more than a thread-local check per allocation.
 //!
 //! The counting allocator is the one `unsafe` in the test suite: `GlobalAlloc` cannot be
 //! implemented without it. It only forwards to `System` and bumps a thread-local counter.
@@ -162,17 +164,7 @@ fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
     )
     .unwrap();
     let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-    let new = NewKey {
-        tenant: "acme".into(),
-        user: "alice".into(),
-        env: "live".into(),
-        scopes: Vec::new(),
-        not_before: None,
-        expires_at: None,
-        allow_cidrs: Vec::new(),
-        rate: None,
-        pending: false,
-    };
+    let new = NewKey::new("acme", "alice", "live");
     let made = store.create_keys(&[new], 100).unwrap();
     let key = made[0].secret.expose().to_owned();
     let mut gate = KeyService::load(&cfg, &store, 1).unwrap().gate(0).unwrap();

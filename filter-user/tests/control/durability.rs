@@ -1,15 +1,10 @@
 //! Durability through the real daemon: a revocation (and a key creation) reported as done survive
 //! `kill -9` right after the command returns and a restart.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
-use daemon::{Daemon, KeepAlive};
 use serde_json::json;
+
+use crate::support::daemon::{Daemon, KeepAlive};
+use crate::support::upstream;
 
 #[test]
 fn a_revoke_that_returned_survives_kill_9_and_restart() {

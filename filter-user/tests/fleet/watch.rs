@@ -4,11 +4,6 @@
 //! real catch-up (`KeyLoader::reload_if_revision_changed`) on its own `PgKeyStore`; the figure
 //! is commit returned → the watcher holds the cache updates for that revision.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -18,7 +13,8 @@ use std::time::{Duration, Instant};
 use edgefilter::auth::loader::KeyLoader;
 use edgefilter::store::postgres::{ChangeNotifier, PgKeyStore};
 use edgefilter::store::{KeyRef, KeyStore, NewKey, unix_now};
-use pg::PgFixture;
+
+use crate::support::pg::PgFixture;
 
 const EVERY: Duration = Duration::from_millis(200);
 
@@ -75,17 +71,7 @@ fn notify_driven_watcher_beats_polling_in_the_same_run() {
     let url = fx.postgres_url();
     let mut writer = PgKeyStore::open(&url).unwrap();
     let keys: Vec<_> = (0..30)
-        .map(|i| NewKey {
-            tenant: "acme".into(),
-            user: format!("u{i}"),
-            env: "live".into(),
-            scopes: Vec::new(),
-            not_before: None,
-            expires_at: None,
-            allow_cidrs: Vec::new(),
-            rate: None,
-            pending: false,
-        })
+        .map(|i| NewKey::new("acme", format!("u{i}"), "live"))
         .collect();
     let made = writer.create_keys(&keys, unix_now()).unwrap();
     let from = writer.revision().unwrap();

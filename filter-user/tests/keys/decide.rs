@@ -9,7 +9,7 @@ use edgefilter::codes::ErrorCode;
 use edgefilter::config::Config;
 use edgefilter::control::ControlPlane;
 use edgefilter::gate::{Denial, GateRequest, Verdict};
-use edgefilter::store::{KeyRef, KeyStore, NewKey, RateLimit, SqliteStore, UserStatus};
+use edgefilter::store::{KeyRef, KeyStore, NewKey, SqliteStore, UserStatus};
 
 const CONFIG: &str = r#"
 [keys]
@@ -50,17 +50,7 @@ fn fixture() -> Fixture {
 }
 
 fn new_key(user: &str) -> NewKey {
-    NewKey {
-        tenant: "acme".into(),
-        user: user.into(),
-        env: "live".into(),
-        scopes: vec!["ai:invoke".into()],
-        not_before: None,
-        expires_at: None,
-        allow_cidrs: Vec::new(),
-        rate: None,
-        pending: false,
-    }
+    NewKey::new("acme", user, "live").with_scopes(["ai:invoke"])
 }
 
 impl Fixture {
@@ -233,9 +223,7 @@ fn missing_wrong_place_malformed_checksum_environment_unknown() {
         &["mistyped or lost"],
     );
 
-    let mut t = new_key("tess");
-    t.env = "test".into();
-    let (_, test_key) = f.create(t);
+    let (_, test_key) = f.create(NewKey::new("acme", "tess", "test").with_scopes(["ai:invoke"]));
     let mut g = f.gate();
     denied(
         check(&mut g, V1, &[("X-API-Key", &test_key)], None),
@@ -259,9 +247,7 @@ fn missing_wrong_place_malformed_checksum_environment_unknown() {
 fn a_query_key_is_percent_decoded_before_it_is_checked() {
     let mut f = fixture();
     let (id, key) = f.create(new_key("alice"));
-    let mut t = new_key("tess");
-    t.env = "test".into();
-    let (_, test_key) = f.create(t);
+    let (_, test_key) = f.create(NewKey::new("acme", "tess", "test").with_scopes(["ai:invoke"]));
     let mut g = f.gate();
     let encode_all = |k: &str| k.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
     // Every character escaped: the same key, allowed as itself.
@@ -337,12 +323,8 @@ fn revoked_rotated_not_yet_valid_expired() {
         .store
         .rotate(KeyRef::Id(&in_id), Duration::from_secs(3600), NOW - 20)
         .unwrap();
-    let mut nb = new_key("alice");
-    nb.not_before = Some(NOW + 3600);
-    let (_, early) = f.create(nb);
-    let mut ex = new_key("alice");
-    ex.expires_at = Some(NOW - 10);
-    let (ex_id, expired) = f.create(ex);
+    let (_, early) = f.create(new_key("alice").with_not_before(NOW + 3600));
+    let (ex_id, expired) = f.create(new_key("alice").with_expiry(NOW - 10));
     let mut g = f.gate();
 
     let d = denied(
@@ -405,15 +387,9 @@ fn suspended_deleted_pending_address_scope() {
     f.store
         .set_user_status("dora", UserStatus::Deleted, NOW)
         .unwrap();
-    let mut p = new_key("alice");
-    p.pending = true;
-    let (pid, pending) = f.create(p);
-    let mut c = new_key("alice");
-    c.allow_cidrs = vec!["198.19.0.0/16".parse().unwrap()];
-    let (_, fenced) = f.create(c);
-    let mut s = new_key("alice");
-    s.scopes = vec!["ai:read".into()];
-    let (_, scoped) = f.create(s);
+    let (pid, pending) = f.create(new_key("alice").pending());
+    let (_, fenced) = f.create(new_key("alice").with_cidrs(["198.19.0.0/16".parse().unwrap()]));
+    let (_, scoped) = f.create(new_key("alice").with_scopes(["ai:read"]));
     let mut g = f.gate();
 
     denied(
@@ -459,12 +435,7 @@ fn suspended_deleted_pending_address_scope() {
 #[test]
 fn rate_limited_with_retry_after_and_ratelimit_values() {
     let mut f = fixture();
-    let mut r = new_key("alice");
-    r.rate = Some(RateLimit {
-        per_sec: 2,
-        burst: 2,
-    });
-    let (_, key) = f.create(r);
+    let (_, key) = f.create(new_key("alice").with_rate(2, 2));
     let svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
     let (mut g0, mut g1) = (svc.gate(0).unwrap(), svc.gate(1).unwrap());
     let hs = [("X-API-Key", key.as_str())];
@@ -640,12 +611,7 @@ fn the_watcher_thread_carries_a_revocation_to_running_gates() {
 #[test]
 fn a_changed_key_keeps_its_rate_budget() {
     let mut f = fixture();
-    let mut r = new_key("alice");
-    r.rate = Some(RateLimit {
-        per_sec: 1,
-        burst: 2,
-    });
-    let (id, key) = f.create(r);
+    let (id, key) = f.create(new_key("alice").with_rate(1, 2));
     let mut svc = KeyService::load(&f.cfg, &f.store, 2).unwrap();
     let factory = svc.gate_factory();
     let mut gates: Vec<Box<dyn edgefilter::gate::Gate>> = (0..2).map(&factory).collect();

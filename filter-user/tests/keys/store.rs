@@ -8,23 +8,16 @@ use edgefilter::store::{
 };
 
 fn new_key(tenant: &str, user: &str) -> NewKey {
-    NewKey {
-        tenant: tenant.into(),
-        user: user.into(),
-        env: "live".into(),
-        scopes: vec!["a:b".into(), "c".into()],
-        not_before: Some(5),
-        expires_at: Some(1_000_000),
-        allow_cidrs: vec![
+    NewKey::new(tenant, user, "live")
+        .with_scopes(["a:b", "c"])
+        .with_not_before(5)
+        .with_expiry(1_000_000)
+        .with_cidrs([
             "198.18.0.0/15".parse().unwrap(),
             "fd00:ef::/64".parse().unwrap(),
-        ],
-        rate: Some(edgefilter::store::RateLimit {
-            per_sec: 7,
-            burst: 9,
-        }),
-        pending: true,
-    }
+        ])
+        .with_rate(7, 9)
+        .pending()
 }
 
 #[test]

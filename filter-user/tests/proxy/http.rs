@@ -2,17 +2,13 @@
 //! key stripping and credential injection, keep-alive, pipelining, HEAD/204/304, chunked both
 //! ways, `Expect: 100-continue` (curl), `Connection: close`, routes, and gate answers.
 
-#[path = "support/proxy_env.rs"]
-mod proxy_env;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::process::Command;
 use std::sync::Arc;
 
 use edgefilter::codes::ErrorCode;
 use edgefilter::gate::{Denial, Gate, GateRequest, Identity, RateInfo, Verdict};
-use proxy_env::{Env, get};
+
+use crate::support::proxy_env::{Env, get};
 
 #[test]
 fn forwards_with_forwarding_headers_and_request_ids() {

@@ -1,65 +1,30 @@
 //! End to end, SPEC §5: the real daemon (`edgefilter run --no-xdp`), real keys made with the CLI,
 //! real requests with curl, one per answer code — status, code, headers, and never the key.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::Process;
-use ports::free_port;
 use serde_json::Value;
 
-/// A daemon killed (and reaped) when dropped, its output kept in a file.
-struct Daemon {
-    child: Process,
-    log: PathBuf,
-    port: u16,
-}
+use crate::support::daemon::Daemon;
+use crate::support::upstream;
 
-/// A temp config + store, and every key made in it (none may ever be echoed).
+/// A daemon's temp config and store, its origin, and every key made in it (none may ever be
+/// echoed).
 struct Edge {
-    dir: tempfile::TempDir,
+    daemon: Daemon,
     keys: Vec<String>,
     upstream: upstream::Upstream,
 }
 
 impl Edge {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            keys: Vec::new(),
-            upstream: upstream::Upstream::start(),
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("edgefilter.toml")
-    }
-
-    /// Writes the config for a daemon on `port` with `errors` mode.
-    fn write_config(&self, port: u16, errors: &str) {
-        let up = self.upstream.addr;
-        let text = format!(
-            r#"[listen]
-http = ["127.0.0.1:{port}"]
-[runtime]
-shards = 2
-[xdp]
-enabled = false
-[store]
-path = "keys.db"
-[admin]
-listen = "127.0.0.1:{admin}"
-token_file = "admin.token"
+    /// A daemon configured with `errors` mode, not yet started.
+    fn new(errors: &str) -> Self {
+        let upstream = upstream::Upstream::start();
+        let up = upstream.addr;
+        let tables = format!(
+            r#"
 [keys]
 environment = "live"
 errors = "{errors}"
@@ -78,29 +43,19 @@ key_in_query = true
 [[route]]
 prefix = "/headers-only/"
 upstream = "http://{up}"
-"#,
-            admin = free_port()
+"#
         );
-        std::fs::write(self.config_path(), text).unwrap();
+        Self {
+            daemon: Daemon::configure(&tables)
+                .with_env("E2E_UPSTREAM_SECRET", "upstream-secret-value"),
+            keys: Vec::new(),
+            upstream,
+        }
     }
 
-    /// Runs the CLI; returns stdout, asserting success and that no known key is in the output.
+    /// Runs the CLI; returns stdout, asserting success.
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env_remove("EDGEFILTER_CONFIG")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        self.daemon.cli_ok(args)
     }
 
     /// `keys create --json` with `extra`; returns (id, key).
@@ -115,36 +70,9 @@ upstream = "http://{up}"
         (v["id"].as_str().unwrap().to_owned(), key)
     }
 
-    fn start(&self, errors: &str) -> Daemon {
-        let port = free_port();
-        self.write_config(port, errors);
-        let log = self.dir.path().join(format!("daemon-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Process::spawn(
-            Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-                .args(["run", "--no-xdp", "--config"])
-                .arg(self.config_path())
-                .env("E2E_UPSTREAM_SECRET", "upstream-secret-value")
-                .stdout(Stdio::from(file.try_clone().unwrap()))
-                .stderr(Stdio::from(file)),
-        );
-        let mut d = Daemon { child, log, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                d.child.try_wait().is_none(),
-                "daemon exited: {}",
-                read(&d.log)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not listen: {}",
-                read(&d.log)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
+    /// Starts the daemon on the keys made so far and waits until it is ready.
+    fn start(&mut self) {
+        self.daemon.restart();
     }
 
     /// Asserts that `text` holds no key (nor any 8-character piece of one's secret part).
@@ -159,10 +87,6 @@ upstream = "http://{up}"
             }
         }
     }
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
 }
 
 /// One curl answer.
@@ -187,7 +111,7 @@ fn curl(d: &Daemon, path: &str, args: &[&str]) -> Answer {
     let out = Command::new("curl")
         .args(["-sS", "-i", "--max-time", "10"])
         .args(args)
-        .arg(format!("http://127.0.0.1:{}{path}", d.port))
+        .arg(format!("http://{}{path}", d.http))
         .output()
         .expect("curl is installed");
     assert!(
@@ -265,8 +189,7 @@ fn assert_refusal(edge: &Edge, a: &Answer, status: u16, code: &str, key_id: Opti
 
 #[test]
 fn every_code_through_the_real_proxy() {
-    let mut edge = Edge::new();
-    edge.write_config(free_port(), "detailed");
+    let mut edge = Edge::new("detailed");
     let (ok_id, ok) = edge.create("alice", &["--scope", "ai:invoke"]);
     let (exp_id, expired) = edge.create(
         "alice",
@@ -303,16 +226,16 @@ fn every_code_through_the_real_proxy() {
         &["--scope", "ai:invoke", "--rate", "1/s", "--burst", "1"],
     );
     // A well-formed key this store has never seen.
-    let mut other = Edge::new();
-    other.write_config(free_port(), "detailed");
+    let mut other = Edge::new("detailed");
     let (_, stranger) = other.create("zed", &[]);
     edge.keys.push(stranger.clone());
 
-    let d = edge.start("detailed");
+    edge.start();
+    let d = &edge.daemon;
 
     // Allowed: forwarded with identity headers, the client's key replaced by the upstream's.
     let a = curl(
-        &d,
+        d,
         "/v1/chat/echo",
         &["-H", &bearer(&ok), "-H", "X-Request-Id: e2e-allowed-1"],
     );
@@ -343,7 +266,7 @@ fn every_code_through_the_real_proxy() {
     );
     edge.assert_no_key("the upstream's request", &seen);
     // In the query, on the route that accepts it: allowed, and the upstream never sees it.
-    let a = curl(&d, &format!("/query/echo?api_key={ok}&x=1"), &[]);
+    let a = curl(d, &format!("/query/echo?api_key={ok}&x=1"), &[]);
     assert_eq!(a.status, 200, "{}", a.raw);
     edge.assert_no_key(
         "the upstream's request",
@@ -351,12 +274,12 @@ fn every_code_through_the_real_proxy() {
     );
     // A rotated key within its grace, and its replacement, both work.
     assert_eq!(
-        curl(&d, "/v1/chat/echo", &["-H", &bearer(&graced)]).status,
+        curl(d, "/v1/chat/echo", &["-H", &bearer(&graced)]).status,
         200
     );
     assert_eq!(
         curl(
-            &d,
+            d,
             "/v1/chat/echo",
             &["-H", &format!("X-API-Key: {graced_new}")]
         )
@@ -364,7 +287,7 @@ fn every_code_through_the_real_proxy() {
         200
     );
     assert_eq!(
-        curl(&d, "/v1/chat/echo", &["-H", &bearer(&replacement)]).status,
+        curl(d, "/v1/chat/echo", &["-H", &bearer(&replacement)]).status,
         200
     );
 
@@ -376,105 +299,105 @@ fn every_code_through_the_real_proxy() {
     };
     let p = "/v1/chat/echo";
     let cases: Vec<(Answer, u16, &str, Option<&str>)> = vec![
-        (curl(&d, p, &[]), 401, "MISSING_KEY", None),
+        (curl(d, p, &[]), 401, "MISSING_KEY", None),
         (
-            curl(&d, &format!("/headers-only/x?api_key={ok}"), &[]),
+            curl(d, &format!("/headers-only/x?api_key={ok}"), &[]),
             401,
             "KEY_IN_WRONG_PLACE",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&format!("\"{ok}\""))]),
+            curl(d, p, &["-H", &bearer(&format!("\"{ok}\""))]),
             400,
             "MALFORMED_KEY",
             None,
         ),
         (
-            curl(&d, &format!("/query/x?api_key={ok}%20"), &[]),
+            curl(d, &format!("/query/x?api_key={ok}%20"), &[]),
             400,
             "MALFORMED_KEY",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&format!("{ok} x"))]),
+            curl(d, p, &["-H", &bearer(&format!("{ok} x"))]),
             400,
             "MALFORMED_KEY",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&typo)]),
+            curl(d, p, &["-H", &bearer(&typo)]),
             401,
             "KEY_CHECKSUM_MISMATCH",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&test_env)]),
+            curl(d, p, &["-H", &bearer(&test_env)]),
             401,
             "WRONG_ENVIRONMENT",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&stranger)]),
+            curl(d, p, &["-H", &bearer(&stranger)]),
             401,
             "UNKNOWN_KEY",
             None,
         ),
         (
-            curl(&d, p, &["-H", &bearer(&revoked)]),
+            curl(d, p, &["-H", &bearer(&revoked)]),
             401,
             "KEY_REVOKED",
             Some(&rev_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&rotated)]),
+            curl(d, p, &["-H", &bearer(&rotated)]),
             401,
             "KEY_REVOKED",
             Some(&rot_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&not_yet)]),
+            curl(d, p, &["-H", &bearer(&not_yet)]),
             401,
             "KEY_NOT_YET_VALID",
             Some(&nyv_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&expired)]),
+            curl(d, p, &["-H", &bearer(&expired)]),
             401,
             "KEY_EXPIRED",
             Some(&exp_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&suspended)]),
+            curl(d, p, &["-H", &bearer(&suspended)]),
             401,
             "USER_SUSPENDED",
             Some(&sus_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&deleted)]),
+            curl(d, p, &["-H", &bearer(&deleted)]),
             401,
             "USER_DELETED",
             Some(&del_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&pending)]),
+            curl(d, p, &["-H", &bearer(&pending)]),
             403,
             "SUBSCRIPTION_PENDING",
             Some(&pend_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&fenced)]),
+            curl(d, p, &["-H", &bearer(&fenced)]),
             403,
             "IP_NOT_ALLOWED",
             Some(&ip_id),
         ),
         (
-            curl(&d, p, &["-H", &bearer(&unscoped)]),
+            curl(d, p, &["-H", &bearer(&unscoped)]),
             403,
             "SCOPE_MISSING",
             Some(&scope_id),
         ),
         (
-            curl(&d, "/nowhere", &["-H", &bearer(&ok)]),
+            curl(d, "/nowhere", &["-H", &bearer(&ok)]),
             404,
             "NO_ROUTE",
             None,
@@ -502,7 +425,7 @@ fn every_code_through_the_real_proxy() {
     );
     assert!(hint(4).contains("character 47 is ' '"), "{}", hint(4));
     // Trailing spaces/tabs after a header value are not part of it (RFC 9110 OWS): the key works.
-    let t = curl(&d, p, &["-H", &bearer(&format!("{ok}\t "))]);
+    let t = curl(d, p, &["-H", &bearer(&format!("{ok}\t "))]);
     assert_eq!(t.status, 200, "{}", t.raw);
     assert!(
         hint(11).contains("2020-01-01T00:00:00Z") && hint(11).contains("keys rotate"),
@@ -513,8 +436,8 @@ fn every_code_through_the_real_proxy() {
     assert!(hint(16).contains("ai:invoke"), "{}", hint(16));
 
     // Rate limit: burst 1 at 1/s — the second request in a row is refused with its headers.
-    assert_eq!(curl(&d, p, &["-H", &bearer(&limited)]).status, 200);
-    let a = curl(&d, p, &["-H", &bearer(&limited)]);
+    assert_eq!(curl(d, p, &["-H", &bearer(&limited)]).status, 200);
+    let a = curl(d, p, &["-H", &bearer(&limited)]);
     assert_refusal(&edge, &a, 429, "RATE_LIMITED", Some(&rl_id));
     for h in [
         "retry-after",
@@ -529,7 +452,7 @@ fn every_code_through_the_real_proxy() {
     edge.cli(&["keys", "revoke", &ok_id]);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let a = curl(&d, p, &["-H", &bearer(&ok)]);
+        let a = curl(d, p, &["-H", &bearer(&ok)]);
         if a.status == 401 {
             assert_refusal(&edge, &a, 401, "KEY_REVOKED", Some(&ok_id));
             break;
@@ -542,25 +465,20 @@ fn every_code_through_the_real_proxy() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    drop(d);
-    let log = std::fs::read_dir(edge.dir.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .map(|e| read(&e.path()))
-        .collect::<String>();
+    edge.daemon.kill9();
+    let log = edge.daemon.log();
     assert!(!log.is_empty());
     edge.assert_no_key("the daemon's log", &log);
 }
 
 #[test]
 fn opaque_mode_hides_the_precise_401_code() {
-    let mut edge = Edge::new();
-    edge.write_config(free_port(), "opaque");
+    let mut edge = Edge::new("opaque");
     let (_, expired) = edge.create("alice", &["--expires", "2020-01-01T00:00:00Z"]);
     let (_, unscoped) = edge.create("alice", &["--scope", "ai:read"]);
-    let d = edge.start("opaque");
-    let a = curl(&d, "/v1/x", &["-H", &bearer(&expired)]);
+    edge.start();
+    let d = &edge.daemon;
+    let a = curl(d, "/v1/x", &["-H", &bearer(&expired)]);
     assert_refusal(&edge, &a, 401, "INVALID_CREDENTIALS", None);
     assert!(
         a.body["error"].get("hint").is_none(),
@@ -571,7 +489,7 @@ fn opaque_mode_hides_the_precise_401_code() {
     // 403s are not key-validity answers and keep their code.
     assert_refusal(
         &edge,
-        &curl(&d, "/v1/x", &["-H", &bearer(&unscoped)]),
+        &curl(d, "/v1/x", &["-H", &bearer(&unscoped)]),
         403,
         "SCOPE_MISSING",
         None,

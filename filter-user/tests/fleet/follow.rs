@@ -2,19 +2,15 @@
 //! every change once and in order, keep their state and report growing lag during an outage,
 //! and catch up after reconnecting — including changes written by hand with SQL.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use edgefilter::store::postgres::{
     self, ChangeFollower, ChangeRow, FollowerConfig, FollowerStatus, append_change, changes_since,
 };
-use pg::PgFixture;
 use serde_json::{Value, json};
+
+use crate::support::pg::PgFixture;
 
 /// What a follower applied: revision, payload, and how long after its commit it arrived.
 type Seen = Arc<Mutex<Vec<(u64, Value, Duration)>>>;

@@ -2,20 +2,13 @@
 //! 401 and nothing changes; with the token it works, shards apply it, and the answers match
 //! `docs/openapi.yaml`. `edgefilter allow` goes through the running daemon.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/openapi.rs"]
-mod openapi;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::process::Command;
 
-use daemon::{Daemon, KeepAlive};
-use openapi::{assert_documented, openapi};
 use serde_json::json;
+
+use crate::support::daemon::{self, Daemon, KeepAlive};
+use crate::support::openapi::{assert_documented, openapi};
+use crate::support::upstream;
 
 #[test]
 fn tokens_are_checked_and_real_answers_match_the_document() {

@@ -1,15 +1,10 @@
 //! Streaming through the proxy: server-sent events reach the client before the upstream
 //! finishes, and 1 GiB request bodies (Content-Length and chunked) pass with flat memory.
 
-#[path = "support/proxy_env.rs"]
-mod proxy_env;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
 
-use proxy_env::Env;
+use crate::support::proxy_env::Env;
 
 #[test]
 fn sse_events_arrive_before_the_upstream_finishes() {

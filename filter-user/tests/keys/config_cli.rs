@@ -3,8 +3,7 @@
 
 use std::process::Command;
 
-#[path = "support/ports.rs"]
-mod ports;
+use crate::support::ports;
 
 fn check_config(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -25,7 +24,7 @@ fn check_config(text: &str) -> (i32, String, String) {
 
 #[test]
 fn valid_config_exits_zero() {
-    let (code, stdout, _) = check_config(include_str!("../../examples/edgefilter.toml"));
+    let (code, stdout, _) = check_config(include_str!("../../../examples/edgefilter.toml"));
     assert_eq!(code, 0);
     assert!(stdout.contains("ok"), "{stdout}");
 }

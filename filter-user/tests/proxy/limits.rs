@@ -1,15 +1,10 @@
 //! Limits and bad input through the proxy: 431, 413, 400, every request-smuggling shape refused
 //! and never forwarded, slow and idle clients timed out, upstream failures as 502/504.
 
-#[path = "support/proxy_env.rs"]
-mod proxy_env;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use proxy_env::{Env, get};
+use crate::support::proxy_env::{Env, get};
 
 const LIMITS: &str = "[limits]\nmax_header_bytes = 2048\nmax_body_bytes = 1000\n\
                       client_timeout = \"1s\"\nupstream_timeout = \"1s\"\n";

@@ -3,33 +3,23 @@
 //! veth), TCP handshakes from allowlisted and other sources. Each test has its own namespaces
 //! and bpffs pin dir (`EDGEFILTER_BPF_PIN_DIR`), all removed even on failure. Needs root.
 
-mod support {
-    pub mod netns;
-}
-
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgefilter::xdp::{PinDir, XdpCounters, open_pinned};
 use filter_common::xdp::{Action, Reason};
-use support::netns::{CLIENT_V4, CLIENT_V6, SERVER_IF, Topology, connect_from};
+
+use crate::support::netns::{CLIENT_V4, CLIENT_V6, SERVER_IF, Topology, connect_from};
+// These tests share the kernel (bpffs, XDP) with each other and with the test-run tests.
+use crate::support::serial::serial;
 
 const PROTECTED: u16 = 8080;
 const SSH_LIKE: u16 = 2222;
 /// Long enough for a handshake on a veth, short enough to keep dropped attempts cheap.
 const NO_HANDSHAKE: Duration = Duration::from_millis(500);
 const HANDSHAKE: Duration = Duration::from_secs(2);
-
-/// These tests share the kernel (bpffs, XDP); run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Writes `dir/edgefilter.toml` (each call replaces it; a running filter changes only when
 /// `xdp attach` runs again).
@@ -374,7 +364,7 @@ fn detach_removes_filter_and_pins() {
     let _l = topo.listen(PROTECTED);
     attach(&topo, &config);
     assert!(!topo.connects(CLIENT_V4[1], PROTECTED, NO_HANDSHAKE));
-    let shown = support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
+    let shown = crate::support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
     assert!(
         String::from_utf8_lossy(&shown.stdout).contains("prog/xdp"),
         "attached program not visible"
@@ -385,7 +375,7 @@ fn detach_removes_filter_and_pins() {
     // The kernel releases a link whose last reference went asynchronously.
     let deadline = Instant::now() + Duration::from_secs(2);
     let link = loop {
-        let out = support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
+        let out = crate::support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !text.contains("prog/xdp") || Instant::now() > deadline {
             break text;
@@ -420,7 +410,7 @@ fn changed_program_is_replaced_atomically_on_its_link() {
     // Make the pinned program look like another build's: pin the baseline program in its place
     // (the link itself still runs the filter).
     let other = edgefilter::xdp::Standalone::load().unwrap();
-    let shown = support::netns::sh(&["bpftool", "-j", "prog", "show", "name", "pass_all"]);
+    let shown = crate::support::netns::sh(&["bpftool", "-j", "prog", "show", "name", "pass_all"]);
     // One object per match, or an array, depending on the bpftool version.
     let id = serde_json::Deserializer::from_slice(&shown.stdout)
         .into_iter::<serde_json::Value>()
@@ -434,7 +424,7 @@ fn changed_program_is_replaced_atomically_on_its_link() {
         .expect("bpftool lists the baseline program");
     let prog_pin = PinDir::new(&topo.pins).prog();
     std::fs::remove_file(&prog_pin).unwrap();
-    support::netns::sh(&[
+    crate::support::netns::sh(&[
         "bpftool",
         "prog",
         "pin",
@@ -463,7 +453,7 @@ fn changed_program_is_replaced_atomically_on_its_link() {
         links_before,
         "the link itself must stay"
     );
-    let shown = support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
+    let shown = crate::support::netns::sh(&["ip", "-n", &topo.server, "link", "show", SERVER_IF]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains("name edgefilter"));
     // The pin now names the filter again: the next start adopts.
     assert!(attach(&topo, &config).contains("program     adopted"));

@@ -1,12 +1,7 @@
 //! The real XDP program on crafted frames through `BPF_PROG_TEST_RUN`: every reason of SPEC §10
 //! for IPv4 and IPv6, VLAN tags, IPv6 extension headers, fragments, monitor mode, denylist
 //! expiry. Maps are private (unpinned), so a running daemon is never touched. Needs root
-//! (CAP_BPF + CAP_NET_ADMIN). Malformed frames: `xdp_testrun_malformed.rs`.
-
-mod support {
-    pub mod frames;
-    pub mod testrun;
-}
+//! (CAP_BPF + CAP_NET_ADMIN). Malformed frames: `testrun_malformed.rs`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,12 +9,14 @@ use std::time::Duration;
 use edgefilter::config::XdpMode;
 use filter_common::xdp::{Action, Reason};
 use ipnet::IpNet;
-use support::frames::{Ext, Frame, TPID_8021AD, TPID_8021Q, arp};
-use support::testrun::*;
+
+use crate::support::frames::{Ext, Frame, TPID_8021AD, TPID_8021Q, arp};
+use crate::support::serial::serial;
+use crate::support::testrun::*;
 
 #[test]
 fn every_reason_ipv4() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     expect(
         &mut f,
@@ -84,7 +81,7 @@ fn every_reason_ipv4() {
 
 #[test]
 fn every_reason_ipv6() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     expect(
         &mut f,
@@ -137,7 +134,7 @@ fn every_reason_ipv6() {
 
 #[test]
 fn longest_prefix_match_and_allowlist_diff() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let host_only: Vec<IpNet> = ["198.19.7.7/32", "fd00:ef:1::7/128"]
         .iter()
@@ -182,7 +179,7 @@ fn longest_prefix_match_and_allowlist_diff() {
 
 #[test]
 fn vlan_tags() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     for tags in [
         &[TPID_8021Q][..],
@@ -228,7 +225,7 @@ fn vlan_tags() {
 
 #[test]
 fn ipv6_extension_headers() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let chain = [
         Ext::HopByHop,
@@ -307,7 +304,7 @@ fn ipv6_extension_headers() {
 
 #[test]
 fn ipv4_fragments() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     // First fragment carries the ports.
     expect(
@@ -345,7 +342,7 @@ fn ipv4_fragments() {
 
 #[test]
 fn monitor_mode_passes_and_counts_would_drop() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     f.maps_mut().set_mode(XdpMode::Monitor).unwrap();
     assert_eq!(f.maps().mode().unwrap(), XdpMode::Monitor);
@@ -385,7 +382,7 @@ fn monitor_mode_passes_and_counts_would_drop() {
 
 #[test]
 fn denylist_entries_expire() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let v4: IpAddr = ALLOWED_V4.parse().unwrap();
     let v6: IpAddr = ALLOWED_V6.parse().unwrap();

@@ -2,18 +2,12 @@
 //! with key K while `edgefilter keys revoke` runs; once the command has returned, not one of the
 //! ≥ 10,000 requests sent afterwards may be forwarded (SPEC §3: every shard applied it).
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, KeepAlive};
+use crate::support::daemon::{Daemon, KeepAlive};
+use crate::support::upstream;
 
 const THREADS: usize = 4;
 const CONNS_PER_THREAD: usize = 2;

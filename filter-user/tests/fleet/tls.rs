@@ -4,13 +4,6 @@
 //! is refused under `require` and under the default `prefer` (no silent fallback to plaintext);
 //! `require` against a server without TLS fails; `disable` stays plaintext.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/tls.rs"]
-mod tls;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,9 +11,10 @@ use edgefilter::store::KeyStore;
 use edgefilter::store::postgres::{
     self, ChangeFollower, ChangeRow, FollowerConfig, PgKeyStore, append_change,
 };
-use pg::PgFixture;
 use serde_json::json;
-use tls::Pki;
+
+use crate::support::pg::PgFixture;
+use crate::support::tls::Pki;
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -10,7 +10,7 @@ use edgefilter::auth::ratelimit::{Bucket, Limit};
 use edgefilter::auth::{KeyService, ShardGate};
 use edgefilter::config::Config;
 use edgefilter::gate::{Gate, GateRequest, Verdict};
-use edgefilter::store::{KeyStore, NewKey, RateLimit, SqliteStore, unix_now};
+use edgefilter::store::{KeyStore, NewKey, SqliteStore, unix_now};
 
 const RUN: Duration = Duration::from_millis(1500);
 
@@ -96,20 +96,7 @@ fn one_key_one_budget_across_two_shard_gates() {
     let mut store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
     let key = store
         .create_keys(
-            &[NewKey {
-                tenant: "acme".into(),
-                user: "alice".into(),
-                env: "live".into(),
-                scopes: Vec::new(),
-                not_before: None,
-                expires_at: None,
-                allow_cidrs: Vec::new(),
-                rate: Some(RateLimit {
-                    per_sec: 1000,
-                    burst: 500,
-                }),
-                pending: false,
-            }],
+            &[NewKey::new("acme", "alice", "live").with_rate(1000, 500)],
             unix_now(),
         )
         .unwrap()

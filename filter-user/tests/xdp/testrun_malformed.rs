@@ -2,20 +2,17 @@
 //! real frames and pseudo-random garbage never aborts and gets a sane verdict; repeated runs
 //! count every packet. Private maps; needs root.
 
-mod support {
-    pub mod frames;
-    pub mod testrun;
-}
-
 use filter_common::xdp::{Action, Reason};
-use support::frames::{Ext, Frame, TPID_8021AD, TPID_8021Q};
-use support::testrun::*;
+
+use crate::support::frames::{Ext, Frame, TPID_8021AD, TPID_8021Q};
+use crate::support::serial::serial;
+use crate::support::testrun::*;
 
 /// Every prefix of real frames: never aborts; a frame cut before its source address is complete
 /// passes as `not_ip` (the stack drops malformed IP), after it the verdict is by source.
 #[test]
 fn truncated_frames_never_abort() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let cases = [
         (
@@ -65,15 +62,15 @@ fn truncated_frames_never_abort() {
 /// Length of the L4 header the builder writes (the port is in its bytes 2..4).
 fn frame_l4_len(frame: &Frame) -> usize {
     match frame.l4 {
-        support::frames::L4::Tcp(_) => 20,
-        support::frames::L4::Udp(_) => 12,
-        support::frames::L4::Icmp => 8,
+        crate::support::frames::L4::Tcp(_) => 20,
+        crate::support::frames::L4::Udp(_) => 12,
+        crate::support::frames::L4::Icmp => 8,
     }
 }
 
 #[test]
 fn garbage_frames_never_abort() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -116,7 +113,7 @@ fn garbage_frames_never_abort() {
 
 #[test]
 fn repeated_runs_count_every_packet() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut f = filter();
     let frame = Frame::tcp(OTHER_V4, DST_V4, PROTECTED_TCP).build();
     let r = f.run(&frame, 1000).unwrap();

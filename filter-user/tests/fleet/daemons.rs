@@ -4,26 +4,19 @@
 //! fails cleanly; a revocation written by hand in SQL while one host is cut off from the
 //! database reaches that host after it reconnects.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-#[path = "support/upstream.rs"]
-mod upstream;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use daemon::Process;
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{KeyRef, KeyStore, NewKey};
-use pg::{PgFixture, PgLink};
-use ports::free_addr;
+
+use crate::support::daemon::Process;
+use crate::support::pg::{PgFixture, PgLink};
+use crate::support::ports::free_addr;
+use crate::support::upstream;
 
 /// One edge host: its config and its listening address.
 struct Host {
@@ -182,17 +175,7 @@ fn two_daemons_share_one_postgres_and_no_revocation_is_lost() {
     let (k3_id, k3) = create(&h1, "carol");
     let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
     let batch: Vec<NewKey> = (0..50)
-        .map(|i| NewKey {
-            tenant: "acme".into(),
-            user: format!("load{i}"),
-            env: "live".into(),
-            scopes: Vec::new(),
-            not_before: None,
-            expires_at: None,
-            allow_cidrs: Vec::new(),
-            rate: None,
-            pending: false,
-        })
+        .map(|i| NewKey::new("acme", format!("load{i}"), "live"))
         .collect();
     let many = st
         .create_keys(&batch, edgefilter::store::unix_now())

@@ -3,11 +3,6 @@
 //! approve, rotate with grace, suspend, the change log "since R", one snapshot for loading, and
 //! for PostgreSQL a clear, quick error while the database is down and a reconnect after.
 
-#[path = "support/pg.rs"]
-mod pg;
-#[path = "support/ports.rs"]
-mod ports;
-
 use std::time::{Duration, Instant};
 
 use edgefilter::store::postgres::PgKeyStore;
@@ -15,26 +10,20 @@ use edgefilter::store::{
     ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit, SqliteStore, StoreError,
     UserStatus,
 };
-use pg::PgFixture;
+
+use crate::support::pg::PgFixture;
 
 fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
-    NewKey {
-        tenant: tenant.into(),
-        user: user.into(),
-        env: "live".into(),
-        scopes: vec!["a:b".into(), "c".into()],
-        not_before: Some(5),
-        expires_at: Some(1_000_000),
-        allow_cidrs: vec![
+    let key = NewKey::new(tenant, user, "live")
+        .with_scopes(["a:b", "c"])
+        .with_not_before(5)
+        .with_expiry(1_000_000)
+        .with_cidrs([
             "198.18.0.0/15".parse().unwrap(),
             "fd00:ef::/64".parse().unwrap(),
-        ],
-        rate: Some(RateLimit {
-            per_sec: 7,
-            burst: 9,
-        }),
-        pending,
-    }
+        ])
+        .with_rate(7, 9);
+    if pending { key.pending() } else { key }
 }
 
 /// The semantics every backend must share.

@@ -15,11 +15,8 @@ use edgefilter::admin::{
 use edgefilter::config::Config;
 use serde_json::{Value, json};
 
-#[path = "support/openapi.rs"]
-mod openapi;
-#[path = "support/ports.rs"]
-mod ports;
-use openapi::{assert_documented, check, openapi};
+use crate::support::openapi::{assert_documented, check, openapi};
+use crate::support::ports;
 
 /// Records every call; answers with fixtures shaped like the real thing.
 #[derive(Default)]

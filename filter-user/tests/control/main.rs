@@ -1,0 +1,14 @@
+//! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
+//! through the real daemon, durability across `kill -9`, and revocation under load.
+
+#[allow(
+    dead_code,
+    reason = "the control tests use the daemon and OpenAPI fixtures only"
+)]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin_api;
+mod admin_real;
+mod durability;
+mod revoke_load;

@@ -1,0 +1,12 @@
+//! Keys and the CLI, one test binary: the decision chain per failure mode, rate limits under
+//! load, the SQLite store, and the `keys`/`users`/`check-config` commands of the real binary.
+
+#[allow(dead_code, reason = "the keys tests use the port fixture only")]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod config_cli;
+mod decide;
+mod ratelimit;
+mod store;

@@ -1,0 +1,20 @@
+//! The proxy, one test binary: HTTP/1.1 semantics, limits, streaming, TLS and draining through
+//! the in-process proxy; every answer code through the real daemon; the allocation-free hot
+//! path; and (with the `fuzzing` feature) the fuzz corpus replay.
+
+#[allow(
+    dead_code,
+    reason = "the proxy tests use the proxy, daemon and TLS fixtures only"
+)]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod alloc;
+mod drain;
+mod e2e_codes;
+#[cfg(feature = "fuzzing")]
+mod fuzz_replay;
+mod http;
+mod limits;
+mod stream;
+mod tls;

@@ -1,0 +1,14 @@
+//! The XDP filter, one test binary (needs root): crafted frames through `BPF_PROG_TEST_RUN`,
+//! malformed input, and real traffic between network namespaces. Every test holds
+//! [`support::serial::serial`]: they share the kernel's bpffs and XDP state.
+
+#[allow(
+    dead_code,
+    reason = "the XDP tests use the frame, test-run and namespace fixtures only"
+)]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod netns;
+mod testrun;
+mod testrun_malformed;
