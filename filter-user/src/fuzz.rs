@@ -4,7 +4,7 @@
 //! bytes and checks the invariants the proxy relies on, panicking when one breaks.
 //!
 //! Two drivers use them: `fuzz/` (cargo-fuzz, coverage-guided, `cargo xtask fuzz`) and
-//! `tests/fuzz_replay.rs` (the checked-in corpus plus seeded random mutations, on stable, in
+//! `tests/proxy/fuzz_replay.rs` (the checked-in corpus plus seeded random mutations, on stable, in
 //! every `cargo xtask test`). Not part of the public API.
 
 use std::net::{IpAddr, Ipv4Addr};
