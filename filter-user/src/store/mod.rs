@@ -1,15 +1,17 @@
 //! All storage: the [`KeyStore`] trait, its records, [`open`], and the two backends, the
 //! embedded SQLite store ([`sqlite`]) and the PostgreSQL store of fleet mode ([`postgres`]:
 //! key store, change log, follower, TLS). The business rules both backends obey live once in
-//! [`rules`], the migration runner once in [`migrate`].
+//! [`rules`], the audit trail's in [`audit`], the migration runner once in [`migrate`].
 //!
 //! Every change commits in one transaction that also bumps the store revision and appends a
-//! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`].
+//! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`],
+//! and, when an actor is set ([`KeyStore::act_as`]), writes its audit entry.
 //! Only SHA-256 hashes of keys are stored, never a key.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod audit;
 pub mod ids;
 pub mod migrate;
 pub mod model;
@@ -18,6 +20,7 @@ pub mod rules;
 pub mod sqlite;
 pub mod timefmt;
 
+pub use audit::{Action, Actor, AuditEntry};
 pub use model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
     RateLimit, Secret, User, UserStatus,
@@ -66,6 +69,23 @@ pub enum StoreError {
     /// A stored row does not decode.
     #[error("corrupt store row: {0}")]
     Corrupt(String),
+    /// An audit entry breaks the rules of [`audit::check`].
+    #[error("invalid audit entry: {0}")]
+    BadAuditEntry(&'static str),
+}
+
+impl StoreError {
+    /// A short code for the kind of failure, as the admin API names it (`NOT_FOUND`,
+    /// `CONFLICT`, `STORE_UNAVAILABLE`; `STORE_ERROR` for the rest).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoSuchKey(_) | Self::NoSuchUser(_) => "NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Postgres(_) => "STORE_UNAVAILABLE",
+            _ => "STORE_ERROR",
+        }
+    }
 }
 
 /// Result alias.
@@ -149,6 +169,25 @@ pub trait KeyStore: Send {
     /// # Errors
     /// Database failures.
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>>;
+
+    /// Makes the following changes on behalf of `actor`: each one that is made writes its
+    /// audit entry (result [`audit::OK`]) in its own transaction. `None` (the default for a
+    /// store just opened) records nothing, e.g. for bulk loads.
+    fn act_as(&mut self, actor: Option<Actor>);
+
+    /// Appends one entry to the audit trail (a refused change, or a change made outside the
+    /// store such as the XDP allowlist). Does not change the revision.
+    ///
+    /// # Errors
+    /// An entry that breaks [`audit::check`], database failures.
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+
+    /// The newest `limit` audit entries made at or after `since` (unix seconds; `None`: any
+    /// time), oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn audit_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>>;
 }
 
 /// Opens the configured store (`store.kind`, `store.path` resolved against the config file).

@@ -1,4 +1,5 @@
-//! Unix seconds ↔ RFC 3339 (UTC) for printing and for `--expires` / `--not-before`.
+//! Unix seconds ↔ RFC 3339 (UTC) for printing, for `--expires` / `--not-before` (a time ahead)
+//! and for `--since` (a time back).
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -27,11 +28,30 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
 /// # Errors
 /// Neither a duration nor an RFC 3339 time.
 pub fn parse_when(s: &str, now: i64) -> Result<i64, String> {
+    match duration_secs(s)? {
+        Some(d) => Ok(now.saturating_add(d)),
+        None => parse_rfc3339(s),
+    }
+}
+
+/// `--since 1h` (the last hour) or `--since 2027-01-31T00:00:00Z` → unix seconds.
+///
+/// # Errors
+/// Neither a duration nor an RFC 3339 time.
+pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
+    match duration_secs(s)? {
+        Some(d) => Ok(now.saturating_sub(d).max(0)),
+        None => parse_rfc3339(s),
+    }
+}
+
+/// `Some(seconds)` when `s` is a duration (`90d`, `1h`), `None` when it should be a time.
+fn duration_secs(s: &str) -> Result<Option<i64>, String> {
     if s.bytes().next().is_some_and(|b| b.is_ascii_digit()) && !s.contains('-') {
         let d = crate::config::parse_duration(s)?;
-        return Ok(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+        return Ok(Some(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     }
-    parse_rfc3339(s)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -51,5 +71,9 @@ mod tests {
         );
         assert_eq!(parse_when("90d", 100).unwrap(), 100 + 90 * 86400);
         assert!(parse_when("soon", 0).is_err());
+        assert_eq!(parse_since("1h", 10_000).unwrap(), 10_000 - 3600);
+        assert_eq!(parse_since("1h", 10).unwrap(), 0);
+        assert_eq!(parse_since("1970-01-01T00:01:00Z", 0).unwrap(), 60);
+        assert!(parse_since("yesterday", 0).is_err());
     }
 }

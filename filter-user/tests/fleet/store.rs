@@ -1,14 +1,17 @@
 //! The key store's behaviour, one test body run against SQLite and against PostgreSQL (a real
 //! server from Debian's package, started by the test): create, find by id or key, list, revoke,
 //! approve, rotate with grace, suspend, the change log "since R", one snapshot for loading, and
-//! for PostgreSQL a clear, quick error while the database is down and a reconnect after.
+//! for PostgreSQL a clear, quick error while the database is down and a reconnect after. The
+//! audit trail the same way: each change made as an actor recorded once in its transaction,
+//! refusals after, `since` and `limit`, never a key; and an older database upgraded in place.
 
 use std::time::{Duration, Instant};
 
+use edgefilter::store::audit::{self, A_KEY, OK};
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{
-    ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit, SqliteStore, StoreError,
-    UserStatus,
+    Action, Actor, AuditEntry, ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit,
+    SqliteStore, StoreError, UserStatus,
 };
 
 use crate::support::pg::PgFixture;
@@ -158,6 +161,217 @@ fn behaves_like_a_key_store(st: &mut dyn KeyStore) {
     let alice = users.iter().find(|u| u.name == "alice").unwrap();
     assert_eq!(alice.status, UserStatus::Suspended);
     assert!(keys.contains(&(a.view.key.id.clone(), alice.id)));
+}
+
+/// The audit object for a key named by `arg`, as the CLI and the control plane compute it.
+fn key_object(arg: &str) -> impl Fn(&dyn KeyStore) -> String + '_ {
+    move |s| audit::key_object(s, arg)
+}
+
+/// The audit trail every backend must keep. `st` holds no audit entry yet.
+fn keeps_an_audit_trail(st: &mut dyn KeyStore) {
+    assert!(st.audit_since(None, 100).unwrap().is_empty());
+    let alice = Actor::cli("root", Some("alice"));
+    let admin = Actor::admin(Some([127, 0, 0, 1].into()), None);
+
+    // Made as an actor: one entry each, in the change's transaction.
+    st.act_as(Some(alice.clone()));
+    let made = st
+        .create_keys(&[new_key("audit", "ann", false)], 1_000)
+        .unwrap();
+    let (id, key) = (
+        made[0].view.key.id.clone(),
+        made[0].secret.expose().to_owned(),
+    );
+    st.act_as(Some(admin.clone()));
+    st.revoke(KeyRef::from_arg(&key), 1_010).unwrap();
+    st.revoke(KeyRef::Id(&id), 1_020).unwrap();
+    st.set_user_status("ann", UserStatus::Suspended, 1_030)
+        .unwrap();
+    st.act_as(None);
+    // Without an actor nothing is recorded (bulk loads, tests).
+    let quiet = st
+        .create_keys(&[new_key("audit", "ben", true)], 1_040)
+        .unwrap();
+    let quiet_id = quiet[0].view.key.id.clone();
+
+    // Refused: recorded after, with the error; a full key never, its id when it is known.
+    let rev = st.revision().unwrap();
+    let e = audit::audited(
+        st,
+        &admin,
+        Action::KeyApprove,
+        &key_object(&key),
+        2_000,
+        |s| s.approve(KeyRef::from_arg(&key), 2_000),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let unknown = "ef_live_0123456789abcdefghijABCDEFGHIJ012345";
+    audit::audited(
+        st,
+        &admin,
+        Action::KeyRevoke,
+        &key_object(unknown),
+        2_010,
+        |s| s.revoke(KeyRef::from_arg(unknown), 2_010),
+    )
+    .unwrap_err();
+    let nobody = |_: &dyn KeyStore| "nobody".to_owned();
+    audit::audited(st, &alice, Action::UserActivate, &nobody, 2_020, |s| {
+        s.set_user_status("nobody", UserStatus::Active, 2_020)
+    })
+    .unwrap_err();
+    // Made through `audited`: recorded once, by the store.
+    audit::audited(
+        st,
+        &alice,
+        Action::KeyApprove,
+        &key_object(&quiet_id),
+        2_030,
+        |s| s.approve(KeyRef::Id(&quiet_id), 2_030),
+    )
+    .unwrap();
+    // A change outside the store.
+    st.record_audit(&AuditEntry::ok(
+        3_000,
+        &admin,
+        Action::AllowAdd,
+        "203.0.113.0/24",
+    ))
+    .unwrap();
+    let mut bad = AuditEntry::ok(3_000, &admin, Action::AllowAdd, "x");
+    bad.object = key.clone();
+    assert!(matches!(
+        st.record_audit(&bad),
+        Err(StoreError::BadAuditEntry(_))
+    ));
+    assert_eq!(
+        st.revision().unwrap(),
+        rev + 1,
+        "entries are not changes: only the approval took a revision"
+    );
+
+    let trail = st.audit_since(None, 100).unwrap();
+    let rows: Vec<(i64, &str, &str, &str, &str)> = trail
+        .iter()
+        .map(|e| {
+            let result = if e.is_ok() {
+                OK
+            } else {
+                e.result.split(':').next().unwrap()
+            };
+            (
+                e.at,
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.object.as_str(),
+                result,
+            )
+        })
+        .collect();
+    let (a, m) = ("cli:root (sudo alice)", "admin@127.0.0.1");
+    assert_eq!(
+        rows,
+        [
+            (1_000, a, "key.create", id.as_str(), OK),
+            (1_010, m, "key.revoke", id.as_str(), OK),
+            (1_020, m, "key.revoke", id.as_str(), OK),
+            (1_030, m, "user.suspend", "ann", OK),
+            (2_000, m, "key.approve", id.as_str(), "CONFLICT"),
+            (2_010, m, "key.revoke", A_KEY, "NOT_FOUND"),
+            (2_020, a, "user.activate", "nobody", "NOT_FOUND"),
+            (2_030, a, "key.approve", quiet_id.as_str(), OK),
+            (3_000, m, "allow.add", "203.0.113.0/24", OK),
+        ]
+    );
+    assert!(trail.windows(2).all(|w| w[0].id < w[1].id), "{trail:?}");
+    assert!(trail.iter().all(|e| e.host == audit::this_host()));
+    assert!(trail[4].result.contains("is revoked"), "{:?}", trail[4]);
+    let text = format!("{trail:?}");
+    assert!(
+        !text.contains(&key[8..]) && !text.contains(&unknown[8..]),
+        "{text}"
+    );
+
+    // Since a time, and the newest N (oldest first).
+    let since: Vec<i64> = st
+        .audit_since(Some(2_010), 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(since, [2_010, 2_020, 2_030, 3_000]);
+    let newest: Vec<i64> = st
+        .audit_since(None, 2)
+        .unwrap()
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(newest, [2_030, 3_000]);
+    assert!(st.audit_since(Some(3_001), 100).unwrap().is_empty());
+}
+
+#[test]
+fn sqlite_keeps_an_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    keeps_an_audit_trail(&mut st);
+}
+
+/// A database an older build left (schema 2, before the audit trail) is upgraded in place by
+/// the first open: its keys stay, the audit table is there and keeps the trail.
+#[test]
+fn postgres_upgrades_in_place_and_keeps_an_audit_trail() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let url = fx.postgres_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let audit_tables = |rt: &tokio::runtime::Runtime| -> i64 {
+        rt.block_on(async {
+            let c = edgefilter::store::postgres::connect(&url, Duration::from_secs(5))
+                .await
+                .unwrap();
+            c.query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'audit'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        })
+    };
+    rt.block_on(async {
+        let mut c = edgefilter::store::postgres::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let v = edgefilter::store::postgres::migrate_with(
+            &mut c,
+            &edgefilter::store::postgres::MIGRATIONS[..2],
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, 2);
+        c.batch_execute(
+            "INSERT INTO tenants (name, created_at) VALUES ('old', 1);
+             INSERT INTO users (tenant_id, name, status, created_at, updated_at)
+                 SELECT id, 'olduser', 'active', 1, 1 FROM tenants WHERE name = 'old';",
+        )
+        .await
+        .unwrap();
+    });
+    assert_eq!(audit_tables(&rt), 0, "schema 2 has no audit table");
+    let mut st = PgKeyStore::open(&url).unwrap();
+    assert_eq!(audit_tables(&rt), 1, "the open upgraded the schema");
+    assert_eq!(
+        st.find_user("olduser").unwrap().map(|u| u.tenant),
+        Some("old".to_owned())
+    );
+    keeps_an_audit_trail(&mut st);
 }
 
 #[test]
@@ -343,7 +557,7 @@ fn postgres_reopens_its_own_schema_and_refuses_a_newer_one() {
             e,
             StoreError::Postgres(edgefilter::store::postgres::PgError::SchemaTooNew {
                 found: 99,
-                known: 2
+                known: 3
             })
         ),
         "{e}"

@@ -4,7 +4,8 @@
 //!   every change in one transaction that also appends to the `changes` log (bumping the
 //!   revision, `NOTIFY` at commit). The trait is synchronous, so the store owns a private
 //!   current-thread tokio runtime (`conn`); every call is bounded by a timeout, so a dead
-//!   database gives a clear [`StoreError`] within seconds instead of hanging a command.
+//!   database gives a clear [`StoreError`] within seconds instead of hanging a command. A change
+//!   made on behalf of an actor writes its audit entry in the same transaction.
 //! - `log`: the change log ([`append_change`], [`changes_since`], [`current_revision`]).
 //! - `follower`: the [`ChangeFollower`] every edge host runs to apply changes in revision order
 //!   and catch up after any disconnect; `notify` turns it into the watcher's wake-up.
@@ -23,13 +24,14 @@ use std::time::Duration;
 pub use follower::{ChangeFollower, FollowerConfig, FollowerStatus};
 pub use log::{ChangeRow, append_change, changes_since, current_revision};
 pub use notify::ChangeNotifier;
-pub use schema::{MIGRATIONS, migrate};
+pub use schema::{MIGRATIONS, migrate, migrate_with};
 
 use self::conn::{Conn, PAGE, in_tx};
 use self::rows::{
-    SCAN_KEYS, SCAN_USERS, SELECT_VIEW, insert_key, log_key, log_user, must_view, pg, to_record,
-    to_user, to_view, user_by_name, view_by,
+    SCAN_KEYS, SCAN_USERS, SELECT_VIEW, audit_ok, insert_audit, insert_key, log_key, log_user,
+    must_view, pg, to_audit, to_record, to_user, to_view, user_by_name, view_by,
 };
+use super::audit::{Action, Actor, AuditEntry};
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
@@ -121,6 +123,8 @@ type KeyStep = fn(&KeyView) -> Result<Option<(&'static str, &'static str)>>;
 #[derive(Debug)]
 pub struct PgKeyStore {
     conn: Conn,
+    /// On whose behalf changes are made (see [`KeyStore::act_as`]).
+    actor: Option<Actor>,
 }
 
 fn unix(t: std::time::SystemTime) -> i64 {
@@ -136,6 +140,7 @@ impl PgKeyStore {
     pub fn open(url: &str) -> Result<Self> {
         Ok(Self {
             conn: Conn::open(url)?,
+            actor: None,
         })
     }
 
@@ -154,7 +159,14 @@ impl PgKeyStore {
         Ok(ChangeNotifier::spawn(url, from)?)
     }
 
-    fn change_key(&self, key: KeyRef<'_>, now: i64, step: KeyStep) -> Result<KeyView> {
+    fn change_key(
+        &self,
+        key: KeyRef<'_>,
+        now: i64,
+        action: Action,
+        step: KeyStep,
+    ) -> Result<KeyView> {
+        let by = self.actor.as_ref();
         self.conn.retrying(|c| async move {
             in_tx(&c, async {
                 let v = must_view(&c, key, true).await?;
@@ -163,6 +175,7 @@ impl PgKeyStore {
                     c.execute(&sql, &[&now, &v.key.id]).await.map_err(pg)?;
                     log_key(&c, kind, &v.key.id).await?;
                 }
+                audit_ok(&c, by, action, &v.key.id, now).await?;
                 must_view(&c, KeyRef::Id(&v.key.id), false).await
             })
             .await
@@ -172,11 +185,14 @@ impl PgKeyStore {
 
 impl KeyStore for PgKeyStore {
     fn create_keys(&mut self, new: &[NewKey], now: i64) -> Result<Vec<CreatedKey>> {
+        let by = self.actor.as_ref();
         self.conn.retrying(|c| async move {
             in_tx(&c, async {
                 let mut out = Vec::with_capacity(new.len());
                 for n in new {
-                    out.push(insert_key(&c, n, now).await?);
+                    let created = insert_key(&c, n, now).await?;
+                    audit_ok(&c, by, Action::KeyCreate, &created.view.key.id, now).await?;
+                    out.push(created);
                 }
                 Ok(out)
             })
@@ -198,14 +214,14 @@ impl KeyStore for PgKeyStore {
     }
 
     fn revoke(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
-        self.change_key(key, now, |v| {
+        self.change_key(key, now, Action::KeyRevoke, |v| {
             Ok(rules::revoke_changes(&v.key)
                 .then_some(("status = 'revoked', revoked_at = $1", "key.revoke")))
         })
     }
 
     fn approve(&mut self, key: KeyRef<'_>, now: i64) -> Result<KeyView> {
-        self.change_key(key, now, |v| {
+        self.change_key(key, now, Action::KeyApprove, |v| {
             Ok(rules::approve_changes(&v.key)?.then_some(("status = 'active'", "key.approve")))
         })
     }
@@ -216,6 +232,7 @@ impl KeyStore for PgKeyStore {
         grace: Duration,
         now: i64,
     ) -> Result<(KeyView, CreatedKey)> {
+        let by = self.actor.as_ref();
         self.conn.retrying(|c| async move {
             in_tx(&c, async {
                 let old = must_view(&c, key, true).await?;
@@ -231,6 +248,7 @@ impl KeyStore for PgKeyStore {
                 .await
                 .map_err(pg)?;
                 log_key(&c, "key.rotate", &k.id).await?;
+                audit_ok(&c, by, Action::KeyRotate, &k.id, now).await?;
                 let old = must_view(&c, KeyRef::Id(&k.id), false).await?;
                 Ok((old, created))
             })
@@ -239,6 +257,7 @@ impl KeyStore for PgKeyStore {
     }
 
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
+        let by = self.actor.as_ref();
         self.conn.retrying(|c| async move {
             in_tx(&c, async {
                 let u = user_by_name(&c, user, true)
@@ -258,6 +277,7 @@ impl KeyStore for PgKeyStore {
                     };
                     log_user(&c, kind, user).await?;
                 }
+                audit_ok(&c, by, Action::user_status(status), &u.name, now).await?;
                 Ok(User { status, ..u })
             })
             .await
@@ -373,5 +393,31 @@ impl KeyStore for PgKeyStore {
                 })
             })
             .collect())
+    }
+
+    fn act_as(&mut self, actor: Option<Actor>) {
+        self.actor = actor;
+    }
+
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        self.conn
+            .retrying(|c| async move { insert_audit(&c, entry).await })
+    }
+
+    fn audit_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn.retrying(|c| async move {
+            let rows = c
+                .query(
+                    "SELECT id, at, actor, action, object, result, host FROM (
+                         SELECT * FROM audit WHERE $1::bigint IS NULL OR at >= $1
+                         ORDER BY id DESC LIMIT $2
+                     ) newest ORDER BY id",
+                    &[&since, &limit],
+                )
+                .await
+                .map_err(pg)?;
+            rows.iter().map(to_audit).collect()
+        })
     }
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 use tokio_postgres::{Client, Row};
 
 use super::{PgError, append_change};
+use crate::store::audit::{self, Action, Actor, AuditEntry};
 use crate::store::ids::new_key_id;
 use crate::store::model::{
     CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, RateLimit, User, UserStatus,
@@ -154,6 +155,46 @@ pub async fn log_key(c: &Client, kind: &str, id: &str) -> Result<u64> {
 /// Appends a change about a user.
 pub async fn log_user(c: &Client, kind: &str, name: &str) -> Result<u64> {
     Ok(append_change(c, kind, &json!({ "user": name })).await?)
+}
+
+/// Appends `e` to the audit trail (no revision, no `NOTIFY`).
+pub async fn insert_audit(c: &Client, e: &AuditEntry) -> Result<()> {
+    audit::check(e)?;
+    c.execute(
+        "INSERT INTO audit (at, actor, action, object, result, host)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&e.at, &e.actor, &e.action, &e.object, &e.result, &e.host],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Records, inside the change's transaction, a change made on behalf of `by` (none: nothing).
+pub async fn audit_ok(
+    c: &Client,
+    by: Option<&Actor>,
+    action: Action,
+    object: &str,
+    now: i64,
+) -> Result<()> {
+    match by {
+        Some(by) => insert_audit(c, &AuditEntry::ok(now, by, action, object)).await,
+        None => Ok(()),
+    }
+}
+
+/// Decodes a row of `SELECT id, at, actor, action, object, result, host FROM audit`.
+pub fn to_audit(r: &Row) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: u64::try_from(col::<i64>(r, 0)?).unwrap_or(0),
+        at: col(r, 1)?,
+        actor: col(r, 2)?,
+        action: col(r, 3)?,
+        object: col(r, 4)?,
+        result: col(r, 5)?,
+        host: col(r, 6)?,
+    })
 }
 
 /// The user to own a new key: created (with its tenant) when new.

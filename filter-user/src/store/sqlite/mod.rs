@@ -1,5 +1,5 @@
-//! The embedded SQLite backend: WAL, `synchronous = FULL`, one transaction per change.
-//! Its migrations are in [`schema`].
+//! The embedded SQLite backend: WAL, `synchronous = FULL`, one transaction per change (with its
+//! audit entry when an actor is set). Its migrations are in [`schema`].
 
 pub mod schema;
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+use super::audit::{self, Action, Actor, AuditEntry};
 use super::ids::new_key_id;
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
@@ -18,6 +19,8 @@ use super::{KeyStore, Result, StoreError, rules};
 /// A key store in one SQLite file.
 pub struct SqliteStore {
     conn: Connection,
+    /// On whose behalf changes are made (see [`KeyStore::act_as`]).
+    actor: Option<Actor>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -202,6 +205,43 @@ fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> Result<CreatedKey
     })
 }
 
+/// Appends `e` to the audit trail.
+fn insert_audit(conn: &Connection, e: &AuditEntry) -> Result<()> {
+    audit::check(e)?;
+    conn.prepare_cached(
+        "INSERT INTO audit (at, actor, action, object, result, host)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![e.at, e.actor, e.action, e.object, e.result, e.host])?;
+    Ok(())
+}
+
+/// Records, inside the change's transaction, a change made on behalf of `by` (none: nothing).
+fn audit_ok(
+    tx: &Transaction<'_>,
+    by: Option<&Actor>,
+    action: Action,
+    object: &str,
+    now: i64,
+) -> Result<()> {
+    match by {
+        Some(by) => insert_audit(tx, &AuditEntry::ok(now, by, action, object)),
+        None => Ok(()),
+    }
+}
+
+fn row_to_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        object: r.get(4)?,
+        result: r.get(5)?,
+        host: r.get(6)?,
+    })
+}
+
 fn set_rev(tx: &Transaction<'_>, id: &str, now: i64) -> Result<()> {
     let rev = bump(tx, now, &ChangeSubject::Key(id.to_owned()))?;
     tx.execute(
@@ -229,7 +269,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, actor: None })
     }
 }
 
@@ -249,10 +289,13 @@ impl SqliteStore {
 impl KeyStore for SqliteStore {
     fn create_keys(&mut self, new: &[NewKey], now: i64) -> Result<Vec<CreatedKey>> {
         let tx = self.conn.transaction()?;
-        let out = new
-            .iter()
-            .map(|n| insert_key(&tx, n, now))
-            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(new.len());
+        for n in new {
+            let created = insert_key(&tx, n, now)?;
+            let id = &created.view.key.id;
+            audit_ok(&tx, self.actor.as_ref(), Action::KeyCreate, id, now)?;
+            out.push(created);
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -278,6 +321,7 @@ impl KeyStore for SqliteStore {
             )?;
             set_rev(&tx, &v.key.id, now)?;
         }
+        audit_ok(&tx, self.actor.as_ref(), Action::KeyRevoke, &v.key.id, now)?;
         let v = must_view(&tx, KeyRef::Id(&v.key.id))?;
         tx.commit()?;
         Ok(v)
@@ -293,6 +337,7 @@ impl KeyStore for SqliteStore {
             )?;
             set_rev(&tx, &v.key.id, now)?;
         }
+        audit_ok(&tx, self.actor.as_ref(), Action::KeyApprove, &v.key.id, now)?;
         let v = must_view(&tx, KeyRef::Id(&v.key.id))?;
         tx.commit()?;
         Ok(v)
@@ -314,6 +359,7 @@ impl KeyStore for SqliteStore {
             params![rules::grace_until(now, grace), created.view.key.id, k.id],
         )?;
         set_rev(&tx, &k.id, now)?;
+        audit_ok(&tx, self.actor.as_ref(), Action::KeyRotate, &k.id, now)?;
         let old = must_view(&tx, KeyRef::Id(&k.id))?;
         tx.commit()?;
         Ok((old, created))
@@ -329,6 +375,8 @@ impl KeyStore for SqliteStore {
             )?;
             bump(&tx, now, &ChangeSubject::User(user.to_owned()))?;
         }
+        let action = Action::user_status(status);
+        audit_ok(&tx, self.actor.as_ref(), action, &u.name, now)?;
         tx.commit()?;
         Ok(User { status, ..u })
     }
@@ -383,6 +431,25 @@ impl KeyStore for SqliteStore {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    fn act_as(&mut self, actor: Option<Actor>) {
+        self.actor = actor;
+    }
+
+    fn record_audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        insert_audit(&self.conn, entry)
+    }
+
+    fn audit_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at, actor, action, object, result, host FROM (
+                 SELECT * FROM audit WHERE ?1 IS NULL OR at >= ?1 ORDER BY id DESC LIMIT ?2
+             ) ORDER BY id",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since, limit], row_to_audit)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 fn read_revision(conn: &Connection) -> Result<u64> {
@@ -390,4 +457,72 @@ fn read_revision(conn: &Connection) -> Result<u64> {
         r.get(0)
     })?;
     u64::try_from(rev).map_err(|_| StoreError::Corrupt(format!("revision {rev}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::migrate::newest;
+
+    /// A database an older build left (before the audit trail) is upgraded in place when
+    /// opened: its keys stay, the audit table is there and works.
+    #[test]
+    fn a_database_from_before_the_audit_trail_upgrades_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            schema::migrate_with(&mut conn, &schema::MIGRATIONS[..1]).unwrap();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 1);
+            let audit_tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'audit'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(audit_tables, 0);
+        }
+        {
+            // An older build's store, used as it was: keys and all.
+            let mut old = SqliteStore {
+                conn: Connection::open(&path).unwrap(),
+                actor: None,
+            };
+            old.create_keys(&[NewKey::new("acme", "alice", "live")], 10)
+                .unwrap();
+        }
+        let mut st = SqliteStore::open(&path).unwrap();
+        let v: i64 = st
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, i64::from(newest(schema::MIGRATIONS)));
+        assert_eq!(st.list_keys(None).unwrap().len(), 1);
+        assert!(st.audit_since(None, 10).unwrap().is_empty());
+        let by = Actor::cli("root", None);
+        st.act_as(Some(by.clone()));
+        let made = st
+            .create_keys(&[NewKey::new("acme", "alice", "live")], 20)
+            .unwrap();
+        st.act_as(None);
+        st.revoke(KeyRef::Id(&made[0].view.key.id), 30).unwrap();
+        let trail = st.audit_since(None, 10).unwrap();
+        assert_eq!(
+            trail.len(),
+            1,
+            "only the change made as an actor: {trail:?}"
+        );
+        assert_eq!(
+            (
+                trail[0].actor.as_str(),
+                trail[0].action.as_str(),
+                trail[0].object.as_str()
+            ),
+            ("cli:root", "key.create", made[0].view.key.id.as_str())
+        );
+    }
 }

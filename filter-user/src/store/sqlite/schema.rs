@@ -56,12 +56,32 @@ const KEYS_V1: &str = "CREATE TABLE meta (
          subject  TEXT NOT NULL
      );";
 
+/// The audit trail: who changed what, when, on which host, and how it ended. `AUTOINCREMENT`
+/// so an id is never reused, even after the newest rows are deleted.
+const AUDIT_V2: &str = "CREATE TABLE audit (
+         id     INTEGER PRIMARY KEY AUTOINCREMENT,
+         at     INTEGER NOT NULL,
+         actor  TEXT NOT NULL,
+         action TEXT NOT NULL,
+         object TEXT NOT NULL,
+         result TEXT NOT NULL,
+         host   TEXT NOT NULL
+     );
+     CREATE INDEX audit_at ON audit(at);";
+
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "tenants, users, keys (hash only), revision counter and change log",
-    sql: KEYS_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "tenants, users, keys (hash only), revision counter and change log",
+        sql: KEYS_V1,
+    },
+    Migration {
+        version: 2,
+        name: "audit trail",
+        sql: AUDIT_V2,
+    },
+];
 
 /// Newest schema version this build knows.
 pub const VERSION: i64 = migrate::newest(MIGRATIONS) as i64;
@@ -105,8 +125,17 @@ fn apply(conn: &mut Connection, m: &Migration) -> Result<()> {
 /// # Errors
 /// A newer schema than known, or a failed step.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
+    migrate_with(conn, MIGRATIONS)
+}
+
+/// Brings the database to the newest version in `list` (a prefix of [`MIGRATIONS`] makes a
+/// database as an older build left it, for upgrade tests).
+///
+/// # Errors
+/// A newer schema than `list` knows, or a failed step.
+pub fn migrate_with(conn: &mut Connection, list: &[Migration]) -> Result<()> {
     let mut db = Sqlite(conn);
-    let run = pin!(migrate::run(&mut db, MIGRATIONS));
+    let run = pin!(migrate::run(&mut db, list));
     // Every step is a ready future, so the runner finishes on its first poll.
     match run.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(done) => done.map(|_| ()),
