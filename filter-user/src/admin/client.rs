@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::ops::ACTOR_HEADER;
 use super::token::AdminToken;
 use crate::config::Config;
 
@@ -40,6 +41,8 @@ pub struct AdminClient {
     addr: SocketAddr,
     token: AdminToken,
     timeout: Duration,
+    /// Sent as [`ACTOR_HEADER`]: on whose behalf the calls are made.
+    on_behalf_of: Option<String>,
 }
 
 impl AdminClient {
@@ -51,7 +54,16 @@ impl AdminClient {
             addr,
             token,
             timeout: Duration::from_secs(60),
+            on_behalf_of: None,
         }
+    }
+
+    /// Says in every call that it acts for `actor` (e.g. `cli:alice`); the daemon records it in
+    /// the audit trail after the authenticated actor.
+    #[must_use]
+    pub fn on_behalf_of(mut self, actor: &str) -> Self {
+        self.on_behalf_of = Some(actor.to_owned());
+        self
     }
 
     /// The daemon's admin API if it is listening on `admin.listen` and the token file is
@@ -100,6 +112,13 @@ impl AdminClient {
         );
         if body.is_some() {
             head.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(who) = self
+            .on_behalf_of
+            .as_deref()
+            .filter(|w| !w.contains(['\r', '\n']))
+        {
+            head.push_str(&format!("{ACTOR_HEADER}: {who}\r\n"));
         }
         head.push_str("\r\n");
         let mut s = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(io)?;

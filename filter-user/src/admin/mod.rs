@@ -3,6 +3,7 @@
 //! The server ([`server::AdminServer`]) authenticates, routes and validates requests, then
 //! delegates every operation to an [`ops::AdminOps`] implementation (the control plane).
 
+pub mod audit_json;
 pub mod client;
 pub mod key_json;
 pub mod ops;
@@ -10,11 +11,12 @@ pub mod routes;
 pub mod server;
 pub mod token;
 
+pub use audit_json::AuditJson;
 pub use client::{AdminClient, ClientError};
 pub use key_json::{CreatedKeyJson, KeyJson, key_state};
 pub use ops::{
-    AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, ExplainRequest, ListKeysQuery,
-    OpFuture, Readiness, RotateRequest, UserAction,
+    ACTOR_HEADER, AdminOps, AllowlistRequest, ApiError, AuditQuery, CreateKeyRequest,
+    ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
 };
 pub use server::{AdminHandle, AdminServer, ServerError};
 pub use token::{AdminToken, TokenError};

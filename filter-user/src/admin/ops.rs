@@ -3,6 +3,8 @@
 //! The server validates and parses requests (so a bad body is a 400 before any operation runs);
 //! an [`AdminOps`] implementation performs the operation and returns the JSON response body.
 //! Key-changing operations must return only after every shard applied the change (SPEC §3).
+//! Every changing operation is told who asks ([`Actor`]: the token's holder and their address)
+//! and records the change, or its refusal, in the audit trail (SPEC §7).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -12,6 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::store::Actor;
+
+/// The request header in which a caller may say on whose behalf it acts (the CLI sends its
+/// local user, e.g. `cli:alice`); recorded after the authenticated actor, as its claim.
+pub const ACTOR_HEADER: &str = "x-edgefilter-actor";
 
 /// The future every operation returns.
 pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
@@ -160,6 +168,15 @@ pub struct ListKeysQuery {
     pub tenant: Option<String>,
 }
 
+/// `GET /v1/audit?since=T&limit=N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries made at or after this time (unix seconds).
+    pub since: Option<i64>,
+    /// At most this many (the newest); none = the default.
+    pub limit: Option<usize>,
+}
+
 /// `POST /v1/keys/{id}/rotate`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -231,30 +248,34 @@ impl UserAction {
 
 /// The admin operations. Implemented by the control plane; every method's JSON result is the
 /// response body (status 200, or 201 for `create_key`). `id` arguments are a key id (`key_…`)
-/// or a full key (SPEC §3). Implementations must never put a key into an error message.
+/// or a full key (SPEC §3). Implementations must never put a key into an error message. A
+/// changing operation is made `by` an actor and recorded in the audit trail, made or refused.
 pub trait AdminOps: Send + Sync + 'static {
     /// Creates a key; the result holds the full key, the only time it is ever shown.
-    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_>;
+    fn create_key(&self, by: Actor, req: CreateKeyRequest) -> OpFuture<'_>;
     /// Lists keys (a JSON array), never a secret.
     fn list_keys(&self, query: ListKeysQuery) -> OpFuture<'_>;
     /// One key, never its secret.
     fn show_key(&self, id: String) -> OpFuture<'_>;
     /// Revokes a key; returns once every shard applied it.
-    fn revoke_key(&self, id: String) -> OpFuture<'_>;
+    fn revoke_key(&self, by: Actor, id: String) -> OpFuture<'_>;
     /// Rotates a key: the result holds the new full key; the old one works until its grace ends.
-    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_>;
+    fn rotate_key(&self, by: Actor, id: String, req: RotateRequest) -> OpFuture<'_>;
     /// Approves a pending key.
-    fn approve_key(&self, id: String) -> OpFuture<'_>;
+    fn approve_key(&self, by: Actor, id: String) -> OpFuture<'_>;
     /// Suspends, activates or deletes a user.
-    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_>;
+    fn user_action(&self, by: Actor, user: String, action: UserAction) -> OpFuture<'_>;
     /// The XDP allowlist.
     fn allowlist(&self) -> OpFuture<'_>;
     /// Adds a CIDR to the XDP allowlist.
-    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_>;
+    fn allowlist_add(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_>;
     /// Removes a CIDR from the XDP allowlist.
-    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_>;
+    fn allowlist_remove(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_>;
     /// Runs every check for a key, in order.
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_>;
+    /// The audit trail (a JSON array of [`super::AuditJson`], oldest first): the newest
+    /// `limit` entries since `since`.
+    fn audit(&self, query: AuditQuery) -> OpFuture<'_>;
     /// Prometheus text for `/metrics` (empty until metrics are wired).
     fn metrics(&self) -> String {
         String::new()

@@ -35,6 +35,8 @@ pub enum Route {
     AllowRemove,
     /// `POST /v1/explain`.
     Explain,
+    /// `GET /v1/audit`.
+    Audit,
 }
 
 impl Route {
@@ -100,6 +102,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
         },
         ["v1", "explain"] => only(&Method::POST, "POST", Route::Explain),
+        ["v1", "audit"] => only(&Method::GET, "GET", Route::Audit),
         _ => Err(not_found()),
     }
 }
@@ -150,6 +153,8 @@ mod tests {
             Ok(Route::AllowRemove)
         );
         assert_eq!(route(&p, "/v1/explain"), Ok(Route::Explain));
+        assert_eq!(route(&g, "/v1/audit"), Ok(Route::Audit));
+        assert_eq!(route(&p, "/v1/audit").map_err(|e| e.status), Err(405));
     }
 
     #[test]

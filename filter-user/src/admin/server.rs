@@ -3,6 +3,8 @@
 //! Public endpoints (`/healthz`, `/readyz`, `/metrics`) need no token; every other request is
 //! authenticated before its path parameters or body are looked at, so a caller without the
 //! token learns nothing and changes nothing. Request bodies are size-limited and never logged.
+//! A change is made by the token's holder at the caller's address ([`Actor::admin`]), which the
+//! operation records in the audit trail.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,10 +20,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::ops::{AdminOps, ApiError, ListKeysQuery, Readiness};
+use super::ops::{ACTOR_HEADER, AdminOps, ApiError, AuditQuery, ListKeysQuery, Readiness};
 use super::routes::{Route, decode_component, route};
 use super::token::{AdminToken, TokenError};
 use crate::config::Config;
+use crate::store::audit::MAX_LIMIT;
+use crate::store::timefmt::parse_since;
+use crate::store::{Actor, unix_now};
 
 /// Largest request body accepted (JSON requests are small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -133,7 +138,7 @@ impl AdminServer {
             tokio::net::TcpListener::from_std(self.listener).map_err(ServerError::Runtime)?;
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -148,7 +153,7 @@ impl AdminServer {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -193,7 +198,7 @@ impl AdminServer {
 
 type Resp = Response<Full<Bytes>>;
 
-async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let request_id = request_id(&req);
     let matched = route(req.method(), req.uri().path());
     let public = matches!(&matched, Ok(r) if r.is_public());
@@ -202,7 +207,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         return error_response(&ApiError::unauthorized(), &request_id);
     }
     let result = match matched {
-        Ok(r) => dispatch(state, r, req).await,
+        Ok(r) => dispatch(state, r, actor(peer, &req), req).await,
         Err(e) => Err(e),
     };
     let resp = match result {
@@ -213,7 +218,23 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     with_request_id(resp, &request_id)
 }
 
-async fn dispatch(state: &State, r: Route, req: Request<Incoming>) -> Result<Resp, ApiError> {
+/// Who an authenticated request comes from: the token's holder at `peer`, and whom the caller
+/// says it acts for ([`ACTOR_HEADER`]).
+fn actor(peer: SocketAddr, req: &Request<Incoming>) -> Actor {
+    let claim = req
+        .headers()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    Actor::admin(Some(peer.ip()), claim)
+}
+
+async fn dispatch(
+    state: &State,
+    r: Route,
+    by: Actor,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
     let ops = &*state.ops;
     let value = match r {
         Route::Healthz => json!({"status": "ok"}),
@@ -234,22 +255,23 @@ async fn dispatch(state: &State, r: Route, req: Request<Incoming>) -> Result<Res
         }
         Route::CreateKey => {
             let body = json_body(req).await?;
-            let v = ops.create_key(body).await?;
+            let v = ops.create_key(by, body).await?;
             return Ok(json_response(201, &v));
         }
         Route::ListKeys => ops.list_keys(list_query(req.uri().query())?).await?,
         Route::ShowKey(id) => ops.show_key(id).await?,
-        Route::RevokeKey(id) => ops.revoke_key(id).await?,
+        Route::RevokeKey(id) => ops.revoke_key(by, id).await?,
         Route::RotateKey(id) => {
             let body = optional_json_body(req).await?;
-            ops.rotate_key(id, body).await?
+            ops.rotate_key(by, id, body).await?
         }
-        Route::ApproveKey(id) => ops.approve_key(id).await?,
-        Route::User(user, action) => ops.user_action(user, action).await?,
+        Route::ApproveKey(id) => ops.approve_key(by, id).await?,
+        Route::User(user, action) => ops.user_action(by, user, action).await?,
         Route::AllowList => ops.allowlist().await?,
-        Route::AllowAdd => ops.allowlist_add(json_body(req).await?).await?,
-        Route::AllowRemove => ops.allowlist_remove(json_body(req).await?).await?,
+        Route::AllowAdd => ops.allowlist_add(by, json_body(req).await?).await?,
+        Route::AllowRemove => ops.allowlist_remove(by, json_body(req).await?).await?,
         Route::Explain => ops.explain(json_body(req).await?).await?,
+        Route::Audit => ops.audit(audit_query(req.uri().query())?).await?,
     };
     Ok(json_response(200, &value))
 }
@@ -275,6 +297,42 @@ fn list_query(q: Option<&str>) -> Result<ListKeysQuery, ApiError> {
             _ => {
                 return Err(ApiError::bad_request("Unknown query parameter.")
                     .with_hint("GET /v1/keys accepts only `tenant`."));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `since` (RFC 3339, or a duration back from now such as `1h`) and `limit` (1 to
+/// [`MAX_LIMIT`]) of `GET /v1/audit`.
+fn audit_query(q: Option<&str>) -> Result<AuditQuery, ApiError> {
+    let mut out = AuditQuery::default();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode_component(&v.replace('+', " "))?;
+        match k {
+            "since" => {
+                let t = parse_since(&v, unix_now()).map_err(|m| {
+                    ApiError::bad_request(format!("`since`: {m}"))
+                        .with_hint("An RFC 3339 time, or a duration back from now such as `1h`.")
+                })?;
+                out.since = Some(t);
+            }
+            "limit" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "`limit` must be a number from 1 to {MAX_LIMIT}."
+                        ))
+                    })?;
+                out.limit = Some(n);
+            }
+            _ => {
+                return Err(ApiError::bad_request("Unknown query parameter.")
+                    .with_hint("GET /v1/audit accepts `since` and `limit`."));
             }
         }
     }

@@ -1,6 +1,10 @@
 //! The control plane: the one writer of the key store. Each key change is committed (durable),
 //! then loaded and published to every shard as one batch, and answered only once every shard
 //! has applied it. The store watcher publishes through the same lock, so there is one sequence.
+//!
+//! Every change is made by an [`Actor`] and recorded in the audit trail once: a store change in
+//! its own transaction, a refused one and a change outside the store (the XDP allowlist, and
+//! the denylist through [`ControlPlane::audited_change`]) right after, under the same lock.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,16 +16,19 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use crate::admin::{
-    AdminOps, AllowlistRequest, ApiError, CreateKeyRequest, CreatedKeyJson, ExplainRequest,
-    KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
+    AdminOps, AllowlistRequest, ApiError, AuditJson, AuditQuery, CreateKeyRequest, CreatedKeyJson,
+    ExplainRequest, KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
+use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::timefmt::parse_when;
-use crate::store::{self, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus};
+use crate::store::{
+    self, Action, Actor, AuditEntry, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus,
+};
 use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
 
 /// How long a key change waits for every shard before answering `PROPAGATION_TIMEOUT`.
@@ -80,10 +87,15 @@ impl ControlPlane {
         Ok(keys.published())
     }
 
-    /// Runs a store write under the writer lock, then publishes what changed; returns the
-    /// write's result and the revision every shard must reach.
+    /// Runs a store write as `by` under the writer lock, then publishes what changed; returns
+    /// the write's result and the revision every shard must reach. The store records the write
+    /// in the audit trail in its transaction; a refused write is recorded as `action` on the
+    /// object `object` names.
     fn write<T>(
         &self,
+        by: &Actor,
+        action: Action,
+        object: &dyn Fn(&dyn KeyStore) -> String,
         op: impl FnOnce(&mut dyn KeyStore, i64) -> Result<T, StoreError>,
     ) -> Result<(T, u64), ApiError> {
         // Real-time from before the commit until the shards have been raised and sent the
@@ -91,7 +103,9 @@ impl ControlPlane {
         let _raised = boost::RaisedSelf::now();
         let mut g = self.lock();
         let Inner { keys, store } = &mut *g;
-        let out = op(&mut **store, store::unix_now()).map_err(store_error)?;
+        let now = store::unix_now();
+        let out = audit::audited(&mut **store, by, action, object, now, |st| op(st, now))
+            .map_err(store_error)?;
         let committed = Instant::now();
         keys.poll_at(&**store, committed).map_err(store_error)?;
         Ok((out, keys.published()))
@@ -171,8 +185,50 @@ impl ControlPlane {
         })
     }
 
+    /// Runs `change`, a change outside the key store (e.g. to the XDP denylist), under the
+    /// writer lock, and records it in the audit trail as `action` on `object` made by `by`:
+    /// made when it returns `Ok`, refused with its error otherwise. A failure to record is
+    /// logged, not returned: the change has been made (or not) either way.
+    ///
+    /// # Errors
+    /// Whatever `change` returns.
+    pub fn audited_change<T>(
+        &self,
+        by: &Actor,
+        action: Action,
+        object: &str,
+        change: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut g = self.lock();
+        let out = change();
+        let now = store::unix_now();
+        let entry = match &out {
+            Ok(_) => AuditEntry::ok(now, by, action, object),
+            Err(e) => AuditEntry::failed(now, by, action, object, &api_failure(e)),
+        };
+        record(&mut *g.store, &entry);
+        out
+    }
+
+    /// Records that `by` was refused `action` on the object `object` names before the store
+    /// was asked (a bad request), and returns the refusal.
+    fn refused(
+        &self,
+        by: &Actor,
+        action: Action,
+        object: &dyn Fn(&dyn KeyStore) -> String,
+        e: ApiError,
+    ) -> ApiError {
+        let mut g = self.lock();
+        let object = object(&*g.store);
+        let entry = AuditEntry::failed(store::unix_now(), by, action, &object, &api_failure(&e));
+        record(&mut *g.store, &entry);
+        e
+    }
+
+    /// Adds `net` to (or removes it from) the allowlist file and the pinned map, if any. The
+    /// caller holds the writer lock.
     fn allow_change(&self, net: IpNet, add: bool) -> Result<Value, ApiError> {
-        let _one_writer = self.lock();
         let path = allowfile_path(&self.cfg);
         let mut file = AllowFile::load(&path).map_err(xdp_error)?;
         let changed = if add {
@@ -226,6 +282,23 @@ fn allow_json(file: &AllowFile, cfg: &Config) -> Value {
     json!({ "cidrs": cidrs })
 }
 
+/// Appends `entry` to the audit trail; a failure is logged (the change it records is done).
+fn record(store: &mut dyn KeyStore, entry: &AuditEntry) {
+    if let Err(e) = store.record_audit(entry) {
+        tracing::warn!(
+            error = %e,
+            action = %entry.action,
+            object = %entry.object,
+            "could not record a change in the audit trail"
+        );
+    }
+}
+
+/// The audit result of a refused API call: its code and message (never a key).
+fn api_failure(e: &ApiError) -> String {
+    format!("{}: {}", e.code, e.message)
+}
+
 /// Maps a store failure to an API error; never echoes a key.
 fn store_error(e: StoreError) -> ApiError {
     match e {
@@ -259,12 +332,18 @@ fn to_value(v: &impl serde::Serialize) -> Result<Value, ApiError> {
 }
 
 impl AdminOps for ControlPlane {
-    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_> {
+    fn create_key(&self, by: Actor, req: CreateKeyRequest) -> OpFuture<'_> {
         boxed(async move {
             let now = store::unix_now();
-            let new = self.new_key(req, now)?;
-            let (created, rev) =
-                self.write(|st, now| st.create_keys(std::slice::from_ref(&new), now))?;
+            let named = new_key_object(&req.tenant, &req.user);
+            let object = |_: &dyn KeyStore| named.clone();
+            let action = Action::KeyCreate;
+            let new = self
+                .new_key(req, now)
+                .map_err(|e| self.refused(&by, action, &object, e))?;
+            let (created, rev) = self.write(&by, action, &object, |st, now| {
+                st.create_keys(std::slice::from_ref(&new), now)
+            })?;
             self.applied(rev).await?;
             let c = created
                 .first()
@@ -304,23 +383,31 @@ impl AdminOps for ControlPlane {
         })
     }
 
-    fn revoke_key(&self, id: String) -> OpFuture<'_> {
+    fn revoke_key(&self, by: Actor, id: String) -> OpFuture<'_> {
         boxed(async move {
-            let (v, rev) = self.write(|st, now| st.revoke(key_ref(&id), now))?;
+            let object = |st: &dyn KeyStore| key_object(st, &id);
+            let (v, rev) = self.write(&by, Action::KeyRevoke, &object, |st, now| {
+                st.revoke(key_ref(&id), now)
+            })?;
             self.applied(rev).await?;
             Ok(json!({"revision": rev, "key": KeyJson::from_view(&v, store::unix_now())}))
         })
     }
 
-    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_> {
+    fn rotate_key(&self, by: Actor, id: String, req: RotateRequest) -> OpFuture<'_> {
         boxed(async move {
+            let action = Action::KeyRotate;
+            let object = |st: &dyn KeyStore| key_object(st, &id);
             let grace = match req.grace.as_deref() {
-                Some(g) => {
-                    parse_duration(g).map_err(|m| ApiError::bad_request(format!("`grace`: {m}")))?
-                }
+                Some(g) => parse_duration(g).map_err(|m| {
+                    let e = ApiError::bad_request(format!("`grace`: {m}"));
+                    self.refused(&by, action, &object, e)
+                })?,
                 None => DEFAULT_GRACE,
             };
-            let ((old, new), rev) = self.write(|st, now| st.rotate(key_ref(&id), grace, now))?;
+            let ((old, new), rev) = self.write(&by, action, &object, |st, now| {
+                st.rotate(key_ref(&id), grace, now)
+            })?;
             self.applied(rev).await?;
             let now = store::unix_now();
             let mut created = CreatedKeyJson::from_created(&new, now);
@@ -329,22 +416,27 @@ impl AdminOps for ControlPlane {
         })
     }
 
-    fn approve_key(&self, id: String) -> OpFuture<'_> {
+    fn approve_key(&self, by: Actor, id: String) -> OpFuture<'_> {
         boxed(async move {
-            let (v, rev) = self.write(|st, now| st.approve(key_ref(&id), now))?;
+            let object = |st: &dyn KeyStore| key_object(st, &id);
+            let (v, rev) = self.write(&by, Action::KeyApprove, &object, |st, now| {
+                st.approve(key_ref(&id), now)
+            })?;
             self.applied(rev).await?;
             Ok(json!({"revision": rev, "key": KeyJson::from_view(&v, store::unix_now())}))
         })
     }
 
-    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_> {
+    fn user_action(&self, by: Actor, user: String, action: UserAction) -> OpFuture<'_> {
         boxed(async move {
             let status = match action {
                 UserAction::Suspend => UserStatus::Suspended,
                 UserAction::Activate => UserStatus::Active,
                 UserAction::Delete => UserStatus::Deleted,
             };
-            let ((u, keys), rev) = self.write(|st, now| {
+            let object = |_: &dyn KeyStore| user.clone();
+            let audited = Action::user_status(status);
+            let ((u, keys), rev) = self.write(&by, audited, &object, |st, now| {
                 let u = st.set_user_status(&user, status, now)?;
                 let keys = st
                     .list_keys(Some(&u.tenant))?
@@ -368,12 +460,22 @@ impl AdminOps for ControlPlane {
         })
     }
 
-    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_> {
-        boxed(async move { self.allow_change(req.cidr.trunc(), true) })
+    fn allowlist_add(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let net = req.cidr.trunc();
+            self.audited_change(&by, Action::AllowAdd, &net.to_string(), || {
+                self.allow_change(net, true)
+            })
+        })
     }
 
-    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_> {
-        boxed(async move { self.allow_change(req.cidr.trunc(), false) })
+    fn allowlist_remove(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let net = req.cidr.trunc();
+            self.audited_change(&by, Action::AllowRemove, &net.to_string(), || {
+                self.allow_change(net, false)
+            })
+        })
     }
 
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
@@ -394,6 +496,22 @@ impl AdminOps for ControlPlane {
                 crate::auth::explain::ExplainError::Rules(e) => ApiError::internal(e.to_string()),
             })?;
             Ok(explained.to_json())
+        })
+    }
+
+    fn audit(&self, query: AuditQuery) -> OpFuture<'_> {
+        boxed(async move {
+            let entries = self
+                .lock()
+                .store
+                .audit_since(query.since, audit::limit(query.limit))
+                .map_err(store_error)?;
+            to_value(
+                &entries
+                    .iter()
+                    .map(AuditJson::from_entry)
+                    .collect::<Vec<_>>(),
+            )
         })
     }
 

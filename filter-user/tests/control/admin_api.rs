@@ -1,6 +1,7 @@
 //! The admin API server in-process with a recording fake `AdminOps`: every endpoint of
 //! `docs/openapi.yaml` is called and its real response validated against the document; requests
-//! without or with a wrong token get 401 and reach no operation.
+//! without or with a wrong token get 401 and reach no operation; every change is handed the
+//! actor the audit trail records.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,19 +10,22 @@ use std::sync::{Arc, Mutex};
 
 use edgefilter::admin::{
     AdminClient, AdminHandle, AdminOps, AdminServer, AdminToken, AllowlistRequest, ApiError,
-    CreateKeyRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest,
-    UserAction,
+    AuditQuery, CreateKeyRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness,
+    RotateRequest, UserAction,
 };
 use edgefilter::config::Config;
+use edgefilter::store::Actor;
 use serde_json::{Value, json};
 
 use crate::support::openapi::{assert_documented, check, openapi};
 use crate::support::ports;
 
-/// Records every call; answers with fixtures shaped like the real thing.
+/// Records every call (and the actor of every change); answers with fixtures shaped like the
+/// real thing.
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<String>>,
+    actors: Mutex<Vec<String>>,
 }
 
 impl Fake {
@@ -30,6 +34,15 @@ impl Fake {
     }
     fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("calls").clone()
+    }
+    fn by(&self, actor: &Actor) {
+        self.actors
+            .lock()
+            .expect("actors")
+            .push(actor.as_str().to_owned());
+    }
+    fn actors(&self) -> Vec<String> {
+        self.actors.lock().expect("actors").clone()
     }
     fn answer(&self, call: String, v: Value) -> OpFuture<'_> {
         self.record(call);
@@ -54,7 +67,8 @@ fn created(id: &str) -> Value {
 }
 
 impl AdminOps for Fake {
-    fn create_key(&self, req: CreateKeyRequest) -> OpFuture<'_> {
+    fn create_key(&self, by: Actor, req: CreateKeyRequest) -> OpFuture<'_> {
+        self.by(&by);
         self.answer(
             format!("create_key {} {}", req.tenant, req.user),
             created("key_0123456789ab"),
@@ -72,21 +86,25 @@ impl AdminOps for Fake {
         let v = key_json(&id, "active");
         self.answer(format!("show_key {id}"), v)
     }
-    fn revoke_key(&self, id: String) -> OpFuture<'_> {
+    fn revoke_key(&self, by: Actor, id: String) -> OpFuture<'_> {
+        self.by(&by);
         let v = json!({"revision": 8, "key": key_json(&id, "revoked")});
         self.answer(format!("revoke_key {id}"), v)
     }
-    fn rotate_key(&self, id: String, req: RotateRequest) -> OpFuture<'_> {
+    fn rotate_key(&self, by: Actor, id: String, req: RotateRequest) -> OpFuture<'_> {
+        self.by(&by);
         let mut old = key_json(&id, "active");
         old["grace_until"] = json!("2026-11-29T00:00:00Z");
         let v = json!({"revision": 9, "old": old, "new": created("key_newnewnewnew")});
         self.answer(format!("rotate_key {id} {:?}", req.grace), v)
     }
-    fn approve_key(&self, id: String) -> OpFuture<'_> {
+    fn approve_key(&self, by: Actor, id: String) -> OpFuture<'_> {
+        self.by(&by);
         let v = json!({"revision": 10, "key": key_json(&id, "active")});
         self.answer(format!("approve_key {id}"), v)
     }
-    fn user_action(&self, user: String, action: UserAction) -> OpFuture<'_> {
+    fn user_action(&self, by: Actor, user: String, action: UserAction) -> OpFuture<'_> {
+        self.by(&by);
         let status = match action {
             UserAction::Suspend => "suspended",
             UserAction::Activate => "active",
@@ -98,11 +116,13 @@ impl AdminOps for Fake {
     fn allowlist(&self) -> OpFuture<'_> {
         self.answer("allowlist".into(), json!({"cidrs": ["198.18.0.0/15"]}))
     }
-    fn allowlist_add(&self, req: AllowlistRequest) -> OpFuture<'_> {
+    fn allowlist_add(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_> {
+        self.by(&by);
         let v = json!({"cidrs": ["198.18.0.0/15", req.cidr.to_string()]});
         self.answer(format!("allowlist_add {}", req.cidr), v)
     }
-    fn allowlist_remove(&self, req: AllowlistRequest) -> OpFuture<'_> {
+    fn allowlist_remove(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_> {
+        self.by(&by);
         self.answer(
             format!("allowlist_remove {}", req.cidr),
             json!({"cidrs": []}),
@@ -115,6 +135,11 @@ impl AdminOps for Fake {
             {"check": "revoked", "passed": false, "detail": "revoked", "fix": "edgefilter keys rotate key_0123456789ab"}
         ]});
         self.answer(format!("explain {:?}", req.ip), v)
+    }
+    fn audit(&self, q: AuditQuery) -> OpFuture<'_> {
+        let v = json!([{"at": "2026-11-28T00:00:00Z", "actor": "admin@127.0.0.1",
+            "action": "key.revoke", "object": "key_0123456789ab", "result": "ok", "host": "edge-1"}]);
+        self.answer(format!("audit {:?} {:?}", q.since, q.limit), v)
     }
     fn metrics(&self) -> String {
         "# edgefilter metrics are wired in a later issue\n".into()
@@ -225,7 +250,7 @@ fn every_documented_endpoint_answers_as_documented() {
     run.ready.set_store(true);
     run.ready.set_shards(true);
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 16, "SPEC §7 has 16 operations: {ops:?}");
+    assert_eq!(ops.len(), 17, "SPEC §7 has 17 operations so far: {ops:?}");
     for (path, method) in &ops {
         let body = sample_body(path, method);
         let before = run.fake.calls().len();
@@ -257,9 +282,14 @@ fn every_documented_endpoint_answers_as_documented() {
         "user_action alice Delete",
         "allowlist_remove fd00:ef::/64",
         "explain Some(198.18.0.1)",
+        "audit None None",
     ] {
         assert!(calls.iter().any(|c| c == want), "{want} not in {calls:?}");
     }
+    // Every change was handed its actor: the token's holder at the caller's address.
+    let actors = run.fake.actors();
+    assert_eq!(actors.len(), 9, "{actors:?}");
+    assert!(actors.iter().all(|a| a == "admin@127.0.0.1"), "{actors:?}");
     let (_, metrics) = run.client.call("GET", "/metrics", None).expect("metrics");
     assert!(metrics.as_str().is_some_and(|m| m.contains("later issue")));
 }
@@ -415,6 +445,73 @@ fn bad_requests_are_json_errors_without_echoing_values() {
         run.fake
             .calls()
             .contains(&"rotate_key key_0123456789ab None".to_string())
+    );
+}
+
+/// `GET /v1/audit?since=…&limit=…`: the query reaches the operation parsed, a bad one is a
+/// documented 400; a change names the actor the caller says it acts for, if plain.
+#[test]
+fn audit_queries_are_parsed_and_actors_carry_the_claim() {
+    let doc = openapi();
+    let run = start();
+    let c = &run.client;
+    let now = edgefilter::store::unix_now();
+    let (status, v) = c
+        .call("GET", "/v1/audit?since=2027-01-31T00:00:00Z&limit=5", None)
+        .expect("call");
+    assert_eq!(status, 200, "{v}");
+    assert_documented(&doc, "/v1/audit", "get", status, &v);
+    let (status, _) = c.call("GET", "/v1/audit?since=1h", None).expect("call");
+    assert_eq!(status, 200);
+    let calls = run.fake.calls();
+    assert_eq!(calls[0], "audit Some(1801353600) Some(5)");
+    let since: i64 = calls[1]
+        .strip_prefix("audit Some(")
+        .and_then(|r| r.strip_suffix(") None"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    assert!(
+        (now - 3600..=now - 3600 + 60).contains(&since),
+        "{since} vs {now}"
+    );
+    for bad in [
+        "/v1/audit?since=yesterday",
+        "/v1/audit?limit=0",
+        "/v1/audit?limit=many",
+        "/v1/audit?limit=100001",
+        "/v1/audit?who=me",
+    ] {
+        let (status, v) = c.call("GET", bad, None).expect("call");
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_documented(&doc, "/v1/audit", "get", status, &v);
+    }
+    assert_eq!(
+        run.fake.calls().len(),
+        2,
+        "a bad query reaches no operation"
+    );
+
+    let addr = run.handle.local_addr();
+    let tok = &run.token;
+    for (claim, want) in [
+        (
+            "cli:root (sudo alice)",
+            "admin@127.0.0.1 for cli:root (sudo alice)",
+        ),
+        ("root; admin=yes", "admin@127.0.0.1"),
+    ] {
+        let head = format!(
+            "POST /v1/keys/key_0123456789ab/revoke HTTP/1.1\r\nAuthorization: Bearer {tok}\r\nX-Edgefilter-Actor: {claim}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(raw(addr, &head, b"").0, 200);
+        assert_eq!(run.fake.actors().last().map(String::as_str), Some(want));
+    }
+    let c = run.client.clone().on_behalf_of("cli:bob");
+    let (status, _) = c.call("POST", "/v1/users/bob/suspend", None).expect("call");
+    assert_eq!(status, 200);
+    assert_eq!(
+        run.fake.actors().last().map(String::as_str),
+        Some("admin@127.0.0.1 for cli:bob")
     );
 }
 
