@@ -5,7 +5,8 @@
 //! every subcommand goes through its admin API (`/v1/allowlist`), so the daemon stays the one
 //! writer; when it is not, the file is edited here. Either way, when a filter is pinned a change
 //! reaches the live map at once (one insert or delete, never a refill). The output is the same
-//! on both paths.
+//! on both paths, and so is the audit trail (in the store's audit table): the daemon records
+//! what goes through it, the CLI what it does itself.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,9 +16,10 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::out::outln;
-use super::{JsonFlag, daemon_api};
+use super::{JsonFlag, audit, daemon_api};
 use crate::admin::AdminClient;
 use crate::config::{Config, parse_cidr};
+use crate::store::Action;
 use crate::xdp::{AllowFile, Origin, PinDir, allowfile_path, open_pinned};
 
 /// Subcommands.
@@ -69,21 +71,23 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                     !before.iter().any(|(n, _)| *n == net)
                 }
                 None => {
-                    let mut file = AllowFile::load(&path)?;
-                    let added = file.add(&cfg.xdp.allow, net);
-                    if added {
-                        file.save(&path)?;
-                    }
-                    added
+                    let added = (|| {
+                        let mut file = AllowFile::load(&path)?;
+                        let added = file.add(&cfg.xdp.allow, net);
+                        if added {
+                            file.save(&path)?;
+                        }
+                        apply_live(&pins, |m| m.allow_insert(net))?;
+                        Ok(added)
+                    })();
+                    record(&cfg, Action::AllowAdd, net, &added);
+                    added?
                 }
             };
             if added {
                 outln!("added {net} (saved in {})", path.display());
             } else {
                 outln!("{net} is already allowed");
-            }
-            if daemon.is_none() {
-                apply_live(&pins, |m| m.allow_insert(net))?;
             }
             say_live(&pins);
         }
@@ -94,12 +98,17 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                     daemon_api::call_found(c, "DELETE", ALLOWLIST, Some(&cidr_body(net)))?.is_some()
                 }
                 None => {
-                    let mut file = AllowFile::load(&path)?;
-                    let removed = file.remove(&cfg.xdp.allow, net);
-                    if removed {
-                        file.save(&path)?;
-                    }
-                    removed
+                    let removed = (|| {
+                        let mut file = AllowFile::load(&path)?;
+                        let removed = file.remove(&cfg.xdp.allow, net);
+                        if removed {
+                            file.save(&path)?;
+                            apply_live(&pins, |m| m.allow_remove(net).map(|_| ()))?;
+                        }
+                        Ok(removed)
+                    })();
+                    record(&cfg, Action::AllowRemove, net, &removed);
+                    removed?
                 }
             };
             if !removed {
@@ -107,9 +116,6 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             outln!("removed {net} (saved in {})", path.display());
-            if daemon.is_none() {
-                apply_live(&pins, |m| m.allow_remove(net).map(|_| ()))?;
-            }
             say_live(&pins);
         }
         AllowCmd::List { json } => {
@@ -121,6 +127,18 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records an allowlist change made here (no daemon) in the audit trail: `Ok(true)` made,
+/// `Ok(false)` made for an add (already allowed) and refused for a remove (not listed).
+fn record(cfg: &Config, action: Action, net: IpNet, outcome: &anyhow::Result<bool>) {
+    let outcome = match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) if action == Action::AllowAdd => Ok(()),
+        Ok(false) => Err(format!("NOT_FOUND: {net} is not in the allowlist.")),
+        Err(e) => Err(format!("ERROR: {e:#}")),
+    };
+    audit::record_local(cfg, action, &net.to_string(), outcome);
 }
 
 /// The body of `POST|DELETE /v1/allowlist`.

@@ -1,16 +1,18 @@
 //! Key, user and allowlist commands through the running daemon's admin API (SPEC §3): a key
-//! change returns only once every shard has applied it. `None` from [`discover`] means "no
+//! change returns only once every shard has applied it, and the daemon records it in the audit
+//! trail (with the local user as the one it was made for). `None` from [`discover`] means "no
 //! daemon: write the store (or `allowlist.json`) directly".
 
 use serde_json::Value;
 
+use super::audit::local_actor;
 use crate::admin::AdminClient;
 use crate::config::Config;
 
-/// The running daemon's admin API, if one is listening.
+/// The running daemon's admin API, if one is listening, calling on behalf of the local user.
 #[must_use]
 pub fn discover(cfg: &Config) -> Option<AdminClient> {
-    AdminClient::discover(cfg)
+    AdminClient::discover(cfg).map(|c| c.on_behalf_of(local_actor().as_str()))
 }
 
 /// Calls the daemon; any non-2xx answer is an error naming the daemon, the code and the hint.

@@ -1,6 +1,7 @@
 //! `edgefilter keys create|list|show|revoke|approve|rotate`: changes go through the running
 //! daemon's admin API when it is up (returning once every shard applied them), else straight
-//! to the store; reads use the store. The output is the same either way.
+//! to the store; reads use the store. The output is the same either way, and so is the audit
+//! trail: one entry per change, made or refused.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,13 +10,15 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::audit;
 use super::daemon_api::{self, segment};
 use super::out::outln;
 use super::{EXIT_USAGE, JsonFlag, load_config};
 use crate::admin::{AdminClient, CreatedKeyJson, KeyJson, key_state};
 use crate::config::parse_duration;
+use crate::store::audit::{key_object, new_key_object};
 use crate::store::timefmt::{parse_when, rfc3339};
-use crate::store::{self, KeyRef, KeyStore, KeyView, NewKey, RateLimit};
+use crate::store::{self, Action, KeyRef, KeyStore, KeyView, NewKey, RateLimit};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -254,7 +257,15 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 let v = daemon_api::call(c, "POST", "/v1/keys", Some(&create_body(&a, &new)))?;
                 print_created(from_api(&v)?, a.json.json, None);
             } else {
-                let created = store::open(&cfg)?.create_keys(std::slice::from_ref(&new), now)?;
+                let named = new_key_object(&new.tenant, &new.user);
+                let object = |_: &dyn KeyStore| named.clone();
+                let created = audit::change(
+                    &mut *store::open(&cfg)?,
+                    Action::KeyCreate,
+                    &object,
+                    now,
+                    |s| s.create_keys(std::slice::from_ref(&new), now),
+                )?;
                 for c in &created {
                     print_created(CreatedKeyJson::from_created(c, now), a.json.json, None);
                 }
@@ -274,14 +285,18 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         KeysCmd::Revoke { id } => match change(api.as_ref(), &id, "revoke", None)? {
             Some(r) => print_revoked(&from_api(&r["key"])?),
             None => {
-                let v = store::open(&cfg)?.revoke(KeyRef::from_arg(&id), now)?;
+                let v = direct(&cfg, Action::KeyRevoke, &id, now, |s, key| {
+                    s.revoke(key, now)
+                })?;
                 print_revoked(&KeyJson::from_view(&v, now));
             }
         },
         KeysCmd::Approve { id } => match change(api.as_ref(), &id, "approve", None)? {
             Some(r) => print_approved(&from_api(&r["key"])?),
             None => {
-                let v = store::open(&cfg)?.approve(KeyRef::from_arg(&id), now)?;
+                let v = direct(&cfg, Action::KeyApprove, &id, now, |s, key| {
+                    s.approve(key, now)
+                })?;
                 print_approved(&KeyJson::from_view(&v, now));
             }
         },
@@ -299,8 +314,9 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                     print_rotated(from_api(&r["new"])?, old_id, until, json.json);
                 }
                 None => {
-                    let (old, new) =
-                        store::open(&cfg)?.rotate(KeyRef::from_arg(&id), grace_d, now)?;
+                    let (old, new) = direct(&cfg, Action::KeyRotate, &id, now, |s, key| {
+                        s.rotate(key, grace_d, now)
+                    })?;
                     let until = old.key.grace_until.map_or_else(String::new, rfc3339);
                     print_rotated(
                         CreatedKeyJson::from_created(&new, now),
@@ -313,6 +329,22 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A change to the key `id` names, straight to the store as the local user (recorded in the
+/// audit trail by its id, never by the key).
+fn direct<T>(
+    cfg: &crate::config::Config,
+    action: Action,
+    id: &str,
+    now: i64,
+    op: impl FnOnce(&mut dyn KeyStore, KeyRef<'_>) -> store::Result<T>,
+) -> anyhow::Result<T> {
+    let object = |s: &dyn KeyStore| key_object(s, id);
+    let mut st = store::open(cfg)?;
+    Ok(audit::change(&mut *st, action, &object, now, |s| {
+        op(s, KeyRef::from_arg(id))
+    })?)
 }
 
 fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, DEFAULT_PATH};
 
 pub mod allow;
+pub mod audit;
 pub mod check;
 pub mod daemon_api;
 pub mod explain;
@@ -54,6 +55,8 @@ pub enum Command {
     Allow(allow::AllowCmd),
     /// Run every check for a key in order and print each with pass/fail and the fix.
     Explain(explain::ExplainArgs),
+    /// The audit trail: who changed what, when, and how it ended.
+    Audit(audit::AuditArgs),
     /// Live view of requests, XDP counters and top denials.
     Stats(stats::StatsArgs),
     /// Manage the pinned XDP program.
@@ -99,6 +102,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Users(cmd) => users::run(&cli.config, cmd),
         Command::Allow(cmd) => allow::run(&cli.config, cmd),
         Command::Explain(args) => explain::run(&cli.config, args),
+        Command::Audit(args) => audit::run(&cli.config, args),
         Command::Stats(args) => stats::run(&cli.config, args),
         Command::Xdp(cmd) => xdp::run(&cli.config, cmd),
     };

@@ -1,15 +1,17 @@
 //! `edgefilter users suspend|activate|delete`: through the running daemon's admin API when it
-//! is up (returning once every shard applied the change), else straight to the store.
+//! is up (returning once every shard applied the change), else straight to the store. Either
+//! way the change is recorded in the audit trail once.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::audit;
 use super::daemon_api::{self, segment};
 use super::load_config;
 use super::out::outln;
-use crate::store::{self, UserStatus};
+use crate::store::{self, Action, UserStatus};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -58,7 +60,11 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut st = store::open(&cfg)?;
-    let u = st.set_user_status(&user, status, store::unix_now())?;
+    let object = |_: &dyn store::KeyStore| user.clone();
+    let (action, now) = (Action::user_status(status), store::unix_now());
+    let u = audit::change(&mut *st, action, &object, now, |s| {
+        s.set_user_status(&user, status, now)
+    })?;
     outln!(
         "user {} (tenant {}): {}",
         u.name,
