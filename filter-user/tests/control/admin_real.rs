@@ -1,6 +1,7 @@
 //! The admin API of the real daemon: without or with a wrong token every change is refused with
 //! 401 and nothing changes; with the token it works, shards apply it, and the answers match
-//! `docs/openapi.yaml`. `edgefilter allow` goes through the running daemon.
+//! `docs/openapi.yaml`. `edgefilter allow` goes through the running daemon. Every change through
+//! the daemon is in its audit trail once.
 
 use std::process::Command;
 
@@ -227,6 +228,11 @@ fn allow_commands_go_through_the_running_daemon() {
     );
     assert!(!mine.exists(), "the CLI wrote its own allowlist.json");
 
+    assert!(
+        !d.dir.path().join("elsewhere/keys.db").exists(),
+        "through the daemon, the CLI records nothing in its own store"
+    );
+
     // No daemon: this config's own (empty) file, edited by the CLI itself.
     d.kill9();
     let out = ok(&["allow", "list", "--json"]);
@@ -235,4 +241,155 @@ fn allow_commands_go_through_the_running_daemon() {
     assert!(out.starts_with("added 203.0.113.0/24"), "{out}");
     let file = std::fs::read_to_string(&mine).unwrap();
     assert!(file.contains("203.0.113.0/24"), "{file}");
+
+    // Each change once, in the trail of the store beside the file it changed.
+    let trail = |out: String| -> Vec<(String, String, String)> {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap().to_owned();
+                (s("action"), s("object"), s("result"))
+            })
+            .collect()
+    };
+    let row = |a: &str, o: &str, r: &str| (a.to_owned(), o.to_owned(), r.to_owned());
+    assert_eq!(
+        trail(d.cli_ok(&["audit", "--json"])),
+        [
+            row("allow.add", "198.51.100.7/32", "ok"),
+            row("allow.add", "198.51.100.0/24", "ok"),
+            row("allow.add", "198.51.100.0/24", "ok"),
+            row("allow.remove", "198.51.100.7/32", "ok"),
+            row(
+                "allow.remove",
+                "198.51.100.7/32",
+                "NOT_FOUND: 198.51.100.7/32 is not in the allowlist."
+            ),
+        ]
+    );
+    let mine = trail(ok(&["audit", "--json"]));
+    assert_eq!(mine, [row("allow.add", "203.0.113.0/24", "ok")]);
+}
+
+/// `cli:` and the name of the user running the tests, as the CLI names itself.
+fn me() -> String {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .unwrap()
+        .map_or_else(|| format!("uid-{uid}"), |u| u.name);
+    format!("cli:{name}")
+}
+
+/// Every change through the daemon, the CLI's and the admin API's own, made or refused, is in
+/// the audit trail exactly once: made by the token's holder at the caller's address (for the
+/// CLI's local user), naming a key by its id, never by the key. `GET /v1/audit` matches the
+/// document, `edgefilter audit --json` shows the same, and neither holds a key.
+#[test]
+fn every_change_through_the_daemon_is_audited_once() {
+    let doc = openapi();
+    let up = upstream::Upstream::start();
+    let d = Daemon::start(up.addr);
+    let token = d.token();
+
+    // Through the CLI (the daemon is up: the CLI goes through it and records nothing itself).
+    let (id, key) = d.create_key("alice");
+    d.cli_ok(&["keys", "revoke", &key]);
+    d.cli_ok(&["users", "suspend", "alice"]);
+    d.cli_ok(&["allow", "add", "198.51.100.7"]);
+    let o = d.cli(&["keys", "approve", &id]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "approving a revoked key is refused"
+    );
+    // Straight to the admin API.
+    let (s, v) = d.admin_call("POST", "/v1/users/alice/activate", Some(&token), None);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = d.admin_call(
+        "POST",
+        "/v1/keys/key_000000000000/revoke",
+        Some(&token),
+        None,
+    );
+    assert_eq!(s, 404);
+    let rotate = format!("/v1/keys/{key}/rotate");
+    let (s, _) = d.admin_call(
+        "POST",
+        &rotate,
+        Some(&token),
+        Some(&json!({"grace": "forever"})),
+    );
+    assert_eq!(s, 400);
+    // Not an operation at all (no token, a body that does not parse): nothing to record.
+    let (s, _) = d.admin_call("POST", "/v1/users/alice/delete", None, None);
+    assert_eq!(s, 401);
+    let (s, _) = d.admin_call(
+        "POST",
+        "/v1/keys",
+        Some(&token),
+        Some(&json!({"tenant": 1})),
+    );
+    assert_eq!(s, 400);
+
+    let (s, trail) = d.admin_call("GET", "/v1/audit", Some(&token), None);
+    assert_eq!(s, 200, "{trail}");
+    assert_documented(&doc, "/v1/audit", "get", s, &trail);
+    let cli_for = format!("admin@127.0.0.1 for {}", me());
+    let (c, a) = (cli_for.as_str(), "admin@127.0.0.1");
+    let rows: Vec<(&str, &str, &str, &str)> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["object"].as_str().unwrap(),
+                e["result"].as_str().unwrap().split(':').next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (c, "key.create", id.as_str(), "ok"),
+            (c, "key.revoke", id.as_str(), "ok"),
+            (c, "user.suspend", "alice", "ok"),
+            (c, "allow.add", "198.51.100.7/32", "ok"),
+            (c, "key.approve", id.as_str(), "CONFLICT"),
+            (a, "user.activate", "alice", "ok"),
+            (a, "key.revoke", "key_000000000000", "NOT_FOUND"),
+            (a, "key.rotate", id.as_str(), "BAD_REQUEST"),
+        ],
+        "{trail}"
+    );
+
+    // The CLI reads the same trail from the store, beside the running daemon.
+    let out = d.cli_ok(&["audit", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        trail
+    );
+    let table = d.cli_ok(&["audit", "--since", "1h"]);
+    assert_eq!(table.lines().count(), 1 + 8, "{table}");
+    let (s, none) = d.admin_call(
+        "GET",
+        "/v1/audit?since=2999-01-01T00:00:00Z",
+        Some(&token),
+        None,
+    );
+    assert_eq!((s, none), (200, json!([])));
+    let (s, last) = d.admin_call("GET", "/v1/audit?since=1h&limit=1", Some(&token), None);
+    assert_eq!(s, 200);
+    assert_eq!(last.as_array().map(Vec::len), Some(1));
+    assert_eq!(last[0]["action"], "key.rotate");
+
+    for text in [trail.to_string(), out, table, d.log()] {
+        assert!(
+            !text.contains(&key[8..]),
+            "a key in the trail or log: {text}"
+        );
+    }
 }

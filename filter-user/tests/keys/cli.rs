@@ -1,10 +1,11 @@
 //! The real `edgefilter` binary against a temp config and SQLite store: keys and users commands,
-//! `explain` for each failure mode, JSON shapes, exit codes, durability, and no secret echoed.
+//! `explain` for each failure mode, JSON shapes, exit codes, durability, no secret echoed, and
+//! the audit trail those commands leave (`edgefilter audit`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use edgefilter::store::{KeyRef, KeyStore, SqliteStore};
+use edgefilter::store::{Action, Actor, AuditEntry, KeyRef, KeyStore, SqliteStore};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -45,6 +46,8 @@ impl Env {
             .arg(self.config())
             .args(args)
             .env_remove("EDGEFILTER_CONFIG")
+            .env_remove("SUDO_USER")
+            .env(edgefilter::xdp::PIN_DIR_ENV, self.dir.path().join("pins"))
             .output()
             .unwrap()
     }
@@ -358,4 +361,182 @@ fn rotate_suspend_activate_delete() {
         .map(|k| k["state"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(states, ["in_grace", "rotated", "active", "deleted"]);
+}
+
+/// `cli:` and the name of the user running the tests, as the CLI records itself.
+fn me() -> String {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .unwrap()
+        .map_or_else(|| format!("uid-{uid}"), |u| u.name);
+    format!("cli:{name}")
+}
+
+/// Every change the CLI makes without a daemon is in the audit trail once, with the local user,
+/// the action, the key's id (never the key) and how it ended; `audit` reads it back as columns
+/// or JSON, filtered by `--since`, cut by `--limit`, never printing a key or a control byte.
+#[test]
+fn every_change_without_a_daemon_is_in_the_audit_trail() {
+    let mut env = Env::new();
+    let (id, key) = env.create(&["--user", "alice", "--pending"]);
+    assert_eq!(env.out(&["keys", "approve", &key], None).0, 0);
+    let (rc, text) = env.out(&["keys", "rotate", &id, "--grace", "1h", "--json"], None);
+    assert_eq!(rc, 0, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    env.keys.push(v["key"].as_str().unwrap().to_owned());
+    assert_eq!(env.out(&["keys", "revoke", &key], None).0, 0);
+    // Refused: approving a revoked key; a full key that is no key; an unknown user.
+    assert_eq!(env.out(&["keys", "approve", &id], None).0, 1);
+    let stranger = "ef_live_0123456789abcdefghijABCDEFGHIJ012345";
+    env.keys.push(stranger.to_owned());
+    assert_eq!(env.out(&["keys", "revoke", stranger], None).0, 1);
+    assert_eq!(env.out(&["users", "suspend", "ghost"], None).0, 1);
+    assert_eq!(env.out(&["users", "suspend", "alice"], None).0, 0);
+    let o = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        .arg("--config")
+        .arg(env.config())
+        .args(["users", "activate", "alice"])
+        .env_remove("EDGEFILTER_CONFIG")
+        .env("SUDO_USER", "sudoer")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(env.out(&["users", "delete", "alice"], None).0, 0);
+    // The allowlist lives in a file and the XDP maps, its trail in the store.
+    assert_eq!(env.out(&["allow", "add", "203.0.113.0/24"], None).0, 0);
+    assert_eq!(env.out(&["allow", "remove", "203.0.113.0/24"], None).0, 0);
+    assert_eq!(env.out(&["allow", "remove", "203.0.113.0/24"], None).0, 1);
+    // Usage errors are not changes: nothing is recorded.
+    assert_eq!(
+        env.out(&["keys", "rotate", &id, "--grace", "forever"], None)
+            .0,
+        2
+    );
+
+    let (rc, text) = env.out(&["audit", "--json"], None);
+    assert_eq!(rc, 0, "{text}");
+    let trail: Value = serde_json::from_str(&text).unwrap();
+    let trail = trail.as_array().unwrap();
+    let me = me();
+    let sudo = if me == "cli:sudoer" {
+        me.clone()
+    } else {
+        format!("{me} (sudo sudoer)")
+    };
+    let rows: Vec<(&str, &str, &str, &str)> = trail
+        .iter()
+        .map(|e| {
+            let result = e["result"].as_str().unwrap();
+            (
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["object"].as_str().unwrap(),
+                result.split(':').next().unwrap(),
+            )
+        })
+        .collect();
+    let m = me.as_str();
+    assert_eq!(
+        rows,
+        [
+            (m, "key.create", id.as_str(), "ok"),
+            (m, "key.approve", id.as_str(), "ok"),
+            (m, "key.rotate", id.as_str(), "ok"),
+            (m, "key.revoke", id.as_str(), "ok"),
+            (m, "key.approve", id.as_str(), "CONFLICT"),
+            (m, "key.revoke", "(a key)", "NOT_FOUND"),
+            (m, "user.suspend", "ghost", "NOT_FOUND"),
+            (m, "user.suspend", "alice", "ok"),
+            (sudo.as_str(), "user.activate", "alice", "ok"),
+            (m, "user.delete", "alice", "ok"),
+            (m, "allow.add", "203.0.113.0/24", "ok"),
+            (m, "allow.remove", "203.0.113.0/24", "ok"),
+            (m, "allow.remove", "203.0.113.0/24", "NOT_FOUND"),
+        ],
+        "{text}"
+    );
+    for e in trail {
+        assert!(e["at"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(e.get("host").is_some_and(Value::is_string), "{e}");
+    }
+    assert!(
+        trail[4]["result"].as_str().unwrap().contains("is revoked"),
+        "{text}"
+    );
+
+    // Columns, aligned, a row per entry; a control byte stored by someone else is escaped.
+    let db = env.dir.path().join("var/keys.db");
+    let mut st = SqliteStore::open(&db).unwrap();
+    st.record_audit(&AuditEntry::ok(
+        1_000,
+        &Actor::cli("old", None),
+        Action::AllowAdd,
+        "198.51.100.0/24",
+    ))
+    .unwrap();
+    drop(st);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute(
+        "INSERT INTO audit (at, actor, action, object, result, host)
+         VALUES (unixepoch(), 'cli:x', 'user.suspend', 'evil\x1b[2J\u{202e}', 'ok', 'h')",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let (rc, table) = env.out(&["audit"], None);
+    assert_eq!(rc, 0, "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 1 + 15, "{table}");
+    let col = |name: &str| lines[0].find(name).unwrap();
+    assert_eq!(col("TIME"), 0);
+    for l in &lines[1..] {
+        assert_eq!(
+            l.find(" key.")
+                .or(l.find(" user."))
+                .or(l.find(" allow."))
+                .map(|i| i + 1),
+            Some(col("ACTION")),
+            "{table}"
+        );
+    }
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{202e}'),
+        "{table:?}"
+    );
+    assert!(table.contains("evil\\u{1b}[2J\\u{202e}"), "{table}");
+    // In the order they were written (not by their time).
+    assert!(
+        lines[14].contains("1970-01-01T00:16:40Z") && lines[14].contains("cli:old"),
+        "{table}"
+    );
+
+    // --since: an RFC 3339 time or a duration back from now; --limit: the newest N.
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["audit", "--json"];
+        all.extend_from_slice(args);
+        let (rc, text) = env.out(&all, None);
+        assert_eq!(rc, 0, "{args:?}: {text}");
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&[]), 15);
+    assert_eq!(
+        count(&["--since", "1h"]),
+        14,
+        "the entry from 1970 is older"
+    );
+    assert_eq!(count(&["--since", "1970-01-01T00:16:40Z"]), 15);
+    assert_eq!(count(&["--since", "1970-01-01T00:16:41Z"]), 14);
+    assert_eq!(count(&["--since", "2999-01-01T00:00:00Z"]), 0);
+    assert_eq!(count(&["--limit", "2"]), 2);
+    let (_, last) = env.out(&["audit", "--json", "--limit", "1"], None);
+    assert!(last.contains("evil"), "the newest: {last}");
+    for bad in [&["--since", "yesterday"][..], &["--limit", "0"]] {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(bad);
+        assert_eq!(env.out(&all, None).0, 2, "{bad:?}");
+    }
 }
