@@ -400,8 +400,9 @@ impl KeyStore for PgKeyStore {
     }
 
     fn record_audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        // In a transaction, so a commit whose answer was lost is never retried (no duplicate).
         self.conn
-            .retrying(|c| async move { insert_audit(&c, entry).await })
+            .retrying(|c| async move { in_tx(&c, insert_audit(&c, entry)).await })
     }
 
     fn audit_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
