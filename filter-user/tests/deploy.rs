@@ -3,8 +3,9 @@
 //! dashboard's queries, as recording rules), `systemd-analyze verify` for the unit (a copy whose
 //! `ExecStart` is the binary under test), and `edgefilter check-config` for the sample config,
 //! run on the file as shipped (check-config does not need the paths it names to exist). Every
-//! metric name in an alert or a dashboard panel must be one of SPEC §8's, and the unit and the
-//! config must agree on where the state, the log and the pins live.
+//! metric name in an alert or a dashboard panel must be one of SPEC §8's, the unit and the
+//! config must agree on where the state, the log and the pins live, and every runbook link
+//! must name a section of docs/deploy.md.
 //!
 //! promtool and systemd-analyze come from Debian's `prometheus` and `systemd` packages (.ci/run
 //! installs them). Without them a test prints SKIPPED; under `CI=true` it fails instead.
@@ -337,4 +338,60 @@ fn the_propagation_alert_threshold_is_a_bucket_boundary() {
     assert!(edgefilter::fanout::propagation::BUCKETS.contains(&0.001));
     let rules = read("prometheus/edgefilter.rules.yml");
     assert!(rules.contains("edgefilter_revocation_propagation_seconds_bucket[5m]))) > 0.001"));
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_runbook_link_names_a_section_of_the_deploy_page() {
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy.md"))
+            .expect("docs/deploy.md");
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in page.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if let Some(heading) = line.strip_prefix('#').filter(|_| !in_code) {
+            anchors.push(anchor(heading.trim_start_matches('#')));
+        }
+    }
+    let texts = [
+        read("prometheus/edgefilter.rules.yml"),
+        read("grafana/edgefilter.json"),
+        read("systemd/edgefilter.service"),
+    ];
+    let mut links = 0;
+    for text in &texts {
+        for (_, rest) in text
+            .match_indices("docs/deploy.md#")
+            .map(|(i, _)| text.split_at(i + 15))
+        {
+            let target: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert!(
+                anchors.contains(&target),
+                "docs/deploy.md has no section #{target}"
+            );
+            links += 1;
+        }
+    }
+    assert!(
+        links >= 7,
+        "every alert names its runbook section ({links} links found)"
+    );
 }
