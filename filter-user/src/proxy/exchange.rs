@@ -9,15 +9,16 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{BodyError, BodyState, Chunked};
-use super::conn::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
 use super::head::Prepared;
+use super::io::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
 use super::response::{self, RespFraming, RespHead, RespStep};
-use super::shard::{Settings, Shard};
+use super::settings::Settings;
+use super::state::ShardState;
 use super::upstream;
 use crate::codes::ErrorCode;
 
 /// Forwards the request `p` whose upstream head is in `c.out`.
-pub(crate) async fn forward<S>(shard: &Shard, c: &mut Conn, io: &mut S, p: &Prepared) -> Flow
+pub(crate) async fn forward<S>(shard: &ShardState, c: &mut Conn, io: &mut S, p: &Prepared) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -207,7 +208,7 @@ where
 
 /// The connection kept from the last request, a pooled one, or a new one. `true` = reused.
 async fn take_upstream(
-    shard: &Shard,
+    shard: &ShardState,
     c: &mut Conn,
     up_idx: usize,
 ) -> Result<(TcpStream, bool), ErrorCode> {

@@ -3,7 +3,7 @@
 //! forwarding headers), plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the caller's identity,
 //! the route's injected credential and normalised framing. Written into a reused buffer.
 
-use super::head::{Framing, Scan, is};
+use super::headers::{Framing, Scan, is};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
 use crate::gate::Identity;

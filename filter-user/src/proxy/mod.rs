@@ -4,6 +4,24 @@
 //! one pinned thread per shard, each with its own current-thread tokio runtime. Nothing mutable is
 //! shared between shards on the request path. [`serve`] is the daemon's thin wrapper: it waits for
 //! SIGTERM/SIGINT (drain, then return) and SIGHUP (TLS certificate reload).
+//!
+//! # Layering
+//!
+//! Every `use super::…` edge between the submodules points down this list, never up or
+//! sideways within a row:
+//!
+//! 1. leaves: `affinity`, `reqid`, `route`, `tls`, `listen`, `headers` (framing, the header
+//!    scan);
+//! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
+//!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
+//!    `forward` (the head sent upstream);
+//! 3. `head` (parse, check, route, gate, then `forward`);
+//! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
+//! 5. `io` (client buffers, `Flow`, client writes and refusals);
+//! 6. `exchange` (one forwarded request);
+//! 7. `conn` (one client connection's loop);
+//! 8. `shard` (the thread, its runtime and accept loops);
+//! 9. this module (start, addresses, reload, drain).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,12 +39,16 @@ mod conn;
 mod exchange;
 mod forward;
 pub mod head;
+mod headers;
+mod io;
 pub mod listen;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;
 pub mod route;
+mod settings;
 mod shard;
+mod state;
 pub mod tls;
 mod upstream;
 
@@ -61,6 +83,15 @@ pub enum ProxyError {
     /// A shard thread panicked.
     #[error("shard thread panicked")]
     Panicked,
+}
+
+impl From<listen::BindError> for ProxyError {
+    fn from(e: listen::BindError) -> Self {
+        Self::Bind {
+            addr: e.addr,
+            source: e.source,
+        }
+    }
 }
 
 /// A running proxy: its bound addresses and the means to reload TLS and to stop it.
@@ -142,7 +173,7 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(shard::Settings::new(cfg, routes));
+    let settings = Arc::new(settings::Settings::new(cfg, routes));
     let mut threads = Vec::with_capacity(shards);
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
