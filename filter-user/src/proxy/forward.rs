@@ -21,7 +21,8 @@ pub(crate) struct Forward<'a, 'b> {
     pub trusted: bool,
     pub tls: bool,
     pub request_id: &'a RequestId,
-    pub identity: Option<&'a Identity>,
+    /// Lent by the gate; written here, before the request's first `.await`.
+    pub identity: Option<Identity<'a>>,
     pub framing: Framing,
     /// The client speaks HTTP/1.0: ask the same of the upstream so it never answers chunked.
     pub http10: bool,

@@ -186,7 +186,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             trusted,
             tls: ctx.tls,
             request_id: &request_id,
-            identity: identity.as_ref(),
+            identity,
             framing,
             http10: version == 0,
         },
