@@ -1,11 +1,11 @@
 //! The seam between the proxy and the key checks: the proxy parses a request head, hands a
 //! borrowed view of it to its shard's [`Gate`], and forwards or answers per the [`Verdict`].
 //!
-//! Each shard owns its own gate (no sharing, no locks); the daemon builds one per shard through a
-//! [`GateFactory`]. An allowed
-//! request's [`Identity`] is lent from the gate's own data for as long as the proxy writes the
-//! forwarded head (synchronously, never across an `.await`), so allowing a request writes to no
-//! memory other shards read.
+//! Each shard owns its own gate (no sharing, no locks); the daemon hands the proxy a
+//! [`GateFactory`] and each shard builds its gate with it on its own thread. An allowed request's
+//! [`Identity`] is lent from the gate's own data for as long as the proxy writes the forwarded
+//! head (synchronously, never across an `.await`), so allowing a request writes to no memory other
+//! shards read.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -110,7 +110,8 @@ pub trait Gate: Send {
     fn on_thread_start(&mut self) {}
 }
 
-/// Builds the gate of shard `n`.
+/// Builds the gate of shard `n`. The proxy shares one factory between its shard threads and
+/// each shard calls it once, on its own thread, before it serves; calls may run in parallel.
 pub type GateFactory = Box<dyn Fn(usize) -> Box<dyn Gate> + Send + Sync>;
 
 /// Placeholder gate that lets every request through (used until the key checks are wired, and

@@ -24,7 +24,7 @@
 //! 9. this module (start, addresses, reload, drain).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -155,10 +155,13 @@ impl Drop for ProxyHandle {
     }
 }
 
-/// Binds every listener and starts one shard thread per `Config::shard_count()`.
+/// Binds every listener and starts one shard thread per `Config::shard_count()`. Each shard
+/// builds its gate with `gates` on its own thread (in parallel); this returns once every shard
+/// has its runtime and its gate.
 ///
 /// # Errors
-/// Route, TLS and bind errors, each naming what failed.
+/// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
+/// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -174,30 +177,46 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
     let settings = Arc::new(settings::Settings::new(cfg, routes));
-    let mut threads = Vec::with_capacity(shards);
+    let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
+    let (ready, started) = mpsc::channel();
+    // Dropped on any early return: stops and joins the shards started so far.
+    let mut handle = ProxyHandle {
+        http: bound.http,
+        https: bound.https,
+        stop,
+        threads: Vec::with_capacity(shards),
+        certs,
+    };
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
             n,
             cores: affinity::cores_for(n, shards, &cores),
             listeners,
-            gate: gates(n),
+            gates: Arc::clone(&gates),
             settings: Arc::clone(&settings),
-            tls: certs.as_ref().map(|c| tls::server_config(Arc::clone(c))),
+            tls: handle
+                .certs
+                .as_ref()
+                .map(|c| tls::server_config(Arc::clone(c))),
             stop: stop_rx.clone(),
+            ready: ready.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{n}"))
             .spawn(move || shard::run(spec))
             .map_err(|source| ProxyError::Shard { shard: n, source })?;
-        threads.push(t);
+        handle.threads.push(t);
     }
-    Ok(ProxyHandle {
-        http: bound.http,
-        https: bound.https,
-        stop,
-        threads,
-        certs,
-    })
+    drop(ready);
+    for _ in 0..handle.threads.len() {
+        match started.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((shard, Err(source))) => return Err(ProxyError::Shard { shard, source }),
+            // Every sender is gone before every shard reported: one panicked on the way.
+            Err(mpsc::RecvError) => return Err(ProxyError::Panicked),
+        }
+    }
+    Ok(handle)
 }
 
 /// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
@@ -236,4 +255,56 @@ pub fn serve(cfg: &Config, gates: GateFactory) -> anyhow::Result<()> {
     tracing::info!("draining in-flight requests");
     handle.shutdown(DRAIN_DEADLINE)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::gate::{AllowAll, Gate};
+
+    fn config(shards: usize) -> Config {
+        Config::parse(
+            &format!(
+                "[runtime]\nshards = {shards}\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+                 [[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+            ),
+            std::path::Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_shard_builds_its_gate_on_its_own_thread_before_start_returns() {
+        let built = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&built);
+        let handle = start(
+            &config(3),
+            Box::new(move |n| -> Box<dyn Gate> {
+                let name = std::thread::current().name().map(str::to_owned);
+                seen.lock().unwrap().push((n, name));
+                Box::new(AllowAll)
+            }),
+        )
+        .unwrap();
+        let mut built = built.lock().unwrap().clone();
+        built.sort();
+        let want: Vec<_> = (0..3).map(|n| (n, Some(format!("shard-{n}")))).collect();
+        assert_eq!(built, want);
+        handle.shutdown(Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_gate_that_cannot_be_built_fails_the_start() {
+        let e = start(
+            &config(2),
+            Box::new(|n| -> Box<dyn Gate> {
+                assert!(n != 1, "shard 1 has no gate");
+                Box::new(AllowAll)
+            }),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProxyError::Panicked), "{e}");
+    }
 }

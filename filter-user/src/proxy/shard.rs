@@ -1,11 +1,11 @@
 //! One shard: a thread pinned to its share of the cores (see [`affinity::cores_for`]) running a
-//! current-thread tokio runtime with its own listeners,
-//! gate, request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
-//! except the stop signal.
+//! current-thread tokio runtime with its own listeners, gate (built here, on the shard's thread),
+//! request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
+//! except the start-up report and the stop signal.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -19,45 +19,66 @@ use super::settings::Settings;
 use super::state::ShardState;
 use crate::gate::Gate;
 
+/// The gate factory as the shards share it: each calls it once, on its own thread.
+pub(crate) type SharedGateFactory = dyn Fn(usize) -> Box<dyn Gate> + Send + Sync;
+
 /// What a shard thread starts with.
 pub(crate) struct Spec {
     pub n: usize,
     /// The CPUs this shard's thread may run on (empty: leave the affinity as inherited).
     pub cores: Vec<usize>,
     pub listeners: ShardListeners,
-    pub gate: Box<dyn Gate>,
+    /// Builds this shard's gate, on this shard's thread.
+    pub gates: Arc<SharedGateFactory>,
     pub settings: Arc<Settings>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: watch::Receiver<Option<Duration>>,
+    /// Told `(n, Ok)` once the runtime and the gate are built, `(n, Err)` when the runtime
+    /// cannot be; dropped without a word when building the gate panics.
+    pub ready: mpsc::Sender<(usize, std::io::Result<()>)>,
 }
 
-/// The shard thread's body.
+/// The shard thread's body: pin, build the runtime and the gate, report, serve.
 pub(crate) fn run(spec: Spec) {
-    affinity::pin_current(spec.n, &spec.cores);
+    let Spec {
+        n,
+        cores,
+        listeners,
+        gates,
+        settings,
+        tls,
+        stop,
+        ready,
+    } = spec;
+    affinity::pin_current(n, &cores);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(shard = spec.n, "cannot build the shard runtime: {e}");
+            tracing::error!(shard = n, "cannot build the shard runtime: {e}");
+            let _ = ready.send((n, Err(e)));
             return;
         }
     };
+    // Built after pinning, so the gate's index is first touched by the core that uses it.
+    let gate = gates(n);
+    drop(gates);
+    let _ = ready.send((n, Ok(())));
+    drop(ready);
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, shard_main(spec));
+    local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, stop));
 }
 
-async fn shard_main(spec: Spec) {
-    let Spec {
-        n,
-        listeners,
-        gate,
-        settings,
-        tls,
-        mut stop,
-        ..
-    } = spec;
+async fn shard_main(
+    n: usize,
+    listeners: ShardListeners,
+    gate: Box<dyn Gate>,
+    settings: Arc<Settings>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
     let shard = Rc::new(ShardState::new(n, settings, gate));
     shard.gate.borrow_mut().on_thread_start();
     let signal = shard.gate.borrow().change_signal();
