@@ -10,10 +10,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::exchange;
-use super::head::{self, HeadCtx, Step};
+use super::head::{self, HeadCtx, Prepared, Step};
 use super::headers::Framing;
 use super::io::{Conn, Flow, spare, write_refusal};
+use super::settings::Settings;
 use super::state::ShardState;
+use super::upstream_error::UpstreamError;
 
 /// How long a closing connection keeps reading (and discarding) so the client sees our answer
 /// rather than a reset.
@@ -115,10 +117,29 @@ where
                 }
                 flow
             }
-            Step::Forward(p) => exchange::forward(shard, c, io, &p).await,
+            Step::Forward(p) => {
+                let outcome = exchange::forward(shard, c, io, &p).await;
+                if let Some(e) = &outcome.upstream_error {
+                    log_upstream_error(st, &p, e);
+                }
+                outcome.flow
+            }
         };
         if flow != Flow::Continue {
             return flow;
         }
     }
+}
+
+/// One line per failed upstream exchange: the route, the class and the cause (no key, no
+/// request bytes). Debug level: while an upstream is down every request fails, and the metrics
+/// and access log count them.
+fn log_upstream_error(st: &Settings, p: &Prepared, e: &UpstreamError) {
+    tracing::debug!(
+        route = %st.routes.routes[p.route].prefix,
+        class = e.class.as_str(),
+        request_id = p.request_id.as_str(),
+        cause = %e.source,
+        "upstream failed"
+    );
 }

@@ -11,14 +11,14 @@
 //! sideways within a row:
 //!
 //! 1. leaves: `affinity`, `reqid`, `route`, `tls`, `listen`, `headers` (framing, the header
-//!    scan);
+//!    scan), `upstream_error` (why an upstream failed, classified);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
 //!    `forward` (the head sent upstream);
 //! 3. `head` (parse, check, route, gate, then `forward`);
 //! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
 //! 5. `io` (client buffers, `Flow`, client writes and refusals);
-//! 6. `exchange` (one forwarded request);
+//! 6. `exchange` (one forwarded request and its `Outcome`);
 //! 7. `conn` (one client connection's loop);
 //! 8. `shard` (the thread, its runtime and accept loops);
 //! 9. this module (start, addresses, reload, drain).
@@ -51,6 +51,7 @@ mod shard;
 mod state;
 pub mod tls;
 mod upstream;
+pub mod upstream_error;
 
 /// How long SIGTERM waits for in-flight requests before the shards are torn down.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
