@@ -1,16 +1,25 @@
 //! The decision chain: a cached key allowed (hash + lookup + every check), a malformed and a
 //! checksum-failing key rejected before the cache, against the cost of SHA-256 and of the map
 //! lookup alone measured in the same run (report ratios, not absolute pass/fail).
+//!
+//! `same_key/threads/{1,2}`: one or two threads, each with its own shard gate over the same
+//! loaded entries (as the daemon's shards have), deciding the same key (one without a rate
+//! limit: a limited key's bucket is host-wide by design) as fast as they can. Reported as ns per
+//! decision per thread; equal figures mean the threads share nothing they write.
 
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use edgefilter::auth::ShardGate;
 use edgefilter::auth::extract::Extracted;
 use edgefilter::auth::rules::{AuthRules, Place};
 use edgefilter::auth::{KeyService, Now, decide};
 use edgefilter::config::Config;
-use edgefilter::gate::GateRequest;
+use edgefilter::gate::{GateRequest, Verdict};
+use edgefilter::proxy::affinity;
 use edgefilter::store::{KeyHash, KeyStore, NewKey, SqliteStore};
 
 const KEYS: usize = 100_000;
@@ -40,6 +49,8 @@ fn bench(c: &mut Criterion) {
     let limited_key = limited[0].secret.expose().to_owned();
     let svc = KeyService::load(&cfg, &store, 2).unwrap();
     let mut gate = svc.gate(0).unwrap();
+    // One more gate per thread of `same_key`, each its own index over the same entries.
+    let mut thread_gates = [svc.gate(0).unwrap(), svc.gate(1).unwrap()];
     let rules = AuthRules::from_config(&cfg).unwrap();
     let route = &rules.routes[0];
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
@@ -140,8 +151,55 @@ fn bench(c: &mut Criterion) {
         route: 0,
     };
     c.bench_function("gate/check_allow_with_identity", |b| {
-        b.iter(|| gate.check_at(black_box(&req), now));
+        b.iter(|| matches!(gate.check_at(black_box(&req), now), Verdict::Allow(Some(_))));
     });
+
+    let mut g = c.benchmark_group("same_key");
+    for threads in [1, 2] {
+        g.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter_custom(|iters| {
+                decide_in_threads(&mut thread_gates[..threads], &req, now, iters)
+            });
+        });
+    }
+    g.finish();
+}
+
+/// Each gate decides `req` `iters` times on a thread of its own (pinned like a shard), all
+/// starting together; returns the slowest thread's time, so the figure is per decision per
+/// thread.
+fn decide_in_threads(
+    gates: &mut [ShardGate],
+    req: &GateRequest<'_>,
+    now: Now,
+    iters: u64,
+) -> Duration {
+    let cores = affinity::usable_cpus();
+    let threads = gates.len();
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = gates
+            .iter_mut()
+            .enumerate()
+            .map(|(n, gate)| {
+                let (start, cores) = (&start, &cores);
+                s.spawn(move || {
+                    affinity::pin_current(n, &affinity::cores_for(n, threads, cores));
+                    start.wait();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        let v = gate.check_at(black_box(req), now);
+                        assert!(matches!(v, Verdict::Allow(Some(_))));
+                    }
+                    t.elapsed()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    })
 }
 
 criterion_group! {

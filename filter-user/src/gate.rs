@@ -1,8 +1,11 @@
 //! The seam between the proxy and the key checks: the proxy parses a request head, hands a
 //! borrowed view of it to its shard's [`Gate`], and forwards or answers per the [`Verdict`].
 //!
-//! Each shard owns its own gate (no sharing, no locks); the daemon builds one per shard through a
-//! [`GateFactory`].
+//! Each shard owns its own gate (no sharing, no locks); the daemon hands the proxy a
+//! [`GateFactory`] and each shard builds its gate with it on its own thread. An allowed request's
+//! [`Identity`] is lent from the gate's own data for as long as the proxy writes the forwarded
+//! head (synchronously, never across an `.await`), so allowing a request writes to no memory other
+//! shards read.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,15 +29,16 @@ pub struct GateRequest<'a> {
     pub route: usize,
 }
 
-/// Who the caller is, for an allowed request (forwarded as `X-Edgefilter-*` headers).
-#[derive(Debug, Clone)]
-pub struct Identity {
+/// Who the caller is, for an allowed request (forwarded as `X-Edgefilter-*` headers). Borrowed
+/// from the gate that allowed it: nothing is copied or reference-counted per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
     /// Public key id (`key_…`).
-    pub key_id: Arc<str>,
+    pub key_id: &'a str,
     /// Tenant name.
-    pub tenant: Arc<str>,
+    pub tenant: &'a str,
     /// User name.
-    pub user: Arc<str>,
+    pub user: &'a str,
 }
 
 /// Rate-limit state to report in `RateLimit-*` headers.
@@ -77,19 +81,20 @@ impl Denial {
     }
 }
 
-/// The gate's answer.
+/// The gate's answer; an allowed identity borrows from the gate.
 #[derive(Debug, Clone)]
-pub enum Verdict {
+pub enum Verdict<'a> {
     /// Forward; `None` when no key was required or checked.
-    Allow(Option<Identity>),
+    Allow(Option<Identity<'a>>),
     /// Answer with an error.
     Deny(Denial),
 }
 
 /// A shard's key checker. Called on the shard's own thread only.
 pub trait Gate: Send {
-    /// Decides one request. Must not block.
-    fn check(&mut self, req: &GateRequest<'_>) -> Verdict;
+    /// Decides one request. Must not block. The verdict may borrow from the gate (the allowed
+    /// identity), so the gate is not used again until the verdict is dropped.
+    fn check(&mut self, req: &GateRequest<'_>) -> Verdict<'_>;
 
     /// A signal the shard awaits while idle; when it fires the shard calls [`Gate::on_wake`],
     /// so changes are applied even when no request arrives. `None`: the gate has no changes.
@@ -105,7 +110,8 @@ pub trait Gate: Send {
     fn on_thread_start(&mut self) {}
 }
 
-/// Builds the gate of shard `n`.
+/// Builds the gate of shard `n`. The proxy shares one factory between its shard threads and
+/// each shard calls it once, on its own thread, before it serves; calls may run in parallel.
 pub type GateFactory = Box<dyn Fn(usize) -> Box<dyn Gate> + Send + Sync>;
 
 /// Placeholder gate that lets every request through (used until the key checks are wired, and
@@ -114,7 +120,7 @@ pub type GateFactory = Box<dyn Fn(usize) -> Box<dyn Gate> + Send + Sync>;
 pub struct AllowAll;
 
 impl Gate for AllowAll {
-    fn check(&mut self, _req: &GateRequest<'_>) -> Verdict {
+    fn check(&mut self, _req: &GateRequest<'_>) -> Verdict<'_> {
         Verdict::Allow(None)
     }
 }

@@ -325,7 +325,7 @@ fn chain<'a>(
     cache: &'a ShardCache,
     route: &'a RouteRules,
     edge_env: &str,
-    found: Extracted<'a>,
+    found: Extracted<'_>,
     peer: IpAddr,
     now: Now,
 ) -> Result<&'a KeyEntry, Refusal<'a>> {
@@ -360,7 +360,7 @@ pub fn decide<'a>(
     cache: &'a ShardCache,
     route: &'a RouteRules,
     edge_env: &str,
-    found: Extracted<'a>,
+    found: Extracted<'_>,
     peer: IpAddr,
     now: Now,
 ) -> Decision<'a> {

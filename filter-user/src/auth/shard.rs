@@ -67,7 +67,7 @@ impl ShardGate {
     }
 
     /// Checks a request at `now` (the [`Gate`] impl uses the system clock).
-    pub fn check_at(&mut self, req: &GateRequest<'_>, now: Now) -> Verdict {
+    pub fn check_at(&mut self, req: &GateRequest<'_>, now: Now) -> Verdict<'_> {
         self.drain_inbox();
         let Some(route) = self.rules.routes.get(req.route) else {
             return Verdict::Deny(Denial::new(ErrorCode::NoRoute));
@@ -82,9 +82,9 @@ impl ShardGate {
             now,
         ) {
             Decision::Allow(e) => Verdict::Allow(Some(Identity {
-                key_id: Arc::clone(e.key_id()),
-                tenant: Arc::clone(e.owner().tenant()),
-                user: Arc::clone(e.owner().user()),
+                key_id: e.key_id(),
+                tenant: e.owner().tenant(),
+                user: e.owner().user(),
             })),
             Decision::Deny(r) => Verdict::Deny(denial(
                 &r,
@@ -99,7 +99,7 @@ impl ShardGate {
 }
 
 impl Gate for ShardGate {
-    fn check(&mut self, req: &GateRequest<'_>) -> Verdict {
+    fn check(&mut self, req: &GateRequest<'_>) -> Verdict<'_> {
         self.check_at(req, Now::system())
     }
 

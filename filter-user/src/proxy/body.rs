@@ -2,7 +2,7 @@
 //! byte by byte (passing them through verbatim) so the proxy always knows where a message ends,
 //! refuses bad chunk sizes and enforces the body limit.
 
-use super::head::Framing;
+use super::headers::Framing;
 
 /// Longest chunk-extension or trailer section accepted.
 const MAX_LINE: usize = 8192;

@@ -5,75 +5,29 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::exchange;
-use super::head::{self, Framing, HeadCtx, Step};
-use super::respond;
-use super::shard::{Settings, Shard};
-use crate::codes::ErrorCode;
-use crate::gate::Denial;
+use super::head::{self, HeadCtx, Prepared, Step};
+use super::headers::Framing;
+use super::io::{Conn, Flow, spare, write_refusal};
+use super::settings::Settings;
+use super::state::ShardState;
+use super::upstream_error::UpstreamError;
 
-/// Read-buffer size for heads and bodies.
-pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing connection keeps reading (and discarding) so the client sees our answer
 /// rather than a reset.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// Whether the connection goes on after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flow {
-    /// Next request.
-    Continue,
-    /// Close now (the answer, if any, was written).
-    Close,
-    /// Close after lingering: the client may still be sending a body we did not read.
-    Linger,
-}
-
-/// Per-connection buffers, reused across requests.
-pub(crate) struct Conn {
-    /// Client bytes (heads, bodies, pipelined requests).
-    pub buf: BytesMut,
-    /// The upstream request head (and any body bytes sent with it).
-    pub out: Vec<u8>,
-    /// Upstream bytes.
-    pub rbuf: BytesMut,
-    /// The client response head (and any body bytes sent with it).
-    pub rout: Vec<u8>,
-    /// The upstream connection kept between requests: `(upstream index, stream)`.
-    pub up: Option<(usize, TcpStream)>,
-    /// The client address.
-    pub peer: SocketAddr,
-    /// The client connection is TLS.
-    pub tls: bool,
-}
-
-/// Makes sure `buf` can take at least `min` more bytes.
-pub(crate) fn spare(buf: &mut BytesMut, min: usize) {
-    if buf.capacity() - buf.len() < min {
-        buf.reserve(min);
-    }
-}
-
 /// Serves a client connection until it closes, errs, times out, or the shard drains.
-pub(crate) async fn serve<S>(shard: &Shard, mut io: S, peer: SocketAddr, tls: bool)
+pub(crate) async fn serve<S>(shard: &ShardState, mut io: S, peer: SocketAddr, tls: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut c = Conn {
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        out: Vec::with_capacity(4096),
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
-        rout: Vec::with_capacity(4096),
-        up: None,
-        peer,
-        tls,
-    };
+    let mut c = Conn::new(peer, tls);
     let flow = run(shard, &mut c, &mut io).await;
     if let Some((i, s)) = c.up.take() {
         shard.pool.borrow_mut().put(i, s);
@@ -96,7 +50,7 @@ async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
     }
 }
 
-async fn run<S>(shard: &Shard, c: &mut Conn, io: &mut S) -> Flow
+async fn run<S>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -163,7 +117,13 @@ where
                 }
                 flow
             }
-            Step::Forward(p) => exchange::forward(shard, c, io, &p).await,
+            Step::Forward(p) => {
+                let outcome = exchange::forward(shard, c, io, &p).await;
+                if let Some(e) = &outcome.upstream_error {
+                    log_upstream_error(st, &p, e);
+                }
+                outcome.flow
+            }
         };
         if flow != Flow::Continue {
             return flow;
@@ -171,54 +131,15 @@ where
     }
 }
 
-/// Writes an error answer; `close` makes it the connection's last.
-pub(crate) async fn write_refusal<S>(
-    c: &mut Conn,
-    io: &mut S,
-    st: &Settings,
-    denial: &Denial,
-    request_id: &str,
-    close: bool,
-) -> Flow
-where
-    S: AsyncWrite + Unpin,
-{
-    c.rout.clear();
-    respond::write_error_response(&mut c.rout, denial, request_id, st.opaque, close);
-    if write_client(io, &c.rout, st.client_timeout).await.is_err() {
-        return Flow::Close;
-    }
-    if close { Flow::Linger } else { Flow::Continue }
-}
-
-/// A refusal built from a bare code.
-pub(crate) async fn refuse_code<S>(
-    c: &mut Conn,
-    io: &mut S,
-    st: &Settings,
-    code: ErrorCode,
-    request_id: &str,
-    close: bool,
-) -> Flow
-where
-    S: AsyncWrite + Unpin,
-{
-    write_refusal(c, io, st, &Denial::new(code), request_id, close).await
-}
-
-/// Writes and flushes to the client (flush matters for TLS), within `limit`.
-pub(crate) async fn write_client<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    data: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    match timeout(limit, async {
-        io.write_all(data).await?;
-        io.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+/// One line per failed upstream exchange: the route, the class and the cause (no key, no
+/// request bytes). Debug level: while an upstream is down every request fails, and the metrics
+/// and access log count them.
+fn log_upstream_error(st: &Settings, p: &Prepared, e: &UpstreamError) {
+    tracing::debug!(
+        route = %st.routes.routes[p.route].prefix,
+        class = e.class.as_str(),
+        request_id = p.request_id.as_str(),
+        cause = %e.source,
+        "upstream failed"
+    );
 }

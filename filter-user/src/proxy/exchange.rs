@@ -1,7 +1,11 @@
 //! One forwarded request: send the prepared head (with whatever body is already buffered),
 //! stream the rest of the body with bounded buffers, read the upstream's answer and stream it
 //! back as it arrives. A reused upstream connection found dead before any answer byte is
-//! retried once on a fresh one when the whole request is still in hand.
+//! retried once on a fresh one when the whole request is still in hand. The [`Outcome`] says
+//! whether the client connection goes on and, when the upstream failed, why (classified once,
+//! by [`UpstreamError`]).
+
+use std::time::Duration;
 
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -9,15 +13,41 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{BodyError, BodyState, Chunked};
-use super::conn::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
 use super::head::Prepared;
+use super::io::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
 use super::response::{self, RespFraming, RespHead, RespStep};
-use super::shard::{Settings, Shard};
+use super::settings::Settings;
+use super::state::ShardState;
 use super::upstream;
+use super::upstream_error::{UpstreamError, UpstreamErrorClass};
 use crate::codes::ErrorCode;
 
+/// What became of one forwarded request.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// Whether the client connection goes on.
+    pub flow: Flow,
+    /// Why the upstream failed, when it did: the client was then answered 502/504, or its
+    /// answer was cut short.
+    pub upstream_error: Option<UpstreamError>,
+}
+
+impl From<Flow> for Outcome {
+    fn from(flow: Flow) -> Self {
+        Self {
+            flow,
+            upstream_error: None,
+        }
+    }
+}
+
 /// Forwards the request `p` whose upstream head is in `c.out`.
-pub(crate) async fn forward<S>(shard: &Shard, c: &mut Conn, io: &mut S, p: &Prepared) -> Flow
+pub(crate) async fn forward<S>(
+    shard: &ShardState,
+    c: &mut Conn,
+    io: &mut S,
+    p: &Prepared,
+) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -32,7 +62,7 @@ where
         c.rout.extend_from_slice(p.request_id.as_bytes());
         c.rout.extend_from_slice(b"\r\n\r\n");
         if write_client(io, &c.rout, st.client_timeout).await.is_err() {
-            return Flow::Close;
+            return Flow::Close.into();
         }
     }
     match body.take(&c.buf) {
@@ -40,33 +70,34 @@ where
             c.out.extend_from_slice(&c.buf[..n]);
             c.buf.advance(n);
         }
-        Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await,
+        Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await.into(),
     }
     // The whole request is in `c.out`: a stale pooled connection can be retried safely.
     let whole = body.done();
     let up_idx = st.routes.routes[p.route].upstream;
     let (mut up, mut reused) = match take_upstream(shard, c, up_idx).await {
         Ok(x) => x,
-        Err(code) => return refuse_code(c, io, st, code, rid, !whole || !p.keep_alive).await,
+        Err(e) => {
+            let close = !whole || !p.keep_alive;
+            return failed(c, io, st, connect_code(&e), e, rid, close).await;
+        }
     };
     let mut retried = false;
     loop {
-        if timeout(st.upstream_timeout, up.write_all(&c.out))
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
+        let Err(e) = send(&mut up, &c.out, st.upstream_timeout).await else {
             break;
-        }
+        };
         if reused && whole && !retried {
+            // A pooled connection found dead: not the upstream's failure, try a fresh one.
             retried = true;
             match fresh(st, up_idx).await {
                 Ok(s) => (up, reused) = (s, false),
-                Err(code) => return refuse_code(c, io, st, code, rid, !p.keep_alive).await,
+                Err(e) => return failed(c, io, st, connect_code(&e), e, rid, !p.keep_alive).await,
             }
             continue;
         }
         let close = !whole || !p.keep_alive;
-        return refuse_code(c, io, st, ErrorCode::UpstreamUnavailable, rid, close).await;
+        return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, close).await;
     }
     // Stream the rest of the request body, one bounded buffer at a time.
     while !body.done() {
@@ -74,18 +105,15 @@ where
             spare(&mut c.buf, READ_CHUNK);
             match timeout(st.client_timeout, io.read_buf(&mut c.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return Flow::Close,
+                _ => return Flow::Close.into(),
             }
         }
         let n = match body.take(&c.buf) {
             Ok(n) => n,
-            Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await,
+            Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await.into(),
         };
-        if !matches!(
-            timeout(st.upstream_timeout, up.write_all(&c.buf[..n])).await,
-            Ok(Ok(()))
-        ) {
-            return refuse_code(c, io, st, ErrorCode::UpstreamUnavailable, rid, true).await;
+        if let Err(e) = send(&mut up, &c.buf[..n], st.upstream_timeout).await {
+            return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
         }
         c.buf.advance(n);
     }
@@ -99,13 +127,14 @@ where
             RespStep::Interim(n) => {
                 if !c.rout.is_empty() && write_client(io, &c.rout, st.client_timeout).await.is_err()
                 {
-                    return Flow::Close;
+                    return Flow::Close.into();
                 }
                 c.rbuf.advance(n);
                 continue;
             }
             RespStep::Bad => {
-                return refuse_code(c, io, st, ErrorCode::UpstreamUnavailable, rid, true).await;
+                let e = UpstreamError::bad_response("unparsable, oversized or unsupported head");
+                return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
             }
             RespStep::Partial => {}
         }
@@ -117,29 +146,24 @@ where
                 retried = true;
                 match fresh(st, up_idx).await {
                     Ok(s) => (up, reused) = (s, false),
-                    Err(code) => return refuse_code(c, io, st, code, rid, close_client).await,
+                    Err(e) => {
+                        return failed(c, io, st, connect_code(&e), e, rid, close_client).await;
+                    }
                 }
-                if !matches!(
-                    timeout(st.upstream_timeout, up.write_all(&c.out)).await,
-                    Ok(Ok(()))
-                ) {
-                    return refuse_code(
-                        c,
-                        io,
-                        st,
-                        ErrorCode::UpstreamUnavailable,
-                        rid,
-                        close_client,
-                    )
-                    .await;
+                if let Err(e) = send(&mut up, &c.out, st.upstream_timeout).await {
+                    let code = ErrorCode::UpstreamUnavailable;
+                    return failed(c, io, st, code, e, rid, close_client).await;
                 }
             }
-            Ok(_) => {
-                return refuse_code(c, io, st, ErrorCode::UpstreamUnavailable, rid, close_client)
-                    .await;
+            Ok(read) => {
+                // Closed or broken before a complete head.
+                let e = read.map_or_else(UpstreamError::io, |_| UpstreamError::closed_early());
+                let code = ErrorCode::UpstreamUnavailable;
+                return failed(c, io, st, code, e, rid, close_client).await;
             }
             Err(_) => {
-                return refuse_code(c, io, st, ErrorCode::UpstreamTimeout, rid, close_client).await;
+                let (code, e) = (ErrorCode::UpstreamTimeout, UpstreamError::timeout());
+                return failed(c, io, st, code, e, rid, close_client).await;
             }
         }
     };
@@ -155,7 +179,7 @@ async fn relay_response<S>(
     mut up: TcpStream,
     up_idx: usize,
     head: &RespHead,
-) -> Flow
+) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -166,30 +190,38 @@ where
         RespFraming::Chunked => BodyState::Chunked(Chunked::new(u64::MAX)),
         RespFraming::UntilClose => BodyState::UntilClose,
     };
+    // The answer is cut short: the client sees the connection close.
+    let cut = |e: UpstreamError| Outcome {
+        flow: Flow::Close,
+        upstream_error: Some(e),
+    };
     // Whatever body bytes came with the head leave in the same write.
     let Ok(n) = body.take(&c.rbuf) else {
-        return Flow::Close;
+        return cut(UpstreamError::bad_response("malformed chunked body"));
     };
     c.rout.extend_from_slice(&c.rbuf[..n]);
     c.rbuf.advance(n);
     if write_client(io, &c.rout, st.client_timeout).await.is_err() {
-        return Flow::Close;
+        return Flow::Close.into();
     }
     while !body.done() {
         spare(&mut c.rbuf, READ_CHUNK);
         match timeout(st.upstream_timeout, up.read_buf(&mut c.rbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // EOF ends an until-close body; anywhere else the answer is cut short.
-            _ => return Flow::Close,
+            Ok(Ok(_)) if matches!(body, BodyState::UntilClose) => return Flow::Close.into(),
+            Ok(Ok(_)) => return cut(UpstreamError::closed_early()),
+            Ok(Err(e)) => return cut(UpstreamError::io(e)),
+            Err(_) => return cut(UpstreamError::timeout()),
         }
         let Ok(n) = body.take(&c.rbuf) else {
-            return Flow::Close;
+            return cut(UpstreamError::bad_response("malformed chunked body"));
         };
         if write_client(io, &c.rbuf[..n], st.client_timeout)
             .await
             .is_err()
         {
-            return Flow::Close;
+            return Flow::Close.into();
         }
         c.rbuf.advance(n);
     }
@@ -199,18 +231,54 @@ where
         let _ = up.shutdown().await;
     }
     if head.close_client {
-        Flow::Close
+        Flow::Close.into()
     } else {
-        Flow::Continue
+        Flow::Continue.into()
+    }
+}
+
+/// Answers the client for a failed upstream with `code` and keeps `error` for the caller.
+async fn failed<S>(
+    c: &mut Conn,
+    io: &mut S,
+    st: &Settings,
+    code: ErrorCode,
+    error: UpstreamError,
+    request_id: &str,
+    close: bool,
+) -> Outcome
+where
+    S: AsyncWrite + Unpin,
+{
+    Outcome {
+        flow: refuse_code(c, io, st, code, request_id, close).await,
+        upstream_error: Some(error),
+    }
+}
+
+/// Writes all of `data` upstream within `limit`.
+async fn send(up: &mut TcpStream, data: &[u8], limit: Duration) -> Result<(), UpstreamError> {
+    match timeout(limit, up.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(UpstreamError::io(e)),
+        Err(_) => Err(UpstreamError::timeout()),
+    }
+}
+
+/// The answer to a failed connect: 504 when `limits.upstream_timeout` passed, else 502.
+fn connect_code(e: &UpstreamError) -> ErrorCode {
+    match e.class {
+        UpstreamErrorClass::Timeout => ErrorCode::UpstreamTimeout,
+        _ => ErrorCode::UpstreamUnavailable,
     }
 }
 
 /// The connection kept from the last request, a pooled one, or a new one. `true` = reused.
 async fn take_upstream(
-    shard: &Shard,
+    shard: &ShardState,
     c: &mut Conn,
     up_idx: usize,
-) -> Result<(TcpStream, bool), ErrorCode> {
+) -> Result<(TcpStream, bool), UpstreamError> {
     match c.up.take() {
         Some((i, s)) if i == up_idx => return Ok((s, true)),
         Some((i, s)) => shard.pool.borrow_mut().put(i, s),
@@ -222,7 +290,7 @@ async fn take_upstream(
     fresh(&shard.settings, up_idx).await.map(|s| (s, false))
 }
 
-async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, ErrorCode> {
+async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError> {
     upstream::connect(st.routes.upstreams[up_idx].addr, st.upstream_timeout).await
 }
 
@@ -230,5 +298,169 @@ fn body_code(e: BodyError) -> ErrorCode {
     match e {
         BodyError::Malformed => ErrorCode::BadRequest,
         BodyError::TooLarge => ErrorCode::PayloadTooLarge,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The class of each upstream failure, seen through a real exchange: a client on an
+    //! in-memory pipe, an upstream on a loopback socket that misbehaves one way each.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::gate::AllowAll;
+    use crate::proxy::head::{self, HeadCtx, Step};
+    use crate::proxy::route::RouteTable;
+
+    fn shard(upstream: SocketAddr) -> ShardState {
+        let cfg = Config::parse(
+            &format!(
+                "[limits]\nupstream_timeout = \"300ms\"\n\
+                 [[route]]\nprefix = \"/\"\nupstream = \"http://{upstream}\"\n"
+            ),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let routes = Arc::new(RouteTable::build(&cfg).unwrap());
+        let settings = Arc::new(Settings::new(&cfg, routes));
+        ShardState::new(0, settings, Box::new(AllowAll))
+    }
+
+    /// Sends one GET through `forward`; the outcome and the first bytes the client got.
+    async fn exchange(upstream: SocketAddr) -> (Outcome, String) {
+        let shard = shard(upstream);
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut c = Conn::new("127.0.0.1:40000".parse().unwrap(), false);
+        c.buf
+            .extend_from_slice(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
+        let step = {
+            let st = &*shard.settings;
+            let mut gate = shard.gate.borrow_mut();
+            let mut ids = shard.ids.borrow_mut();
+            let mut ctx = HeadCtx {
+                routes: &st.routes,
+                max_header_bytes: st.max_header_bytes,
+                max_body_bytes: st.max_body_bytes,
+                tls: false,
+                peer: c.peer.ip(),
+                peer_text: "127.0.0.1",
+                trusted_proxies: &st.trusted_proxies,
+                gate: &mut **gate,
+                ids: &mut ids,
+            };
+            head::process(&c.buf, &mut ctx, &mut c.out)
+        };
+        let Step::Forward(p) = step else {
+            panic!("not forwarded: {step:?}");
+        };
+        let outcome = forward(&shard, &mut c, &mut server, &p).await;
+        drop(server);
+        let mut seen = Vec::new();
+        let _ = client.read_to_end(&mut seen).await;
+        (outcome, String::from_utf8_lossy(&seen).into_owned())
+    }
+
+    /// An upstream that reads the request, then does `then` with the socket.
+    async fn upstream<F, Fut>(then: F) -> SocketAddr
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            then(s).await;
+        });
+        addr
+    }
+
+    fn class(o: &Outcome) -> Option<UpstreamErrorClass> {
+        o.upstream_error.as_ref().map(|e| e.class)
+    }
+
+    fn status(seen: &str) -> &str {
+        seen.get(9..12).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn refused_is_connect_and_502() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (o, seen) = exchange(dead).await;
+        assert_eq!(class(&o), Some(UpstreamErrorClass::Connect), "{o:?}");
+        assert_eq!(status(&seen), "502", "{seen}");
+    }
+
+    #[tokio::test]
+    async fn closed_before_the_head_is_reset_and_502() {
+        let addr = upstream(|s| async move { drop(s) }).await;
+        let (o, seen) = exchange(addr).await;
+        assert_eq!(class(&o), Some(UpstreamErrorClass::Reset), "{o:?}");
+        assert_eq!(status(&seen), "502", "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_head_is_bad_response_and_502() {
+        let addr = upstream(|mut s| async move {
+            let _ = s.write_all(b"garbage\r\n\r\n").await;
+        })
+        .await;
+        let (o, seen) = exchange(addr).await;
+        assert_eq!(class(&o), Some(UpstreamErrorClass::BadResponse), "{o:?}");
+        assert_eq!(status(&seen), "502", "{seen}");
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_timeout_and_504() {
+        let addr = upstream(|s| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        })
+        .await;
+        let (o, seen) = exchange(addr).await;
+        assert_eq!(class(&o), Some(UpstreamErrorClass::Timeout), "{o:?}");
+        assert_eq!(status(&seen), "504", "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_reset_and_closes_the_client() {
+        let addr = upstream(|mut s| async move {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                .await;
+        })
+        .await;
+        let (o, seen) = exchange(addr).await;
+        assert_eq!(class(&o), Some(UpstreamErrorClass::Reset), "{o:?}");
+        assert_eq!(o.flow, Flow::Close);
+        assert_eq!(status(&seen), "200", "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_has_no_upstream_error() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+            // Until-close: the upstream's EOF is the body's end, not a failure.
+            &b"HTTP/1.1 200 OK\r\n\r\nuntil close"[..],
+        ] {
+            let addr = upstream(move |mut s| async move {
+                let _ = s.write_all(answer).await;
+            })
+            .await;
+            let (o, seen) = exchange(addr).await;
+            assert!(o.upstream_error.is_none(), "{o:?}");
+            assert_eq!(status(&seen), "200", "{seen}");
+        }
     }
 }

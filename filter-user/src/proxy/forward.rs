@@ -3,7 +3,7 @@
 //! forwarding headers), plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the caller's identity,
 //! the route's injected credential and normalised framing. Written into a reused buffer.
 
-use super::head::{Framing, Scan, is};
+use super::headers::{Framing, Scan, is};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
 use crate::gate::Identity;
@@ -21,7 +21,8 @@ pub(crate) struct Forward<'a, 'b> {
     pub trusted: bool,
     pub tls: bool,
     pub request_id: &'a RequestId,
-    pub identity: Option<&'a Identity>,
+    /// Lent by the gate; written here, before the request's first `.await`.
+    pub identity: Option<Identity<'a>>,
     pub framing: Framing,
     /// The client speaks HTTP/1.0: ask the same of the upstream so it never answers chunked.
     pub http10: bool,

@@ -5,10 +5,18 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::ProxyError;
-
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    pub source: std::io::Error,
+}
 
 /// One shard's listeners, each flagged TLS or plain.
 #[derive(Debug)]
@@ -33,7 +41,7 @@ pub(crate) fn bind_all(
     http: &[SocketAddr],
     https: &[SocketAddr],
     shards: usize,
-) -> Result<Bound, ProxyError> {
+) -> Result<Bound, BindError> {
     let mut per_shard: Vec<ShardListeners> = (0..shards)
         .map(|_| ShardListeners { list: Vec::new() })
         .collect();
@@ -42,11 +50,11 @@ pub(crate) fn bind_all(
         for &want in addrs {
             let mut addr = want;
             for shard in &mut per_shard {
-                let l = bind_one(addr).map_err(|source| ProxyError::Bind { addr: want, source })?;
+                let l = bind_one(addr).map_err(|source| BindError { addr: want, source })?;
                 // The first socket fixes an ephemeral port; the others join it.
                 addr = l
                     .local_addr()
-                    .map_err(|source| ProxyError::Bind { addr: want, source })?;
+                    .map_err(|source| BindError { addr: want, source })?;
                 shard.list.push((l, tls));
             }
             resolved[usize::from(tls)].push(addr);

@@ -4,9 +4,27 @@
 //! one pinned thread per shard, each with its own current-thread tokio runtime. Nothing mutable is
 //! shared between shards on the request path. [`serve`] is the daemon's thin wrapper: it waits for
 //! SIGTERM/SIGINT (drain, then return) and SIGHUP (TLS certificate reload).
+//!
+//! # Layering
+//!
+//! Every `use super::…` edge between the submodules points down this list, never up or
+//! sideways within a row:
+//!
+//! 1. leaves: `affinity`, `reqid`, `route`, `tls`, `listen`, `headers` (framing, the header
+//!    scan), `upstream_error` (why an upstream failed, classified);
+//! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
+//!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
+//!    `forward` (the head sent upstream);
+//! 3. `head` (parse, check, route, gate, then `forward`);
+//! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
+//! 5. `io` (client buffers, `Flow`, client writes and refusals);
+//! 6. `exchange` (one forwarded request and its `Outcome`);
+//! 7. `conn` (one client connection's loop);
+//! 8. `shard` (the thread, its runtime and accept loops);
+//! 9. this module (start, addresses, reload, drain).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,14 +39,19 @@ mod conn;
 mod exchange;
 mod forward;
 pub mod head;
+mod headers;
+mod io;
 pub mod listen;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;
 pub mod route;
+mod settings;
 mod shard;
+mod state;
 pub mod tls;
 mod upstream;
+pub mod upstream_error;
 
 /// How long SIGTERM waits for in-flight requests before the shards are torn down.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -61,6 +84,15 @@ pub enum ProxyError {
     /// A shard thread panicked.
     #[error("shard thread panicked")]
     Panicked,
+}
+
+impl From<listen::BindError> for ProxyError {
+    fn from(e: listen::BindError) -> Self {
+        Self::Bind {
+            addr: e.addr,
+            source: e.source,
+        }
+    }
 }
 
 /// A running proxy: its bound addresses and the means to reload TLS and to stop it.
@@ -124,10 +156,13 @@ impl Drop for ProxyHandle {
     }
 }
 
-/// Binds every listener and starts one shard thread per `Config::shard_count()`.
+/// Binds every listener and starts one shard thread per `Config::shard_count()`. Each shard
+/// builds its gate with `gates` on its own thread (in parallel); this returns once every shard
+/// has its runtime and its gate.
 ///
 /// # Errors
-/// Route, TLS and bind errors, each naming what failed.
+/// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
+/// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -142,31 +177,47 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(shard::Settings::new(cfg, routes));
-    let mut threads = Vec::with_capacity(shards);
+    let settings = Arc::new(settings::Settings::new(cfg, routes));
+    let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
+    let (ready, started) = mpsc::channel();
+    // Dropped on any early return: stops and joins the shards started so far.
+    let mut handle = ProxyHandle {
+        http: bound.http,
+        https: bound.https,
+        stop,
+        threads: Vec::with_capacity(shards),
+        certs,
+    };
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
             n,
             cores: affinity::cores_for(n, shards, &cores),
             listeners,
-            gate: gates(n),
+            gates: Arc::clone(&gates),
             settings: Arc::clone(&settings),
-            tls: certs.as_ref().map(|c| tls::server_config(Arc::clone(c))),
+            tls: handle
+                .certs
+                .as_ref()
+                .map(|c| tls::server_config(Arc::clone(c))),
             stop: stop_rx.clone(),
+            ready: ready.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("shard-{n}"))
             .spawn(move || shard::run(spec))
             .map_err(|source| ProxyError::Shard { shard: n, source })?;
-        threads.push(t);
+        handle.threads.push(t);
     }
-    Ok(ProxyHandle {
-        http: bound.http,
-        https: bound.https,
-        stop,
-        threads,
-        certs,
-    })
+    drop(ready);
+    for _ in 0..handle.threads.len() {
+        match started.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((shard, Err(source))) => return Err(ProxyError::Shard { shard, source }),
+            // Every sender is gone before every shard reported: one panicked on the way.
+            Err(mpsc::RecvError) => return Err(ProxyError::Panicked),
+        }
+    }
+    Ok(handle)
 }
 
 /// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
@@ -205,4 +256,56 @@ pub fn serve(cfg: &Config, gates: GateFactory) -> anyhow::Result<()> {
     tracing::info!("draining in-flight requests");
     handle.shutdown(DRAIN_DEADLINE)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::gate::{AllowAll, Gate};
+
+    fn config(shards: usize) -> Config {
+        Config::parse(
+            &format!(
+                "[runtime]\nshards = {shards}\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+                 [[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+            ),
+            std::path::Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_shard_builds_its_gate_on_its_own_thread_before_start_returns() {
+        let built = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&built);
+        let handle = start(
+            &config(3),
+            Box::new(move |n| -> Box<dyn Gate> {
+                let name = std::thread::current().name().map(str::to_owned);
+                seen.lock().unwrap().push((n, name));
+                Box::new(AllowAll)
+            }),
+        )
+        .unwrap();
+        let mut built = built.lock().unwrap().clone();
+        built.sort();
+        let want: Vec<_> = (0..3).map(|n| (n, Some(format!("shard-{n}")))).collect();
+        assert_eq!(built, want);
+        handle.shutdown(Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_gate_that_cannot_be_built_fails_the_start() {
+        let e = start(
+            &config(2),
+            Box::new(|n| -> Box<dyn Gate> {
+                assert!(n != 1, "shard 1 has no gate");
+                Box::new(AllowAll)
+            }),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProxyError::Panicked), "{e}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::head::{is, parse_length, trim};
+use super::headers::{is, parse_length, trim};
 use super::reqid::RequestId;
 
 /// Largest upstream response head accepted (502 above).

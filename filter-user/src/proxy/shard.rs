@@ -1,52 +1,26 @@
 //! One shard: a thread pinned to its share of the cores (see [`affinity::cores_for`]) running a
-//! current-thread tokio runtime with its own listeners,
-//! gate, request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
-//! except the stop signal.
+//! current-thread tokio runtime with its own listeners, gate (built here, on the shard's thread),
+//! request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
+//! except the start-up report and the stop signal.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::affinity;
+use super::conn;
 use super::listen::ShardListeners;
-use super::reqid::IdGen;
-use super::route::RouteTable;
-use super::upstream::Pool;
-use crate::config::{Config, ErrorDetail};
+use super::settings::Settings;
+use super::state::ShardState;
 use crate::gate::Gate;
 
-/// Read-only settings shared by every shard.
-#[derive(Debug)]
-pub(crate) struct Settings {
-    pub routes: Arc<RouteTable>,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: u64,
-    pub client_timeout: Duration,
-    pub upstream_timeout: Duration,
-    pub opaque: bool,
-    pub trusted_proxies: Vec<IpNet>,
-}
-
-impl Settings {
-    pub fn new(cfg: &Config, routes: Arc<RouteTable>) -> Self {
-        Self {
-            routes,
-            max_header_bytes: cfg.limits.max_header_bytes.max(256),
-            max_body_bytes: cfg.limits.max_body_bytes,
-            client_timeout: cfg.limits.client_timeout,
-            upstream_timeout: cfg.limits.upstream_timeout,
-            opaque: cfg.keys.errors == ErrorDetail::Opaque,
-            trusted_proxies: cfg.keys.trusted_proxies.clone(),
-        }
-    }
-}
+/// The gate factory as the shards share it: each calls it once, on its own thread.
+pub(crate) type SharedGateFactory = dyn Fn(usize) -> Box<dyn Gate> + Send + Sync;
 
 /// What a shard thread starts with.
 pub(crate) struct Spec {
@@ -54,63 +28,58 @@ pub(crate) struct Spec {
     /// The CPUs this shard's thread may run on (empty: leave the affinity as inherited).
     pub cores: Vec<usize>,
     pub listeners: ShardListeners,
-    pub gate: Box<dyn Gate>,
+    /// Builds this shard's gate, on this shard's thread.
+    pub gates: Arc<SharedGateFactory>,
     pub settings: Arc<Settings>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: watch::Receiver<Option<Duration>>,
+    /// Told `(n, Ok)` once the runtime and the gate are built, `(n, Err)` when the runtime
+    /// cannot be; dropped without a word when building the gate panics.
+    pub ready: mpsc::Sender<(usize, std::io::Result<()>)>,
 }
 
-/// A shard's own state, shared by its tasks on its one thread.
-pub(crate) struct Shard {
-    pub settings: Arc<Settings>,
-    pub gate: RefCell<Box<dyn Gate>>,
-    pub ids: RefCell<IdGen>,
-    pub pool: RefCell<Pool>,
-    /// Set once draining starts.
-    pub stopping: Cell<bool>,
-    /// Woken when draining starts (idle connections and accept loops leave).
-    pub notify: Notify,
-    /// Open client connections.
-    pub active: Cell<usize>,
-}
-
-/// The shard thread's body.
+/// The shard thread's body: pin, build the runtime and the gate, report, serve.
 pub(crate) fn run(spec: Spec) {
-    affinity::pin_current(spec.n, &spec.cores);
+    let Spec {
+        n,
+        cores,
+        listeners,
+        gates,
+        settings,
+        tls,
+        stop,
+        ready,
+    } = spec;
+    affinity::pin_current(n, &cores);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(shard = spec.n, "cannot build the shard runtime: {e}");
+            tracing::error!(shard = n, "cannot build the shard runtime: {e}");
+            let _ = ready.send((n, Err(e)));
             return;
         }
     };
+    // Built after pinning, so the gate's index is first touched by the core that uses it.
+    let gate = gates(n);
+    drop(gates);
+    let _ = ready.send((n, Ok(())));
+    drop(ready);
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, shard_main(spec));
+    local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, stop));
 }
 
-async fn shard_main(spec: Spec) {
-    let Spec {
-        n,
-        listeners,
-        gate,
-        settings,
-        tls,
-        mut stop,
-        ..
-    } = spec;
-    let upstreams = settings.routes.upstreams.len();
-    let shard = Rc::new(Shard {
-        settings,
-        gate: RefCell::new(gate),
-        ids: RefCell::new(IdGen::new(n)),
-        pool: RefCell::new(Pool::new(upstreams)),
-        stopping: Cell::new(false),
-        notify: Notify::new(),
-        active: Cell::new(0),
-    });
+async fn shard_main(
+    n: usize,
+    listeners: ShardListeners,
+    gate: Box<dyn Gate>,
+    settings: Arc<Settings>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let shard = Rc::new(ShardState::new(n, settings, gate));
     shard.gate.borrow_mut().on_thread_start();
     let signal = shard.gate.borrow().change_signal();
     if let Some(signal) = signal {
@@ -144,7 +113,7 @@ async fn shard_main(spec: Spec) {
 
 /// Applies gate changes as soon as they are published, even when no request arrives (busy
 /// shards apply them before their next decision anyway). Ends when the shard drains.
-async fn apply_when_idle(shard: Rc<Shard>, signal: Arc<Notify>) {
+async fn apply_when_idle(shard: Rc<ShardState>, signal: Arc<Notify>) {
     loop {
         let stopping = shard.notify.notified();
         if shard.stopping.get() {
@@ -164,7 +133,7 @@ async fn apply_when_idle(shard: Rc<Shard>, signal: Arc<Notify>) {
 }
 
 /// Decrements the open-connection count when a connection task ends (or is dropped).
-struct Active(Rc<Shard>);
+struct Active(Rc<ShardState>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -172,7 +141,7 @@ impl Drop for Active {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let notified = shard.notify.notified();
         if shard.stopping.get() {
@@ -201,11 +170,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcc
 async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
     let shard = &guard.0;
     match tls {
-        None => super::conn::serve(shard, sock, peer, false).await,
+        None => conn::serve(shard, sock, peer, false).await,
         Some(acc) => {
             let timeout = shard.settings.client_timeout;
             match tokio::time::timeout(timeout, acc.accept(sock)).await {
-                Ok(Ok(stream)) => super::conn::serve(shard, stream, peer, true).await,
+                Ok(Ok(stream)) => conn::serve(shard, stream, peer, true).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }

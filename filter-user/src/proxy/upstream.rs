@@ -1,12 +1,13 @@
 //! Upstream connections: a per-shard keep-alive pool per upstream origin, and connecting with
-//! the `limits.upstream_timeout` deadline (refused → 502, timed out → 504).
+//! the `limits.upstream_timeout` deadline (refused or unreachable: class `connect`, 502; timed
+//! out: class `timeout`, 504).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::codes::ErrorCode;
+use super::upstream_error::UpstreamError;
 
 /// Idle connections kept per upstream per shard.
 const MAX_IDLE: usize = 512;
@@ -49,13 +50,16 @@ impl Pool {
 }
 
 /// Connects to an upstream within `timeout`.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ErrorCode> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(_)) => Err(ErrorCode::UpstreamUnavailable),
-        Err(_) => Err(ErrorCode::UpstreamTimeout),
+        Ok(Err(e)) => Err(UpstreamError::connect(e)),
+        Err(_) => Err(UpstreamError::timeout()),
     }
 }

@@ -71,22 +71,22 @@ fn peer() -> IpAddr {
     "198.18.0.7".parse().unwrap()
 }
 
-fn check(
-    gate: &mut ShardGate,
+fn check<'g>(
+    gate: &'g mut ShardGate,
     route: usize,
     headers: &[(&str, &str)],
     query: Option<&str>,
-) -> Verdict {
+) -> Verdict<'g> {
     check_at(gate, route, headers, query, NOW)
 }
 
-fn check_at(
-    gate: &mut ShardGate,
+fn check_at<'g>(
+    gate: &'g mut ShardGate,
     route: usize,
     headers: &[(&str, &str)],
     query: Option<&str>,
     now: i64,
-) -> Verdict {
+) -> Verdict<'g> {
     let hs: Vec<httparse::Header<'_>> = headers
         .iter()
         .map(|(n, v)| httparse::Header {
@@ -145,8 +145,8 @@ fn a_good_key_is_allowed_with_its_identity() {
         let Verdict::Allow(Some(who)) = check(&mut g, V1, &hs, None) else {
             panic!("not allowed");
         };
-        assert_eq!(&*who.key_id, id);
-        assert_eq!((&*who.tenant, &*who.user), ("acme", "alice"));
+        assert_eq!(who.key_id, id);
+        assert_eq!((who.tenant, who.user), ("acme", "alice"));
         assert!(!format!("{who:?}").contains(&key[8..]));
     }
     let q = format!("x=1&api_key={key}");
@@ -255,7 +255,7 @@ fn a_query_key_is_percent_decoded_before_it_is_checked() {
     let Verdict::Allow(Some(who)) = check(&mut g, Q, &[], Some(&q)) else {
         panic!("an escaped key is not allowed");
     };
-    assert_eq!(&*who.key_id, id);
+    assert_eq!(who.key_id, id);
     // `%20` and `+` are a trailing space, `%0A` a newline: the answer a trailing space gets.
     for tail in ["%20", "+", "%0A", "%09"] {
         let q = format!("api_key={key}{tail}");

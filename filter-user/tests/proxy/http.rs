@@ -226,7 +226,7 @@ fn chunked_request_bodies_are_forwarded_and_curl_expect_continue_works() {
 fn no_route_is_404_before_the_gate() {
     struct Panics;
     impl Gate for Panics {
-        fn check(&mut self, _: &GateRequest<'_>) -> Verdict {
+        fn check(&mut self, _: &GateRequest<'_>) -> Verdict<'_> {
             panic!("gate called for an unrouted path");
         }
     }
@@ -252,16 +252,16 @@ fn no_route_is_404_before_the_gate() {
 struct ByPath;
 
 impl Gate for ByPath {
-    fn check(&mut self, req: &GateRequest<'_>) -> Verdict {
+    fn check(&mut self, req: &GateRequest<'_>) -> Verdict<'_> {
         let has_key = req
             .headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("x-api-key"));
         match req.path {
             "/ok/echo" if has_key => Verdict::Allow(Some(Identity {
-                key_id: Arc::from("key_abc"),
-                tenant: Arc::from("acme"),
-                user: Arc::from("alice"),
+                key_id: "key_abc",
+                tenant: "acme",
+                user: "alice",
             })),
             "/ok/echo" => Verdict::Deny(Denial::new(ErrorCode::MissingKey)),
             "/expired" => {

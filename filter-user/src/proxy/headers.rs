@@ -1,0 +1,118 @@
+//! Header-level HTTP/1.1 helpers shared by the request side ([`super::head`],
+//! [`super::forward`]) and the response side ([`super::response`]): body framing, the one pass
+//! over request headers that finds framing, connection options and the few values the proxy
+//! needs, and the case-insensitive name and value tests they are built from.
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length: n` (n > 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What one pass over the headers found.
+#[derive(Default)]
+pub(crate) struct Scan<'b> {
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub close: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub host: Option<&'b str>,
+    pub request_id: Option<&'b [u8]>,
+    pub xff: Option<&'b str>,
+    /// Values of `Connection` headers (their tokens name more hop-by-hop headers).
+    pub connection: [&'b str; 4],
+    pub n_connection: usize,
+}
+
+/// Case-insensitive header-name test against a lower-case literal.
+#[inline]
+pub(crate) fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// One pass over the headers: framing, connection options, and the few values we need.
+///
+/// Refuses (with `Err`) every smuggling shape: two different `Content-Length`s, a
+/// `Content-Length` that is not plain digits, a `Transfer-Encoding` other than exactly `chunked`
+/// (or given twice), two `Host`s. Obs-fold never gets here: httparse rejects it in requests.
+pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, ()> {
+    let mut s = Scan::default();
+    for h in headers {
+        let name = h.name;
+        let value = h.value;
+        match name.len() {
+            4 if is(name, "host") => {
+                if s.host.is_some() {
+                    return Err(());
+                }
+                s.host = Some(std::str::from_utf8(value).map_err(|_| ())?);
+            }
+            6 if is(name, "expect") => {
+                s.expect_continue |= trim(value).eq_ignore_ascii_case(b"100-continue");
+            }
+            10 if is(name, "connection") => {
+                let v = std::str::from_utf8(value).map_err(|_| ())?;
+                for tok in v.split(',').map(str::trim) {
+                    if tok.eq_ignore_ascii_case("close") {
+                        s.close = true;
+                    } else if tok.eq_ignore_ascii_case("keep-alive") {
+                        s.keep_alive = true;
+                    }
+                }
+                if s.n_connection < s.connection.len() {
+                    s.connection[s.n_connection] = v;
+                    s.n_connection += 1;
+                } else {
+                    return Err(());
+                }
+            }
+            12 if is(name, "x-request-id") => s.request_id = Some(value),
+            14 if is(name, "content-length") => {
+                let n = parse_length(value)?;
+                if s.content_length.is_some_and(|m| m != n) {
+                    return Err(());
+                }
+                s.content_length = Some(n);
+            }
+            15 if is(name, "x-forwarded-for") => {
+                s.xff = Some(std::str::from_utf8(value).map_err(|_| ())?);
+            }
+            17 if is(name, "transfer-encoding") => {
+                if s.chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(());
+                }
+                s.chunked = true;
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// `Content-Length`: 1 to 19 ASCII digits, nothing else.
+pub(crate) fn parse_length(v: &[u8]) -> Result<u64, ()> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    Ok(v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// `v` without leading and trailing spaces and tabs.
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}

@@ -1,0 +1,37 @@
+//! The read-only settings every shard serves with, built once from the [`Config`] at start and
+//! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
+//! trusted proxies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::route::RouteTable;
+use crate::config::{Config, ErrorDetail};
+
+/// Read-only settings shared by every shard.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub routes: Arc<RouteTable>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub client_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub opaque: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Settings {
+    pub fn new(cfg: &Config, routes: Arc<RouteTable>) -> Self {
+        Self {
+            routes,
+            max_header_bytes: cfg.limits.max_header_bytes.max(256),
+            max_body_bytes: cfg.limits.max_body_bytes,
+            client_timeout: cfg.limits.client_timeout,
+            upstream_timeout: cfg.limits.upstream_timeout,
+            opaque: cfg.keys.errors == ErrorDetail::Opaque,
+            trusted_proxies: cfg.keys.trusted_proxies.clone(),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! A shard's own state, shared by its connection tasks on its one thread: the settings, its
+//! gate, request-id maker and upstream pool, and the drain flag. `RefCell`/`Cell` only — nothing
+//! here crosses threads, and nothing is borrowed across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::reqid::IdGen;
+use super::settings::Settings;
+use super::upstream::Pool;
+use crate::gate::Gate;
+
+/// A shard's own state, shared by its tasks on its one thread.
+pub(crate) struct ShardState {
+    pub settings: Arc<Settings>,
+    pub gate: RefCell<Box<dyn Gate>>,
+    pub ids: RefCell<IdGen>,
+    pub pool: RefCell<Pool>,
+    /// Set once draining starts.
+    pub stopping: Cell<bool>,
+    /// Woken when draining starts (idle connections and accept loops leave).
+    pub notify: Notify,
+    /// Open client connections.
+    pub active: Cell<usize>,
+}
+
+impl ShardState {
+    /// Shard `n`'s state around its `gate`, with an empty pool and a fresh id maker.
+    pub fn new(n: usize, settings: Arc<Settings>, gate: Box<dyn Gate>) -> Self {
+        let upstreams = settings.routes.upstreams.len();
+        Self {
+            settings,
+            gate: RefCell::new(gate),
+            ids: RefCell::new(IdGen::new(n)),
+            pool: RefCell::new(Pool::new(upstreams)),
+            stopping: Cell::new(false),
+            notify: Notify::new(),
+            active: Cell::new(0),
+        }
+    }
+}
