@@ -177,3 +177,49 @@ impl std::fmt::Display for ErrorCode {
         f.write_str(self.as_str())
     }
 }
+
+/// The class of an upstream failure (SPEC §8's `class` label, §9's `upstream_error`); [`UpstreamErrorClass::as_str`] is its label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorClass {
+    /// No connection: refused, unreachable, or any other failure to connect.
+    Connect,
+    /// The TLS handshake with the upstream failed (HTTPS upstreams; none yet).
+    Tls,
+    /// The connection broke after it was made: reset, broken pipe, or closed before a complete
+    /// response head (or in the middle of a response body).
+    Reset,
+    /// `limits.upstream_timeout` passed while connecting, sending or waiting for the answer.
+    Timeout,
+    /// The response head is unparsable, too large, or a shape the proxy does not pass, or the
+    /// response body's framing is broken.
+    BadResponse,
+}
+
+impl UpstreamErrorClass {
+    /// Every class, in label order.
+    pub const ALL: [Self; 5] = [
+        Self::Connect,
+        Self::Tls,
+        Self::Reset,
+        Self::Timeout,
+        Self::BadResponse,
+    ];
+
+    /// The label value: `connect`, `tls`, `reset`, `timeout` or `bad_response`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Reset => "reset",
+            Self::Timeout => "timeout",
+            Self::BadResponse => "bad_response",
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -30,7 +30,8 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         "key store loaded"
     );
     ready.set_store(true);
-    let _xdp = if no_xdp || !cfg.xdp.enabled {
+    let xdp_on = !no_xdp && cfg.xdp.enabled;
+    let _xdp = if !xdp_on {
         tracing::warn!(
             "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy"
         );
@@ -51,6 +52,11 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     };
     let cfg = Arc::new(cfg);
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
+    let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
+    plane.show_requests(Arc::clone(&requests));
+    if xdp_on {
+        plane.show_xdp(crate::xdp::PinDir::from_env());
+    }
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
     let admin = AdminServer::from_config(&cfg, plane, Arc::clone(&ready))?.spawn()?;
     tracing::info!(
@@ -59,7 +65,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         startup_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = crate::proxy::serve(&cfg, gates);
+    let served = crate::proxy::serve(&cfg, gates, requests);
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

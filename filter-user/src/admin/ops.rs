@@ -276,7 +276,7 @@ pub trait AdminOps: Send + Sync + 'static {
     /// The audit trail (a JSON array of [`super::AuditJson`], oldest first): the newest
     /// `limit` entries since `since`.
     fn audit(&self, query: AuditQuery) -> OpFuture<'_>;
-    /// Prometheus text for `/metrics` (empty until metrics are wired).
+    /// The `/metrics` exposition (OpenMetrics text).
     fn metrics(&self) -> String {
         String::new()
     }

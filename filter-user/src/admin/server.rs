@@ -249,7 +249,9 @@ async fn dispatch(
             let mut resp = Response::new(Full::new(Bytes::from(ops.metrics())));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             return Ok(resp);
         }

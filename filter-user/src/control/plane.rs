@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use crate::auth::shard::Batch;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
+use crate::obs::metrics::RequestMetrics;
 use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::timefmt::parse_when;
 use crate::store::{
@@ -49,6 +50,10 @@ pub struct ControlPlane {
     propagation: Arc<Propagation>,
     cfg: Arc<Config>,
     timeout: Duration,
+    /// The shards' request counters, once the proxy has them (for `/metrics`).
+    requests: OnceLock<Arc<RequestMetrics>>,
+    /// The XDP program's pins, once XDP runs (for `/metrics`).
+    xdp: OnceLock<PinDir>,
 }
 
 impl ControlPlane {
@@ -62,7 +67,19 @@ impl ControlPlane {
             inner: Mutex::new(Inner { keys, store }),
             cfg,
             timeout: APPLY_TIMEOUT,
+            requests: OnceLock::new(),
+            xdp: OnceLock::new(),
         })
+    }
+
+    /// `/metrics` shows these request counters (the ones the proxy counts into) from now on.
+    pub fn show_requests(&self, metrics: Arc<RequestMetrics>) {
+        let _ = self.requests.set(metrics);
+    }
+
+    /// `/metrics` shows the counters of the XDP program pinned in `pins` from now on.
+    pub fn show_xdp(&self, pins: PinDir) {
+        let _ = self.xdp.set(pins);
     }
 
     /// The propagation histogram (`edgefilter_revocation_propagation_seconds`).
@@ -516,6 +533,12 @@ impl AdminOps for ControlPlane {
     }
 
     fn metrics(&self) -> String {
-        self.propagation.render()
+        let revision = self.lock().keys.published();
+        super::metrics::render(&super::metrics::Sources {
+            requests: self.requests.get().cloned(),
+            propagation: Arc::clone(&self.propagation),
+            xdp: self.xdp.get().cloned(),
+            revision,
+        })
     }
 }

@@ -1,7 +1,6 @@
 //! `edgefilter_revocation_propagation_seconds`: a lock-free histogram of store commit → last
-//! shard applied, filled by the fan-out's observer on a shard thread and read by `/metrics`.
+//! shard applied, filled by the fan-out's observer on a shard thread and read by `/metrics` ([`Propagation::buckets`]).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -89,23 +88,19 @@ impl Propagation {
         Some(f64::INFINITY)
     }
 
-    /// Prometheus text exposition of the histogram.
+    /// `(upper bound, count)` per bucket, not cumulative, the last bound `f64::MAX` for
+    /// `+Inf`; the sum in seconds; the count: what a Prometheus histogram encoder takes.
     #[must_use]
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "# HELP {METRIC} Store commit to the last shard applying the change.\n# TYPE {METRIC} histogram\n"
-        );
-        let mut cum = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cum += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{METRIC}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{METRIC}_bucket{{le=\"+Inf\"}} {cum}");
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .chain(std::iter::once(&f64::MAX))
+            .zip(&self.counts)
+            .map(|(&le, c)| (le, c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
         let sum = Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
-        let _ = writeln!(out, "{METRIC}_sum {sum}");
-        let _ = writeln!(out, "{METRIC}_count {}", self.count());
-        out
+        (buckets, sum, count)
     }
 }
 
@@ -125,12 +120,11 @@ mod tests {
         assert_eq!(h.quantile_bound(0.5), Some(0.000_05));
         assert_eq!(h.quantile_bound(0.99), Some(0.001));
         assert_eq!(h.quantile_bound(1.0), Some(f64::INFINITY));
-        let text = h.render();
-        assert!(
-            text.contains("edgefilter_revocation_propagation_seconds_bucket{le=\"0.00005\"} 98")
-        );
-        assert!(text.contains("edgefilter_revocation_propagation_seconds_bucket{le=\"0.001\"} 99"));
-        assert!(text.contains("edgefilter_revocation_propagation_seconds_bucket{le=\"+Inf\"} 100"));
-        assert!(text.contains("edgefilter_revocation_propagation_seconds_count 100"));
+        let (buckets, sum, count) = h.buckets();
+        assert!(buckets.contains(&(0.000_05, 98)), "{buckets:?}");
+        assert!(buckets.contains(&(0.001, 1)), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&(f64::MAX, 1)));
+        assert_eq!(count, 100);
+        assert!((sum - (98.0 * 40e-6 + 700e-6 + 3.0)).abs() < 1e-9, "{sum}");
     }
 }

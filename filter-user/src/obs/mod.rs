@@ -1,17 +1,7 @@
-//! Observability: installs the logging subscriber (JSON or text on stderr). The propagation
-//! histogram lives with the fan-out ([`crate::fanout::Propagation`]).
+//! Observability: the logging subscriber, the per-shard request metrics and their Prometheus
+//! exposition.
 
-use crate::config::{Log, LogFormat};
+pub mod logging;
+pub mod metrics;
 
-/// Installs the global tracing subscriber (JSON or text on stderr; `RUST_LOG` filters).
-pub fn init_logging(log: &Log) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
+pub use logging::init_logging;

@@ -59,6 +59,8 @@ where
     let peer_text = peer_ip.to_string();
     loop {
         let deadline = Instant::now() + st.client_timeout;
+        // When this request's first byte was here: now for a pipelined one, else at its read.
+        let mut began = (!c.buf.is_empty()).then(Instant::now);
         let step = loop {
             if !c.buf.is_empty() {
                 let step = {
@@ -97,7 +99,9 @@ where
                 timeout_at(deadline, io.read_buf(&mut c.buf)).await
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(n)) if n > 0 => {
+                    began.get_or_insert_with(Instant::now);
+                }
                 // EOF, error, or idle/slow client past `client_timeout`.
                 _ => return Flow::Close,
             }
@@ -110,6 +114,9 @@ where
                     || r.framing != Framing::Empty
                     || shard.stopping.get();
                 let flow = write_refusal(c, io, st, &r.denial, r.request_id.as_str(), close).await;
+                shard
+                    .metrics
+                    .request(r.route, Some(r.denial.code), since(began));
                 if flow == Flow::Continue
                     && let Some(n) = r.head_len
                 {
@@ -120,8 +127,12 @@ where
             Step::Forward(p) => {
                 let outcome = exchange::forward(shard, c, io, &p).await;
                 if let Some(e) = &outcome.upstream_error {
+                    shard.metrics.upstream_error(p.route, e.class);
                     log_upstream_error(st, &p, e);
                 }
+                shard
+                    .metrics
+                    .request(Some(p.route), outcome.answered, since(began));
                 outcome.flow
             }
         };
@@ -129,6 +140,11 @@ where
             return flow;
         }
     }
+}
+
+/// How long since `began` (zero when unknown).
+fn since(began: Option<Instant>) -> Duration {
+    began.map_or(Duration::ZERO, |b| b.elapsed())
 }
 
 /// One line per failed upstream exchange: the route, the class and the cause (no key, no

@@ -5,7 +5,7 @@
 //! whether the client connection goes on and, when the upstream failed, why (classified once,
 //! by [`UpstreamError`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,6 +30,9 @@ pub(crate) struct Outcome {
     /// Why the upstream failed, when it did: the client was then answered 502/504, or its
     /// answer was cut short.
     pub upstream_error: Option<UpstreamError>,
+    /// The code the proxy answered with itself (a bad body, 502, 504); `None` when the
+    /// upstream's answer was relayed.
+    pub answered: Option<ErrorCode>,
 }
 
 impl From<Flow> for Outcome {
@@ -37,7 +40,27 @@ impl From<Flow> for Outcome {
         Self {
             flow,
             upstream_error: None,
+            answered: None,
         }
+    }
+}
+
+/// Answers the client with `code` (no upstream failure behind it).
+async fn refused<S>(
+    c: &mut Conn,
+    io: &mut S,
+    st: &Settings,
+    code: ErrorCode,
+    request_id: &str,
+    close: bool,
+) -> Outcome
+where
+    S: AsyncWrite + Unpin,
+{
+    Outcome {
+        flow: refuse_code(c, io, st, code, request_id, close).await,
+        upstream_error: None,
+        answered: Some(code),
     }
 }
 
@@ -70,7 +93,7 @@ where
             c.out.extend_from_slice(&c.buf[..n]);
             c.buf.advance(n);
         }
-        Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await.into(),
+        Err(e) => return refused(c, io, st, body_code(e), rid, true).await,
     }
     // The whole request is in `c.out`: a stale pooled connection can be retried safely.
     let whole = body.done();
@@ -110,7 +133,7 @@ where
         }
         let n = match body.take(&c.buf) {
             Ok(n) => n,
-            Err(e) => return refuse_code(c, io, st, body_code(e), rid, true).await.into(),
+            Err(e) => return refused(c, io, st, body_code(e), rid, true).await,
         };
         if let Err(e) = send(&mut up, &c.buf[..n], st.upstream_timeout).await {
             return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
@@ -118,12 +141,16 @@ where
         c.buf.advance(n);
     }
     // Read the response head; interim (1xx) answers are passed on or dropped.
+    let sent = Instant::now();
     c.rbuf.clear();
     let head = loop {
         // Decided late so a drain that starts while we wait still closes this connection.
         let close_client = !p.keep_alive || shard.stopping.get();
         match response::process(&c.rbuf, p.is_head, &p.request_id, close_client, &mut c.rout) {
-            RespStep::Final(h) => break h,
+            RespStep::Final(h) => {
+                shard.metrics.upstream(sent.elapsed());
+                break h;
+            }
             RespStep::Interim(n) => {
                 if !c.rout.is_empty() && write_client(io, &c.rout, st.client_timeout).await.is_err()
                 {
@@ -194,6 +221,7 @@ where
     let cut = |e: UpstreamError| Outcome {
         flow: Flow::Close,
         upstream_error: Some(e),
+        answered: None,
     };
     // Whatever body bytes came with the head leave in the same write.
     let Ok(n) = body.take(&c.rbuf) else {
@@ -253,6 +281,7 @@ where
     Outcome {
         flow: refuse_code(c, io, st, code, request_id, close).await,
         upstream_error: Some(error),
+        answered: Some(code),
     }
 }
 
@@ -328,7 +357,8 @@ mod tests {
         )
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
-        let settings = Arc::new(Settings::new(&cfg, routes));
+        let metrics = crate::obs::metrics::RequestMetrics::for_config(&cfg);
+        let settings = Arc::new(Settings::new(&cfg, routes, metrics));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 

@@ -51,6 +51,8 @@ pub struct Refusal {
     pub keep_alive: bool,
     /// The request's id.
     pub request_id: RequestId,
+    /// The matched route, when routing got that far.
+    pub route: Option<usize>,
     /// Why.
     pub denial: Denial,
 }
@@ -133,6 +135,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             framing,
             keep_alive,
             request_id,
+            route: None,
             denial: Denial::new(code),
         }))
     };
@@ -167,6 +170,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
                 framing,
                 keep_alive,
                 request_id,
+                route: Some(route),
                 denial,
             }));
         }
@@ -212,6 +216,7 @@ fn refuse_id(head_len: Option<usize>, request_id: RequestId, code: ErrorCode) ->
         framing: Framing::Empty,
         keep_alive: false,
         request_id,
+        route: None,
         denial: Denial::new(code),
     }))
 }

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gate::GateFactory;
+use crate::obs::metrics::RequestMetrics;
 
 pub mod affinity;
 pub(crate) mod body;
@@ -103,9 +104,16 @@ pub struct ProxyHandle {
     stop: watch::Sender<Option<Duration>>,
     threads: Vec<JoinHandle<()>>,
     certs: Option<Arc<tls::CertStore>>,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl ProxyHandle {
+    /// The request metrics the shards count into.
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<RequestMetrics> {
+        &self.metrics
+    }
+
     /// The bound plain-HTTP addresses (ephemeral ports resolved), in `listen.http` order.
     #[must_use]
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -164,6 +172,18 @@ impl Drop for ProxyHandle {
 /// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
+    start_with(cfg, gates, RequestMetrics::for_config(cfg))
+}
+
+/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads).
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with(
+    cfg: &Config,
+    gates: GateFactory,
+    metrics: Arc<RequestMetrics>,
+) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
         (_, true) => None,
@@ -177,7 +197,7 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes));
+    let settings = Arc::new(settings::Settings::new(cfg, routes, Arc::clone(&metrics)));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -187,6 +207,7 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
         stop,
         threads: Vec::with_capacity(shards),
         certs,
+        metrics,
     };
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
@@ -225,9 +246,9 @@ pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(cfg: &Config, gates: GateFactory) -> anyhow::Result<()> {
+pub fn serve(cfg: &Config, gates: GateFactory, metrics: Arc<RequestMetrics>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let handle = start(cfg, gates)?;
+    let handle = start_with(cfg, gates, metrics)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),

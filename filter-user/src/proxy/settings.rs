@@ -1,6 +1,6 @@
 //! The read-only settings every shard serves with, built once from the [`Config`] at start and
 //! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies.
+//! trusted proxies, and the request metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::route::RouteTable;
 use crate::config::{Config, ErrorDetail};
+use crate::obs::metrics::RequestMetrics;
 
 /// Read-only settings shared by every shard.
 #[derive(Debug)]
@@ -20,10 +21,12 @@ pub(crate) struct Settings {
     pub upstream_timeout: Duration,
     pub opaque: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// Every shard's request metrics (each shard writes only its own block).
+    pub metrics: Arc<RequestMetrics>,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, routes: Arc<RouteTable>) -> Self {
+    pub fn new(cfg: &Config, routes: Arc<RouteTable>, metrics: Arc<RequestMetrics>) -> Self {
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
@@ -32,6 +35,7 @@ impl Settings {
             upstream_timeout: cfg.limits.upstream_timeout,
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
+            metrics,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! A shard's own state, shared by its connection tasks on its one thread: the settings, its
-//! gate, request-id maker and upstream pool, and the drain flag. `RefCell`/`Cell` only — nothing
+//! gate, request-id maker, upstream pool and metrics, and the drain flag. `RefCell`/`Cell` only — nothing
 //! here crosses threads, and nothing is borrowed across an `.await`.
 
 use std::cell::{Cell, RefCell};
@@ -11,6 +11,7 @@ use super::reqid::IdGen;
 use super::settings::Settings;
 use super::upstream::Pool;
 use crate::gate::Gate;
+use crate::obs::metrics::ShardMetrics;
 
 /// A shard's own state, shared by its tasks on its one thread.
 pub(crate) struct ShardState {
@@ -24,6 +25,8 @@ pub(crate) struct ShardState {
     pub notify: Notify,
     /// Open client connections.
     pub active: Cell<usize>,
+    /// This shard's request metrics (it is their only writer).
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl ShardState {
@@ -31,6 +34,7 @@ impl ShardState {
     pub fn new(n: usize, settings: Arc<Settings>, gate: Box<dyn Gate>) -> Self {
         let upstreams = settings.routes.upstreams.len();
         Self {
+            metrics: settings.metrics.shard(n),
             settings,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),

@@ -11,4 +11,5 @@ mod support;
 mod admin_api;
 mod admin_real;
 mod durability;
+mod metrics;
 mod revoke_load;

@@ -1,0 +1,114 @@
+//! `/metrics`: the families of SPEC §8 the daemon keeps, encoded with `prometheus-client` at
+//! each scrape from their sources: the shards' request counters, the propagation histogram,
+//! the XDP program's per-CPU counters (summed here) and the store revision. Nothing here is on
+//! the request path.
+
+use std::sync::Arc;
+
+use filter_common::xdp::{Action, Reason};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::fanout::Propagation;
+use crate::obs::metrics::{RequestMetrics, Shared};
+use crate::xdp::{PinDir, open_pinned};
+
+/// What a scrape reads; each source is shared with its one writer.
+#[derive(Debug)]
+pub struct Sources {
+    /// The shards' request counters (absent until the proxy starts).
+    pub requests: Option<Arc<RequestMetrics>>,
+    /// Store commit → last shard applied.
+    pub propagation: Arc<Propagation>,
+    /// The XDP program's pins, when XDP runs.
+    pub xdp: Option<PinDir>,
+    /// The store revision every shard has been sent.
+    pub revision: u64,
+}
+
+/// The exposition (Prometheus text, OpenMetrics flavour) of every source.
+#[must_use]
+pub fn render(src: &Sources) -> String {
+    let mut reg = Registry::default();
+    if let Some(r) = &src.requests {
+        reg.register_collector(Box::new(Shared(Arc::clone(r))));
+    }
+    reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
+    reg.register_collector(Box::new(StoreCollector(src.revision)));
+    if let Some(pins) = &src.xdp {
+        reg.register_collector(Box::new(XdpCollector(pins.clone())));
+    }
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+        tracing::error!(error = %e, "encoding /metrics failed");
+    }
+    out
+}
+
+#[derive(Debug)]
+struct PropagationCollector(Arc<Propagation>);
+
+impl Collector for PropagationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (buckets, sum, count) = self.0.buckets();
+        let mut m = encoder.encode_descriptor(
+            crate::fanout::propagation::METRIC,
+            "Store commit to the last shard applying the change.",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+#[derive(Debug)]
+struct StoreCollector(u64);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let rev = i64::try_from(self.0).unwrap_or(i64::MAX);
+        let g = ConstGauge::new(rev);
+        let m = encoder.encode_descriptor(
+            "edgefilter_store_revision",
+            "The store revision every shard has been sent.",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)
+    }
+}
+
+#[derive(Debug)]
+struct XdpCollector(PinDir);
+
+impl Collector for XdpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        // A scrape while the program is being replaced or was detached shows no XDP family
+        // (the "XDP detached" alert watches for that), never an error page.
+        let counters = match open_pinned(&self.0).and_then(|m| m.counters()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "XDP counters unreadable at scrape");
+                return Ok(());
+            }
+        };
+        let mut family = encoder.encode_descriptor(
+            "edgefilter_xdp_packets",
+            "Packets the XDP program judged, by action and reason (summed over CPUs).",
+            None,
+            MetricType::Counter,
+        )?;
+        for a in Action::ALL {
+            for r in Reason::ALL {
+                let n = counters.packets(a, r);
+                let labels = [("action", a.label()), ("reason", r.label())];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

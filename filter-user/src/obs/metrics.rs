@@ -1,0 +1,404 @@
+//! Request metrics kept per shard and summed when `/metrics` is scraped.
+//!
+//! Each shard owns one [`ShardMetrics`] and is its only writer: a count is bumped with a plain
+//! load and store (no locked instruction, no cache line written by another core), and the
+//! scraper reads the atomics with relaxed loads, so a scrape may see a request counted but not
+//! yet its duration — never a torn value. [`RequestMetrics`] holds every shard's block and
+//! encodes the sums with `prometheus-client`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+
+use crate::codes::{ErrorCode, UpstreamErrorClass};
+use crate::config::Config;
+
+/// Upper bounds (seconds) of the request and upstream duration buckets: from 50 µs, where a
+/// forwarded request on loopback lands, to 30 s, the default timeouts.
+pub const DURATION_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The label value of a forwarded request's `code`.
+pub const CODE_OK: &str = "OK";
+
+/// The `route` label of a request that matched no route.
+pub const NO_ROUTE: &str = "(none)";
+
+/// A count with one writer: bumped without a locked instruction, read from any thread.
+#[derive(Debug, Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    #[inline]
+    fn add(&self, n: u64) {
+        // One writer (the owning shard): a load and a store cannot lose an update.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A duration histogram with one writer.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last slot is `+Inf`.
+    buckets: [Count; DURATION_BUCKETS.len() + 1],
+    sum_nanos: Count,
+}
+
+/// Bucket bounds in nanoseconds, for the hot path's comparisons.
+const BOUNDS_NANOS: [u64; DURATION_BUCKETS.len()] = {
+    let mut out = [0u64; DURATION_BUCKETS.len()];
+    // 50 µs .. 30 s, the same values as DURATION_BUCKETS.
+    let micros: [u64; DURATION_BUCKETS.len()] = [
+        50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+        1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+    ];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = micros[i] * 1_000;
+        i += 1;
+    }
+    out
+};
+
+impl Histogram {
+    #[inline]
+    fn observe(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let i = BOUNDS_NANOS.partition_point(|&b| b < nanos);
+        self.buckets[i].add(1);
+        self.sum_nanos.add(nanos);
+    }
+
+    fn add_into(&self, into: &mut HistogramSums) {
+        for (sum, b) in into.buckets.iter_mut().zip(&self.buckets) {
+            *sum += b.get();
+        }
+        into.sum_nanos = into.sum_nanos.wrapping_add(self.sum_nanos.get());
+    }
+}
+
+/// A histogram summed over shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistogramSums {
+    /// Per bucket (not cumulative); the last slot is `+Inf`.
+    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Sum of the observations, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl HistogramSums {
+    /// Observations counted.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Encodes as a Prometheus histogram named `name`.
+    ///
+    /// # Errors
+    /// When the encoder fails (formatting).
+    pub fn encode(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+    ) -> std::fmt::Result {
+        // The encoder takes per-bucket counts (it accumulates them) and `f64::MAX` for `+Inf`.
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .chain(std::iter::once(&f64::MAX))
+            .zip(&self.buckets)
+            .map(|(&le, &n)| (le, n))
+            .collect();
+        let sum = Duration::from_nanos(self.sum_nanos).as_secs_f64();
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        m.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
+    }
+}
+
+/// Index of a code in the per-route rows: 0 is `OK`, then [`ErrorCode::ALL`] in order.
+fn code_slot(code: Option<ErrorCode>) -> usize {
+    code.map_or(0, |c| c as usize + 1)
+}
+
+const CODE_SLOTS: usize = ErrorCode::ALL.len() + 1;
+const CLASS_SLOTS: usize = UpstreamErrorClass::ALL.len();
+
+/// One shard's request metrics; only that shard writes them.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    /// Routes configured; row `routes` is "no route".
+    routes: usize,
+    /// `(route, code)` request counts, `CODE_SLOTS` per row.
+    requests: Box<[Count]>,
+    /// `(route, class)` upstream error counts, `CLASS_SLOTS` per row.
+    upstream_errors: Box<[Count]>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+impl ShardMetrics {
+    /// Counters for `routes` routes, all zero.
+    #[must_use]
+    pub fn new(routes: usize) -> Self {
+        let rows = routes + 1;
+        Self {
+            routes,
+            requests: (0..rows * CODE_SLOTS).map(|_| Count::default()).collect(),
+            upstream_errors: (0..rows * CLASS_SLOTS).map(|_| Count::default()).collect(),
+            request_duration: Histogram::default(),
+            upstream_duration: Histogram::default(),
+        }
+    }
+
+    fn row(&self, route: Option<usize>) -> usize {
+        route.filter(|&r| r < self.routes).unwrap_or(self.routes)
+    }
+
+    /// One answered request: its route (`None`: none matched), its code (`None`: forwarded,
+    /// whatever the upstream answered) and how long it took from its first byte to its last.
+    #[inline]
+    pub fn request(&self, route: Option<usize>, code: Option<ErrorCode>, took: Duration) {
+        self.requests[self.row(route) * CODE_SLOTS + code_slot(code)].add(1);
+        self.request_duration.observe(took);
+    }
+
+    /// The time from sending a request upstream to its response head.
+    #[inline]
+    pub fn upstream(&self, took: Duration) {
+        self.upstream_duration.observe(took);
+    }
+
+    /// An upstream failure of `class` on `route`.
+    #[inline]
+    pub fn upstream_error(&self, route: usize, class: UpstreamErrorClass) {
+        self.upstream_errors[self.row(Some(route)) * CLASS_SLOTS + class as usize].add(1);
+    }
+}
+
+/// Every shard's metrics and the route names, for the scrape.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    routes: Vec<String>,
+    shards: Vec<Arc<ShardMetrics>>,
+}
+
+/// Request counts summed over shards, keyed by route name and code (for `stats` and tests).
+#[derive(Debug, Clone, Default)]
+pub struct RequestSums {
+    /// `(route, code, count)` for every non-zero count.
+    pub requests: Vec<(String, &'static str, u64)>,
+    /// `(route, class, count)` for every non-zero count.
+    pub upstream_errors: Vec<(String, &'static str, u64)>,
+    /// Request durations.
+    pub request_duration: HistogramSums,
+    /// Upstream durations.
+    pub upstream_duration: HistogramSums,
+}
+
+impl RequestMetrics {
+    /// Blocks for `shards` shards over routes named `routes` (their prefixes).
+    #[must_use]
+    pub fn new(routes: Vec<String>, shards: usize) -> Arc<Self> {
+        let n = routes.len();
+        Arc::new(Self {
+            routes,
+            shards: (0..shards)
+                .map(|_| Arc::new(ShardMetrics::new(n)))
+                .collect(),
+        })
+    }
+
+    /// Blocks for the config's shards and routes (named by their prefixes, in config order:
+    /// the proxy's route index).
+    #[must_use]
+    pub fn for_config(cfg: &Config) -> Arc<Self> {
+        Self::new(
+            cfg.routes.iter().map(|r| r.prefix.clone()).collect(),
+            cfg.shard_count().max(1),
+        )
+    }
+
+    /// Shard `n`'s block (a fresh, unscraped one for a shard beyond the count).
+    #[must_use]
+    pub fn shard(&self, n: usize) -> Arc<ShardMetrics> {
+        self.shards
+            .get(n)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ShardMetrics::new(self.routes.len())))
+    }
+
+    fn route_name(&self, row: usize) -> &str {
+        self.routes.get(row).map_or(NO_ROUTE, String::as_str)
+    }
+
+    /// The sums over every shard.
+    #[must_use]
+    pub fn sums(&self) -> RequestSums {
+        let rows = self.routes.len() + 1;
+        let mut out = RequestSums::default();
+        for row in 0..rows {
+            for slot in 0..CODE_SLOTS {
+                let n: u64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.requests[row * CODE_SLOTS + slot].get())
+                    .sum();
+                if n > 0 {
+                    let code = if slot == 0 {
+                        CODE_OK
+                    } else {
+                        ErrorCode::ALL[slot - 1].as_str()
+                    };
+                    out.requests
+                        .push((self.route_name(row).to_owned(), code, n));
+                }
+            }
+            for (slot, class) in UpstreamErrorClass::ALL.iter().enumerate() {
+                let n: u64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.upstream_errors[row * CLASS_SLOTS + slot].get())
+                    .sum();
+                if n > 0 {
+                    out.upstream_errors
+                        .push((self.route_name(row).to_owned(), class.as_str(), n));
+                }
+            }
+        }
+        for s in &self.shards {
+            s.request_duration.add_into(&mut out.request_duration);
+            s.upstream_duration.add_into(&mut out.upstream_duration);
+        }
+        out
+    }
+}
+
+/// A [`Collector`] over shared metrics, for a registry built at each scrape.
+#[derive(Debug)]
+pub struct Shared<T>(pub Arc<T>);
+
+impl<T: Collector> Collector for Shared<T> {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.0.encode(encoder)
+    }
+}
+
+impl Collector for RequestMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let sums = self.sums();
+        {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_requests",
+                "Requests answered, by route and answer code (OK: forwarded).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (route, code, n) in &sums.requests {
+                let labels = [("route", route.as_str()), ("code", *code)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_upstream_errors",
+                "Upstream failures, by route and class (connect, tls, reset, timeout, bad_response).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (route, class, n) in &sums.upstream_errors {
+                let labels = [("route", route.as_str()), ("class", *class)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        sums.request_duration.encode(
+            &mut encoder,
+            "edgefilter_request_duration_seconds",
+            "From a request's first byte to its answer's last, every answer.",
+        )?;
+        sums.upstream_duration.encode(
+            &mut encoder,
+            "edgefilter_upstream_duration_seconds",
+            "From sending a request upstream to its response head.",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_match_the_published_buckets() {
+        for (ns, s) in BOUNDS_NANOS.iter().zip(DURATION_BUCKETS) {
+            #[allow(clippy::cast_precision_loss)]
+            let back = *ns as f64 / 1e9;
+            assert!((back - s).abs() < 1e-12, "{ns} ns vs {s} s");
+        }
+    }
+
+    #[test]
+    fn counts_from_every_shard_are_summed_by_route_and_code() {
+        let m = RequestMetrics::new(vec!["/v1/".into(), "/".into()], 2);
+        let (a, b) = (m.shard(0), m.shard(1));
+        a.request(Some(0), None, Duration::from_micros(40));
+        b.request(Some(0), None, Duration::from_micros(300));
+        b.request(
+            Some(1),
+            Some(ErrorCode::KeyRevoked),
+            Duration::from_millis(2),
+        );
+        a.request(None, Some(ErrorCode::NoRoute), Duration::from_secs(60));
+        a.upstream_error(0, UpstreamErrorClass::Reset);
+        b.upstream(Duration::from_micros(120));
+        let s = m.sums();
+        assert!(s.requests.contains(&("/v1/".into(), "OK", 2)));
+        assert!(s.requests.contains(&("/".into(), "KEY_REVOKED", 1)));
+        assert!(s.requests.contains(&(NO_ROUTE.into(), "NO_ROUTE", 1)));
+        assert_eq!(s.upstream_errors, vec![("/v1/".into(), "reset", 1)]);
+        assert_eq!(s.request_duration.count(), 4);
+        assert_eq!(s.request_duration.buckets[0], 1, "40 µs is under 50 µs");
+        assert_eq!(
+            s.request_duration.buckets[DURATION_BUCKETS.len()],
+            1,
+            "60 s is +Inf"
+        );
+        assert_eq!(s.upstream_duration.count(), 1);
+    }
+
+    #[test]
+    fn the_exposition_parses_as_prometheus_text() {
+        let m = RequestMetrics::new(vec!["/v1/".into()], 1);
+        m.shard(0).request(Some(0), None, Duration::from_micros(70));
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(Shared(Arc::clone(&m))));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        assert!(
+            text.contains("edgefilter_requests_total{route=\"/v1/\",code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgefilter_request_duration_seconds_bucket{le=\"0.0001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE edgefilter_upstream_errors counter"),
+            "{text}"
+        );
+    }
+}
