@@ -6,6 +6,8 @@
 //! loaded entries (as the daemon's shards have), deciding the same key (one without a rate
 //! limit: a limited key's bucket is host-wide by design) as fast as they can. Reported as ns per
 //! decision per thread; equal figures mean the threads share nothing they write.
+//! `same_key/baseline_sha256_threads/{1,2}` is the same harness around work that shares nothing
+//! (hashing the key), the machine's own one-to-two-thread difference to compare with.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -13,7 +15,6 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use edgefilter::auth::ShardGate;
 use edgefilter::auth::extract::Extracted;
 use edgefilter::auth::rules::{AuthRules, Place};
 use edgefilter::auth::{KeyService, Now, decide};
@@ -158,47 +159,55 @@ fn bench(c: &mut Criterion) {
     for threads in [1, 2] {
         g.bench_function(BenchmarkId::new("threads", threads), |b| {
             b.iter_custom(|iters| {
-                decide_in_threads(&mut thread_gates[..threads], &req, now, iters)
+                per_thread(&mut thread_gates[..threads], iters, |gate| {
+                    let v = gate.check_at(black_box(&req), now);
+                    assert!(matches!(v, Verdict::Allow(Some(_))));
+                })
+            });
+        });
+    }
+    // The control: work that shares nothing at all, to tell the machine's own two-thread cost
+    // (shared caches, clocks, a busy neighbour) from sharing in the gate.
+    for threads in [1, 2] {
+        g.bench_function(BenchmarkId::new("baseline_sha256_threads", threads), |b| {
+            b.iter_custom(|iters| {
+                per_thread(&mut [(); 2][..threads], iters, |()| {
+                    black_box(KeyHash::of(black_box(&key)));
+                })
             });
         });
     }
     g.finish();
 }
 
-/// Each gate decides `req` `iters` times on a thread of its own (pinned like a shard), all
-/// starting together; returns the slowest thread's time, so the figure is per decision per
-/// thread.
-fn decide_in_threads(
-    gates: &mut [ShardGate],
-    req: &GateRequest<'_>,
-    now: Now,
-    iters: u64,
-) -> Duration {
+/// Runs `work` `iters` times on one thread per element of `states` (pinned like shards), all
+/// starting together; returns the threads' mean time, so the figure is per call per thread.
+fn per_thread<T: Send>(states: &mut [T], iters: u64, work: impl Fn(&mut T) + Sync) -> Duration {
     let cores = affinity::usable_cpus();
-    let threads = gates.len();
+    let threads = states.len();
     let start = Barrier::new(threads);
     std::thread::scope(|s| {
-        let runs: Vec<_> = gates
+        let runs: Vec<_> = states
             .iter_mut()
             .enumerate()
-            .map(|(n, gate)| {
-                let (start, cores) = (&start, &cores);
+            .map(|(n, state)| {
+                let (start, cores, work) = (&start, &cores, &work);
                 s.spawn(move || {
                     affinity::pin_current(n, &affinity::cores_for(n, threads, cores));
                     start.wait();
                     let t = Instant::now();
                     for _ in 0..iters {
-                        let v = gate.check_at(black_box(req), now);
-                        assert!(matches!(v, Verdict::Allow(Some(_))));
+                        work(state);
                     }
                     t.elapsed()
                 })
             })
             .collect();
-        runs.into_iter()
+        let total: Duration = runs
+            .into_iter()
             .map(|r| r.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
+            .sum();
+        total / u32::try_from(threads).unwrap_or(1)
     })
 }
 
