@@ -101,7 +101,9 @@ pub fn assert_documented(doc: &Value, path: &str, method: &str, status: u16, bod
     } else {
         assert!(
             resp.pointer("/content/text~1plain").is_some()
-                || resp.pointer("/content/application~1openmetrics-text").is_some(),
+                || resp
+                    .pointer("/content/application~1openmetrics-text")
+                    .is_some(),
             "{method} {path}: no content"
         );
     }
