@@ -254,16 +254,21 @@ pub enum ErrorDetail {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Autoblock {
-    /// Fill the XDP denylist from repeated failures.
+    /// Fill the XDP denylist from repeated key denials.
     pub enabled: bool,
-    /// 401/403 answers from one source ...
+    /// Key denials (the 401 codes and `MALFORMED_KEY`) from one source ...
     pub failures: u32,
     /// ... within this window ...
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// ... ban it for this long.
+    /// ... ban it for this long (also the default of `deny add`).
     #[serde(with = "humantime_serde")]
     pub ban: Duration,
+    /// IPv6 sources are counted and banned by this prefix (1..=128).
+    pub ipv6_prefix: u8,
+    /// Sources never counted nor banned (CIDRs or addresses, masked to their network).
+    #[serde(deserialize_with = "cidr_list")]
+    pub exempt: Vec<IpNet>,
 }
 
 impl Default for Autoblock {
@@ -273,6 +278,8 @@ impl Default for Autoblock {
             failures: 50,
             window: Duration::from_secs(10),
             ban: Duration::from_secs(600),
+            ipv6_prefix: 64,
+            exempt: Vec::new(),
         }
     }
 }

@@ -212,3 +212,31 @@ fn cidrs_keep_host_bits_until_a_list_masks_them() {
     let allow: Vec<String> = cfg.xdp.allow.iter().map(ToString::to_string).collect();
     assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32"]);
 }
+
+#[test]
+fn autoblock_keys_parse_and_are_checked() {
+    let cfg = parse(&format!(
+        "{MINIMAL}[autoblock]\nenabled = true\nfailures = 5\nwindow = \"2s\"\nban = \"3s\"\n\
+         ipv6_prefix = 56\nexempt = [\"10.0.0.0/8\", \"198.18.0.7\", \"fd00:ef::1/64\"]\n"
+    ))
+    .expect("valid");
+    let a = &cfg.autoblock;
+    assert_eq!((a.failures, a.ipv6_prefix), (5, 56));
+    assert_eq!(a.ban, Duration::from_secs(3));
+    let exempt: Vec<String> = a.exempt.iter().map(ToString::to_string).collect();
+    assert_eq!(exempt, ["10.0.0.0/8", "198.18.0.7/32", "fd00:ef::/64"]);
+    let defaults = parse(MINIMAL).expect("valid");
+    assert_eq!(defaults.autoblock.ipv6_prefix, 64);
+    assert!(defaults.autoblock.exempt.is_empty());
+
+    for (body, line, needle) in [
+        ("ipv6_prefix = 0\n", 5, "ipv6_prefix = 0 must be 1 to 128"),
+        ("ipv6_prefix = 129\n", 5, "must be 1 to 128"),
+        ("exempt = [\"10.0.0.0/33\"]\n", 5, "10.0.0.0/33"),
+    ] {
+        let problems = parse(&format!("{MINIMAL}[autoblock]\n{body}")).expect_err(body);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, line, "{problems:?}");
+        assert!(problems[0].1.contains(needle), "{problems:?}");
+    }
+}

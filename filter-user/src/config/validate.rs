@@ -270,6 +270,16 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             "autoblock: failures, window and ban must all be more than 0".into(),
         );
     }
+    if !(1..=128).contains(&a.ipv6_prefix) {
+        bad(
+            "autoblock",
+            span_at(root, &["autoblock", "ipv6_prefix"]),
+            format!(
+                "autoblock.ipv6_prefix = {} must be 1 to 128 (64 bans a source's /64)",
+                a.ipv6_prefix
+            ),
+        );
+    }
     if cfg.log.access_log.is_empty() {
         bad(
             "log",
