@@ -19,7 +19,8 @@ pub const MAP_ALLOW_V4: &str = "EF_ALLOW_V4";
 pub const MAP_ALLOW_V6: &str = "EF_ALLOW_V6";
 /// `LruHashMap<[u8; 4], DenyEntry>`: the IPv4 denylist.
 pub const MAP_DENY_V4: &str = "EF_DENY_V4";
-/// `LruHashMap<[u8; 16], DenyEntry>`: the IPv6 denylist.
+/// `LruHashMap<[u8; 16], DenyEntry>`: the IPv6 denylist, keyed by the source masked to
+/// [`XdpConfig::ipv6_deny_prefix`] bits (one entry bans a whole prefix).
 pub const MAP_DENY_V6: &str = "EF_DENY_V6";
 /// `PerCpuArray<CounterValue>` indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "EF_COUNTERS";
@@ -56,8 +57,50 @@ pub const MODE_MONITOR: u32 = 1;
 pub struct XdpConfig {
     /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
     pub mode: u32,
-    /// Reserved for future flags; always 0.
-    pub reserved: u32,
+    /// How many leading bits of an IPv6 source the denylist is keyed by (`autoblock.ipv6_prefix`,
+    /// 1..=128); any other value (0 in a map written before this field existed) means 128.
+    pub ipv6_deny_prefix: u32,
+}
+
+/// The prefix length [`XdpConfig::ipv6_deny_prefix`] stands for: 1..=128 as is, else 128.
+#[must_use]
+#[inline(always)]
+pub const fn effective_v6_prefix(configured: u32) -> u32 {
+    if configured == 0 || configured > 128 {
+        128
+    } else {
+        configured
+    }
+}
+
+/// `addr` (an IPv6 address in network byte order) with every bit after the first `prefix`
+/// cleared; `prefix` as [`effective_v6_prefix`] reads it. Branches and shifts only, no loop:
+/// the XDP program masks every IPv6 source with it before the denylist lookup, and userspace
+/// masks the keys it writes with it, so both agree on every byte.
+#[must_use]
+#[inline(always)]
+pub const fn mask_v6(addr: [u8; 16], prefix: u32) -> [u8; 16] {
+    let bits = effective_v6_prefix(prefix);
+    let a = addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let (hi, lo) = if bits >= 64 {
+        (hi, lo & high_bits(bits - 64))
+    } else {
+        (hi & high_bits(bits), 0)
+    };
+    let h = hi.to_be_bytes();
+    let l = lo.to_be_bytes();
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
+
+/// A u64 with its `n` (0..=64) most significant bits set.
+#[inline(always)]
+const fn high_bits(n: u32) -> u64 {
+    if n == 0 { 0 } else { u64::MAX << (64 - n) }
 }
 
 /// Number of 64-bit words covering every port 0..=65535.
@@ -215,7 +258,7 @@ mod tests {
         assert_eq!(size_of::<XdpConfig>(), 8);
         assert_eq!(align_of::<XdpConfig>(), 4);
         assert_eq!(offset_of!(XdpConfig, mode), 0);
-        assert_eq!(offset_of!(XdpConfig, reserved), 4);
+        assert_eq!(offset_of!(XdpConfig, ipv6_deny_prefix), 4);
 
         assert_eq!(size_of::<PortBitmap>(), 8192);
         assert_eq!(align_of::<PortBitmap>(), 8);
@@ -228,6 +271,32 @@ mod tests {
         assert_eq!(align_of::<CounterValue>(), 8);
         assert_eq!(offset_of!(CounterValue, packets), 0);
         assert_eq!(offset_of!(CounterValue, bytes), 8);
+    }
+
+    #[test]
+    fn ipv6_masks_keep_exactly_the_prefix() {
+        let a: [u8; 16] = [
+            0xfd, 0x00, 0x00, 0xef, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x11, 0x22,
+            0x33, 0x44,
+        ];
+        assert_eq!(mask_v6(a, 128), a);
+        assert_eq!(mask_v6(a, 0), a, "0 (unset) means the whole address");
+        assert_eq!(mask_v6(a, 200), a);
+        let m64 = mask_v6(a, 64);
+        assert_eq!(m64[..8], a[..8]);
+        assert_eq!(m64[8..], [0; 8]);
+        let m48 = mask_v6(a, 48);
+        assert_eq!(m48[..6], a[..6]);
+        assert_eq!(m48[6..], [0; 10]);
+        let m1 = mask_v6(a, 1);
+        assert_eq!(m1[0], 0x80);
+        assert_eq!(m1[1..], [0; 15]);
+        let m68 = mask_v6(a, 68);
+        assert_eq!(m68[..8], a[..8]);
+        assert_eq!(m68[8], 0x90);
+        assert_eq!(m68[9..], [0; 7]);
+        assert_eq!(mask_v6(a, 127)[15], 0x44);
+        assert_eq!(mask_v6(a, 120)[15], 0);
     }
 
     #[test]

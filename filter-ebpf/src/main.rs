@@ -2,7 +2,8 @@
 //!
 //! Per packet, in this order: not IPv4/IPv6 → pass (`not_ip`); TCP/UDP destination port not
 //! protected → pass (`unprotected`); source on the denylist and not expired → drop
-//! (`denylisted`); source in the allowlist → pass (`allowlisted`); else drop
+//! (`denylisted`; an IPv6 source is looked up masked to the configured prefix, so one entry bans
+//! a whole /64); source in the allowlist → pass (`allowlisted`); else drop
 //! (`not_allowlisted`). In monitor mode nothing is dropped and drops count as `would_drop`.
 //! Nothing is logged on the per-packet path; every outcome bumps one per-CPU counter.
 #![no_std]
@@ -15,7 +16,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use filter_common::xdp::{Action, MODE_MONITOR, Reason, counter_index};
+use filter_common::xdp::{Action, MODE_MONITOR, Reason, counter_index, mask_v6};
 
 use crate::maps::{ALLOW_V4, ALLOW_V6, CONFIG, COUNTERS, DENY_V4, DENY_V6, PORTS};
 use crate::parse::{L4, Packet};
@@ -64,8 +65,10 @@ fn decide(ctx: &XdpContext) -> (Action, Reason) {
             if !protected(l4) {
                 return (Action::Pass, Reason::Unprotected);
             }
+            // Banned by prefix: the key is the source with its host bits cleared (no loop).
+            let prefix = CONFIG.get(0).map_or(128, |c| c.ipv6_deny_prefix);
             let denied = DENY_V6
-                .get_ptr(&src)
+                .get_ptr(&mask_v6(src, prefix))
                 // SAFETY: as above.
                 .is_some_and(|e| unsafe { (*e).expires_at_ns } > now());
             let allowed = !denied && ALLOW_V6.get(&Key::new(128, src)).is_some();

@@ -7,7 +7,8 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use filter_common::xdp::{
     CounterValue, DenyEntry, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DENY_V4,
-    MAP_DENY_V6, MAP_PORTS, MODE_ENFORCE, MODE_MONITOR, PortBitmap, XdpConfig,
+    MAP_DENY_V6, MAP_PORTS, MODE_ENFORCE, MODE_MONITOR, PortBitmap, XdpConfig, effective_v6_prefix,
+    mask_v6,
 };
 
 use super::{PinDir, XdpError};
@@ -93,11 +94,42 @@ impl XdpMaps {
                 XdpMode::Enforce => MODE_ENFORCE,
                 XdpMode::Monitor => MODE_MONITOR,
             },
-            reserved: 0,
+            ..self.config()?
         };
         self.config
             .set(0, value, 0)
             .map_err(|e| XdpError::map("writing the mode", e))
+    }
+
+    fn config(&self) -> Result<XdpConfig, XdpError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| XdpError::map("reading the program's config", e))
+    }
+
+    /// Sets how many leading bits of an IPv6 source the denylist is keyed by
+    /// (`autoblock.ipv6_prefix`). Entries already in the map keep the keys they were written
+    /// with: the caller rewrites them (the control plane does, from the store, at start).
+    ///
+    /// # Errors
+    /// The map update fails.
+    pub fn set_ipv6_deny_prefix(&mut self, bits: u8) -> Result<(), XdpError> {
+        let value = XdpConfig {
+            ipv6_deny_prefix: u32::from(bits),
+            ..self.config()?
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(|e| XdpError::map("writing the IPv6 denylist prefix", e))
+    }
+
+    /// The IPv6 prefix length the program keys the denylist by (128 when never set).
+    ///
+    /// # Errors
+    /// The map read fails.
+    pub fn ipv6_deny_prefix(&self) -> Result<u8, XdpError> {
+        let bits = effective_v6_prefix(self.config()?.ipv6_deny_prefix);
+        Ok(u8::try_from(bits).unwrap_or(128))
     }
 
     /// The mode the program currently applies.
@@ -143,6 +175,7 @@ impl XdpMaps {
     }
 
     /// Drops every packet from `ip` (to protected ports) for `ttl` (`None` = until removed).
+    /// An IPv6 source bans its whole prefix (see [`Self::set_ipv6_deny_prefix`]).
     ///
     /// # Errors
     /// The map update fails.
@@ -150,22 +183,42 @@ impl XdpMaps {
         let expires_at_ns = ttl.map_or(u64::MAX, |t| {
             monotonic_ns().saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
         });
+        self.deny_until(ip, expires_at_ns)
+    }
+
+    /// Drops every packet from `ip` (an IPv6 source: from its prefix) until `CLOCK_MONOTONIC`
+    /// reads `expires_at_ns` ([`monotonic_ns`]; `u64::MAX` = until removed).
+    ///
+    /// # Errors
+    /// The map update fails.
+    pub fn deny_until(&mut self, ip: IpAddr, expires_at_ns: u64) -> Result<(), XdpError> {
         let entry = DenyEntry { expires_at_ns };
         let res = match ip {
             IpAddr::V4(a) => self.deny_v4.insert(a.octets(), entry, 0),
-            IpAddr::V6(a) => self.deny_v6.insert(a.octets(), entry, 0),
+            IpAddr::V6(a) => {
+                let key = self.v6_key(a.octets())?;
+                self.deny_v6.insert(key, entry, 0)
+            }
         };
         res.map_err(|e| XdpError::map(format!("denylisting {ip}"), e))
     }
 
-    /// Removes `ip` from the denylist; `false` when it was not there.
+    /// The denylist key of an IPv6 source: masked as the program masks it.
+    fn v6_key(&self, addr: [u8; 16]) -> Result<[u8; 16], XdpError> {
+        Ok(mask_v6(addr, self.config()?.ipv6_deny_prefix))
+    }
+
+    /// Removes `ip` (an IPv6 source: its prefix) from the denylist; `false` when it was not there.
     ///
     /// # Errors
     /// The map update fails for another reason than a missing key.
     pub fn undeny(&mut self, ip: IpAddr) -> Result<bool, XdpError> {
         let res = match ip {
             IpAddr::V4(a) => self.deny_v4.remove(&a.octets()),
-            IpAddr::V6(a) => self.deny_v6.remove(&a.octets()),
+            IpAddr::V6(a) => {
+                let key = self.v6_key(a.octets())?;
+                self.deny_v6.remove(&key)
+            }
         };
         match res {
             Ok(()) => Ok(true),
@@ -175,7 +228,7 @@ impl XdpMaps {
     }
 
     /// Every denylist entry with its remaining time (`None` = no expiry); expired ones included
-    /// with `Some(ZERO)`.
+    /// with `Some(ZERO)`. An IPv6 entry is the network address of the banned prefix.
     ///
     /// # Errors
     /// A map read fails.
@@ -195,6 +248,50 @@ impl XdpMaps {
             out.push((IpAddr::from(k), left(v)));
         }
         Ok(out)
+    }
+
+    /// Makes the denylist hold exactly `wanted` (each source with its expiry in
+    /// [`monotonic_ns`] time; IPv6 sources masked to the configured prefix): entries not wanted
+    /// are deleted, wanted ones written. Returns how many entries were deleted.
+    ///
+    /// # Errors
+    /// A map read, update or delete fails.
+    pub fn sync_denylist(&mut self, wanted: &[(IpAddr, u64)]) -> Result<usize, XdpError> {
+        let prefix = self.config()?.ipv6_deny_prefix;
+        let mut v4 = std::collections::HashSet::new();
+        let mut v6 = std::collections::HashSet::new();
+        for (ip, _) in wanted {
+            match ip {
+                IpAddr::V4(a) => v4.insert(a.octets()),
+                IpAddr::V6(a) => v6.insert(mask_v6(a.octets(), prefix)),
+            };
+        }
+        let stale_v4: Vec<[u8; 4]> = self
+            .deny_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !v4.contains(k))
+            .collect();
+        let stale_v6: Vec<[u8; 16]> = self
+            .deny_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !v6.contains(k))
+            .collect();
+        let gone = |e| match e {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(XdpError::map("removing a stale denylist entry", e)),
+        };
+        for k in &stale_v4 {
+            gone(self.deny_v4.remove(k))?;
+        }
+        for k in &stale_v6 {
+            gone(self.deny_v6.remove(k))?;
+        }
+        for &(ip, expires_at_ns) in wanted {
+            self.deny_until(ip, expires_at_ns)?;
+        }
+        Ok(stale_v4.len() + stale_v6.len())
     }
 
     /// Deletes expired denylist entries; returns how many went.

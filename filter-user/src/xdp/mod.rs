@@ -260,6 +260,7 @@ pub fn start_with(cfg: &Config, opts: &XdpOptions) -> Result<XdpRuntime, XdpErro
     // Maps first, program second: a freshly attached filter already has its allowlist.
     let mut maps = XdpMaps::from_ebpf(&mut ebpf)?;
     maps.set_mode(cfg.xdp.mode)?;
+    maps.set_ipv6_deny_prefix(cfg.autoblock.ipv6_prefix)?;
     maps.set_protected_ports(&cfg.protected_ports())?;
     let diff = maps.sync_allowlist(&wanted)?;
     let (program, interfaces) =

@@ -419,3 +419,149 @@ fn denylist_entries_expire() {
     assert_eq!(left[0].0, v6);
     assert!(left[0].1.unwrap() > Duration::from_secs(3500));
 }
+
+/// An IPv6 ban covers the source's `autoblock.ipv6_prefix` network: one entry drops every
+/// address inside it and nothing outside; the prefix is the program's config, 128 until set.
+#[test]
+fn ipv6_bans_cover_the_configured_prefix() {
+    let _g = serial();
+    let mut f = filter();
+    let wide: Vec<IpNet> = ["198.18.1.0/24", "fd00:ef::/32"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    f.maps_mut().sync_allowlist(&wide).unwrap();
+    let banned: IpAddr = "fd00:ef::5".parse().unwrap();
+
+    // Never set (a map from before the field): the exact address only.
+    assert_eq!(f.maps().ipv6_deny_prefix().unwrap(), 128);
+    f.maps_mut().deny(banned, None).unwrap();
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef::5", DST_V6, PROTECTED_TCP),
+        Action::Drop,
+        Reason::Denylisted,
+    );
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef::6", DST_V6, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    assert!(f.maps_mut().undeny(banned).unwrap());
+
+    f.maps_mut().set_ipv6_deny_prefix(64).unwrap();
+    assert_eq!(f.maps().mode().unwrap(), XdpMode::Enforce, "mode kept");
+    assert_eq!(f.maps().ipv6_deny_prefix().unwrap(), 64);
+    f.maps_mut().deny(banned, None).unwrap();
+    assert_eq!(
+        f.maps().denied().unwrap(),
+        [("fd00:ef::".parse().unwrap(), None)],
+        "one entry: the /64's network"
+    );
+    for inside in ["fd00:ef::5", "fd00:ef::ffff:1", "fd00:ef::1:2:3:4"] {
+        expect(
+            &mut f,
+            &Frame::tcp(inside, DST_V6, PROTECTED_TCP),
+            Action::Drop,
+            Reason::Denylisted,
+        );
+    }
+    for outside in ["fd00:ef:0:1::5", "fd00:ef:1::5"] {
+        expect(
+            &mut f,
+            &Frame::tcp(outside, DST_V6, PROTECTED_TCP),
+            Action::Pass,
+            Reason::Allowlisted,
+        );
+    }
+    // Through a VLAN tag and an extension-header chain alike.
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef::77", DST_V6, PROTECTED_TCP)
+            .vlans(&[TPID_8021Q])
+            .ext(&[Ext::HopByHop, Ext::DestOpts]),
+        Action::Drop,
+        Reason::Denylisted,
+    );
+    // Lifting by any address inside the prefix lifts the prefix.
+    assert!(f.maps_mut().undeny("fd00:ef::9".parse().unwrap()).unwrap());
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef::5", DST_V6, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+
+    // A /48 configuration: one entry covers 65,536 /64s.
+    f.maps_mut().set_ipv6_deny_prefix(48).unwrap();
+    f.maps_mut().deny(banned, None).unwrap();
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef:0:ffff::1", DST_V6, PROTECTED_TCP),
+        Action::Drop,
+        Reason::Denylisted,
+    );
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef:1::1", DST_V6, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+}
+
+/// A ban whose expiry has passed lets the source through without anyone deleting it, and
+/// `sync_denylist` makes the maps hold exactly the wanted bans.
+#[test]
+fn expired_bans_pass_and_the_denylist_syncs_to_a_wanted_set() {
+    let _g = serial();
+    let mut f = filter();
+    f.maps_mut().set_ipv6_deny_prefix(64).unwrap();
+    let now = edgefilter::xdp::monotonic_ns();
+    let v4: IpAddr = ALLOWED_V4.parse().unwrap();
+    f.maps_mut().deny_until(v4, now - 1).unwrap();
+    expect(
+        &mut f,
+        &Frame::tcp(ALLOWED_V4, DST_V4, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    f.maps_mut().deny_until(v4, now + 60_000_000_000).unwrap();
+    expect(
+        &mut f,
+        &Frame::tcp(ALLOWED_V4, DST_V4, PROTECTED_TCP),
+        Action::Drop,
+        Reason::Denylisted,
+    );
+    // A stale entry goes, the wanted ones stay (an IPv6 one by its prefix).
+    f.maps_mut()
+        .deny("198.18.1.9".parse().unwrap(), None)
+        .unwrap();
+    let wanted = [
+        (v4, now + 60_000_000_000),
+        ("fd00:ef::5".parse().unwrap(), now + 60_000_000_000),
+    ];
+    assert_eq!(f.maps_mut().sync_denylist(&wanted).unwrap(), 1);
+    assert_eq!(f.maps_mut().sync_denylist(&wanted).unwrap(), 0);
+    expect(
+        &mut f,
+        &Frame::tcp("198.18.1.9", DST_V4, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(
+        &mut f,
+        &Frame::tcp("fd00:ef::1234", DST_V6, PROTECTED_TCP),
+        Action::Drop,
+        Reason::Denylisted,
+    );
+    let mut denied: Vec<IpAddr> = f
+        .maps()
+        .denied()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    denied.sort();
+    assert_eq!(denied, [v4, "fd00:ef::".parse::<IpAddr>().unwrap()]);
+}
