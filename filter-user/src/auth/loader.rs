@@ -201,6 +201,8 @@ impl KeyLoader {
                         });
                     }
                 }
+                // Bans are the control plane's (the denylist), not the key cache's.
+                ChangeSubject::Ban(_) => {}
             }
             last = c.revision;
         }

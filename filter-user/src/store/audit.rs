@@ -140,6 +140,12 @@ impl Actor {
         Self(s)
     }
 
+    /// The daemon's auto-block, banning a source on its own (`autoblock`).
+    #[must_use]
+    pub fn autoblock() -> Self {
+        Self("autoblock".to_owned())
+    }
+
     /// A local user of the CLI: `cli:<user>`, and `cli:root (sudo alice)` under sudo.
     #[must_use]
     pub fn cli(user: &str, sudo_user: Option<&str>) -> Self {

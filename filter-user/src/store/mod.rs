@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod audit;
+pub mod bans;
 pub mod ids;
 pub mod migrate;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod sqlite;
 pub mod timefmt;
 
 pub use audit::{Action, Actor, AuditEntry};
+pub use bans::{Ban, BanReason, BanRow};
 pub use model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
     RateLimit, Secret, User, UserStatus,
@@ -188,6 +190,33 @@ pub trait KeyStore: Send {
     /// # Errors
     /// Database failures.
     fn audit_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Puts `ban` on the denylist (replacing any ban of its source) as one change; returns the
+    /// change's revision. Not audited here: the caller records it (a ban is not a key change).
+    ///
+    /// # Errors
+    /// Database failures.
+    fn put_ban(&mut self, ban: &Ban) -> Result<u64>;
+
+    /// Lifts the ban of `source` ([`bans::source_text`]) as one change, leaving a tombstone;
+    /// returns the revision, or `None` when no ban of it holds at `now_ms`.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn lift_ban(&mut self, source: &str, now_ms: i64) -> Result<Option<u64>>;
+
+    /// Every ban written or lifted after `revision` (0: every ban in the table), in revision
+    /// order.
+    ///
+    /// # Errors
+    /// Database failures, a row that does not decode.
+    fn bans_since(&self, revision: u64) -> Result<Vec<BanRow>>;
+
+    /// Deletes the bans that expired, or were lifted, before `before_ms`; returns how many.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn purge_bans(&mut self, before_ms: i64) -> Result<usize>;
 }
 
 /// Opens the configured store (`store.kind`, `store.path` resolved against the config file).

@@ -302,6 +302,8 @@ pub enum ChangeSubject {
     Key(String),
     /// A user (by name).
     User(String),
+    /// A denylist ban (by source, as [`super::bans::source_text`] writes it).
+    Ban(String),
 }
 
 /// One entry of the change log.

@@ -4,14 +4,15 @@
 //! for PostgreSQL a clear, quick error while the database is down and a reconnect after. The
 //! audit trail the same way: each change made as an actor recorded once in its transaction,
 //! refusals after, `since` and `limit`, never a key; and an older database upgraded in place.
+//! The denylist the same way: bans as changes, read back after a revision, lifted, purged.
 
 use std::time::{Duration, Instant};
 
 use edgefilter::store::audit::{self, A_KEY, OK};
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{
-    Action, Actor, AuditEntry, ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey, RateLimit,
-    SqliteStore, StoreError, UserStatus,
+    Action, Actor, AuditEntry, Ban, BanReason, ChangeSubject, KeyRef, KeyStatus, KeyStore, NewKey,
+    RateLimit, SqliteStore, StoreError, UserStatus,
 };
 
 use crate::support::pg::PgFixture;
@@ -557,9 +558,96 @@ fn postgres_reopens_its_own_schema_and_refuses_a_newer_one() {
             e,
             StoreError::Postgres(edgefilter::store::postgres::PgError::SchemaTooNew {
                 found: 99,
-                known: 3
-            })
+                known
+            }) if known == edgefilter::store::migrate::newest(edgefilter::store::postgres::MIGRATIONS)
         ),
         "{e}"
     );
+}
+
+/// The denylist every backend keeps: a ban is a change (revision, change log), read back after
+/// a revision, replaced by a later ban of the same source, lifted as a tombstone, and purged.
+fn keeps_a_denylist(st: &mut dyn KeyStore) {
+    let now = 1_700_000_000_000_i64;
+    let ban = |source: &str, reason, expires_at_ms| Ban {
+        source: source.parse().unwrap(),
+        reason,
+        host: "edge-1".into(),
+        created_at_ms: now,
+        expires_at_ms,
+    };
+    let r0 = st.revision().unwrap();
+    let v4 = ban("198.18.0.2/32", BanReason::Autoblock, now + 600_000);
+    let v6 = ban("fd00:ef::/64", BanReason::Manual, now + 60_000);
+    let r1 = st.put_ban(&v4).unwrap();
+    let r2 = st.put_ban(&v6).unwrap();
+    assert!(r0 < r1 && r1 < r2, "{r0} {r1} {r2}");
+    assert_eq!(st.revision().unwrap(), r2, "a ban bumps the revision");
+    let subjects: Vec<ChangeSubject> = st
+        .changes_since(r0)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.subject)
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            ChangeSubject::Ban("198.18.0.2".into()),
+            ChangeSubject::Ban("fd00:ef::/64".into())
+        ]
+    );
+    let all = st.bans_since(0).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].revision, &all[0].ban, all[0].lifted),
+        (r1, &v4, false)
+    );
+    assert_eq!((all[1].revision, &all[1].ban), (r2, &v6));
+    assert_eq!(st.bans_since(r1).unwrap().len(), 1);
+    assert!(st.bans_since(r2).unwrap().is_empty());
+
+    // A second ban of the source replaces the first.
+    let longer = ban("198.18.0.2/32", BanReason::Manual, now + 3_600_000);
+    let r3 = st.put_ban(&longer).unwrap();
+    let after = st.bans_since(r2).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!((after[0].revision, &after[0].ban), (r3, &longer));
+
+    // Lifting leaves a tombstone other hosts read; a ban that does not hold cannot be lifted.
+    let r4 = st.lift_ban("198.18.0.2", now + 1_000).unwrap().unwrap();
+    assert!(r4 > r3);
+    let lifted = st.bans_since(r3).unwrap();
+    assert_eq!(lifted.len(), 1);
+    assert!(lifted[0].lifted);
+    assert_eq!(lifted[0].ban.expires_at_ms, now + 1_000);
+    assert_eq!(st.lift_ban("198.18.0.2", now + 2_000).unwrap(), None);
+    assert_eq!(st.lift_ban("198.18.0.9", now).unwrap(), None);
+    assert_eq!(
+        st.lift_ban("fd00:ef::/64", now + 60_000).unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(st.revision().unwrap(), r4, "a refused lift changes nothing");
+
+    // Purging drops what ended before the given time: the tombstone, then the expired ban.
+    assert_eq!(st.purge_bans(now + 1_001).unwrap(), 1);
+    assert_eq!(st.bans_since(0).unwrap().len(), 1);
+    assert_eq!(st.purge_bans(now + 60_001).unwrap(), 1);
+    assert!(st.bans_since(0).unwrap().is_empty());
+}
+
+#[test]
+fn sqlite_keeps_a_denylist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    keeps_a_denylist(&mut st);
+}
+
+#[test]
+fn postgres_keeps_a_denylist() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    keeps_a_denylist(&mut st);
 }

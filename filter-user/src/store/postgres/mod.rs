@@ -9,8 +9,10 @@
 //! - `log`: the change log ([`append_change`], [`changes_since`], [`current_revision`]).
 //! - `follower`: the [`ChangeFollower`] every edge host runs to apply changes in revision order
 //!   and catch up after any disconnect; `notify` turns it into the watcher's wake-up.
+//! - `bans`: the denylist's bans, each write or lift a change like any other.
 //! - `schema`: the versioned migrations; `tls`: `store.url` parsing and its TLS settings.
 
+mod bans;
 mod conn;
 pub mod follower;
 pub mod log;
@@ -32,6 +34,7 @@ use self::rows::{
     must_view, pg, to_audit, to_record, to_user, to_view, user_by_name, view_by,
 };
 use super::audit::{Action, Actor, AuditEntry};
+use super::bans::{Ban, BanRow};
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
@@ -378,11 +381,13 @@ impl KeyStore for PgKeyStore {
                     ChangeSubject::Key(id.to_owned())
                 } else if let Some(user) = p.get("user").and_then(|v| v.as_str()) {
                     ChangeSubject::User(user.to_owned())
+                } else if let Some(source) = p.get("ban").and_then(|v| v.as_str()) {
+                    ChangeSubject::Ban(source.to_owned())
                 } else {
                     tracing::warn!(
                         revision = r.revision,
                         kind = %r.kind,
-                        "change log row names neither a key_id nor a user; ignored"
+                        "change log row names neither a key_id, a user nor a ban; ignored"
                     );
                     return None;
                 };
@@ -420,5 +425,25 @@ impl KeyStore for PgKeyStore {
                 .map_err(pg)?;
             rows.iter().map(to_audit).collect()
         })
+    }
+
+    fn put_ban(&mut self, ban: &Ban) -> Result<u64> {
+        self.conn
+            .retrying(|c| async move { in_tx(&c, bans::put(&c, ban)).await })
+    }
+
+    fn lift_ban(&mut self, source: &str, now_ms: i64) -> Result<Option<u64>> {
+        self.conn
+            .retrying(|c| async move { in_tx(&c, bans::lift(&c, source, now_ms)).await })
+    }
+
+    fn bans_since(&self, revision: u64) -> Result<Vec<BanRow>> {
+        self.conn
+            .retrying(|c| async move { bans::since(&c, revision).await })
+    }
+
+    fn purge_bans(&mut self, before_ms: i64) -> Result<usize> {
+        self.conn
+            .retrying(|c| async move { bans::purge(&c, before_ms).await })
     }
 }

@@ -96,6 +96,21 @@ CREATE TABLE audit (
 CREATE INDEX audit_at ON audit (at);
 ";
 
+/// The denylist shared by the fleet: one row per banned source (times in unix milliseconds),
+/// `revision` the change that last wrote it, a lifted ban kept as a tombstone until purged.
+const BANS_V4: &str = r"
+CREATE TABLE bans (
+    source     text PRIMARY KEY,
+    reason     text NOT NULL CHECK (reason IN ('autoblock', 'manual')),
+    host       text NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    lifted     boolean NOT NULL DEFAULT false,
+    revision   bigint NOT NULL
+);
+CREATE INDEX bans_revision ON bans (revision);
+";
+
 /// Every migration, in order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -112,6 +127,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "audit trail",
         sql: AUDIT_V3,
+    },
+    Migration {
+        version: 4,
+        name: "denylist bans shared by the fleet",
+        sql: BANS_V4,
     },
 ];
 

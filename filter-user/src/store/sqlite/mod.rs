@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::audit::{self, Action, Actor, AuditEntry};
+use super::bans::{Ban, BanReason, BanRow, source_text};
 use super::ids::new_key_id;
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
@@ -123,6 +124,7 @@ fn bump(tx: &Transaction<'_>, now: i64, subject: &ChangeSubject) -> Result<u64> 
     let (kind, name) = match subject {
         ChangeSubject::Key(id) => ("key", id),
         ChangeSubject::User(u) => ("user", u),
+        ChangeSubject::Ban(source) => ("ban", source),
     };
     tx.prepare_cached("INSERT INTO changes (revision, at, kind, subject) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![rev, now, kind, name])?;
@@ -422,10 +424,10 @@ impl KeyStore for SqliteStore {
             Ok(Change {
                 revision: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
                 at: r.get(1)?,
-                subject: if kind == "user" {
-                    ChangeSubject::User(subject)
-                } else {
-                    ChangeSubject::Key(subject)
+                subject: match kind.as_str() {
+                    "user" => ChangeSubject::User(subject),
+                    "ban" => ChangeSubject::Ban(subject),
+                    _ => ChangeSubject::Key(subject),
                 },
             })
         })?;
@@ -449,6 +451,83 @@ impl KeyStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![since, limit], row_to_audit)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn put_ban(&mut self, ban: &Ban) -> Result<u64> {
+        let source = source_text(&ban.source);
+        let tx = self.conn.transaction()?;
+        let rev = bump(
+            &tx,
+            ban.created_at_ms / 1000,
+            &ChangeSubject::Ban(source.clone()),
+        )?;
+        tx.prepare_cached(
+            "INSERT INTO bans (source, reason, host, created_at, expires_at, lifted, revision)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+             ON CONFLICT (source) DO UPDATE SET reason = excluded.reason, host = excluded.host,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at,
+                 lifted = 0, revision = excluded.revision",
+        )?
+        .execute(params![
+            source,
+            ban.reason.as_str(),
+            ban.host,
+            ban.created_at_ms,
+            ban.expires_at_ms,
+            i64::try_from(rev).unwrap_or(i64::MAX),
+        ])?;
+        tx.commit()?;
+        Ok(rev)
+    }
+
+    fn lift_ban(&mut self, source: &str, now_ms: i64) -> Result<Option<u64>> {
+        let tx = self.conn.transaction()?;
+        let holds: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM bans WHERE source = ?1 AND lifted = 0 AND expires_at > ?2)",
+            params![source, now_ms],
+            |r| r.get(0),
+        )?;
+        if !holds {
+            return Ok(None);
+        }
+        let rev = bump(&tx, now_ms / 1000, &ChangeSubject::Ban(source.to_owned()))?;
+        tx.execute(
+            "UPDATE bans SET lifted = 1, expires_at = ?2, revision = ?3 WHERE source = ?1",
+            params![source, now_ms, i64::try_from(rev).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(Some(rev))
+    }
+
+    fn bans_since(&self, revision: u64) -> Result<Vec<BanRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT source, reason, host, created_at, expires_at, lifted, revision FROM bans
+             WHERE revision > ?1 ORDER BY revision",
+        )?;
+        let rows = stmt.query_map([i64::try_from(revision).unwrap_or(i64::MAX)], |r| {
+            let source: String = r.get(0)?;
+            let reason: String = r.get(1)?;
+            Ok(BanRow {
+                revision: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+                lifted: r.get(5)?,
+                ban: Ban {
+                    source: crate::config::parse_cidr(&source)
+                        .map_err(|m| corrupt(0, format!("ban source: {m}")))?,
+                    reason: BanReason::parse(&reason)
+                        .ok_or_else(|| corrupt(1, format!("ban reason {reason}")))?,
+                    host: r.get(2)?,
+                    created_at_ms: r.get(3)?,
+                    expires_at_ms: r.get(4)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn purge_bans(&mut self, before_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM bans WHERE expires_at < ?1", [before_ms])?)
     }
 }
 

@@ -69,6 +69,30 @@ const AUDIT_V2: &str = "CREATE TABLE audit (
      );
      CREATE INDEX audit_at ON audit(at);";
 
+/// The denylist's bans (times in unix milliseconds; a lifted ban is kept as a tombstone until
+/// purged), and the change log rebuilt so a ban is a change like any other (`kind = 'ban'`,
+/// `subject` = the source). SQLite cannot widen a CHECK in place: the log is copied.
+const BANS_V3: &str = "CREATE TABLE changes_v3 (
+         revision INTEGER PRIMARY KEY,
+         at       INTEGER NOT NULL,
+         kind     TEXT NOT NULL CHECK (kind IN ('key', 'user', 'ban')),
+         subject  TEXT NOT NULL
+     );
+     INSERT INTO changes_v3 (revision, at, kind, subject)
+         SELECT revision, at, kind, subject FROM changes;
+     DROP TABLE changes;
+     ALTER TABLE changes_v3 RENAME TO changes;
+     CREATE TABLE bans (
+         source     TEXT PRIMARY KEY,
+         reason     TEXT NOT NULL CHECK (reason IN ('autoblock', 'manual')),
+         host       TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL,
+         lifted     INTEGER NOT NULL DEFAULT 0 CHECK (lifted IN (0, 1)),
+         revision   INTEGER NOT NULL
+     );
+     CREATE INDEX bans_revision ON bans(revision);";
+
 /// Every migration, in order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -80,6 +104,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "audit trail",
         sql: AUDIT_V2,
+    },
+    Migration {
+        version: 3,
+        name: "denylist bans, as changes",
+        sql: BANS_V3,
     },
 ];
 
