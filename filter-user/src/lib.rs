@@ -12,7 +12,8 @@
 //! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
 //! 2. [`obs`] — logging (metrics and the access log join it)
 //! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
-//! 4. [`fanout`] — the lock-free change fan-out from one writer to every shard
+//! 4. [`fanout`], [`autoblock`] — the lock-free change fan-out from one writer to every shard;
+//!    auto-block's per-shard failure counts and the ban snapshot the shards read
 //! 5. [`gate`] — the seam between the proxy and the key checks
 //! 6. [`auth`] — where the key is, the per-shard cache, `decide`, the explain engine
 //! 7. [`xdp`] — the kernel program's loader, pins, maps and counters
@@ -37,6 +38,7 @@ pub mod obs;
 
 pub mod store;
 
+pub mod autoblock;
 pub mod fanout;
 
 pub mod gate;

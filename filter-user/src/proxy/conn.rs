@@ -117,6 +117,7 @@ where
                 shard
                     .metrics
                     .request(r.route, Some(r.denial.code), since(began));
+                shard.failures.note(peer_ip, r.denial.code);
                 if flow == Flow::Continue
                     && let Some(n) = r.head_len
                 {

@@ -358,7 +358,8 @@ mod tests {
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
         let metrics = crate::obs::metrics::RequestMetrics::for_config(&cfg);
-        let settings = Arc::new(Settings::new(&cfg, routes, metrics));
+        let autoblock = crate::autoblock::Autoblock::new(&cfg, 1);
+        let settings = Arc::new(Settings::new(&cfg, routes, metrics, autoblock));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::autoblock::Autoblock;
 use crate::config::Config;
 use crate::gate::GateFactory;
 use crate::obs::metrics::RequestMetrics;
@@ -172,10 +173,12 @@ impl Drop for ProxyHandle {
 /// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
-    start_with(cfg, gates, RequestMetrics::for_config(cfg))
+    let autoblock = Autoblock::new(cfg, cfg.shard_count());
+    start_with(cfg, gates, RequestMetrics::for_config(cfg), autoblock)
 }
 
-/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads).
+/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads) and reporting key
+/// denials to `autoblock` (the daemon's, which the control plane drains and fills with bans).
 ///
 /// # Errors
 /// As [`start`].
@@ -183,6 +186,7 @@ pub fn start_with(
     cfg: &Config,
     gates: GateFactory,
     metrics: Arc<RequestMetrics>,
+    autoblock: Arc<Autoblock>,
 ) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -197,7 +201,12 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes, Arc::clone(&metrics)));
+    let settings = Arc::new(settings::Settings::new(
+        cfg,
+        routes,
+        Arc::clone(&metrics),
+        autoblock,
+    ));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -246,9 +255,14 @@ pub fn start_with(
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(cfg: &Config, gates: GateFactory, metrics: Arc<RequestMetrics>) -> anyhow::Result<()> {
+pub fn serve(
+    cfg: &Config,
+    gates: GateFactory,
+    metrics: Arc<RequestMetrics>,
+    autoblock: Arc<Autoblock>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let handle = start_with(cfg, gates, metrics)?;
+    let handle = start_with(cfg, gates, metrics, autoblock)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),

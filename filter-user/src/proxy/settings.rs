@@ -1,6 +1,6 @@
 //! The read-only settings every shard serves with, built once from the [`Config`] at start and
 //! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies, and the request metrics.
+//! trusted proxies, the request metrics and auto-block's hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::route::RouteTable;
+use crate::autoblock::Autoblock;
 use crate::config::{Config, ErrorDetail};
 use crate::obs::metrics::RequestMetrics;
 
@@ -23,10 +24,17 @@ pub(crate) struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Every shard's request metrics (each shard writes only its own block).
     pub metrics: Arc<RequestMetrics>,
+    /// Auto-block: where each shard's failure counter reports, and the bans refused at accept.
+    pub autoblock: Arc<Autoblock>,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, routes: Arc<RouteTable>, metrics: Arc<RequestMetrics>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        routes: Arc<RouteTable>,
+        metrics: Arc<RequestMetrics>,
+        autoblock: Arc<Autoblock>,
+    ) -> Self {
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
@@ -36,6 +44,7 @@ impl Settings {
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
             metrics,
+            autoblock,
         }
     }
 }

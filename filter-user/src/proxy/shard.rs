@@ -160,6 +160,11 @@ async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener, tls: Option<T
                 }
             },
         };
+        // Without XDP, a banned source is refused here (closed before a byte is read).
+        if shard.failures.refuses(peer.ip()) {
+            drop(sock);
+            continue;
+        }
         let _ = sock.set_nodelay(true);
         shard.active.set(shard.active.get() + 1);
         let guard = Active(Rc::clone(&shard));

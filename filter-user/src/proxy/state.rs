@@ -1,5 +1,6 @@
 //! A shard's own state, shared by its connection tasks on its one thread: the settings, its
-//! gate, request-id maker, upstream pool and metrics, and the drain flag. `RefCell`/`Cell` only — nothing
+//! gate, request-id maker, upstream pool, metrics and auto-block failure counter, and the drain
+//! flag. `RefCell`/`Cell` only — nothing
 //! here crosses threads, and nothing is borrowed across an `.await`.
 
 use std::cell::{Cell, RefCell};
@@ -10,6 +11,7 @@ use tokio::sync::Notify;
 use super::reqid::IdGen;
 use super::settings::Settings;
 use super::upstream::Pool;
+use crate::autoblock::ShardFailures;
 use crate::gate::Gate;
 use crate::obs::metrics::ShardMetrics;
 
@@ -27,6 +29,8 @@ pub(crate) struct ShardState {
     pub active: Cell<usize>,
     /// This shard's request metrics (it is their only writer).
     pub metrics: Arc<ShardMetrics>,
+    /// This shard's auto-block failure counter (and its check of the bans at accept).
+    pub failures: ShardFailures,
 }
 
 impl ShardState {
@@ -35,6 +39,7 @@ impl ShardState {
         let upstreams = settings.routes.upstreams.len();
         Self {
             metrics: settings.metrics.shard(n),
+            failures: settings.autoblock.shard(),
             settings,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
