@@ -1,5 +1,5 @@
-//! Daemon wiring: logging → key store → XDP → control plane → shards (proxy) + admin API →
-//! wait for a signal.
+//! Daemon wiring: logging → key store → XDP → control plane (+ denylist, auto-block) → shards
+//! (proxy) + admin API → wait for a signal.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::admin::{AdminServer, Readiness};
+use crate::autoblock::Autoblock;
 use crate::config::Config;
-use crate::control::ControlPlane;
+use crate::control::{AutoblockTicker, ControlPlane};
 use crate::gate::{Gate, GateFactory};
 
 /// How often the daemon looks for store changes made by other processes (the CLI without the
@@ -33,7 +34,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let xdp_on = !no_xdp && cfg.xdp.enabled;
     let _xdp = if !xdp_on {
         tracing::warn!(
-            "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy"
+            "XDP is OFF (--no-xdp or xdp.enabled = false): no kernel-side filtering, every source reaches the proxy; banned sources (auto-block, `deny add`) are refused at accept in userspace instead"
         );
         None
     } else {
@@ -54,6 +55,12 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
+    let autoblock = Autoblock::new(&cfg, cfg.shard_count());
+    autoblock.refuse_at_accept(!xdp_on);
+    if let Err(e) = plane.use_autoblock(Arc::clone(&autoblock)) {
+        tracing::warn!(error = %e, "could not read the denylist from the store; retrying with the store watcher");
+    }
+    let _ticker = AutoblockTicker::spawn(Arc::clone(&plane), Arc::clone(&autoblock))?;
     if xdp_on {
         plane.show_xdp(crate::xdp::PinDir::from_env());
     }
@@ -65,7 +72,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         startup_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = crate::proxy::serve(&cfg, gates, requests);
+    let served = crate::proxy::serve(&cfg, gates, requests, autoblock);
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

@@ -4,6 +4,7 @@
 //! delegates every operation to an [`ops::AdminOps`] implementation (the control plane).
 
 pub mod audit_json;
+pub mod ban_json;
 pub mod client;
 pub mod key_json;
 pub mod ops;
@@ -12,11 +13,12 @@ pub mod server;
 pub mod token;
 
 pub use audit_json::AuditJson;
+pub use ban_json::BanJson;
 pub use client::{AdminClient, ClientError};
 pub use key_json::{CreatedKeyJson, KeyJson, key_state};
 pub use ops::{
     ACTOR_HEADER, AdminOps, AllowlistRequest, ApiError, AuditQuery, CreateKeyRequest,
-    ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
+    DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
 };
 pub use server::{AdminHandle, AdminServer, ServerError};
 pub use token::{AdminToken, TokenError};

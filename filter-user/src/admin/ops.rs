@@ -194,6 +194,17 @@ pub struct AllowlistRequest {
     pub cidr: IpNet,
 }
 
+/// `POST|DELETE /v1/denylist`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DenylistRequest {
+    /// An address, or an IPv6 prefix (widened to `autoblock.ipv6_prefix`).
+    pub source: String,
+    /// `POST` only: how long (`10m`, `24h`); none = `autoblock.ban`.
+    #[serde(default, rename = "for")]
+    pub duration: Option<String>,
+}
+
 /// `POST /v1/explain`. Holds a key: its `Debug` output redacts it.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +282,12 @@ pub trait AdminOps: Send + Sync + 'static {
     fn allowlist_add(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_>;
     /// Removes a CIDR from the XDP allowlist.
     fn allowlist_remove(&self, by: Actor, req: AllowlistRequest) -> OpFuture<'_>;
+    /// The bans in force (a JSON array of [`super::BanJson`]).
+    fn denylist(&self) -> OpFuture<'_>;
+    /// Bans a source (`manual`); answers the ban made.
+    fn denylist_add(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_>;
+    /// Lifts the ban of a source (404 when none holds).
+    fn denylist_remove(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_>;
     /// Runs every check for a key, in order.
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_>;
     /// The audit trail (a JSON array of [`super::AuditJson`], oldest first): the newest

@@ -33,6 +33,12 @@ pub enum Route {
     AllowAdd,
     /// `DELETE /v1/allowlist`.
     AllowRemove,
+    /// `GET /v1/denylist`.
+    DenyList,
+    /// `POST /v1/denylist`.
+    DenyAdd,
+    /// `DELETE /v1/denylist`.
+    DenyRemove,
     /// `POST /v1/explain`.
     Explain,
     /// `GET /v1/audit`.
@@ -101,6 +107,12 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             Method::DELETE => Ok(Route::AllowRemove),
             _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
         },
+        ["v1", "denylist"] => match *m {
+            Method::GET => Ok(Route::DenyList),
+            Method::POST => Ok(Route::DenyAdd),
+            Method::DELETE => Ok(Route::DenyRemove),
+            _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        },
         ["v1", "explain"] => only(&Method::POST, "POST", Route::Explain),
         ["v1", "audit"] => only(&Method::GET, "GET", Route::Audit),
         _ => Err(not_found()),
@@ -151,6 +163,16 @@ mod tests {
         assert_eq!(
             route(&Method::DELETE, "/v1/allowlist"),
             Ok(Route::AllowRemove)
+        );
+        assert_eq!(route(&g, "/v1/denylist"), Ok(Route::DenyList));
+        assert_eq!(route(&p, "/v1/denylist/"), Ok(Route::DenyAdd));
+        assert_eq!(
+            route(&Method::DELETE, "/v1/denylist"),
+            Ok(Route::DenyRemove)
+        );
+        assert_eq!(
+            route(&Method::PUT, "/v1/denylist").map_err(|e| e.status),
+            Err(405)
         );
         assert_eq!(route(&p, "/v1/explain"), Ok(Route::Explain));
         assert_eq!(route(&g, "/v1/audit"), Ok(Route::Audit));

@@ -272,6 +272,9 @@ async fn dispatch(
         Route::AllowList => ops.allowlist().await?,
         Route::AllowAdd => ops.allowlist_add(by, json_body(req).await?).await?,
         Route::AllowRemove => ops.allowlist_remove(by, json_body(req).await?).await?,
+        Route::DenyList => ops.denylist().await?,
+        Route::DenyAdd => ops.denylist_add(by, json_body(req).await?).await?,
+        Route::DenyRemove => ops.denylist_remove(by, json_body(req).await?).await?,
         Route::Explain => ops.explain(json_body(req).await?).await?,
         Route::Audit => ops.audit(audit_query(req.uri().query())?).await?,
     };

@@ -84,7 +84,7 @@ impl ShardFailures {
             };
         }
         w.count = w.count.saturating_add(1);
-        if w.count % self.hub.step == 0 || w.count == s.failures {
+        if w.count.is_multiple_of(self.hub.step) || w.count == s.failures {
             let failures = w.count - w.reported;
             w.reported = w.count;
             self.hub.report(Report {

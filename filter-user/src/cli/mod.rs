@@ -11,6 +11,7 @@ pub mod allow;
 pub mod audit;
 pub mod check;
 pub mod daemon_api;
+pub mod deny;
 pub mod explain;
 pub mod keys;
 pub mod out;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Manage the XDP edge allowlist.
     #[command(subcommand)]
     Allow(allow::AllowCmd),
+    /// Manage the XDP denylist (auto-block's bans and manual ones).
+    #[command(subcommand)]
+    Deny(deny::DenyCmd),
     /// Run every check for a key in order and print each with pass/fail and the fix.
     Explain(explain::ExplainArgs),
     /// The audit trail: who changed what, when, and how it ended.
@@ -101,6 +105,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Keys(cmd) => keys::run(&cli.config, cmd),
         Command::Users(cmd) => users::run(&cli.config, cmd),
         Command::Allow(cmd) => allow::run(&cli.config, cmd),
+        Command::Deny(cmd) => deny::run(&cli.config, cmd),
         Command::Explain(args) => explain::run(&cli.config, args),
         Command::Audit(args) => audit::run(&cli.config, args),
         Command::Stats(args) => stats::run(&cli.config, args),

@@ -1,7 +1,7 @@
 //! `/metrics`: the families of SPEC §8 the daemon keeps, encoded with `prometheus-client` at
 //! each scrape from their sources: the shards' request counters, the propagation histogram,
-//! the XDP program's per-CPU counters (summed here) and the store revision. Nothing here is on
-//! the request path.
+//! the XDP program's per-CPU counters (summed here), the store revision and the number of
+//! bans in force. Nothing here is on the request path.
 
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub struct Sources {
     pub xdp: Option<PinDir>,
     /// The store revision every shard has been sent.
     pub revision: u64,
+    /// Bans in force on this host (`edgefilter_autoblocked_sources`).
+    pub autoblocked_sources: u64,
 }
 
 /// The exposition (Prometheus text, OpenMetrics flavour) of every source.
@@ -39,6 +41,7 @@ pub fn render(src: &Sources) -> String {
     }
     reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
     reg.register_collector(Box::new(StoreCollector(src.revision)));
+    reg.register_collector(Box::new(BansCollector(src.autoblocked_sources)));
     if let Some(pins) = &src.xdp {
         reg.register_collector(Box::new(XdpCollector(pins.clone())));
     }
@@ -75,6 +78,22 @@ impl Collector for StoreCollector {
         let m = encoder.encode_descriptor(
             "edgefilter_store_revision",
             "The store revision every shard has been sent.",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)
+    }
+}
+
+#[derive(Debug)]
+struct BansCollector(u64);
+
+impl Collector for BansCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let g = ConstGauge::new(i64::try_from(self.0).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "edgefilter_autoblocked_sources",
+            "Sources on the denylist now (auto-block's bans and manual ones).",
             None,
             g.metric_type(),
         )?;

@@ -5,6 +5,10 @@
 //! Every change is made by an [`Actor`] and recorded in the audit trail once: a store change in
 //! its own transaction, a refused one and a change outside the store (the XDP allowlist, and
 //! the denylist through [`ControlPlane::audited_change`]) right after, under the same lock.
+//!
+//! The denylist ([`BanBook`]) lives under the same lock: bans are written to the store, then
+//! enforced here; the store watcher brings in bans made elsewhere, and auto-block's decisions
+//! arrive through [`ControlPlane::autoban`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,20 +19,24 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::denylist::BanBook;
 use crate::admin::{
     AdminOps, AllowlistRequest, ApiError, AuditJson, AuditQuery, CreateKeyRequest, CreatedKeyJson,
-    ExplainRequest, KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
+    DenylistRequest, ExplainRequest, KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
+use crate::autoblock::Autoblock;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
 use crate::obs::metrics::RequestMetrics;
 use crate::store::audit::{self, key_object, new_key_object};
+use crate::store::bans::source_text;
 use crate::store::timefmt::parse_when;
 use crate::store::{
-    self, Action, Actor, AuditEntry, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus,
+    self, Action, Actor, AuditEntry, BanReason, KeyRef, KeyStore, NewKey, RateLimit, StoreError,
+    UserStatus,
 };
 use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
 
@@ -41,6 +49,7 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 struct Inner {
     keys: KeyService,
     store: Box<dyn KeyStore>,
+    bans: BanBook,
 }
 
 /// The control plane; implements [`AdminOps`].
@@ -64,7 +73,11 @@ impl ControlPlane {
         Arc::new(Self {
             acks: keys.acks(),
             propagation: keys.propagation(),
-            inner: Mutex::new(Inner { keys, store }),
+            inner: Mutex::new(Inner {
+                keys,
+                store,
+                bans: BanBook::new(&cfg),
+            }),
             cfg,
             timeout: APPLY_TIMEOUT,
             requests: OnceLock::new(),
@@ -75,6 +88,56 @@ impl ControlPlane {
     /// `/metrics` shows these request counters (the ones the proxy counts into) from now on.
     pub fn show_requests(&self, metrics: Arc<RequestMetrics>) {
         let _ = self.requests.set(metrics);
+    }
+
+    /// Bans are published to `hub` (the shards refuse them at accept when it says so), and
+    /// the denylist is read in full from the store and enforced (the XDP maps made to match).
+    ///
+    /// # Errors
+    /// Store failures (the bans are read again at the next watcher round).
+    pub fn use_autoblock(&self, hub: Arc<Autoblock>) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let Inner { store, bans, .. } = &mut *g;
+        bans.attach(hub);
+        bans.sync(&**store, true)
+    }
+
+    /// Bans `source` (auto-block's decision), unless it is banned already; recorded in the
+    /// audit trail as made by `autoblock`.
+    pub fn autoban(&self, source: ipnet::IpNet) {
+        let by = Actor::autoblock();
+        let object = source_text(&source);
+        let done = self.audited_in(&by, Action::DenyAdd, &object, |inner| {
+            if inner.bans.holds(&source) {
+                return Ok(false);
+            }
+            let ttl = inner.bans.default_ban();
+            let ban = inner
+                .bans
+                .ban(&mut *inner.store, source, BanReason::Autoblock, ttl)?;
+            tracing::warn!(
+                source = %object,
+                until = %crate::store::timefmt::rfc3339(ban.expires_at_ms / 1000),
+                "auto-block: source banned after repeated key denials"
+            );
+            Ok(true)
+        });
+        if let Err(e) = done {
+            tracing::warn!(source = %object, error = %e, "auto-block could not ban a source");
+        }
+    }
+
+    /// Forgets expired bans (and, now and then, purges them); auto-block's ticker calls it.
+    pub fn expire_bans(&self) {
+        let mut g = self.lock();
+        let Inner { store, bans, .. } = &mut *g;
+        bans.expire(&mut **store);
+    }
+
+    /// How many bans hold now.
+    #[must_use]
+    pub fn ban_count(&self) -> usize {
+        self.lock().bans.count()
     }
 
     /// `/metrics` shows the counters of the XDP program pinned in `pins` from now on.
@@ -99,8 +162,13 @@ impl ControlPlane {
     /// Store failures.
     pub fn sync(&self) -> Result<u64, StoreError> {
         let mut g = self.lock();
-        let Inner { keys, store } = &mut *g;
+        let Inner { keys, store, bans } = &mut *g;
+        let before = keys.published();
         keys.poll(&**store)?;
+        // A ban is a change: when the revision moved, there may be bans to enforce.
+        if keys.published() != before || bans.reconcile_due() {
+            bans.sync(&**store, false)?;
+        }
         Ok(keys.published())
     }
 
@@ -119,7 +187,7 @@ impl ControlPlane {
         // change, so a busy core cannot park the writer between the two.
         let _raised = boost::RaisedSelf::now();
         let mut g = self.lock();
-        let Inner { keys, store } = &mut *g;
+        let Inner { keys, store, .. } = &mut *g;
         let now = store::unix_now();
         let out = audit::audited(&mut **store, by, action, object, now, |st| op(st, now))
             .map_err(store_error)?;
@@ -216,8 +284,20 @@ impl ControlPlane {
         object: &str,
         change: impl FnOnce() -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
+        self.audited_in(by, action, object, |_| change())
+    }
+
+    /// [`Self::audited_change`] for a change that needs what the writer lock guards (the
+    /// denylist and the store it writes first).
+    fn audited_in<T>(
+        &self,
+        by: &Actor,
+        action: Action,
+        object: &str,
+        change: impl FnOnce(&mut Inner) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut g = self.lock();
-        let out = change();
+        let out = change(&mut g);
         let now = store::unix_now();
         let entry = match &out {
             Ok(_) => AuditEntry::ok(now, by, action, object),
@@ -495,6 +575,52 @@ impl AdminOps for ControlPlane {
         })
     }
 
+    fn denylist(&self) -> OpFuture<'_> {
+        boxed(async move { to_value(&self.lock().bans.list()) })
+    }
+
+    fn denylist_add(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let object = req.source.trim().to_owned();
+            self.audited_in(&by, Action::DenyAdd, &object, |inner| {
+                let source = inner.bans.source(&object)?;
+                let ttl = match req.duration.as_deref() {
+                    Some(d) => {
+                        parse_duration(d)
+                            .ok()
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                ApiError::bad_request(format!("`for`: `{d}` is not a duration"))
+                                    .with_hint("e.g. 10m, 24h, 7d")
+                            })?
+                    }
+                    None => inner.bans.default_ban(),
+                };
+                let ban = inner
+                    .bans
+                    .ban(&mut *inner.store, source, BanReason::Manual, ttl)?;
+                to_value(&crate::admin::BanJson::from_ban(
+                    &ban,
+                    store::bans::unix_now_ms(),
+                ))
+            })
+        })
+    }
+
+    fn denylist_remove(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let object = req.source.trim().to_owned();
+            self.audited_in(&by, Action::DenyRemove, &object, |inner| {
+                if req.duration.is_some() {
+                    return Err(ApiError::bad_request("`for` is for adding a ban only."));
+                }
+                let source = inner.bans.source(&object)?;
+                inner.bans.lift(&mut *inner.store, source)?;
+                to_value(&inner.bans.list())
+            })
+        })
+    }
+
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
         boxed(async move {
             let ip = req.ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -533,12 +659,16 @@ impl AdminOps for ControlPlane {
     }
 
     fn metrics(&self) -> String {
-        let revision = self.lock().keys.published();
+        let (revision, bans) = {
+            let g = self.lock();
+            (g.keys.published(), g.bans.count())
+        };
         super::metrics::render(&super::metrics::Sources {
             requests: self.requests.get().cloned(),
             propagation: Arc::clone(&self.propagation),
             xdp: self.xdp.get().cloned(),
             revision,
+            autoblocked_sources: u64::try_from(bans).unwrap_or(u64::MAX),
         })
     }
 }

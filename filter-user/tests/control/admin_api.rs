@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use edgefilter::admin::{
     AdminClient, AdminHandle, AdminOps, AdminServer, AdminToken, AllowlistRequest, ApiError,
-    AuditQuery, CreateKeyRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness,
-    RotateRequest, UserAction,
+    AuditQuery, CreateKeyRequest, DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture,
+    Readiness, RotateRequest, UserAction,
 };
 use edgefilter::config::Config;
 use edgefilter::store::Actor;
@@ -56,6 +56,13 @@ fn key_json(id: &str, status: &str) -> Value {
         "scopes": ["ai:invoke"], "expires_at": "2027-01-01T00:00:00Z", "not_before": null,
         "created_at": "2026-11-28T00:00:00Z", "allowed_cidrs": ["198.18.0.0/15"],
         "rate": 10, "burst": 20, "grace_until": null
+    })
+}
+
+fn ban_json(source: &str, reason: &str) -> Value {
+    json!({
+        "source": source, "reason": reason, "expires_at": "2026-11-28T00:10:00Z",
+        "expires_in_s": 600, "created_at": "2026-11-28T00:00:00Z", "host": "edge-1"
     })
 }
 
@@ -128,6 +135,23 @@ impl AdminOps for Fake {
             json!({"cidrs": []}),
         )
     }
+    fn denylist(&self) -> OpFuture<'_> {
+        self.answer(
+            "denylist".into(),
+            json!([ban_json("198.18.0.2", "autoblock")]),
+        )
+    }
+    fn denylist_add(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_> {
+        self.by(&by);
+        self.answer(
+            format!("denylist_add {} {:?}", req.source, req.duration),
+            ban_json(&req.source, "manual"),
+        )
+    }
+    fn denylist_remove(&self, by: Actor, req: DenylistRequest) -> OpFuture<'_> {
+        self.by(&by);
+        self.answer(format!("denylist_remove {}", req.source), json!([]))
+    }
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
         let v = json!({"decision": "deny", "code": "KEY_REVOKED", "key_id": "key_0123456789ab",
         "checks": [
@@ -194,6 +218,8 @@ fn sample_body(path: &str, method: &str) -> Option<Value> {
             "rate": 10, "burst": 20})),
         ("/v1/keys/{id}/rotate", "post") => Some(json!({"grace": "24h"})),
         ("/v1/allowlist", "post" | "delete") => Some(json!({"cidr": "fd00:ef::/64"})),
+        ("/v1/denylist", "post") => Some(json!({"source": "198.18.0.2", "for": "10m"})),
+        ("/v1/denylist", "delete") => Some(json!({"source": "fd00:ef::/64"})),
         ("/v1/explain", "post") => Some(json!({"key": "ef_live_notarealkey", "ip": "198.18.0.1",
             "method": "POST", "path": "/v1/chat"})),
         _ => None,
@@ -250,7 +276,7 @@ fn every_documented_endpoint_answers_as_documented() {
     run.ready.set_store(true);
     run.ready.set_shards(true);
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 17, "SPEC §7 has 17 operations so far: {ops:?}");
+    assert_eq!(ops.len(), 20, "SPEC §7 has 20 operations so far: {ops:?}");
     for (path, method) in &ops {
         let body = sample_body(path, method);
         let before = run.fake.calls().len();
@@ -281,6 +307,9 @@ fn every_documented_endpoint_answers_as_documented() {
         "rotate_key key_0123456789ab Some(\"24h\")",
         "user_action alice Delete",
         "allowlist_remove fd00:ef::/64",
+        "denylist",
+        "denylist_add 198.18.0.2 Some(\"10m\")",
+        "denylist_remove fd00:ef::/64",
         "explain Some(198.18.0.1)",
         "audit None None",
     ] {
@@ -288,7 +317,7 @@ fn every_documented_endpoint_answers_as_documented() {
     }
     // Every change was handed its actor: the token's holder at the caller's address.
     let actors = run.fake.actors();
-    assert_eq!(actors.len(), 9, "{actors:?}");
+    assert_eq!(actors.len(), 11, "{actors:?}");
     assert!(actors.iter().all(|a| a == "admin@127.0.0.1"), "{actors:?}");
     let (_, metrics) = run.client.call("GET", "/metrics", None).expect("metrics");
     assert!(metrics.as_str().is_some_and(|m| m.contains("later issue")));

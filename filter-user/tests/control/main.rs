@@ -1,5 +1,6 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
-//! through the real daemon, durability across `kill -9`, and revocation under load.
+//! through the real daemon, durability across `kill -9`, revocation under load, and auto-block
+//! with the denylist without XDP.
 
 #[allow(
     dead_code,
@@ -10,6 +11,7 @@ mod support;
 
 mod admin_api;
 mod admin_real;
+mod denylist;
 mod durability;
 mod metrics;
 mod revoke_load;
