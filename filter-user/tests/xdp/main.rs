@@ -1,14 +1,16 @@
 //! The XDP filter, one test binary (needs root): crafted frames through `BPF_PROG_TEST_RUN`,
-//! malformed input, and real traffic between network namespaces. Every test holds
-//! [`support::serial::serial`]: they share the kernel's bpffs and XDP state.
+//! malformed input, real traffic between network namespaces, and auto-block with the real
+//! daemon. Every test holds [`support::serial::serial`]: they share the kernel's bpffs and XDP
+//! state.
 
 #[allow(
     dead_code,
-    reason = "the XDP tests use the frame, test-run and namespace fixtures only"
+    reason = "the XDP tests use the frame, test-run, namespace and daemon fixtures only"
 )]
 #[path = "../support/mod.rs"]
 mod support;
 
+mod autoblock;
 mod netns;
 mod testrun;
 mod testrun_malformed;
