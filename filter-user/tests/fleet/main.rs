@@ -1,5 +1,6 @@
 //! Fleet mode against a real PostgreSQL started by each test, one test binary: the store,
-//! the change follower, the watcher's pacing, TLS to the database, and two real daemons.
+//! the change follower, the watcher's pacing, TLS to the database, two real daemons, and bans
+//! shared by them.
 
 #[allow(
     dead_code,
@@ -8,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bans;
 mod daemons;
 mod follow;
 mod store;
