@@ -1,6 +1,7 @@
 //! Per-frame cost of the XDP filter through `BPF_PROG_TEST_RUN`, against the empty `XDP_PASS`
 //! program measured in the same run: 10,000 allowlist prefixes (IPv4 and IPv6 mixed), an
-//! allowlisted and a dropped (`not_allowlisted`) frame for each family. Needs root.
+//! allowlisted and a dropped (`not_allowlisted`) frame for each family, and a frame from a
+//! banned source (`denylisted`; the IPv6 one banned by its /64). Needs root.
 //!
 //! `cargo run --release -p benches --bin xdp_cost [-- --repeat N --prefixes N --rounds N]`
 
@@ -122,6 +123,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     f.maps_mut().sync_allowlist(&nets)?;
     let live = f.maps().allowlist()?.len();
     assert_eq!(live, nets.len(), "allowlist load");
+    // Two banned sources (auto-block's kind of entry), IPv6 by its /64.
+    f.maps_mut().set_ipv6_deny_prefix(64)?;
+    f.maps_mut().deny("198.19.7.8".parse()?, None)?;
+    f.maps_mut().deny("fd00:ef:2::1".parse()?, None)?;
 
     let cases = [
         (
@@ -142,6 +147,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "IPv6 TCP SYN, not allowlisted (drop)",
             tcp_syn("fd00:ef:1::7", "fd00:ef::1"),
+            XDP_DROP,
+        ),
+        (
+            "IPv4 TCP SYN, banned source (drop, denylisted)",
+            tcp_syn("198.19.7.8", "198.18.0.1"),
+            XDP_DROP,
+        ),
+        (
+            "IPv6 TCP SYN, source in a banned /64 (drop, denylisted)",
+            tcp_syn("fd00:ef:2::7", "fd00:ef::1"),
             XDP_DROP,
         ),
     ];
