@@ -35,19 +35,33 @@ pub struct BanBook {
     settings: Settings,
     /// The highest ban revision read from the store.
     cursor: u64,
+    /// The store revision the bans were last read at (a ban is a change, so nothing new
+    /// can have come while the revision stands still).
+    read_at_revision: u64,
     active: HashMap<IpNet, Ban>,
     hub: Option<Arc<Autoblock>>,
+    /// Where the XDP filter is pinned (its maps are written when they are there).
+    pins: PinDir,
     last_full: Option<Instant>,
     last_purge: Instant,
 }
 
 impl BanBook {
-    /// An empty book under `cfg`'s `[autoblock]`.
+    /// An empty book under `cfg`'s `[autoblock]`, writing the maps pinned where
+    /// [`PinDir::from_env`] says.
     #[must_use]
     pub fn new(cfg: &Config) -> Self {
+        Self::with_pins(cfg, PinDir::from_env())
+    }
+
+    /// An empty book writing the maps pinned in `pins`.
+    #[must_use]
+    pub fn with_pins(cfg: &Config, pins: PinDir) -> Self {
         Self {
+            pins,
             settings: Settings::from_config(cfg),
             cursor: 0,
+            read_at_revision: 0,
             active: HashMap::new(),
             hub: None,
             last_full: None,
@@ -155,6 +169,21 @@ impl BanBook {
             .is_none_or(|t| t.elapsed() >= RECONCILE_EVERY)
     }
 
+    /// [`Self::sync`] when the store has moved past `revision` since the bans were last read
+    /// (however it got there: the watcher, or a key change of this host that read the log
+    /// further) or a full reconcile is due.
+    ///
+    /// # Errors
+    /// Store failures (read again at the next call).
+    pub fn sync_at(&mut self, store: &dyn KeyStore, revision: u64) -> Result<(), StoreError> {
+        if revision == self.read_at_revision && !self.reconcile_due() {
+            return Ok(());
+        }
+        self.sync(store, false)?;
+        self.read_at_revision = revision;
+        Ok(())
+    }
+
     /// Reads the bans written since the last read (all of them when a full reconcile is due or
     /// `full`) and enforces what changed.
     ///
@@ -203,7 +232,7 @@ impl BanBook {
             return;
         }
         self.last_purge = Instant::now();
-        if let Some(mut maps) = pinned_maps()
+        if let Some(mut maps) = pinned_maps(&self.pins)
             && let Err(e) = maps.purge_expired()
         {
             tracing::warn!(error = %e, "could not sweep expired bans from the XDP maps");
@@ -222,7 +251,7 @@ impl BanBook {
                 None => self.active.remove(source),
             };
         }
-        if let Some(mut maps) = pinned_maps() {
+        if let Some(mut maps) = pinned_maps(&self.pins) {
             let now = unix_now_ms();
             for (source, ban) in changes {
                 let done = match ban {
@@ -243,7 +272,7 @@ impl BanBook {
 
     /// Makes the pinned XDP denylist hold exactly the active bans.
     fn reconcile_xdp(&self) {
-        let Some(mut maps) = pinned_maps() else {
+        let Some(mut maps) = pinned_maps(&self.pins) else {
             return;
         };
         let now = unix_now_ms();
@@ -295,12 +324,11 @@ pub fn list_from_store(store: &dyn KeyStore) -> Result<Vec<BanJson>, StoreError>
 }
 
 /// The pinned XDP maps, when a filter is pinned (XDP on, or left in place by an earlier run).
-fn pinned_maps() -> Option<XdpMaps> {
-    let pins = PinDir::from_env();
+fn pinned_maps(pins: &PinDir) -> Option<XdpMaps> {
     if !pins.has_maps() {
         return None;
     }
-    match open_pinned(&pins) {
+    match open_pinned(pins) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "could not open the pinned XDP maps for the denylist");
@@ -319,5 +347,99 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Postgres(_) => ApiError::store_unavailable(e.to_string()),
         other => ApiError::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::{NewKey, SqliteStore};
+
+    fn cfg() -> Config {
+        Config::parse(
+            "[autoblock]\nexempt = [\"10.0.0.0/8\"]\nban = \"1h\"\n",
+            Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    fn ban(source: &str) -> Ban {
+        let now = unix_now_ms();
+        Ban {
+            source: source.parse().unwrap(),
+            reason: BanReason::Manual,
+            host: "elsewhere".into(),
+            created_at_ms: now,
+            expires_at_ms: now + 60_000,
+        }
+    }
+
+    fn refused(hub: &Autoblock, ip: &str) -> bool {
+        hub.bans()
+            .holds(ip.parse::<IpAddr>().unwrap(), Instant::now())
+    }
+
+    /// Bans made elsewhere are read when the revision moves, however it moved; lifts too.
+    #[test]
+    fn bans_from_elsewhere_are_enforced_when_the_revision_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let cfg = cfg();
+        let hub = Autoblock::new(&cfg, 1);
+        let mut book = BanBook::with_pins(&cfg, PinDir::new(dir.path().join("no-pins")));
+        book.attach(Arc::clone(&hub));
+        book.sync(&st, true).unwrap();
+
+        let r1 = st.put_ban(&ban("198.18.0.2/32")).unwrap();
+        book.sync_at(&st, r1).unwrap();
+        assert!(refused(&hub, "198.18.0.2"));
+        assert_eq!(book.count(), 1);
+
+        // Another ban, then a key change: the revision jumped past the ban; it is still read.
+        st.put_ban(&ban("fd00:ef::/64")).unwrap();
+        st.create_keys(&[NewKey::new("acme", "alice", "live")], 1)
+            .unwrap();
+        let r3 = st.revision().unwrap();
+        book.sync_at(&st, r3).unwrap();
+        assert!(refused(&hub, "fd00:ef::77"));
+        let listed: Vec<String> = book.list().into_iter().map(|b| b.source).collect();
+        assert_eq!(listed, ["198.18.0.2", "fd00:ef::/64"]);
+
+        let r4 = st.lift_ban("198.18.0.2", unix_now_ms()).unwrap().unwrap();
+        book.sync_at(&st, r4).unwrap();
+        assert!(!refused(&hub, "198.18.0.2"));
+        assert!(refused(&hub, "fd00:ef::1"));
+    }
+
+    #[test]
+    fn bans_go_through_the_store_and_exempt_sources_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let cfg = cfg();
+        let mut book = BanBook::with_pins(&cfg, PinDir::new(dir.path().join("no-pins")));
+        let src = book.source("fd00:ef::9").unwrap();
+        assert_eq!(source_text(&src), "fd00:ef::/64");
+        let made = book
+            .ban(&mut st, src, BanReason::Manual, book.default_ban())
+            .unwrap();
+        assert_eq!(made.expires_at_ms - made.created_at_ms, 3_600_000);
+        assert_eq!(st.bans_since(0).unwrap().len(), 1);
+        assert!(book.holds(&src));
+        let e = book
+            .ban(
+                &mut st,
+                book.source("10.1.2.3").unwrap(),
+                BanReason::Autoblock,
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert_eq!(e.status, 409);
+        assert_eq!(book.source("10.0.0.0/8").unwrap_err().status, 400);
+        book.lift(&mut st, src).unwrap();
+        assert!(!book.holds(&src));
+        assert_eq!(book.lift(&mut st, src).unwrap_err().status, 404);
     }
 }

@@ -163,12 +163,9 @@ impl ControlPlane {
     pub fn sync(&self) -> Result<u64, StoreError> {
         let mut g = self.lock();
         let Inner { keys, store, bans } = &mut *g;
-        let before = keys.published();
         keys.poll(&**store)?;
         // A ban is a change: when the revision moved, there may be bans to enforce.
-        if keys.published() != before || bans.reconcile_due() {
-            bans.sync(&**store, false)?;
-        }
+        bans.sync_at(&**store, keys.published())?;
         Ok(keys.published())
     }
 
