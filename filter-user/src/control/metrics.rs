@@ -28,6 +28,8 @@ pub struct Sources {
     pub xdp: Option<PinDir>,
     /// The store revision every shard has been sent.
     pub revision: u64,
+    /// Access-log lines dropped because the writer fell behind (`None`: the log is off).
+    pub access_log_dropped: Option<u64>,
 }
 
 /// The exposition (Prometheus text, OpenMetrics flavour) of every source.
@@ -39,6 +41,9 @@ pub fn render(src: &Sources) -> String {
     }
     reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
     reg.register_collector(Box::new(StoreCollector(src.revision)));
+    if let Some(n) = src.access_log_dropped {
+        reg.register_collector(Box::new(DroppedCollector(n)));
+    }
     if let Some(pins) = &src.xdp {
         reg.register_collector(Box::new(XdpCollector(pins.clone())));
     }
@@ -79,6 +84,22 @@ impl Collector for StoreCollector {
             g.metric_type(),
         )?;
         g.encode(m)
+    }
+}
+
+#[derive(Debug)]
+struct DroppedCollector(u64);
+
+impl Collector for DroppedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let c = ConstCounter::new(self.0);
+        let m = encoder.encode_descriptor(
+            "edgefilter_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind (requests never wait).",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::auth::shard::Batch;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
+use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
 use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::timefmt::parse_when;
@@ -54,6 +55,8 @@ pub struct ControlPlane {
     requests: OnceLock<Arc<RequestMetrics>>,
     /// The XDP program's pins, once XDP runs (for `/metrics`).
     xdp: OnceLock<PinDir>,
+    /// The access log, when it is on (for `/metrics`).
+    access_log: OnceLock<Arc<AccessLog>>,
 }
 
 impl ControlPlane {
@@ -69,12 +72,18 @@ impl ControlPlane {
             timeout: APPLY_TIMEOUT,
             requests: OnceLock::new(),
             xdp: OnceLock::new(),
+            access_log: OnceLock::new(),
         })
     }
 
     /// `/metrics` shows these request counters (the ones the proxy counts into) from now on.
     pub fn show_requests(&self, metrics: Arc<RequestMetrics>) {
         let _ = self.requests.set(metrics);
+    }
+
+    /// `/metrics` shows the access log's dropped lines from now on.
+    pub fn show_access_log(&self, log: Arc<AccessLog>) {
+        let _ = self.access_log.set(log);
     }
 
     /// `/metrics` shows the counters of the XDP program pinned in `pins` from now on.
@@ -538,6 +547,7 @@ impl AdminOps for ControlPlane {
             requests: self.requests.get().cloned(),
             propagation: Arc::clone(&self.propagation),
             xdp: self.xdp.get().cloned(),
+            access_log_dropped: self.access_log.get().map(|l| l.dropped()),
             revision,
         })
     }

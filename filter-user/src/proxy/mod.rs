@@ -32,8 +32,10 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gate::GateFactory;
+use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
 
+mod access;
 pub mod affinity;
 pub(crate) mod body;
 mod conn;
@@ -172,7 +174,7 @@ impl Drop for ProxyHandle {
 /// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
-    start_with(cfg, gates, RequestMetrics::for_config(cfg))
+    start_with(cfg, gates, RequestMetrics::for_config(cfg), None)
 }
 
 /// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads).
@@ -183,6 +185,7 @@ pub fn start_with(
     cfg: &Config,
     gates: GateFactory,
     metrics: Arc<RequestMetrics>,
+    access_log: Option<Arc<AccessLog>>,
 ) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -197,7 +200,12 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes, Arc::clone(&metrics)));
+    let settings = Arc::new(settings::Settings::new(
+        cfg,
+        routes,
+        Arc::clone(&metrics),
+        access_log,
+    ));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -242,13 +250,19 @@ pub fn start_with(
 }
 
 /// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
-/// SIGHUP reloads the TLS certificate.
+/// SIGHUP reloads the TLS certificate and reopens the access log file.
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(cfg: &Config, gates: GateFactory, metrics: Arc<RequestMetrics>) -> anyhow::Result<()> {
+pub fn serve(
+    cfg: &Config,
+    gates: GateFactory,
+    metrics: Arc<RequestMetrics>,
+    access_log: Option<Arc<AccessLog>>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let handle = start_with(cfg, gates, metrics)?;
+    let reopen = access_log.clone();
+    let handle = start_with(cfg, gates, metrics, access_log)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),
@@ -266,10 +280,15 @@ pub fn serve(cfg: &Config, gates: GateFactory, metrics: Arc<RequestMetrics>) -> 
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match handle.reload_tls() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
-                },
+                _ = hup.recv() => {
+                    if let Some(log) = &reopen {
+                        log.reopen();
+                    }
+                    match handle.reload_tls() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
+                    }
+                }
             }
         }
         Ok::<(), std::io::Error>(())

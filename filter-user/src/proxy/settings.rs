@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::route::RouteTable;
 use crate::config::{Config, ErrorDetail};
+use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
 
 /// Read-only settings shared by every shard.
@@ -23,10 +24,17 @@ pub(crate) struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Every shard's request metrics (each shard writes only its own block).
     pub metrics: Arc<RequestMetrics>,
+    /// The access log, when `log.access_log` is not `"off"`.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, routes: Arc<RouteTable>, metrics: Arc<RequestMetrics>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        routes: Arc<RouteTable>,
+        metrics: Arc<RequestMetrics>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Self {
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
@@ -36,6 +44,7 @@ impl Settings {
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
             metrics,
+            access_log,
         }
     }
 }

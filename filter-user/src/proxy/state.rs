@@ -11,6 +11,7 @@ use super::reqid::IdGen;
 use super::settings::Settings;
 use super::upstream::Pool;
 use crate::gate::Gate;
+use crate::obs::access_log::ShardLog;
 use crate::obs::metrics::ShardMetrics;
 
 /// A shard's own state, shared by its tasks on its one thread.
@@ -27,6 +28,10 @@ pub(crate) struct ShardState {
     pub active: Cell<usize>,
     /// This shard's request metrics (it is their only writer).
     pub metrics: Arc<ShardMetrics>,
+    /// This shard's side of the access log, when it is on.
+    pub log: Option<RefCell<ShardLog>>,
+    /// The shard's number.
+    pub n: usize,
 }
 
 impl ShardState {
@@ -35,6 +40,11 @@ impl ShardState {
         let upstreams = settings.routes.upstreams.len();
         Self {
             metrics: settings.metrics.shard(n),
+            log: settings
+                .access_log
+                .as_ref()
+                .map(|l| RefCell::new(l.shard(n))),
+            n,
             settings,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
