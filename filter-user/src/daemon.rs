@@ -54,6 +54,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
+    let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
     if xdp_on {
         plane.show_xdp(crate::xdp::PinDir::from_env());
     }
@@ -65,7 +66,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         startup_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = crate::proxy::serve(&cfg, gates, requests);
+    let served = crate::proxy::serve(&cfg, gates, requests, denials);
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

@@ -114,6 +114,7 @@ where
                     || r.framing != Framing::Empty
                     || shard.stopping.get();
                 let flow = write_refusal(c, io, st, &r.denial, r.request_id.as_str(), close).await;
+                shard.record_denial(&r.denial, peer_ip);
                 shard
                     .metrics
                     .request(r.route, Some(r.denial.code), since(began));

@@ -358,7 +358,8 @@ mod tests {
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
         let metrics = crate::obs::metrics::RequestMetrics::for_config(&cfg);
-        let settings = Arc::new(Settings::new(&cfg, routes, metrics));
+        let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
+        let settings = Arc::new(Settings::new(&cfg, routes, metrics, denials));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::gate::GateFactory;
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::RecentDenials;
 
 pub mod affinity;
 pub(crate) mod body;
@@ -172,10 +173,16 @@ impl Drop for ProxyHandle {
 /// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
-    start_with(cfg, gates, RequestMetrics::for_config(cfg))
+    start_with(
+        cfg,
+        gates,
+        RequestMetrics::for_config(cfg),
+        RecentDenials::for_config(cfg),
+    )
 }
 
-/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads).
+/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads) and recording
+/// refusals into `denials` (which `GET /v1/stats` ranks).
 ///
 /// # Errors
 /// As [`start`].
@@ -183,6 +190,7 @@ pub fn start_with(
     cfg: &Config,
     gates: GateFactory,
     metrics: Arc<RequestMetrics>,
+    denials: Arc<RecentDenials>,
 ) -> Result<ProxyHandle, ProxyError> {
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -197,7 +205,12 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes, Arc::clone(&metrics)));
+    let settings = Arc::new(settings::Settings::new(
+        cfg,
+        routes,
+        Arc::clone(&metrics),
+        denials,
+    ));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -246,9 +259,14 @@ pub fn start_with(
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(cfg: &Config, gates: GateFactory, metrics: Arc<RequestMetrics>) -> anyhow::Result<()> {
+pub fn serve(
+    cfg: &Config,
+    gates: GateFactory,
+    metrics: Arc<RequestMetrics>,
+    denials: Arc<RecentDenials>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let handle = start_with(cfg, gates, metrics)?;
+    let handle = start_with(cfg, gates, metrics, denials)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),

@@ -1,6 +1,6 @@
 //! The read-only settings every shard serves with, built once from the [`Config`] at start and
 //! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies, and the request metrics.
+//! trusted proxies, the request metrics and the rings of recent denials.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use super::route::RouteTable;
 use crate::config::{Config, ErrorDetail};
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::RecentDenials;
 
 /// Read-only settings shared by every shard.
 #[derive(Debug)]
@@ -23,10 +24,17 @@ pub(crate) struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Every shard's request metrics (each shard writes only its own block).
     pub metrics: Arc<RequestMetrics>,
+    /// Every shard's ring of recent denials (each shard writes only its own).
+    pub denials: Arc<RecentDenials>,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, routes: Arc<RouteTable>, metrics: Arc<RequestMetrics>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        routes: Arc<RouteTable>,
+        metrics: Arc<RequestMetrics>,
+        denials: Arc<RecentDenials>,
+    ) -> Self {
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
@@ -36,6 +44,7 @@ impl Settings {
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
             metrics,
+            denials,
         }
     }
 }
