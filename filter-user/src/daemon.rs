@@ -55,6 +55,7 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
     let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
+    plane.show_denials(Arc::clone(&denials));
     if xdp_on {
         plane.show_xdp(crate::xdp::PinDir::from_env());
     }
