@@ -81,14 +81,20 @@ pub fn run(config: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
                 out!("{}", view.to_text(&title));
             }
         }
-        (false, true) => loop {
-            let (before, now, elapsed) = sample(get)?;
-            let v = WithRates {
-                stats: &now,
-                rates: rates(&before, &now, elapsed),
-            };
-            outln!("{}", serde_json::to_string(&v)?);
-        },
+        (false, true) => {
+            let (mut before, mut taken) = (get()?, Instant::now());
+            loop {
+                std::thread::sleep(SAMPLE);
+                let now = get()?;
+                let at = Instant::now();
+                let v = WithRates {
+                    stats: &now,
+                    rates: rates(&before, &now, at.duration_since(taken)),
+                };
+                outln!("{}", serde_json::to_string(&v)?);
+                (before, taken) = (now, at);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
