@@ -54,6 +54,8 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
+    let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
+    plane.show_denials(Arc::clone(&denials));
     if xdp_on {
         plane.show_xdp(crate::xdp::PinDir::from_env());
     }
@@ -79,7 +81,12 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         startup_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = crate::proxy::serve(&cfg, gates, requests, access_log);
+    let telemetry = crate::obs::Telemetry {
+        requests,
+        denials,
+        access_log,
+    };
+    let served = crate::proxy::serve(&cfg, gates, telemetry);
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

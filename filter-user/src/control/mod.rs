@@ -3,5 +3,6 @@
 
 pub mod metrics;
 pub mod plane;
+pub mod stats;
 
 pub use plane::{ControlPlane, PlaneWatcher};

@@ -21,12 +21,15 @@ use crate::admin::{
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
+use crate::config::StoreKind;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
 use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::{RecentDenials, unix_ms};
 use crate::store::audit::{self, key_object, new_key_object};
+use crate::store::postgres::FollowerStatus;
 use crate::store::timefmt::parse_when;
 use crate::store::{
     self, Action, Actor, AuditEntry, KeyRef, KeyStore, NewKey, RateLimit, StoreError, UserStatus,
@@ -57,6 +60,10 @@ pub struct ControlPlane {
     xdp: OnceLock<PinDir>,
     /// The access log, when it is on (for `/metrics`).
     access_log: OnceLock<Arc<AccessLog>>,
+    /// The shards' rings of recent denials, once the proxy has them (for `GET /v1/stats`).
+    denials: OnceLock<Arc<RecentDenials>>,
+    /// Fleet mode: the change listener's progress, for the store lag.
+    listener: OnceLock<FollowerStatus>,
 }
 
 impl ControlPlane {
@@ -73,6 +80,8 @@ impl ControlPlane {
             requests: OnceLock::new(),
             xdp: OnceLock::new(),
             access_log: OnceLock::new(),
+            denials: OnceLock::new(),
+            listener: OnceLock::new(),
         })
     }
 
@@ -84,6 +93,11 @@ impl ControlPlane {
     /// `/metrics` shows the access log's dropped lines from now on.
     pub fn show_access_log(&self, log: Arc<AccessLog>) {
         let _ = self.access_log.set(log);
+    }
+
+    /// `GET /v1/stats` ranks the refusals the shards record into `denials` from now on.
+    pub fn show_denials(&self, denials: Arc<RecentDenials>) {
+        let _ = self.denials.set(denials);
     }
 
     /// `/metrics` shows the counters of the XDP program pinned in `pins` from now on.
@@ -156,6 +170,9 @@ impl ControlPlane {
         every: Duration,
         wake: Option<crate::store::postgres::ChangeNotifier>,
     ) -> PlaneWatcher {
+        if let Some(n) = &wake {
+            let _ = self.listener.set(n.status());
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let me = Arc::clone(self);
@@ -280,6 +297,14 @@ impl ControlPlane {
             }
         }
         Ok(allow_json(&file, &self.cfg))
+    }
+}
+
+impl ControlPlane {
+    /// The denylist's entries for `GET /v1/stats`' `bans`, one JSON object per entry as
+    /// `GET /v1/denylist` shows it. None yet: auto-block fills this in.
+    fn bans(&self) -> Vec<Value> {
+        Vec::new()
     }
 }
 
@@ -538,6 +563,29 @@ impl AdminOps for ControlPlane {
                     .map(AuditJson::from_entry)
                     .collect::<Vec<_>>(),
             )
+        })
+    }
+
+    fn stats(&self) -> OpFuture<'_> {
+        boxed(async move {
+            let revision = self.lock().keys.published();
+            let snapshot = super::stats::snapshot(
+                super::stats::Sources {
+                    requests: self.requests.get().map(|r| &**r),
+                    denials: self.denials.get().map(|d| &**d),
+                    propagation: &self.propagation,
+                    xdp: self.xdp.get(),
+                    store_kind: match self.cfg.store.kind {
+                        StoreKind::Sqlite => "sqlite",
+                        StoreKind::Postgres => "postgres",
+                    },
+                    revision,
+                    lag: self.listener.get().map(FollowerStatus::lag),
+                    bans: self.bans(),
+                },
+                unix_ms(),
+            );
+            to_value(&snapshot)
         })
     }
 

@@ -124,6 +124,7 @@ where
                 };
                 access::begin(shard, c, &peer_text, &begin);
                 let flow = write_refusal(c, io, st, &r.denial, r.request_id.as_str(), close).await;
+                shard.record_denial(&r.denial, peer_ip);
                 let took = since(began);
                 shard.metrics.request(r.route, Some(r.denial.code), took);
                 let finish = access::Finish {

@@ -376,8 +376,11 @@ mod tests {
         )
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
-        let metrics = crate::obs::metrics::RequestMetrics::for_config(&cfg);
-        let settings = Arc::new(Settings::new(&cfg, routes, metrics, None));
+        let settings = Arc::new(Settings::new(
+            &cfg,
+            routes,
+            crate::obs::Telemetry::for_config(&cfg),
+        ));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gate::GateFactory;
-use crate::obs::access_log::AccessLog;
+use crate::obs::Telemetry;
 use crate::obs::metrics::RequestMetrics;
 
 mod access;
@@ -174,19 +174,20 @@ impl Drop for ProxyHandle {
 /// Route, TLS and bind errors, each naming what failed; a shard whose thread or runtime could
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
-    start_with(cfg, gates, RequestMetrics::for_config(cfg), None)
+    start_with(cfg, gates, Telemetry::for_config(cfg))
 }
 
-/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads).
+/// [`start`] feeding the daemon's `telemetry`: request metrics (which `/metrics` reads), recent
+/// refusals (which `GET /v1/stats` ranks) and the access log.
 ///
 /// # Errors
 /// As [`start`].
 pub fn start_with(
     cfg: &Config,
     gates: GateFactory,
-    metrics: Arc<RequestMetrics>,
-    access_log: Option<Arc<AccessLog>>,
+    telemetry: Telemetry,
 ) -> Result<ProxyHandle, ProxyError> {
+    let metrics = Arc::clone(&telemetry.requests);
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
         (_, true) => None,
@@ -200,12 +201,7 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(
-        cfg,
-        routes,
-        Arc::clone(&metrics),
-        access_log,
-    ));
+    let settings = Arc::new(settings::Settings::new(cfg, routes, telemetry));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -254,15 +250,10 @@ pub fn start_with(
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
-pub fn serve(
-    cfg: &Config,
-    gates: GateFactory,
-    metrics: Arc<RequestMetrics>,
-    access_log: Option<Arc<AccessLog>>,
-) -> anyhow::Result<()> {
+pub fn serve(cfg: &Config, gates: GateFactory, telemetry: Telemetry) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let reopen = access_log.clone();
-    let handle = start_with(cfg, gates, metrics, access_log)?;
+    let reopen = telemetry.access_log.clone();
+    let handle = start_with(cfg, gates, telemetry)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),

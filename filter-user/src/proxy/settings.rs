@@ -1,6 +1,6 @@
 //! The read-only settings every shard serves with, built once from the [`Config`] at start and
 //! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies, and the request metrics.
+//! trusted proxies, the request metrics and the rings of recent denials.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,10 @@ use ipnet::IpNet;
 
 use super::route::RouteTable;
 use crate::config::{Config, ErrorDetail};
+use crate::obs::Telemetry;
 use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::RecentDenials;
 
 /// Read-only settings shared by every shard.
 #[derive(Debug)]
@@ -26,15 +28,12 @@ pub(crate) struct Settings {
     pub metrics: Arc<RequestMetrics>,
     /// The access log, when `log.access_log` is not `"off"`.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Every shard's ring of recent denials (each shard writes only its own).
+    pub denials: Arc<RecentDenials>,
 }
 
 impl Settings {
-    pub fn new(
-        cfg: &Config,
-        routes: Arc<RouteTable>,
-        metrics: Arc<RequestMetrics>,
-        access_log: Option<Arc<AccessLog>>,
-    ) -> Self {
+    pub fn new(cfg: &Config, routes: Arc<RouteTable>, telemetry: Telemetry) -> Self {
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
@@ -43,8 +42,9 @@ impl Settings {
             upstream_timeout: cfg.limits.upstream_timeout,
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
-            metrics,
-            access_log,
+            metrics: telemetry.requests,
+            denials: telemetry.denials,
+            access_log: telemetry.access_log,
         }
     }
 }

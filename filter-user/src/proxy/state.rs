@@ -1,8 +1,10 @@
 //! A shard's own state, shared by its connection tasks on its one thread: the settings, its
-//! gate, request-id maker, upstream pool and metrics, and the drain flag. `RefCell`/`Cell` only — nothing
-//! here crosses threads, and nothing is borrowed across an `.await`.
+//! gate, request-id maker, upstream pool, metrics and recent denials, and the drain flag.
+//! `RefCell`/`Cell` only — nothing here crosses threads, and nothing is borrowed across an
+//! `.await`.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -10,9 +12,10 @@ use tokio::sync::Notify;
 use super::reqid::IdGen;
 use super::settings::Settings;
 use super::upstream::Pool;
-use crate::gate::Gate;
+use crate::gate::{Denial, Gate};
 use crate::obs::access_log::ShardLog;
 use crate::obs::metrics::ShardMetrics;
+use crate::obs::recent::ShardDenials;
 
 /// A shard's own state, shared by its tasks on its one thread.
 pub(crate) struct ShardState {
@@ -32,6 +35,8 @@ pub(crate) struct ShardState {
     pub log: Option<RefCell<ShardLog>>,
     /// The shard's number.
     pub n: usize,
+    /// This shard's recent denials (it is their only writer).
+    pub denials: Arc<ShardDenials>,
 }
 
 impl ShardState {
@@ -45,6 +50,7 @@ impl ShardState {
                 .as_ref()
                 .map(|l| RefCell::new(l.shard(n))),
             n,
+            denials: settings.denials.shard(n),
             settings,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
@@ -53,5 +59,13 @@ impl ShardState {
             notify: Notify::new(),
             active: Cell::new(0),
         }
+    }
+
+    /// Records a refusal answered to `source` in this shard's recent denials (`edgefilter
+    /// stats`' top denied key ids and sources): its code and public key id, never the key.
+    #[inline]
+    pub fn record_denial(&self, denial: &Denial, source: IpAddr) {
+        self.denials
+            .record(denial.code, denial.key_id.as_deref(), source);
     }
 }

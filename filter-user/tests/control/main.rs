@@ -1,5 +1,5 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
-//! through the real daemon, durability across `kill -9`, and revocation under load.
+//! through the real daemon, durability across `kill -9`, revocation under load, and `stats`.
 
 #[allow(
     dead_code,
@@ -13,3 +13,4 @@ mod admin_real;
 mod durability;
 mod metrics;
 mod revoke_load;
+mod stats;
