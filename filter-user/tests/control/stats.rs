@@ -230,7 +230,7 @@ fn stats_draws_in_a_terminal_and_gives_it_back_on_q() {
 
     // After the view: its exit code, then the terminal's line discipline as the shell sees it.
     let script = format!(
-        "env -u EDGEFILTER_CONFIG {PIN_DIR_ENV}={} {} --config {} stats; echo \"EXITED:$?\"; stty -a; sleep 600",
+        "env -u EDGEFILTER_CONFIG {PIN_DIR_ENV}={} {} --config {} stats; echo \"EXITED:$?\"; stty -a; echo STTY-DONE; sleep 600",
         quoted(&d.pin_dir()),
         quoted(Path::new(env!("CARGO_BIN_EXE_edgefilter"))),
         quoted(&d.config()),
@@ -273,7 +273,7 @@ fn stats_draws_in_a_terminal_and_gives_it_back_on_q() {
     );
 
     tmux.ok(&["send-keys", "-t", "stats", "q"]);
-    let (exited, screen) = tmux.wait_for(|s| s.contains("EXITED:") && s.contains("speed"));
+    let (exited, screen) = tmux.wait_for(|s| s.contains("EXITED:") && s.contains("STTY-DONE"));
     assert!(exited, "the view did not exit on q:\n{screen}");
     assert!(screen.contains("EXITED:0"), "{screen}");
     assert!(
