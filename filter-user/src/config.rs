@@ -1,8 +1,7 @@
 //! TOML config (SPEC §6) → typed [`Config`], with validation errors that name their line.
 //!
 //! Parsing is strict: an unknown key anywhere is an error, so a typo never silently falls back
-//! to a default. Sections that later features own (`[autoblock]`, `[log]`, metrics) are parsed
-//! and validated already so a config written today keeps working.
+//! to a default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

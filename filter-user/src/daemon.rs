@@ -55,6 +55,8 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
+    let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
+    plane.show_denials(Arc::clone(&denials));
     let autoblock = Autoblock::new(&cfg, cfg.shard_count());
     autoblock.refuse_at_accept(!xdp_on);
     if let Err(e) = plane.use_autoblock(Arc::clone(&autoblock)) {
@@ -64,6 +66,20 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
     if xdp_on {
         plane.show_xdp(crate::xdp::PinDir::from_env());
     }
+    // The access log's writer thread runs until the proxy has drained (dropped last).
+    let (access_log, _log_writer) =
+        match crate::obs::access_log::Sink::from_config(&cfg.log.access_log, |p| {
+            cfg.resolve(std::path::Path::new(p))
+        }) {
+            Some(sink) => {
+                let (log, writer) =
+                    crate::obs::access_log::AccessLog::start(cfg.shard_count(), sink)
+                        .map_err(|e| anyhow::anyhow!("log.access_log: {e}"))?;
+                plane.show_access_log(Arc::clone(&log));
+                (Some(log), Some(writer))
+            }
+            None => (None, None),
+        };
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
     let admin = AdminServer::from_config(&cfg, plane, Arc::clone(&ready))?.spawn()?;
     tracing::info!(
@@ -72,7 +88,12 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         startup_ms = started.elapsed().as_millis(),
         "serving"
     );
-    let served = crate::proxy::serve(&cfg, gates, requests, autoblock);
+    let telemetry = crate::obs::Telemetry {
+        requests,
+        denials,
+        access_log,
+    };
+    let served = crate::proxy::serve(&cfg, gates, telemetry, autoblock);
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

@@ -38,10 +38,11 @@ pub struct BenchArgs {
 }
 
 /// The load targets, in table order.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "direct upstream",
     "I/O floor (byte relay)",
     "edgefilter",
+    "edgefilter, access log on",
     "edgefilter, allow-all gate",
     "HAProxy",
     "nginx",
@@ -225,8 +226,18 @@ fn run_target(
                 Command::new(root.join("target/release/proxy_allow_all")).arg(&conf),
             )?
         }
-        "edgefilter" => {
+        "edgefilter" | "edgefilter, access log on" => {
             let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+            if name == "edgefilter, access log on" {
+                // The same daemon writing every request's line to a file (metrics are always on).
+                let log = dir.join("access.log");
+                let _ = std::fs::remove_file(&log);
+                let text = std::fs::read_to_string(&conf)?.replace(
+                    "access_log = \"off\"",
+                    &format!("access_log = \"{}\"", log.display()),
+                );
+                std::fs::write(&conf, text)?;
+            }
             Proc::spawn(
                 name,
                 Command::new(root.join("target/release/edgefilter"))
@@ -463,6 +474,7 @@ fn print_rounds(samples: &[Vec<Row>]) {
     };
     let pairs = [
         ("edgefilter", "I/O floor (byte relay)"),
+        ("edgefilter, access log on", "edgefilter"),
         ("edgefilter", "HAProxy"),
         ("edgefilter", "nginx"),
         ("edgefilter, allow-all gate", "HAProxy"),

@@ -58,6 +58,13 @@ impl AdminClient {
         }
     }
 
+    /// Gives up on a call after `timeout` (connecting, sending or waiting for the answer).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Says in every call that it acts for `actor` (e.g. `cli:alice`); the daemon records it in
     /// the audit trail after the authenticated actor.
     #[must_use]

@@ -10,6 +10,7 @@ pub mod key_json;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod stats_json;
 pub mod token;
 
 pub use audit_json::AuditJson;
@@ -21,4 +22,5 @@ pub use ops::{
     DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
 };
 pub use server::{AdminHandle, AdminServer, ServerError};
+pub use stats_json::StatsJson;
 pub use token::{AdminToken, TokenError};

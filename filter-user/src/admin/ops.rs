@@ -293,6 +293,8 @@ pub trait AdminOps: Send + Sync + 'static {
     /// The audit trail (a JSON array of [`super::AuditJson`], oldest first): the newest
     /// `limit` entries since `since`.
     fn audit(&self, query: AuditQuery) -> OpFuture<'_>;
+    /// What `edgefilter stats` shows: a [`super::StatsJson`] snapshot.
+    fn stats(&self) -> OpFuture<'_>;
     /// The `/metrics` exposition (OpenMetrics text).
     fn metrics(&self) -> String {
         String::new()

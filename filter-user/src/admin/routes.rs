@@ -43,6 +43,8 @@ pub enum Route {
     Explain,
     /// `GET /v1/audit`.
     Audit,
+    /// `GET /v1/stats`.
+    Stats,
 }
 
 impl Route {
@@ -115,6 +117,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         },
         ["v1", "explain"] => only(&Method::POST, "POST", Route::Explain),
         ["v1", "audit"] => only(&Method::GET, "GET", Route::Audit),
+        ["v1", "stats"] => only(&Method::GET, "GET", Route::Stats),
         _ => Err(not_found()),
     }
 }
@@ -177,6 +180,8 @@ mod tests {
         assert_eq!(route(&p, "/v1/explain"), Ok(Route::Explain));
         assert_eq!(route(&g, "/v1/audit"), Ok(Route::Audit));
         assert_eq!(route(&p, "/v1/audit").map_err(|e| e.status), Err(405));
+        assert_eq!(route(&g, "/v1/stats"), Ok(Route::Stats));
+        assert_eq!(route(&p, "/v1/stats").map_err(|e| e.status), Err(405));
     }
 
     #[test]

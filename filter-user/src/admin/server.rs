@@ -277,6 +277,7 @@ async fn dispatch(
         Route::DenyRemove => ops.denylist_remove(by, json_body(req).await?).await?,
         Route::Explain => ops.explain(json_body(req).await?).await?,
         Route::Audit => ops.audit(audit_query(req.uri().query())?).await?,
+        Route::Stats => ops.stats().await?,
     };
     Ok(json_response(200, &value))
 }

@@ -30,6 +30,8 @@ pub struct Sources {
     pub revision: u64,
     /// Bans in force on this host (`edgefilter_autoblocked_sources`).
     pub autoblocked_sources: u64,
+    /// Access-log lines dropped because the writer fell behind (`None`: the log is off).
+    pub access_log_dropped: Option<u64>,
 }
 
 /// The exposition (Prometheus text, OpenMetrics flavour) of every source.
@@ -42,6 +44,9 @@ pub fn render(src: &Sources) -> String {
     reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
     reg.register_collector(Box::new(StoreCollector(src.revision)));
     reg.register_collector(Box::new(BansCollector(src.autoblocked_sources)));
+    if let Some(n) = src.access_log_dropped {
+        reg.register_collector(Box::new(DroppedCollector(n)));
+    }
     if let Some(pins) = &src.xdp {
         reg.register_collector(Box::new(XdpCollector(pins.clone())));
     }
@@ -98,6 +103,22 @@ impl Collector for BansCollector {
             g.metric_type(),
         )?;
         g.encode(m)
+    }
+}
+
+#[derive(Debug)]
+struct DroppedCollector(u64);
+
+impl Collector for DroppedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let c = ConstCounter::new(self.0);
+        let m = encoder.encode_descriptor(
+            "edgefilter_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind (requests never wait).",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod autoblock;
 pub mod denylist;
 pub mod metrics;
 pub mod plane;
+pub mod stats;
 
 pub use autoblock::AutoblockTicker;
 pub use plane::{ControlPlane, PlaneWatcher};

@@ -27,12 +27,16 @@ use crate::admin::{
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
 use crate::autoblock::Autoblock;
+use crate::config::StoreKind;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
+use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::{RecentDenials, unix_ms};
 use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::bans::source_text;
+use crate::store::postgres::FollowerStatus;
 use crate::store::timefmt::parse_when;
 use crate::store::{
     self, Action, Actor, AuditEntry, BanReason, KeyRef, KeyStore, NewKey, RateLimit, StoreError,
@@ -63,6 +67,12 @@ pub struct ControlPlane {
     requests: OnceLock<Arc<RequestMetrics>>,
     /// The XDP program's pins, once XDP runs (for `/metrics`).
     xdp: OnceLock<PinDir>,
+    /// The access log, when it is on (for `/metrics`).
+    access_log: OnceLock<Arc<AccessLog>>,
+    /// The shards' rings of recent denials, once the proxy has them (for `GET /v1/stats`).
+    denials: OnceLock<Arc<RecentDenials>>,
+    /// Fleet mode: the change listener's progress, for the store lag.
+    listener: OnceLock<FollowerStatus>,
 }
 
 impl ControlPlane {
@@ -82,6 +92,9 @@ impl ControlPlane {
             timeout: APPLY_TIMEOUT,
             requests: OnceLock::new(),
             xdp: OnceLock::new(),
+            access_log: OnceLock::new(),
+            denials: OnceLock::new(),
+            listener: OnceLock::new(),
         })
     }
 
@@ -138,6 +151,16 @@ impl ControlPlane {
     #[must_use]
     pub fn ban_count(&self) -> usize {
         self.lock().bans.count()
+    }
+
+    /// `/metrics` shows the access log's dropped lines from now on.
+    pub fn show_access_log(&self, log: Arc<AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// `GET /v1/stats` ranks the refusals the shards record into `denials` from now on.
+    pub fn show_denials(&self, denials: Arc<RecentDenials>) {
+        let _ = self.denials.set(denials);
     }
 
     /// `/metrics` shows the counters of the XDP program pinned in `pins` from now on.
@@ -212,6 +235,9 @@ impl ControlPlane {
         every: Duration,
         wake: Option<crate::store::postgres::ChangeNotifier>,
     ) -> PlaneWatcher {
+        if let Some(n) = &wake {
+            let _ = self.listener.set(n.status());
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let me = Arc::clone(self);
@@ -348,6 +374,19 @@ impl ControlPlane {
             }
         }
         Ok(allow_json(&file, &self.cfg))
+    }
+}
+
+impl ControlPlane {
+    /// The denylist's entries for `GET /v1/stats`' `bans`, one JSON object per entry as
+    /// `GET /v1/denylist` shows it.
+    fn bans(&self) -> Vec<Value> {
+        self.lock()
+            .bans
+            .list()
+            .iter()
+            .filter_map(|b| serde_json::to_value(b).ok())
+            .collect()
     }
 }
 
@@ -655,6 +694,29 @@ impl AdminOps for ControlPlane {
         })
     }
 
+    fn stats(&self) -> OpFuture<'_> {
+        boxed(async move {
+            let revision = self.lock().keys.published();
+            let snapshot = super::stats::snapshot(
+                super::stats::Sources {
+                    requests: self.requests.get().map(|r| &**r),
+                    denials: self.denials.get().map(|d| &**d),
+                    propagation: &self.propagation,
+                    xdp: self.xdp.get(),
+                    store_kind: match self.cfg.store.kind {
+                        StoreKind::Sqlite => "sqlite",
+                        StoreKind::Postgres => "postgres",
+                    },
+                    revision,
+                    lag: self.listener.get().map(FollowerStatus::lag),
+                    bans: self.bans(),
+                },
+                unix_ms(),
+            );
+            to_value(&snapshot)
+        })
+    }
+
     fn metrics(&self) -> String {
         let (revision, bans) = {
             let g = self.lock();
@@ -664,6 +726,7 @@ impl AdminOps for ControlPlane {
             requests: self.requests.get().cloned(),
             propagation: Arc::clone(&self.propagation),
             xdp: self.xdp.get().cloned(),
+            access_log_dropped: self.access_log.get().map(|l| l.dropped()),
             revision,
             autoblocked_sources: u64::try_from(bans).unwrap_or(u64::MAX),
         })

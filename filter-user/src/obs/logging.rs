@@ -1,4 +1,7 @@
-//! Installs the logging subscriber (JSON or text on stderr; `RUST_LOG` filters).
+//! Installs the logging subscriber (JSON or text on stderr; `RUST_LOG` filters). Text carries
+//! colour codes only when stderr is a terminal, so a log file or journal never holds them.
+
+use std::io::IsTerminal;
 
 use crate::config::{Log, LogFormat};
 
@@ -8,7 +11,8 @@ pub fn init_logging(log: &Log) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

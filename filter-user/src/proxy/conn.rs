@@ -9,6 +9,7 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::access;
 use super::exchange;
 use super::head::{self, HeadCtx, Prepared, Step};
 use super::headers::Framing;
@@ -16,6 +17,7 @@ use super::io::{Conn, Flow, spare, write_refusal};
 use super::settings::Settings;
 use super::state::ShardState;
 use super::upstream_error::UpstreamError;
+use crate::codes::ErrorCode;
 
 /// How long a closing connection keeps reading (and discarding) so the client sees our answer
 /// rather than a reset.
@@ -113,11 +115,28 @@ where
                     || r.head_len.is_none()
                     || r.framing != Framing::Empty
                     || shard.stopping.get();
+                let begin = access::Begin {
+                    request_id: r.request_id.as_str(),
+                    line: r.line,
+                    route: r.route,
+                    key_id: r.denial.key_id.as_deref(),
+                    forwarded: false,
+                };
+                access::begin(shard, c, &peer_text, &begin);
                 let flow = write_refusal(c, io, st, &r.denial, r.request_id.as_str(), close).await;
-                shard
-                    .metrics
-                    .request(r.route, Some(r.denial.code), since(began));
+                shard.record_denial(&r.denial, peer_ip);
                 shard.failures.note(peer_ip, r.denial.code);
+                let took = since(began);
+                shard.metrics.request(r.route, Some(r.denial.code), took);
+                let finish = access::Finish {
+                    status: r.denial.code.status(),
+                    code: Some(r.denial.code),
+                    upstream_took: None,
+                    upstream_error: None,
+                    head_len: r.head_len.unwrap_or(0),
+                    took,
+                };
+                access::finish(shard, c, &finish);
                 if flow == Flow::Continue
                     && let Some(n) = r.head_len
                 {
@@ -126,14 +145,32 @@ where
                 flow
             }
             Step::Forward(p) => {
+                let begin = access::Begin {
+                    request_id: p.request_id.as_str(),
+                    line: Some(p.line),
+                    route: Some(p.route),
+                    key_id: None,
+                    forwarded: true,
+                };
+                access::begin(shard, c, &peer_text, &begin);
                 let outcome = exchange::forward(shard, c, io, &p).await;
                 if let Some(e) = &outcome.upstream_error {
                     shard.metrics.upstream_error(p.route, e.class);
                     log_upstream_error(st, &p, e);
                 }
-                shard
-                    .metrics
-                    .request(Some(p.route), outcome.answered, since(began));
+                let took = since(began);
+                shard.metrics.request(Some(p.route), outcome.answered, took);
+                let finish = access::Finish {
+                    status: outcome
+                        .answered
+                        .map_or(outcome.status.unwrap_or(0), ErrorCode::status),
+                    code: outcome.answered,
+                    upstream_took: outcome.upstream_took,
+                    upstream_error: outcome.upstream_error.as_ref().map(|e| e.class),
+                    head_len: p.head_len,
+                    took,
+                };
+                access::finish(shard, c, &finish);
                 outcome.flow
             }
         };

@@ -33,6 +33,10 @@ pub(crate) struct Outcome {
     /// The code the proxy answered with itself (a bad body, 502, 504); `None` when the
     /// upstream's answer was relayed.
     pub answered: Option<ErrorCode>,
+    /// The upstream's status, when its answer was relayed.
+    pub status: Option<u16>,
+    /// From sending the request upstream to its response head.
+    pub upstream_took: Option<Duration>,
 }
 
 impl From<Flow> for Outcome {
@@ -41,6 +45,8 @@ impl From<Flow> for Outcome {
             flow,
             upstream_error: None,
             answered: None,
+            status: None,
+            upstream_took: None,
         }
     }
 }
@@ -61,6 +67,8 @@ where
         flow: refuse_code(c, io, st, code, request_id, close).await,
         upstream_error: None,
         answered: Some(code),
+        status: None,
+        upstream_took: None,
     }
 }
 
@@ -92,6 +100,7 @@ where
         Ok(n) => {
             c.out.extend_from_slice(&c.buf[..n]);
             c.buf.advance(n);
+            c.body_in += n as u64;
         }
         Err(e) => return refused(c, io, st, body_code(e), rid, true).await,
     }
@@ -139,6 +148,7 @@ where
             return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
         }
         c.buf.advance(n);
+        c.body_in += n as u64;
     }
     // Read the response head; interim (1xx) answers are passed on or dropped.
     let sent = Instant::now();
@@ -148,8 +158,9 @@ where
         let close_client = !p.keep_alive || shard.stopping.get();
         match response::process(&c.rbuf, p.is_head, &p.request_id, close_client, &mut c.rout) {
             RespStep::Final(h) => {
-                shard.metrics.upstream(sent.elapsed());
-                break h;
+                let took = sent.elapsed();
+                shard.metrics.upstream(took);
+                break (h, took);
             }
             RespStep::Interim(n) => {
                 if !c.rout.is_empty() && write_client(io, &c.rout, st.client_timeout).await.is_err()
@@ -195,7 +206,11 @@ where
         }
     };
     let _ = reused;
-    relay_response(st, c, io, up, up_idx, &head).await
+    let (head, took) = head;
+    let mut outcome = relay_response(st, c, io, up, up_idx, &head).await;
+    outcome.status = Some(head.status);
+    outcome.upstream_took = Some(took);
+    outcome
 }
 
 /// Sends the response head and streams its body to the client as it arrives.
@@ -221,7 +236,7 @@ where
     let cut = |e: UpstreamError| Outcome {
         flow: Flow::Close,
         upstream_error: Some(e),
-        answered: None,
+        ..Flow::Close.into()
     };
     // Whatever body bytes came with the head leave in the same write.
     let Ok(n) = body.take(&c.rbuf) else {
@@ -229,6 +244,7 @@ where
     };
     c.rout.extend_from_slice(&c.rbuf[..n]);
     c.rbuf.advance(n);
+    c.sent += c.rout.len() as u64;
     if write_client(io, &c.rout, st.client_timeout).await.is_err() {
         return Flow::Close.into();
     }
@@ -245,6 +261,7 @@ where
         let Ok(n) = body.take(&c.rbuf) else {
             return cut(UpstreamError::bad_response("malformed chunked body"));
         };
+        c.sent += n as u64;
         if write_client(io, &c.rbuf[..n], st.client_timeout)
             .await
             .is_err()
@@ -282,6 +299,8 @@ where
         flow: refuse_code(c, io, st, code, request_id, close).await,
         upstream_error: Some(error),
         answered: Some(code),
+        status: None,
+        upstream_took: None,
     }
 }
 
@@ -357,9 +376,12 @@ mod tests {
         )
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
-        let metrics = crate::obs::metrics::RequestMetrics::for_config(&cfg);
-        let autoblock = crate::autoblock::Autoblock::new(&cfg, 1);
-        let settings = Arc::new(Settings::new(&cfg, routes, metrics, autoblock));
+        let settings = Arc::new(Settings::new(
+            &cfg,
+            routes,
+            crate::obs::Telemetry::for_config(&cfg),
+            crate::autoblock::Autoblock::new(&cfg, 1),
+        ));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 

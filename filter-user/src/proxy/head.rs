@@ -21,6 +21,48 @@ use crate::gate::{Denial, Gate, GateRequest, Verdict};
 /// Most request headers accepted (431 above).
 pub const MAX_HEADERS: usize = 100;
 
+/// Where the request line's method and target sit in the read buffer, for the access log
+/// (offsets, so nothing is copied and nothing borrows the buffer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Line {
+    method: (u32, u32),
+    target: (u32, u32),
+}
+
+impl Line {
+    /// The spans of `method` and `target`, both slices of `buf`.
+    fn of(buf: &[u8], method: &str, target: &str) -> Self {
+        let span = |s: &str| {
+            let start = (s.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+            (
+                u32::try_from(start).unwrap_or(0),
+                u32::try_from(s.len()).unwrap_or(0),
+            )
+        };
+        Self {
+            method: span(method),
+            target: span(target),
+        }
+    }
+
+    fn slice(buf: &[u8], (start, len): (u32, u32)) -> &[u8] {
+        let start = start as usize;
+        buf.get(start..start + len as usize).unwrap_or_default()
+    }
+
+    /// The method, read back from the same buffer (before it is advanced).
+    #[must_use]
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        Self::slice(buf, self.method)
+    }
+
+    /// The request target (path and query), read back from the same buffer.
+    #[must_use]
+    pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        Self::slice(buf, self.target)
+    }
+}
+
 /// A request to forward: the forwarded head is already in the output buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Prepared {
@@ -38,6 +80,8 @@ pub struct Prepared {
     pub route: usize,
     /// The request's id.
     pub request_id: RequestId,
+    /// The method and target in the read buffer.
+    pub line: Line,
 }
 
 /// A request answered by the proxy itself.
@@ -53,6 +97,8 @@ pub struct Refusal {
     pub request_id: RequestId,
     /// The matched route, when routing got that far.
     pub route: Option<usize>,
+    /// The method and target in the read buffer, when the head was parsed.
+    pub line: Option<Line>,
     /// Why.
     pub denial: Denial,
 }
@@ -112,6 +158,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     let Ok(scan) = scan(req.headers) else {
         return refuse(ctx, None, ErrorCode::BadRequest);
     };
+    let line = Line::of(buf, method, target);
     let request_id = scan
         .request_id
         .and_then(RequestId::from_caller)
@@ -136,6 +183,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             keep_alive,
             request_id,
             route: None,
+            line: Some(line),
             denial: Denial::new(code),
         }))
     };
@@ -171,6 +219,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
                 keep_alive,
                 request_id,
                 route: Some(route),
+                line: Some(line),
                 denial,
             }));
         }
@@ -203,6 +252,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         is_head: method == "HEAD",
         route,
         request_id,
+        line,
     })
 }
 
@@ -217,6 +267,7 @@ fn refuse_id(head_len: Option<usize>, request_id: RequestId, code: ErrorCode) ->
         keep_alive: false,
         request_id,
         route: None,
+        line: None,
         denial: Denial::new(code),
     }))
 }

@@ -45,6 +45,13 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     /// The client connection is TLS.
     pub tls: bool,
+    /// Body bytes taken from the client for the current request (the head is counted apart).
+    pub body_in: u64,
+    /// Bytes written to the client for the current request.
+    pub sent: u64,
+    /// The current request's access-log line while it is answered (empty when the log is off;
+    /// allocated on the first logged request).
+    pub log: Vec<u8>,
 }
 
 impl Conn {
@@ -58,6 +65,9 @@ impl Conn {
             up: None,
             peer,
             tls,
+            body_in: 0,
+            sent: 0,
+            log: Vec::new(),
         }
     }
 }
@@ -83,6 +93,7 @@ where
 {
     c.rout.clear();
     respond::write_error_response(&mut c.rout, denial, request_id, st.opaque, close);
+    c.sent += c.rout.len() as u64;
     if write_client(io, &c.rout, st.client_timeout).await.is_err() {
         return Flow::Close;
     }

@@ -33,8 +33,10 @@ use tokio::sync::watch;
 use crate::autoblock::Autoblock;
 use crate::config::Config;
 use crate::gate::GateFactory;
+use crate::obs::Telemetry;
 use crate::obs::metrics::RequestMetrics;
 
+mod access;
 pub mod affinity;
 pub(crate) mod body;
 mod conn;
@@ -174,20 +176,22 @@ impl Drop for ProxyHandle {
 /// not be started, or that panicked while building its gate.
 pub fn start(cfg: &Config, gates: GateFactory) -> Result<ProxyHandle, ProxyError> {
     let autoblock = Autoblock::new(cfg, cfg.shard_count());
-    start_with(cfg, gates, RequestMetrics::for_config(cfg), autoblock)
+    start_with(cfg, gates, Telemetry::for_config(cfg), autoblock)
 }
 
-/// [`start`] counting into `metrics` (the daemon's, which `/metrics` reads) and reporting key
-/// denials to `autoblock` (the daemon's, which the control plane drains and fills with bans).
+/// [`start`] feeding the daemon's `telemetry`: request metrics (which `/metrics` reads), recent
+/// refusals (which `GET /v1/stats` ranks) and the access log; and reporting key denials to
+/// `autoblock` (the daemon's, which the control plane drains and fills with bans).
 ///
 /// # Errors
 /// As [`start`].
 pub fn start_with(
     cfg: &Config,
     gates: GateFactory,
-    metrics: Arc<RequestMetrics>,
+    telemetry: Telemetry,
     autoblock: Arc<Autoblock>,
 ) -> Result<ProxyHandle, ProxyError> {
+    let metrics = Arc::clone(&telemetry.requests);
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
         (_, true) => None,
@@ -201,12 +205,7 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(
-        cfg,
-        routes,
-        Arc::clone(&metrics),
-        autoblock,
-    ));
+    let settings = Arc::new(settings::Settings::new(cfg, routes, telemetry, autoblock));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -251,18 +250,19 @@ pub fn start_with(
 }
 
 /// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
-/// SIGHUP reloads the TLS certificate.
+/// SIGHUP reloads the TLS certificate and reopens the access log file.
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
 pub fn serve(
     cfg: &Config,
     gates: GateFactory,
-    metrics: Arc<RequestMetrics>,
+    telemetry: Telemetry,
     autoblock: Arc<Autoblock>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let handle = start_with(cfg, gates, metrics, autoblock)?;
+    let reopen = telemetry.access_log.clone();
+    let handle = start_with(cfg, gates, telemetry, autoblock)?;
     tracing::info!(
         http = ?handle.local_addrs(),
         https = ?handle.tls_addrs(),
@@ -280,10 +280,15 @@ pub fn serve(
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match handle.reload_tls() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
-                },
+                _ = hup.recv() => {
+                    if let Some(log) = &reopen {
+                        log.reopen();
+                    }
+                    match handle.reload_tls() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
+                    }
+                }
             }
         }
         Ok::<(), std::io::Error>(())

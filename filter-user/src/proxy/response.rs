@@ -22,6 +22,8 @@ pub(crate) enum RespFraming {
 /// A final response head, rewritten into the output buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RespHead {
+    /// The upstream's status code (passed on to the client).
+    pub status: u16,
     pub head_len: usize,
     pub framing: RespFraming,
     /// The upstream connection may be reused after this response.
@@ -155,6 +157,7 @@ pub(crate) fn process(
     }
     out.extend_from_slice(b"\r\n");
     RespStep::Final(RespHead {
+        status: code,
         head_len,
         framing,
         reusable: !conn_close && framing != RespFraming::UntilClose,

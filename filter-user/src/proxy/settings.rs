@@ -1,6 +1,6 @@
 //! The read-only settings every shard serves with, built once from the [`Config`] at start and
 //! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies, the request metrics and auto-block's hub.
+//! trusted proxies, the request metrics, the rings of recent denials and auto-block's hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,10 @@ use ipnet::IpNet;
 use super::route::RouteTable;
 use crate::autoblock::Autoblock;
 use crate::config::{Config, ErrorDetail};
+use crate::obs::Telemetry;
+use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
+use crate::obs::recent::RecentDenials;
 
 /// Read-only settings shared by every shard.
 #[derive(Debug)]
@@ -24,6 +27,10 @@ pub(crate) struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Every shard's request metrics (each shard writes only its own block).
     pub metrics: Arc<RequestMetrics>,
+    /// The access log, when `log.access_log` is not `"off"`.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Every shard's ring of recent denials (each shard writes only its own).
+    pub denials: Arc<RecentDenials>,
     /// Auto-block: where each shard's failure counter reports, and the bans refused at accept.
     pub autoblock: Arc<Autoblock>,
 }
@@ -32,7 +39,7 @@ impl Settings {
     pub fn new(
         cfg: &Config,
         routes: Arc<RouteTable>,
-        metrics: Arc<RequestMetrics>,
+        telemetry: Telemetry,
         autoblock: Arc<Autoblock>,
     ) -> Self {
         Self {
@@ -43,7 +50,9 @@ impl Settings {
             upstream_timeout: cfg.limits.upstream_timeout,
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
-            metrics,
+            metrics: telemetry.requests,
+            denials: telemetry.denials,
+            access_log: telemetry.access_log,
             autoblock,
         }
     }

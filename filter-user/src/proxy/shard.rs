@@ -85,6 +85,9 @@ async fn shard_main(
     if let Some(signal) = signal {
         tokio::task::spawn_local(apply_when_idle(Rc::clone(&shard), signal));
     }
+    if shard.log.is_some() {
+        tokio::task::spawn_local(flush_access_log(Rc::clone(&shard)));
+    }
     let acceptor = tls.map(TlsAcceptor::from);
     for (l, is_tls) in listeners.list {
         match TcpListener::from_std(l) {
@@ -183,6 +186,17 @@ async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Optio
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
+        }
+    }
+}
+
+/// Hands the shard's partial access-log batch to the writer every
+/// [`crate::obs::access_log::FLUSH_EVERY`], so a quiet shard's lines do not wait for a full one.
+async fn flush_access_log(shard: Rc<ShardState>) {
+    loop {
+        tokio::time::sleep(crate::obs::access_log::FLUSH_EVERY).await;
+        if let Some(log) = &shard.log {
+            log.borrow_mut().flush();
         }
     }
 }

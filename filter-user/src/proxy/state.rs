@@ -1,9 +1,10 @@
 //! A shard's own state, shared by its connection tasks on its one thread: the settings, its
-//! gate, request-id maker, upstream pool, metrics and auto-block failure counter, and the drain
-//! flag. `RefCell`/`Cell` only — nothing
-//! here crosses threads, and nothing is borrowed across an `.await`.
+//! gate, request-id maker, upstream pool, metrics, recent denials and auto-block failure
+//! counter, and the drain flag. `RefCell`/`Cell` only — nothing here crosses threads, and
+//! nothing is borrowed across an `.await`.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -12,8 +13,10 @@ use super::reqid::IdGen;
 use super::settings::Settings;
 use super::upstream::Pool;
 use crate::autoblock::ShardFailures;
-use crate::gate::Gate;
+use crate::gate::{Denial, Gate};
+use crate::obs::access_log::ShardLog;
 use crate::obs::metrics::ShardMetrics;
+use crate::obs::recent::ShardDenials;
 
 /// A shard's own state, shared by its tasks on its one thread.
 pub(crate) struct ShardState {
@@ -29,6 +32,12 @@ pub(crate) struct ShardState {
     pub active: Cell<usize>,
     /// This shard's request metrics (it is their only writer).
     pub metrics: Arc<ShardMetrics>,
+    /// This shard's side of the access log, when it is on.
+    pub log: Option<RefCell<ShardLog>>,
+    /// The shard's number.
+    pub n: usize,
+    /// This shard's recent denials (it is their only writer).
+    pub denials: Arc<ShardDenials>,
     /// This shard's auto-block failure counter (and its check of the bans at accept).
     pub failures: ShardFailures,
 }
@@ -39,6 +48,12 @@ impl ShardState {
         let upstreams = settings.routes.upstreams.len();
         Self {
             metrics: settings.metrics.shard(n),
+            log: settings
+                .access_log
+                .as_ref()
+                .map(|l| RefCell::new(l.shard(n))),
+            n,
+            denials: settings.denials.shard(n),
             failures: settings.autoblock.shard(),
             settings,
             gate: RefCell::new(gate),
@@ -48,5 +63,13 @@ impl ShardState {
             notify: Notify::new(),
             active: Cell::new(0),
         }
+    }
+
+    /// Records a refusal answered to `source` in this shard's recent denials (`edgefilter
+    /// stats`' top denied key ids and sources): its code and public key id, never the key.
+    #[inline]
+    pub fn record_denial(&self, denial: &Denial, source: IpAddr) {
+        self.denials
+            .record(denial.code, denial.key_id.as_deref(), source);
     }
 }

@@ -165,6 +165,23 @@ impl AdminOps for Fake {
             "action": "key.revoke", "object": "key_0123456789ab", "result": "ok", "host": "edge-1"}]);
         self.answer(format!("audit {:?} {:?}", q.since, q.limit), v)
     }
+    fn stats(&self) -> OpFuture<'_> {
+        let v = json!({
+            "at": "2026-11-28T00:00:00Z",
+            "requests": [{"route": "/v1/", "code": "OK", "count": 3},
+                {"route": "(none)", "code": "NO_ROUTE", "count": 1}],
+            "upstream_errors": [{"route": "/v1/", "class": "connect", "count": 1}],
+            "xdp": [{"action": "drop", "reason": "not_allowlisted", "packets": 12}],
+            "propagation": {"samples": 2, "p99_seconds": 0.00005, "p99_beyond_buckets": false},
+            "store": {"kind": "sqlite", "revision": 7, "lag_seconds": null},
+            "bans": [],
+            "denials": {"window_seconds": 60, "counted": 2, "complete": true,
+                "top_keys": [{"key_id": "key_0123456789ab", "count": 1, "codes": {"KEY_REVOKED": 1}}],
+                "top_sources": [{"source": "198.18.0.1", "count": 2,
+                    "codes": {"KEY_REVOKED": 1, "MALFORMED_KEY": 1}}]}
+        });
+        self.answer("stats".into(), v)
+    }
     fn metrics(&self) -> String {
         "# edgefilter metrics are wired in a later issue\n".into()
     }
@@ -276,7 +293,7 @@ fn every_documented_endpoint_answers_as_documented() {
     run.ready.set_store(true);
     run.ready.set_shards(true);
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 20, "SPEC §7 has 20 operations so far: {ops:?}");
+    assert_eq!(ops.len(), 21, "SPEC §7 has 21 operations so far: {ops:?}");
     for (path, method) in &ops {
         let body = sample_body(path, method);
         let before = run.fake.calls().len();
@@ -312,6 +329,7 @@ fn every_documented_endpoint_answers_as_documented() {
         "denylist_remove fd00:ef::/64",
         "explain Some(198.18.0.1)",
         "audit None None",
+        "stats",
     ] {
         assert!(calls.iter().any(|c| c == want), "{want} not in {calls:?}");
     }

@@ -1,6 +1,6 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
-//! through the real daemon, durability across `kill -9`, revocation under load, and auto-block
-//! with the denylist without XDP.
+//! through the real daemon, durability across `kill -9`, revocation under load, `stats`, and
+//! auto-block with the denylist without XDP.
 
 #[allow(
     dead_code,
@@ -15,3 +15,4 @@ mod denylist;
 mod durability;
 mod metrics;
 mod revoke_load;
+mod stats;

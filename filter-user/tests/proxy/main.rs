@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod access_log;
 mod alloc;
 mod drain;
 mod e2e_codes;

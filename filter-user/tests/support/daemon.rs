@@ -127,6 +127,11 @@ token_file = "var/admin.token"
         self.dir.path().join("pins")
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Process::id)
+    }
+
     /// The admin token (created by the daemon on first start).
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("var/admin.token"))

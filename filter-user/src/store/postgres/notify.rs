@@ -119,6 +119,12 @@ impl ChangeNotifier {
         self.status.lag()
     }
 
+    /// The listener's progress, to read its lag from another thread (`edgefilter stats`).
+    #[must_use]
+    pub fn status(&self) -> FollowerStatus {
+        self.status.clone()
+    }
+
     /// Whether the listener is connected right now.
     #[must_use]
     pub fn connected(&self) -> bool {
