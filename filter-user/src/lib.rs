@@ -10,7 +10,7 @@
 //! `use crate::` path in `src/` and fails on an edge against this order.
 //!
 //! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
-//! 2. [`obs`] — logging (metrics and the access log join it)
+//! 2. [`obs`] — logging, per-shard request metrics and recent denials, the access log
 //! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
 //! 4. [`fanout`], [`autoblock`] — the lock-free change fan-out from one writer to every shard;
 //!    auto-block's per-shard failure counts and the ban snapshot the shards read
