@@ -1,5 +1,6 @@
 //! Builds: the XDP object (nightly, `bpfel-unknown-none`), the release binary, and the tests.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -48,7 +49,7 @@ const TEST_FEATURES: &str = "filter-user/fuzzing";
 
 /// Checks formatting, the dependency policy and lints, then runs every test. Privileged test
 /// binaries serialise their own tests.
-pub fn test(tools: &Tools, extra: &[String]) -> Result<()> {
+pub fn test(deny: &Path, extra: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
         .args(["fmt", "--all", "--check"]))
@@ -56,7 +57,7 @@ pub fn test(tools: &Tools, extra: &[String]) -> Result<()> {
     // `advisories` needs the RustSec database from the network; licenses, bans and sources are
     // checked offline against deny.toml. Errors only: the duplicate-version warnings are long
     // trees (`cargo deny check bans` shows them).
-    run(Command::new(tools.bin_dir.join("cargo-deny"))
+    run(Command::new(deny)
         .current_dir(root())
         .args(["--all-features", "--log-level", "error", "check"])
         .args(["bans", "licenses", "sources"]))

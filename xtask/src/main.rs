@@ -74,9 +74,9 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             let tools = setup::run()?;
-            setup::cargo_deny(&tools)?;
+            let deny = setup::cargo_deny()?;
             build::ebpf(&tools)?;
-            build::test(&tools, &args)
+            build::test(&deny, &args)
         }
         Cmd::Bench(args) => {
             let tools = setup::run()?;

@@ -58,21 +58,28 @@ pub fn run() -> Result<Tools> {
     Ok(Tools { bin_dir })
 }
 
-/// Installs cargo-deny into `target/tools/bin` unless that release is there.
-pub fn cargo_deny(tools: &Tools) -> Result<()> {
-    let bin = tools.bin_dir.join("cargo-deny");
-    let current = Command::new(&bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION));
-    if current {
-        return Ok(());
+/// The cargo-deny binary of the pinned release: cargo's own bin directory (`$CARGO_HOME/bin`,
+/// kept across checkouts, so a fresh clone on the same machine does not build it again), else
+/// installed there once (a few minutes).
+pub fn cargo_deny() -> Result<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set: cannot place cargo-deny")?;
+    let bin = cargo_home.join("bin/cargo-deny");
+    let current = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION))
+    };
+    if current(&bin) {
+        return Ok(bin);
     }
-    eprintln!("xtask: installing cargo-deny {CARGO_DENY_VERSION} (a few minutes, once)");
-    let root_dir = tools
-        .bin_dir
-        .parent()
-        .context("the tools directory has no parent")?;
+    eprintln!(
+        "xtask: installing cargo-deny {CARGO_DENY_VERSION} into {} (a few minutes, once)",
+        cargo_home.display()
+    );
     run_cmd(
         Command::new("cargo")
             .args([
@@ -81,9 +88,10 @@ pub fn cargo_deny(tools: &Tools) -> Result<()> {
                 "--locked",
                 "--root",
             ])
-            .arg(root_dir),
+            .arg(&cargo_home),
     )
-    .context("installing cargo-deny (needs crates.io)")
+    .context("installing cargo-deny (needs crates.io)")?;
+    Ok(bin)
 }
 
 /// bpf-linker loads the nightly's libLLVM at run time (rustc provides it when it calls the linker).
