@@ -296,11 +296,8 @@ where
     S: AsyncWrite + Unpin,
 {
     Outcome {
-        flow: refuse_code(c, io, st, code, request_id, close).await,
         upstream_error: Some(error),
-        answered: Some(code),
-        status: None,
-        upstream_took: None,
+        ..refused(c, io, st, code, request_id, close).await
     }
 }
 
