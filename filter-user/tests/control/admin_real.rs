@@ -273,15 +273,6 @@ fn allow_commands_go_through_the_running_daemon() {
     assert_eq!(mine, [row("allow.add", "203.0.113.0/24", "ok")]);
 }
 
-/// `cli:` and the name of the user running the tests, as the CLI names itself.
-fn me() -> String {
-    let uid = nix::unistd::geteuid();
-    let name = nix::unistd::User::from_uid(uid)
-        .unwrap()
-        .map_or_else(|| format!("uid-{uid}"), |u| u.name);
-    format!("cli:{name}")
-}
-
 /// Every change through the daemon, the CLI's and the admin API's own, made or refused, is in
 /// the audit trail exactly once: made by the token's holder at the caller's address (for the
 /// CLI's local user), naming a key by its id, never by the key. `GET /v1/audit` matches the
@@ -336,7 +327,10 @@ fn every_change_through_the_daemon_is_audited_once() {
     let (s, trail) = d.admin_call("GET", "/v1/audit", Some(&token), None);
     assert_eq!(s, 200, "{trail}");
     assert_documented(&doc, "/v1/audit", "get", s, &trail);
-    let cli_for = format!("admin@127.0.0.1 for {}", me());
+    let cli_for = format!(
+        "admin@127.0.0.1 for {}",
+        crate::support::daemon::cli_actor()
+    );
     let (c, a) = (cli_for.as_str(), "admin@127.0.0.1");
     let rows: Vec<(&str, &str, &str, &str)> = trail
         .as_array()

@@ -363,15 +363,6 @@ fn rotate_suspend_activate_delete() {
     assert_eq!(states, ["in_grace", "rotated", "active", "deleted"]);
 }
 
-/// `cli:` and the name of the user running the tests, as the CLI records itself.
-fn me() -> String {
-    let uid = nix::unistd::geteuid();
-    let name = nix::unistd::User::from_uid(uid)
-        .unwrap()
-        .map_or_else(|| format!("uid-{uid}"), |u| u.name);
-    format!("cli:{name}")
-}
-
 /// Every change the CLI makes without a daemon is in the audit trail once, with the local user,
 /// the action, the key's id (never the key) and how it ended; `audit` reads it back as columns
 /// or JSON, filtered by `--since`, cut by `--limit`, never printing a key or a control byte.
@@ -417,7 +408,7 @@ fn every_change_without_a_daemon_is_in_the_audit_trail() {
     assert_eq!(rc, 0, "{text}");
     let trail: Value = serde_json::from_str(&text).unwrap();
     let trail = trail.as_array().unwrap();
-    let me = me();
+    let me = crate::support::daemon::cli_actor();
     let sudo = if me == "cli:sudoer" {
         me.clone()
     } else {

@@ -371,3 +371,13 @@ impl KeepAlive {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `cli:` and the name of the user running the tests: the actor the CLI records in the audit
+/// trail for a change it makes itself.
+pub fn cli_actor() -> String {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .unwrap()
+        .map_or_else(|| format!("uid-{uid}"), |u| u.name);
+    format!("cli:{name}")
+}
