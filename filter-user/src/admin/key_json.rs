@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::rules::key_state;
 use crate::store::timefmt::rfc3339;
-use crate::store::{CreatedKey, KeyStatus, KeyView, UserStatus};
+use crate::store::{CreatedKey, KeyView};
 
 /// A key as the admin API and `--json` show it; never its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,28 +106,6 @@ impl std::fmt::Debug for CreatedKeyJson {
             .field("key", &"<redacted>")
             .field("revision", &self.revision)
             .finish()
-    }
-}
-
-/// What the key amounts to now: revoked, rotated, expired, the user's inactive status,
-/// not yet valid, in its rotation grace, or else its stored status.
-#[must_use]
-pub fn key_state(v: &KeyView, now: i64) -> &'static str {
-    let k = &v.key;
-    if k.status == KeyStatus::Revoked {
-        "revoked"
-    } else if k.grace_until.is_some_and(|g| now >= g) {
-        "rotated"
-    } else if k.expires_at.is_some_and(|e| now >= e) {
-        "expired"
-    } else if v.user.status != UserStatus::Active {
-        v.user.status.as_str()
-    } else if k.not_before.is_some_and(|nb| now < nb) {
-        "not_yet_valid"
-    } else if k.grace_until.is_some() {
-        "in_grace"
-    } else {
-        k.status.as_str()
     }
 }
 

@@ -13,10 +13,11 @@ pub mod server;
 pub mod stats_json;
 pub mod token;
 
+pub use crate::store::rules::key_state;
 pub use audit_json::AuditJson;
 pub use ban_json::BanJson;
 pub use client::{AdminClient, ClientError};
-pub use key_json::{CreatedKeyJson, KeyJson, key_state};
+pub use key_json::{CreatedKeyJson, KeyJson};
 pub use ops::{
     ACTOR_HEADER, AdminOps, AllowlistRequest, ApiError, AuditQuery, CreateKeyRequest,
     DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,

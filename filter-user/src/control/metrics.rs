@@ -1,9 +1,10 @@
 //! `/metrics`: the families of SPEC §8 the daemon keeps, encoded with `prometheus-client` at
 //! each scrape from their sources: the shards' request counters, the propagation histogram,
-//! the XDP program's per-CPU counters (summed here), the store revision and the number of
-//! bans in force. Nothing here is on the request path.
+//! the XDP program's per-CPU counters (summed here), the store revision and lag, the keys per
+//! state and the number of bans in force. Nothing here is on the request path.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use filter_common::xdp::{Action, Reason};
 use prometheus_client::collector::Collector;
@@ -15,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::fanout::Propagation;
 use crate::obs::metrics::{RequestMetrics, Shared};
+use crate::store::rules::KEY_STATES;
 use crate::xdp::{PinDir, open_pinned};
 
 /// What a scrape reads; each source is shared with its one writer.
@@ -32,6 +34,10 @@ pub struct Sources {
     pub autoblocked_sources: u64,
     /// Access-log lines dropped because the writer fell behind (`None`: the log is off).
     pub access_log_dropped: Option<u64>,
+    /// Keys per state (`None`: the store has not answered yet).
+    pub keys: Option<Vec<(String, u64)>>,
+    /// Time since the store was last heard from (`None`: not known yet).
+    pub store_lag: Option<Duration>,
 }
 
 /// The exposition (Prometheus text, OpenMetrics flavour) of every source.
@@ -43,6 +49,12 @@ pub fn render(src: &Sources) -> String {
     }
     reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
     reg.register_collector(Box::new(StoreCollector(src.revision)));
+    if let Some(lag) = src.store_lag {
+        reg.register_collector(Box::new(LagCollector(lag)));
+    }
+    if let Some(keys) = &src.keys {
+        reg.register_collector(Box::new(KeysCollector(keys.clone())));
+    }
     reg.register_collector(Box::new(BansCollector(src.autoblocked_sources)));
     if let Some(n) = src.access_log_dropped {
         reg.register_collector(Box::new(DroppedCollector(n)));
@@ -87,6 +99,55 @@ impl Collector for StoreCollector {
             g.metric_type(),
         )?;
         g.encode(m)
+    }
+}
+
+#[derive(Debug)]
+struct LagCollector(Duration);
+
+impl Collector for LagCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let g = ConstGauge::new(self.0.as_secs_f64());
+        let m = encoder.encode_descriptor(
+            "edgefilter_store_lag_seconds",
+            "Time since the store was last heard from (0 for the embedded store).",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)
+    }
+}
+
+/// `edgefilter_keys{status}`: every state of [`KEY_STATES`] (0 when no key is in it), then any
+/// other the store reported.
+#[derive(Debug)]
+struct KeysCollector(Vec<(String, u64)>);
+
+impl Collector for KeysCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "edgefilter_keys",
+            "Keys in the store by what they amount to now (active, pending, expired, ...).",
+            None,
+            MetricType::Gauge,
+        )?;
+        let count = |state: &str| {
+            self.0
+                .iter()
+                .filter(|(s, _)| s == state)
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
+        let others = self
+            .0
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .filter(|s| !KEY_STATES.contains(s));
+        for state in KEY_STATES.into_iter().chain(others) {
+            let n = i64::try_from(count(state)).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(family.encode_family(&[("status", state)])?)?;
+        }
+        Ok(())
     }
 }
 

@@ -73,6 +73,19 @@ pub struct ControlPlane {
     denials: OnceLock<Arc<RecentDenials>>,
     /// Fleet mode: the change listener's progress, for the store lag.
     listener: OnceLock<FollowerStatus>,
+    /// The last count of keys per state (`edgefilter_keys`).
+    key_counts: Mutex<Option<KeyCount>>,
+}
+
+/// How long a count of keys per state serves scrapes before the store is asked again (keys
+/// expire and become valid without a change).
+const KEY_COUNT_TTL: Duration = Duration::from_secs(10);
+
+/// Keys per state, when they were counted and at which revision.
+struct KeyCount {
+    at: Instant,
+    revision: u64,
+    states: Vec<(String, u64)>,
 }
 
 impl ControlPlane {
@@ -95,6 +108,7 @@ impl ControlPlane {
             access_log: OnceLock::new(),
             denials: OnceLock::new(),
             listener: OnceLock::new(),
+            key_counts: Mutex::new(None),
         })
     }
 
@@ -178,6 +192,50 @@ impl ControlPlane {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Counts keys per state in the store when there is no count yet, the revision moved
+    /// since, or (`on_time`) the count is older than [`KEY_COUNT_TTL`]. The watcher calls it
+    /// with `on_time` after each successful poll; a scrape without, so a scrape never waits for
+    /// a store that has not changed (e.g. one that is unreachable). While the store cannot
+    /// answer, the last count stays (fail-static).
+    fn recount_keys(&self, on_time: bool) {
+        let revision = self.lock().keys.published();
+        let fresh = self
+            .key_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| {
+                c.revision == revision && !(on_time && c.at.elapsed() >= KEY_COUNT_TTL)
+            });
+        if fresh {
+            return;
+        }
+        match self.lock().store.count_key_states(store::unix_now()) {
+            Ok(states) => {
+                *self
+                    .key_counts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(KeyCount {
+                    at: Instant::now(),
+                    revision,
+                    states,
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "counting keys per state failed"),
+        }
+    }
+
+    /// Keys per state for a scrape: recounted first when the revision moved (a change shows at
+    /// once), else the last count.
+    fn key_counts(&self) -> Option<Vec<(String, u64)>> {
+        self.recount_keys(false);
+        self.key_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|c| c.states.clone())
+    }
+
     /// Publishes whatever the store holds beyond the last published revision (changes made by
     /// other processes); returns the revision to wait for.
     ///
@@ -245,8 +303,9 @@ impl ControlPlane {
             .name("store-watch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    if let Err(e) = me.sync() {
-                        tracing::warn!(error = %e, "key store poll failed; shards keep their last state");
+                    match me.sync() {
+                        Ok(_) => me.recount_keys(true),
+                        Err(e) => tracing::warn!(error = %e, "key store poll failed; shards keep their last state"),
                     }
                     match &wake {
                         Some(n) => {
@@ -723,6 +782,12 @@ impl AdminOps for ControlPlane {
             (g.keys.published(), g.bans.count())
         };
         super::metrics::render(&super::metrics::Sources {
+            keys: self.key_counts(),
+            store_lag: match self.cfg.store.kind {
+                // A local store is never behind.
+                StoreKind::Sqlite => Some(Duration::ZERO),
+                StoreKind::Postgres => self.listener.get().map(FollowerStatus::lag),
+            },
             requests: self.requests.get().cloned(),
             propagation: Arc::clone(&self.propagation),
             xdp: self.xdp.get().cloned(),

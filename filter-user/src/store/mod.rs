@@ -154,6 +154,13 @@ pub trait KeyStore: Send {
         key: &mut dyn FnMut(&KeyRecord, i64),
     ) -> Result<u64>;
 
+    /// How many keys are in each [`rules::key_state`] at `now` (`edgefilter_keys{status}`),
+    /// counted by the database; states with no key are left out.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn count_key_states(&self, now: i64) -> Result<Vec<(String, u64)>>;
+
     /// A user by name.
     ///
     /// # Errors

@@ -133,3 +133,64 @@ pub fn no_such_key(key: KeyRef<'_>) -> StoreError {
         KeyRef::Hash(_) => "matching the given key".to_owned(),
     })
 }
+
+/// Every state [`key_state`] can answer, in the order `edgefilter_keys{status}` lists them.
+pub const KEY_STATES: [&str; 9] = [
+    "active",
+    "pending",
+    "in_grace",
+    "not_yet_valid",
+    "expired",
+    "rotated",
+    "revoked",
+    "suspended",
+    "deleted",
+];
+
+/// What the key amounts to now: revoked, rotated, expired, the user's inactive status,
+/// not yet valid, in its rotation grace, or else its stored status.
+/// [`key_state_sql`] is the same rule for a database to count with.
+#[must_use]
+pub fn key_state(v: &KeyView, now: i64) -> &'static str {
+    let k = &v.key;
+    if k.status == KeyStatus::Revoked {
+        "revoked"
+    } else if k.grace_until.is_some_and(|g| now >= g) {
+        "rotated"
+    } else if k.expires_at.is_some_and(|e| now >= e) {
+        "expired"
+    } else if v.user.status != UserStatus::Active {
+        v.user.status.as_str()
+    } else if k.not_before.is_some_and(|nb| now < nb) {
+        "not_yet_valid"
+    } else if k.grace_until.is_some() {
+        "in_grace"
+    } else {
+        k.status.as_str()
+    }
+}
+
+/// [`key_state`] as an SQL expression over `keys k JOIN users u` at `now` (unix seconds), in
+/// the SQL that SQLite and PostgreSQL share; a store counts keys per state with it
+/// (`edgefilter_keys{status}`) without reading every row out.
+#[must_use]
+pub fn key_state_sql(now: i64) -> String {
+    format!(
+        "CASE WHEN k.status = 'revoked' THEN 'revoked' \
+         WHEN k.grace_until IS NOT NULL AND k.grace_until <= {now} THEN 'rotated' \
+         WHEN k.expires_at IS NOT NULL AND k.expires_at <= {now} THEN 'expired' \
+         WHEN u.status <> 'active' THEN u.status \
+         WHEN k.not_before IS NOT NULL AND k.not_before > {now} THEN 'not_yet_valid' \
+         WHEN k.grace_until IS NOT NULL THEN 'in_grace' \
+         ELSE k.status END"
+    )
+}
+
+/// The query that counts keys per state at `now`: rows of (state, count).
+#[must_use]
+pub fn count_key_states_sql(now: i64) -> String {
+    format!(
+        "SELECT {} AS state, count(*) FROM keys k JOIN users u ON u.id = k.user_id GROUP BY state",
+        key_state_sql(now)
+    )
+}

@@ -84,9 +84,19 @@ upstream = "http://{down}"
     assert_eq!(c.get("/nowhere", &key).unwrap().status, 404);
     assert_eq!(c.get("/down/x", &key).unwrap().status, 502);
 
-    let (s, body) = d.admin_call("GET", "/metrics", None, None);
-    assert_eq!(s, 200);
-    let text = body.as_str().unwrap_or_default().to_owned();
+    // A shard counts an answer just after writing it: scrape until all six are in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let (s, body) = d.admin_call("GET", "/metrics", None, None);
+        assert_eq!(s, 200);
+        let text = body.as_str().unwrap_or_default().to_owned();
+        if text.contains("edgefilter_request_duration_seconds_count 6")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(!text.contains(&key[8..]), "a key in /metrics");
     let Some(m) = parse(&text) else {
         assert!(
@@ -133,5 +143,12 @@ upstream = "http://{down}"
     assert!(
         get("edgefilter_store_revision{}") >= 1.0,
         "a key was created"
+    );
+    assert_eq!(get(r#"edgefilter_keys{status="active"}"#), 1.0);
+    assert_eq!(get(r#"edgefilter_keys{status="revoked"}"#), 0.0);
+    assert_eq!(
+        get("edgefilter_store_lag_seconds{}"),
+        0.0,
+        "SQLite is never behind"
     );
 }

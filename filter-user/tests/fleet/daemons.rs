@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use edgefilter::store::postgres::PgKeyStore;
 use edgefilter::store::{KeyRef, KeyStore, NewKey};
 
-use crate::support::daemon::Process;
+use crate::support::daemon::{Process, raw_http};
 use crate::support::pg::{PgFixture, PgLink};
 use crate::support::ports::free_addr;
 use crate::support::upstream;
@@ -22,6 +22,7 @@ use crate::support::upstream;
 struct Host {
     conf: PathBuf,
     http: SocketAddr,
+    admin: SocketAddr,
 }
 
 fn host(dir: &Path, name: &str, url: &str, upstream: SocketAddr) -> Host {
@@ -39,7 +40,7 @@ fn host(dir: &Path, name: &str, url: &str, upstream: SocketAddr) -> Host {
         ),
     )
     .unwrap();
-    Host { conf, http }
+    Host { conf, http, admin }
 }
 
 fn start(h: &Host) -> Process {
@@ -63,13 +64,15 @@ fn start(h: &Host) -> Process {
 }
 
 fn cli(h: &Host, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+    let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .arg("--config")
         .arg(&h.conf)
         .args(args)
         .env_remove("EDGEFILTER_CONFIG")
         .output()
-        .unwrap()
+        .unwrap();
+    crate::support::leaks::scan_cli(args, &out);
+    out
 }
 
 /// `keys create` through the CLI; returns (id, key).
@@ -89,6 +92,16 @@ fn create(h: &Host, user: &str) -> (String, String) {
 }
 
 /// One request with `key` through host `h`: (status, body).
+/// One sample of `/metrics` (a family without labels, or `name{labels}` exactly).
+fn metric(h: &Host, sample: &str) -> f64 {
+    let (status, body) = raw_http(h.admin, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
+}
+
 fn call(h: &Host, key: &str) -> (u16, String) {
     let mut s = TcpStream::connect(h.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -228,6 +241,12 @@ fn two_daemons_share_one_postgres_and_no_revocation_is_lost() {
         pct(&two, 99)
     );
 
+    // Connected: the store lag stays near one heartbeat.
+    let lag = metric(&h1, "edgefilter_store_lag_seconds");
+    assert!(lag < 3.0, "connected, lag {lag}");
+    let active = metric(&h1, r#"edgefilter_keys{status="active"}"#);
+    assert!(active >= 1.0, "keys counted: {active}");
+
     // PostgreSQL down: both hosts keep serving known keys; a revoke fails cleanly.
     fx.stop();
     let t = Instant::now();
@@ -247,6 +266,14 @@ fn two_daemons_share_one_postgres_and_no_revocation_is_lost() {
         err.trim()
     );
     assert_eq!(o.status.code(), Some(1), "{err}");
+    // The lag grows while the database is away; the key counts stay (fail-static).
+    let lag = metric(&h1, "edgefilter_store_lag_seconds");
+    assert!(lag >= 0.8, "lag {lag} during the outage");
+    assert_eq!(
+        metric(&h1, r#"edgefilter_keys{status="active"}"#),
+        active,
+        "the last count while the store is away"
+    );
     // Direct store write today; through the daemon's admin API (503 STORE_UNAVAILABLE) later.
     assert!(
         err.contains("unreachable") || err.contains("STORE_UNAVAILABLE"),

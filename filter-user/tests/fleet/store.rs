@@ -5,6 +5,7 @@
 //! audit trail the same way: each change made as an actor recorded once in its transaction,
 //! refusals after, `since` and `limit`, never a key; and an older database upgraded in place.
 //! The denylist the same way: bans as changes, read back after a revision, lifted, purged.
+//! Keys counted per state by the database agree with the rule applied to each key.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use edgefilter::store::{
 };
 
 use crate::support::pg::PgFixture;
+use edgefilter::store::rules::{KEY_STATES, key_state};
 
 fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
     let key = NewKey::new(tenant, user, "live")
@@ -650,4 +652,71 @@ fn postgres_keeps_a_denylist() {
     };
     let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
     keeps_a_denylist(&mut st);
+}
+
+/// One key in every state `key_state` knows; the database's count per state
+/// (`edgefilter_keys{status}`) must match the rule applied key by key, at two instants.
+fn counts_keys_per_state(st: &mut dyn KeyStore) {
+    let k = |user: &str| NewKey::new("acme", user, "live");
+    let made = st
+        .create_keys(
+            &[
+                k("active"),
+                k("pending").pending(),
+                k("early").with_not_before(5_000),
+                k("old").with_expiry(150),
+                k("gone"),
+                k("rotating"),
+                k("rotated"),
+                k("paused"),
+                k("erased"),
+            ],
+            100,
+        )
+        .unwrap();
+    let id = |i: usize| made[i].view.key.id.clone();
+    st.revoke(KeyRef::Id(&id(4)), 110).unwrap();
+    st.rotate(KeyRef::Id(&id(5)), Duration::from_secs(10_000), 110)
+        .unwrap();
+    st.rotate(KeyRef::Id(&id(6)), Duration::from_secs(10), 110)
+        .unwrap();
+    st.set_user_status("paused", UserStatus::Suspended, 110)
+        .unwrap();
+    st.set_user_status("erased", UserStatus::Deleted, 110)
+        .unwrap();
+
+    for now in [200, 6_000] {
+        let mut by_rule = std::collections::BTreeMap::<String, u64>::new();
+        for v in st.list_keys(None).unwrap() {
+            *by_rule.entry(key_state(&v, now).to_owned()).or_default() += 1;
+        }
+        let by_db: std::collections::BTreeMap<String, u64> =
+            st.count_key_states(now).unwrap().into_iter().collect();
+        assert_eq!(by_db, by_rule, "at {now}");
+        assert!(by_db.keys().all(|s| KEY_STATES.contains(&s.as_str())));
+        if now == 200 {
+            for state in KEY_STATES {
+                assert!(
+                    by_db.contains_key(state),
+                    "no key {state} at {now}: {by_db:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sqlite_counts_keys_per_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    counts_keys_per_state(&mut st);
+}
+
+#[test]
+fn postgres_counts_keys_per_state() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    counts_keys_per_state(&mut st);
 }

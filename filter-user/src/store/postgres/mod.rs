@@ -359,6 +359,23 @@ impl KeyStore for PgKeyStore {
             .retrying(|c| async move { Ok(current_revision(&*c).await?) })
     }
 
+    fn count_key_states(&self, now: i64) -> Result<Vec<(String, u64)>> {
+        let sql = rules::count_key_states_sql(now);
+        self.conn.retrying(|c| {
+            let sql = sql.clone();
+            async move {
+                let rows = c.query(sql.as_str(), &[]).await.map_err(pg)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let n: i64 = r.get(1);
+                        (r.get::<_, String>(0), u64::try_from(n).unwrap_or(0))
+                    })
+                    .collect())
+            }
+        })
+    }
+
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
         let rows = self.conn.retrying(|c| async move {
             let mut out = Vec::new();

@@ -414,6 +414,19 @@ impl KeyStore for SqliteStore {
         read_revision(&self.conn)
     }
 
+    fn count_key_states(&self, now: i64) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare(&super::rules::count_key_states_sql(now))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            out.push((state, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT revision, at, kind, subject FROM changes WHERE revision > ?1 ORDER BY revision",
