@@ -72,9 +72,42 @@ pub fn test(deny: &Path, extra: &[String]) -> Result<()> {
         "warnings",
     ]))
     .context("clippy")?;
+    // Every daemon log, admin response and CLI output the tests see is scanned for keys; the
+    // scans are counted in this ledger, summed after the suite.
+    let ledger = root().join("target").join("leak-scan.tsv");
+    let _ = std::fs::remove_file(&ledger);
     run(Command::new("cargo")
         .current_dir(root())
+        .env("EDGEFILTER_LEAK_LEDGER", &ledger)
         .args(["test", "--features", TEST_FEATURES])
         .args(extra))
-    .context("tests")
+    .context("tests")?;
+    leak_summary(&ledger, extra.is_empty())
+}
+
+/// Prints what the key-leak scan covered (each scan that found a key already failed its test);
+/// a whole-suite run that scanned nothing means the scan is not wired in, and fails.
+fn leak_summary(ledger: &Path, whole_suite: bool) -> Result<()> {
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    let mut kinds: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for line in text.lines() {
+        if let Some((kind, bytes)) = line.split_once('\t') {
+            let e = kinds.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += bytes.parse::<u64>().unwrap_or(0);
+        }
+    }
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(k, (n, b))| format!("{n} {k} ({b} bytes)"))
+        .collect();
+    println!("key-leak scan: no key found in {}", parts.join(", "));
+    if whole_suite
+        && !["daemon_log", "admin_response", "cli_output"]
+            .iter()
+            .all(|k| kinds.contains_key(k))
+    {
+        anyhow::bail!("the key-leak scan saw no daemon log, admin response or CLI output");
+    }
+    Ok(())
 }

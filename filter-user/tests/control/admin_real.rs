@@ -137,14 +137,16 @@ fn allow_commands_go_through_the_running_daemon() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .arg("--config")
             .arg(&other)
             .args(args)
             .env_remove("EDGEFILTER_CONFIG")
             .env(edgefilter::xdp::PIN_DIR_ENV, &pins)
             .output()
-            .unwrap()
+            .unwrap();
+        crate::support::leaks::scan_cli(args, &out);
+        out
     };
     let ok = |args: &[&str]| {
         let o = cli(args);

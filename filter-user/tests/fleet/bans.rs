@@ -73,14 +73,16 @@ impl Host {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .arg("--config")
             .arg(&self.conf)
             .args(args)
             .env_remove("EDGEFILTER_CONFIG")
             .env("EDGEFILTER_BPF_PIN_DIR", self.dir.join("no-pins"))
             .output()
-            .unwrap()
+            .unwrap();
+        crate::support::leaks::scan_cli(args, &out);
+        out
     }
 
     /// The sources on this host's denylist (`GET /v1/denylist`), with their reason and host.

@@ -41,7 +41,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .arg("--config")
             .arg(self.config())
             .args(args)
@@ -49,7 +49,9 @@ impl Env {
             .env_remove("SUDO_USER")
             .env(edgefilter::xdp::PIN_DIR_ENV, self.dir.path().join("pins"))
             .output()
-            .unwrap()
+            .unwrap();
+        crate::support::leaks::scan_cli(args, &out);
+        out
     }
 
     /// Runs and returns (exit code, stdout + stderr), asserting no known key is in the output

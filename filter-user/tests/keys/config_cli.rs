@@ -15,6 +15,7 @@ fn check_config(text: &str) -> (i32, String, String) {
         .arg(&path)
         .output()
         .expect("run edgefilter");
+    crate::support::leaks::scan_cli(&["check-config"], &out);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -107,6 +107,7 @@ fn daemon_drains_on_sigterm_and_reloads_tls_on_sighup() {
         .arg(&conf)
         .output()
         .unwrap();
+    crate::support::leaks::scan_cli(&["keys", "create"], &created);
     assert!(
         created.status.success(),
         "{}",

@@ -5,40 +5,78 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefilter::xdp::PIN_DIR_ENV;
 use serde_json::Value;
 
+use super::leaks;
 use super::ports::free_addr;
 
 /// A child process (the daemon) that is killed (SIGKILL) and reaped when dropped, so a failing
-/// test never leaves one behind.
-pub struct Process(Child);
+/// test never leaves one behind. Its stdout and stderr go to a log file ([`Process::log`]),
+/// scanned for keys ([`leaks`]) when it is dropped.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+    /// The log's own temp dir, when the caller did not choose a path.
+    _dir: Option<tempfile::TempDir>,
+}
 
 impl Process {
-    /// Spawns `cmd`.
+    /// Spawns `cmd` with its output to a log file of its own.
     pub fn spawn(cmd: &mut Command) -> Self {
-        Self(cmd.spawn().expect("spawn edgefilter"))
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("process.log");
+        let mut p = Self::spawn_logging_to(cmd, &log);
+        p._dir = Some(dir);
+        p
+    }
+
+    /// Spawns `cmd` with its stdout and stderr to the file `log` (created or truncated).
+    pub fn spawn_logging_to(cmd: &mut Command, log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn edgefilter");
+        Self {
+            child,
+            log: log.to_owned(),
+            _dir: None,
+        }
     }
 
     /// Its process id (to send it a signal).
     pub fn id(&self) -> u32 {
-        self.0.id()
+        self.child.id()
     }
 
     /// Its exit status if it has exited, without waiting.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.0.try_wait().expect("try_wait")
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// What it has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(bytes) = std::fs::read(&self.log) {
+            leaks::scan(
+                leaks::Kind::DaemonLog,
+                &self.log.display().to_string(),
+                &bytes,
+            );
+        }
     }
 }
 
@@ -50,6 +88,8 @@ pub struct Daemon {
     /// Set in the daemon's environment (not the CLI's), e.g. for `${…}` in the config.
     env: Vec<(String, String)>,
     child: Option<Process>,
+    /// Starts so far (each has its own log file).
+    starts: u32,
 }
 
 /// The tables after the fixed ones in [`Daemon::start`]'s config: live keys, a text log without
@@ -107,6 +147,7 @@ token_file = "var/admin.token"
             admin,
             env: Vec::new(),
             child: None,
+            starts: 0,
         }
     }
 
@@ -143,17 +184,18 @@ token_file = "var/admin.token"
     /// Starts the daemon (first or again) and waits until `/readyz` answers 200.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = Process::spawn(
+        // Each start writes a log of its own, so none is overwritten before it is scanned.
+        self.starts += 1;
+        let log = self.dir.path().join(format!("daemon.{}.log", self.starts));
+        let child = Process::spawn_logging_to(
             Command::new(env!("CARGO_BIN_EXE_edgefilter"))
                 .arg("--config")
                 .arg(self.config())
                 .args(["run", "--no-xdp"])
                 .env_remove("EDGEFILTER_CONFIG")
                 .env(PIN_DIR_ENV, self.pin_dir())
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log)),
+                .envs(self.env.iter().map(|(k, v)| (k, v))),
+            &log,
         );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -178,20 +220,24 @@ token_file = "var/admin.token"
         drop(self.child.take());
     }
 
+    /// The log of the daemon's latest start.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("daemon.{}.log", self.starts)))
+            .unwrap_or_default()
     }
 
     /// Runs the CLI against this daemon's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_edgefilter"))
+        let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .arg("--config")
             .arg(self.config())
             .args(args)
             .env_remove("EDGEFILTER_CONFIG")
             .env(PIN_DIR_ENV, self.pin_dir())
             .output()
-            .unwrap()
+            .unwrap();
+        leaks::scan_cli(args, &out);
+        out
     }
 
     /// Runs the CLI, asserts exit 0, returns stdout.
@@ -240,8 +286,10 @@ token_file = "var/admin.token"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // The process before its directory (fields drop in order, `dir` first).
+        // The process before its directory (fields drop in order, `dir` first); then every
+        // file it left (logs, access logs, the store) is scanned for keys.
         self.kill9();
+        leaks::scan_dir(self.dir.path());
     }
 }
 
@@ -265,6 +313,13 @@ pub fn raw_http(
     s.write_all(payload.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
+    let what = format!("admin {method} {path}");
+    let creates = method == "POST" && (path == "/v1/keys" || path.ends_with("/rotate"));
+    if creates {
+        leaks::scan_created(leaks::Kind::Admin, &what, &raw);
+    } else {
+        leaks::scan(leaks::Kind::Admin, &what, &raw);
+    }
     let text = String::from_utf8_lossy(&raw);
     let status = text
         .get(9..12)

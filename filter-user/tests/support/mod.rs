@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod leaks;
 pub mod netns;
 pub mod openapi;
 pub mod pg;

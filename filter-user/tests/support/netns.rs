@@ -236,14 +236,16 @@ impl Topology {
     /// `nsenter --net` changes the network namespace only (`ip netns exec` would also give the
     /// child a fresh /sys without bpffs, hiding the pins).
     pub fn edgefilter(&self, config: &Path, args: &[&str]) -> Output {
-        Command::new("nsenter")
+        let out = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.server))
             .args(["--", env!("CARGO_BIN_EXE_edgefilter"), "--config"])
             .arg(config)
             .args(args)
             .env("EDGEFILTER_BPF_PIN_DIR", &self.pins)
             .output()
-            .expect("spawning edgefilter")
+            .expect("spawning edgefilter");
+        super::leaks::scan_cli(args, &out);
+        out
     }
 }
 

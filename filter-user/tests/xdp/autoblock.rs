@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edgefilter::xdp::{PinDir, XdpCounters, open_pinned};
@@ -47,17 +47,15 @@ fn write_config(dir: &Path) -> PathBuf {
 
 /// Starts `edgefilter run` in the server namespace and waits for `/readyz`.
 fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    let mut p = Process::spawn(
+    let mut p = Process::spawn_logging_to(
         Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", topo.server))
             .args(["--", env!("CARGO_BIN_EXE_edgefilter"), "--config"])
             .arg(config)
             .arg("run")
             .env("EDGEFILTER_BPF_PIN_DIR", &topo.pins)
-            .env_remove("EDGEFILTER_CONFIG")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log)),
+            .env_remove("EDGEFILTER_CONFIG"),
+        &dir.join("daemon.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -68,7 +66,7 @@ fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
         if ready {
             return p;
         }
-        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        let log = p.log();
         assert!(p.try_wait().is_none(), "daemon exited:\n{log}");
         assert!(Instant::now() < deadline, "daemon not ready:\n{log}");
         std::thread::sleep(Duration::from_millis(50));
