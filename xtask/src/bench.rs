@@ -59,7 +59,7 @@ struct Row {
 }
 
 /// A child process killed when dropped, so a failed bench leaves nothing running.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
 }
@@ -83,7 +83,12 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+    /// Its process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +98,7 @@ impl Proc {
     }
 
     /// Waits until `addr` accepts connections (10 s at most).
-    fn ready(mut self, addr: SocketAddr) -> Result<Self> {
+    pub(crate) fn ready(mut self, addr: SocketAddr) -> Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -357,13 +362,13 @@ fn key_benches(root: &Path) -> Result<()> {
 }
 
 /// A currently free 127.0.0.1 port.
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?)
 }
 
 /// Writes `benches/peers/<name>` with its placeholders filled into `dir`.
-fn fill(
+pub(crate) fn fill(
     root: &Path,
     name: &str,
     dir: &Path,

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod propagation;
 mod setup;
+mod soak;
 mod util;
 
 use anyhow::Result;
@@ -46,6 +47,9 @@ enum Cmd {
     },
     /// Benchmarks: XDP per-packet cost, decision benches, proxy load vs peers.
     Bench(bench::BenchArgs),
+    /// Soak: 10 minutes at half the peak load with a revocation every second; checks every
+    /// answer, the daemon's RSS, and that no revoked key is let through.
+    Soak(soak::SoakArgs),
     /// Coverage-guided fuzzing of the untrusted-input parsers (nightly + cargo-fuzz).
     Fuzz {
         /// Seconds per target.
@@ -82,6 +86,11 @@ fn main() -> Result<()> {
             let tools = setup::run()?;
             build::all(&tools)?;
             bench::run(&args)
+        }
+        Cmd::Soak(args) => {
+            let tools = setup::run()?;
+            build::all(&tools)?;
+            soak::run(&args)
         }
         Cmd::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
     }
