@@ -148,6 +148,13 @@ impl NameError {
             Broken::First { .. } => "first_character",
         }
     }
+
+    /// What is wrong, without the rule: `user name holds a control character (U+000D) at
+    /// byte 1`.
+    #[must_use]
+    pub fn problem(&self) -> String {
+        format!("{} {}", self.kind.noun(), Problem(self.broken))
+    }
 }
 
 /// What is wrong, in words; characters are shown as `U+XXXX` (and printable ASCII also as

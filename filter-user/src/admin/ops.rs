@@ -67,8 +67,8 @@ impl ApiError {
             NameKind::User => "user",
             NameKind::Scope => "scopes",
         };
-        let mut err =
-            Self::new(400, "INVALID_NAME", format!("`{field}`: {e}.")).with_hint(format!(
+        let mut err = Self::new(400, "INVALID_NAME", format!("`{field}`: {}.", e.problem()))
+            .with_hint(format!(
                 "A {} is {}. See docs/keys.md#names.",
                 kind.noun(),
                 kind.rule()
