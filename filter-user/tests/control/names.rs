@@ -135,4 +135,7 @@ fn names_that_break_the_rule_are_refused_with_the_field_and_rule() {
         "{}",
         heads[0]
     );
+    // The CLI names it in a path segment through the daemon (`+` and `@` encoded).
+    let out = d.cli_ok(&["users", "suspend", email]);
+    assert_eq!(out.trim(), format!("user {email} (tenant acme): suspended"));
 }
