@@ -86,7 +86,7 @@ pub struct KeyLoader {
     owners: HashMap<(i64, usize), Arc<Owner>, RandomState>,
     tenants: HashMap<Box<str>, TenantName, RandomState>,
     revision: u64,
-    /// Keys refused so far (their log lines stop at [`REFUSALS_LOGGED`] during a load).
+    /// Keys refused so far.
     refusals: usize,
 }
 
@@ -161,7 +161,7 @@ impl KeyLoader {
                 };
                 match user.and_then(|u| l.entry_with(key, u)) {
                     Ok(e) => snap.entries.push(e),
-                    Err(why) => l.refuse(&key.id, user_id, why),
+                    Err(why) => l.refuse(&key.id, user_id, why, true),
                 }
             },
         )?;
@@ -183,10 +183,11 @@ impl KeyLoader {
     }
 
     /// Counts and logs a refused key by its id (cleaned: the id itself may be what is wrong)
-    /// and its user's id; never the offending text, never the key.
-    fn refuse(&mut self, key_id: &str, user_id: i64, why: Refused) {
+    /// and its user's id; never the offending text, never the key. A load logs the first
+    /// [`REFUSALS_LOGGED`] and counts the rest; a catch-up logs each.
+    fn refuse(&mut self, key_id: &str, user_id: i64, why: Refused, at_load: bool) {
         self.refusals += 1;
-        if self.refusals <= REFUSALS_LOGGED || self.revision != 0 {
+        if !at_load || self.refusals <= REFUSALS_LOGGED {
             tracing::warn!(
                 key_id = %clean(key_id),
                 user_id,
@@ -315,7 +316,7 @@ impl KeyLoader {
                         match self.entry_for(&view) {
                             Ok(e) => out.push(CacheUpdate::Upsert(e)),
                             Err(why) => {
-                                self.refuse(&view.key.id, view.user.id, why);
+                                self.refuse(&view.key.id, view.user.id, why, false);
                                 out.push(CacheUpdate::Remove(view.key.hash));
                             }
                         }
