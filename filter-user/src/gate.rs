@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::codes::ErrorCode;
+use crate::names::{TenantName, UserName};
 
 /// A borrowed view of one request head, as the gate sees it. Nothing here is copied.
 #[derive(Debug, Clone, Copy)]
@@ -30,15 +31,16 @@ pub struct GateRequest<'a> {
 }
 
 /// Who the caller is, for an allowed request (forwarded as `X-Edgefilter-*` headers). Borrowed
-/// from the gate that allowed it: nothing is copied or reference-counted per request.
+/// from the gate that allowed it: nothing is copied or reference-counted per request. The names
+/// are valid by type ([`crate::names`]), so none can hold a byte that ends a header line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity<'a> {
-    /// Public key id (`key_…`).
+    /// Public key id (`key_` + 12 base62).
     pub key_id: &'a str,
     /// Tenant name.
-    pub tenant: &'a str,
+    pub tenant: &'a TenantName,
     /// User name.
-    pub user: &'a str,
+    pub user: &'a UserName,
 }
 
 /// Rate-limit state to report in `RateLimit-*` headers.

@@ -9,6 +9,7 @@
 //! lines (modules on one line do not use each other). `tests/layering.rs` reads every
 //! `use crate::` path in `src/` and fails on an edge against this order.
 //!
+//! 0. [`names`] — tenant and user names and scopes: one type each, valid by construction
 //! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
 //! 2. [`obs`] — logging, per-shard request metrics and recent denials, the access log
 //! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
@@ -30,6 +31,8 @@
 #![forbid(unsafe_code)]
 
 // Declared bottom layer first (see the list above).
+pub mod names;
+
 pub mod codes;
 pub mod config;
 pub mod percent;

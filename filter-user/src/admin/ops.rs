@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::names::{NameError, NameKind};
 use crate::store::Actor;
 
 /// The request header in which a caller may say on whose behalf it acts (the CLI sends its
@@ -24,7 +25,8 @@ pub const ACTOR_HEADER: &str = "x-edgefilter-actor";
 /// The future every operation returns.
 pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
 
-/// An admin API error: rendered as `{"error":{"code","message","hint","request_id"}}`.
+/// An admin API error: rendered as `{"error":{"code","message","hint","request_id"}}`, plus
+/// `field` and `rule` for an [`ApiError::invalid_name`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status.
@@ -35,6 +37,10 @@ pub struct ApiError {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// The request field at fault (`tenant`, `user`, `scopes`), when one is.
+    pub field: Option<&'static str>,
+    /// The rule it breaks, machine-readable ([`NameError::rule`]), when one does.
+    pub rule: Option<&'static str>,
 }
 
 impl ApiError {
@@ -46,7 +52,30 @@ impl ApiError {
             code,
             message: message.into(),
             hint: None,
+            field: None,
+            rule: None,
         }
+    }
+
+    /// 400 `INVALID_NAME`: a name breaks its rule ([`crate::names`]). Names the request field
+    /// (`tenant`, `user` or `scopes`) and the rule; never repeats the name.
+    #[must_use]
+    pub fn invalid_name(e: &NameError) -> Self {
+        let kind = e.kind;
+        let field = match kind {
+            NameKind::Tenant => "tenant",
+            NameKind::User => "user",
+            NameKind::Scope => "scopes",
+        };
+        let mut err = Self::new(400, "INVALID_NAME", format!("`{field}`: {}.", e.problem()))
+            .with_hint(format!(
+                "A {} is {}. See docs/keys.md#names.",
+                kind.noun(),
+                kind.rule()
+            ));
+        err.field = Some(field);
+        err.rule = Some(e.rule());
+        err
     }
 
     /// Adds a hint.

@@ -434,12 +434,16 @@ fn json_response(status: u16, body: &Value) -> Resp {
 }
 
 fn error_response(e: &ApiError, request_id: &str) -> Resp {
-    let body = json!({"error": {
+    let mut body = json!({"error": {
         "code": e.code,
         "message": e.message,
         "hint": e.hint,
         "request_id": request_id,
     }});
+    if let (Some(field), Some(rule)) = (e.field, e.rule) {
+        body["error"]["field"] = json!(field);
+        body["error"]["rule"] = json!(rule);
+    }
     let mut resp = json_response(e.status, &body);
     if e.status == 401 {
         resp.headers_mut().insert(

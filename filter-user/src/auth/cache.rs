@@ -11,24 +11,26 @@ use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
 use super::ratelimit::{Bucket, Limit};
-use crate::store::{KeyRecord, KeyStatus, UserStatus};
+use crate::names::{Scope, TenantName, UserName};
+use crate::store::{KeyHash, KeyRecord, KeyStatus, UserStatus};
 
-/// A user as the cache knows it (one per user, shared by all their keys).
+/// A user as the cache knows it (one per user, shared by all their keys). Its names are
+/// valid by type: the proxy writes them into the request it forwards.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct UserInfo {
     /// Store id of the user.
     pub id: i64,
     /// User name.
-    pub name: Arc<str>,
+    pub name: UserName,
     /// Tenant name.
-    pub tenant: Arc<str>,
+    pub tenant: TenantName,
 }
 
 /// What a key may do; interned, so keys with the same scopes, networks and limit share one.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Policy {
     /// Scopes granted.
-    pub scopes: Box<[Box<str>]>,
+    pub scopes: Box<[Scope]>,
     /// Allowed client networks; empty = any.
     pub cidrs: Box<[IpNet]>,
     /// Token bucket shape.
@@ -64,19 +66,19 @@ impl Owner {
 
     /// User name.
     #[must_use]
-    pub fn user(&self) -> &Arc<str> {
+    pub fn user(&self) -> &UserName {
         &self.user.name
     }
 
     /// Tenant name.
     #[must_use]
-    pub fn tenant(&self) -> &Arc<str> {
+    pub fn tenant(&self) -> &TenantName {
         &self.user.tenant
     }
 
     /// Scopes granted.
     #[must_use]
-    pub fn scopes(&self) -> &[Box<str>] {
+    pub fn scopes(&self) -> &[Scope] {
         &self.policy.scopes
     }
 
@@ -103,7 +105,7 @@ impl Owner {
     /// Whether the owner's keys carry `scope`.
     #[must_use]
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes().iter().any(|s| &**s == scope)
+        self.scopes().iter().any(|s| s.as_str() == scope)
     }
 }
 
@@ -266,6 +268,8 @@ impl KeyEntry {
 pub enum CacheUpdate {
     /// Insert or replace a key.
     Upsert(Arc<KeyEntry>),
+    /// Forget a key (its stored row can no longer be served, e.g. its names break their rule).
+    Remove(KeyHash),
     /// A user's state changed.
     User {
         /// Store id of the user.
@@ -363,6 +367,14 @@ impl ShardCache {
                     hashbrown::hash_table::Entry::Vacant(v) => {
                         v.insert(Arc::clone(e));
                     }
+                }
+            }
+            CacheUpdate::Remove(hash) => {
+                // Hashed as `Upsert` hashes it: the 32 bytes, by reference.
+                let bytes: &[u8; 32] = &hash.0;
+                let h = self.hasher.hash_one(bytes);
+                if let Ok(found) = self.keys.find_entry(h, |x| x.hash_is(bytes)) {
+                    found.remove();
                 }
             }
             CacheUpdate::User { user_id, status } => {

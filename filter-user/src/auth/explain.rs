@@ -13,10 +13,11 @@ use super::decide::{
 };
 use super::deny::{RenderCtx, fix, hint, message};
 use super::extract::Extracted;
-use super::loader::KeyLoader;
+use super::loader::{KeyLoader, Refused};
 use super::rules::{AuthRules, Place, RouteRules};
 use crate::codes::ErrorCode;
 use crate::config::Config;
+use crate::store::audit::clean;
 use crate::store::{self, KeyHash, KeyRef, KeyStore};
 
 /// One check's outcome.
@@ -112,6 +113,25 @@ impl Report<'_> {
             mark: Mark::Skip,
             detail: why.to_owned(),
             fix: None,
+        });
+    }
+
+    /// The key is stored but its row breaks a rule, so the proxy does not serve it
+    /// (`UNKNOWN_KEY`): says which rule, by the key's id.
+    fn refused_row(&mut self, key_id: &str, why: Refused) {
+        let first = !self.first_failure;
+        self.first_failure = true;
+        let id = clean(key_id);
+        self.checks.push(Check {
+            name: "known",
+            mark: Mark::Fail {
+                code: ErrorCode::UnknownKey,
+                first,
+            },
+            detail: format!(
+                "{id} is in the store but is not served: {why} (see docs/keys.md#names)"
+            ),
+            fix: (why != Refused::KeyId).then(|| format!("edgefilter keys revoke {id}")),
         });
     }
 
@@ -230,7 +250,15 @@ pub fn explain(
         return Ok(verdict(rep, header, None, None, key_text, ip, now));
     };
     let mut loader = KeyLoader::default();
-    let entry: Arc<KeyEntry> = loader.entry_for(&view);
+    let entry: Arc<KeyEntry> = match loader.entry_for(&view) {
+        Ok(e) => e,
+        Err(why) => {
+            rep.refused_row(&view.key.id, why);
+            rep.skip("...", "later checks need a key the proxy serves");
+            let id = Some(clean(&view.key.id));
+            return Ok(verdict(rep, header, None, id, key_text, ip, now));
+        }
+    };
     let mut cache = ShardCache::new(std::slice::from_ref(&entry), &[]);
     cache.apply(&CacheUpdate::User {
         user_id: view.user.id,

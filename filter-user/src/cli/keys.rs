@@ -12,10 +12,12 @@ use serde_json::{Value, json};
 
 use super::audit;
 use super::daemon_api::{self, segment};
-use super::out::outln;
+use super::name_arg::name_arg;
+use super::out::{outln, printable};
 use super::{EXIT_USAGE, JsonFlag, load_config};
 use crate::admin::{AdminClient, CreatedKeyJson, KeyJson, key_state};
 use crate::config::parse_duration;
+use crate::names::{NameError, Scope, TenantName, UserName};
 use crate::store::audit::{key_object, new_key_object};
 use crate::store::timefmt::{parse_when, rfc3339};
 use crate::store::{self, Action, KeyRef, KeyStore, KeyView, NewKey, RateLimit};
@@ -28,8 +30,8 @@ pub enum KeysCmd {
     /// List keys (never their secrets).
     List {
         /// Only this tenant's keys.
-        #[arg(long)]
-        tenant: Option<String>,
+        #[arg(long, value_parser = name_arg::<TenantName>())]
+        tenant: Option<TenantName>,
         /// JSON output.
         #[command(flatten)]
         json: JsonFlag,
@@ -68,15 +70,15 @@ pub enum KeysCmd {
 /// `keys create` arguments.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Tenant (created if new).
-    #[arg(long)]
-    tenant: String,
-    /// User (created if new).
-    #[arg(long)]
-    user: String,
-    /// Scope granted (repeatable).
-    #[arg(long = "scope")]
-    scopes: Vec<String>,
+    /// Tenant (created if new): 1 to 128 of A-Z a-z 0-9 . _ @ + -, starting with a letter or digit.
+    #[arg(long, value_parser = name_arg::<TenantName>())]
+    tenant: TenantName,
+    /// User (created if new), e.g. an e-mail address: the same rule as --tenant.
+    #[arg(long, value_parser = name_arg::<UserName>())]
+    user: UserName,
+    /// Scope granted (repeatable): printable ASCII without space, `"` or `\`.
+    #[arg(long = "scope", value_parser = name_arg::<Scope>())]
+    scopes: Vec<Scope>,
     /// Expiry: a duration from now (`90d`) or an RFC 3339 time.
     #[arg(long)]
     expires: Option<String>,
@@ -117,14 +119,24 @@ fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The first name of `v` (tenant, user, scopes) that breaks its rule: such a key is stored
+/// but never served (docs/keys.md#names).
+fn broken_name(v: &KeyView) -> Option<NameError> {
+    TenantName::parse(&v.user.tenant)
+        .err()
+        .or_else(|| UserName::parse(&v.user.name).err())
+        .or_else(|| v.key.scopes.iter().find_map(|s| Scope::parse(s).err()))
+}
+
+/// Every value of `v` comes from the store, so each is printed through [`printable`].
 fn print_view(v: &KeyView, now: i64) {
     let k = &v.key;
     let opt = |x: Option<i64>| x.map_or_else(|| "-".to_owned(), rfc3339);
-    outln!("id:          {}", k.id);
+    outln!("id:          {}", printable(&k.id));
     outln!(
         "tenant/user: {} / {} ({})",
-        v.user.tenant,
-        v.user.name,
+        printable(&v.user.tenant),
+        printable(&v.user.name),
         v.user.status.as_str()
     );
     outln!(
@@ -132,13 +144,13 @@ fn print_view(v: &KeyView, now: i64) {
         k.status.as_str(),
         key_state(v, now)
     );
-    outln!("env:         {}", k.env);
+    outln!("env:         {}", printable(&k.env));
     outln!(
         "scopes:      {}",
         if k.scopes.is_empty() {
             "-".to_owned()
         } else {
-            k.scopes.join(", ")
+            printable(&k.scopes.join(", ")).into_owned()
         }
     );
     outln!("not before:  {}", opt(k.not_before));
@@ -163,9 +175,19 @@ fn print_view(v: &KeyView, now: i64) {
         outln!("revoked at:  {}", rfc3339(r));
     }
     if let (Some(g), Some(to)) = (k.grace_until, &k.rotated_to) {
-        outln!("rotated to:  {to} (old key works until {})", rfc3339(g));
+        outln!(
+            "rotated to:  {} (old key works until {})",
+            printable(to),
+            rfc3339(g)
+        );
     }
     outln!("created:     {}", rfc3339(k.created_at));
+    if let Some(e) = broken_name(v) {
+        outln!(
+            "not served:  its {e}; revoke it: edgefilter keys revoke {}",
+            printable(&k.id)
+        );
+    }
 }
 
 /// Prints a created key; `extra` adds a field to the JSON form.
@@ -181,18 +203,23 @@ fn print_created(mut c: CreatedKeyJson, json: bool, extra: Option<(&str, Value)>
         outln!("{}", c.key);
         outln!(
             "id: {}  (the key above is shown only this once; store it now)",
-            c.record.id
+            printable(&c.record.id)
         );
     }
 }
 
 fn print_revoked(v: &KeyJson) {
     let at = v.revoked_at.as_deref().unwrap_or_default();
-    outln!("{} revoked at {at}", v.id);
+    outln!("{} revoked at {}", printable(&v.id), printable(at));
 }
 
 fn print_approved(v: &KeyJson) {
-    outln!("{} approved (tenant {}, user {})", v.id, v.tenant, v.user);
+    outln!(
+        "{} approved (tenant {}, user {})",
+        printable(&v.id),
+        printable(&v.tenant),
+        printable(&v.user)
+    );
 }
 
 /// Prints a rotation: the new key and the old one's id and grace end.
@@ -200,7 +227,11 @@ fn print_rotated(new: CreatedKeyJson, old_id: &str, until: &str, json: bool) {
     let replaces = json!({"id": old_id, "grace_until": until});
     print_created(new, json, Some(("replaces", replaces)));
     if !json {
-        outln!("{old_id} keeps working until {until}");
+        outln!(
+            "{} keeps working until {}",
+            printable(old_id),
+            printable(until)
+        );
     }
 }
 
@@ -212,8 +243,9 @@ fn from_api<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
 
 /// The admin API request for `keys create`.
 fn create_body(a: &CreateArgs, new: &NewKey) -> Value {
+    let scopes: Vec<&str> = a.scopes.iter().map(Scope::as_str).collect();
     json!({
-        "tenant": a.tenant, "user": a.user, "scopes": a.scopes,
+        "tenant": a.tenant.as_str(), "user": a.user.as_str(), "scopes": scopes,
         "expires": a.expires, "not_before": a.not_before,
         "allowed_cidrs": new.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "rate": new.rate.map(|r| r.per_sec), "burst": new.rate.map(|r| r.burst),
@@ -271,7 +303,9 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        KeysCmd::List { tenant, json } => list(&*store::open(&cfg)?, tenant.as_deref(), json, now)?,
+        KeysCmd::List { tenant, json } => {
+            list(&*store::open(&cfg)?, tenant.as_deref(), json, now)?;
+        }
         KeysCmd::Show { id, json } => {
             let Some(v) = store::open(&cfg)?.find_key(KeyRef::from_arg(&id))? else {
                 anyhow::bail!("no such key{}", id_suffix(&id));
@@ -354,17 +388,19 @@ fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> an
         outln!("{}", json!(arr));
         return Ok(());
     }
+    // Every value comes from the store: printed through `printable`.
     let row = |cols: [&str; 8]| {
+        let c = cols.map(printable);
         outln!(
             "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} {}",
-            cols[0],
-            cols[1],
-            cols[2],
-            cols[3],
-            cols[4],
-            cols[5],
-            cols[6],
-            cols[7]
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7]
         );
     };
     row([
@@ -418,10 +454,10 @@ fn new_key(a: &CreateArgs, default_env: &str, now: i64) -> Result<NewKey, String
             .transpose()
     };
     Ok(NewKey {
-        tenant: a.tenant.clone(),
-        user: a.user.clone(),
+        tenant: a.tenant.to_string(),
+        user: a.user.to_string(),
         env: a.env.clone().unwrap_or_else(|| default_env.to_owned()),
-        scopes: a.scopes.clone(),
+        scopes: a.scopes.iter().map(ToString::to_string).collect(),
         not_before: when(&a.not_before, "--not-before")?,
         expires_at: when(&a.expires, "--expires")?,
         allow_cidrs: a.allow_cidrs.iter().map(IpNet::trunc).collect(),

@@ -14,6 +14,7 @@ pub mod daemon_api;
 pub mod deny;
 pub mod explain;
 pub mod keys;
+pub mod name_arg;
 pub mod out;
 pub mod stats;
 pub mod users;

@@ -10,7 +10,9 @@ use clap::Subcommand;
 use super::audit;
 use super::daemon_api::{self, segment};
 use super::load_config;
-use super::out::outln;
+use super::name_arg::name_arg;
+use super::out::{outln, printable};
+use crate::names::UserName;
 use crate::store::{self, Action, UserStatus};
 
 /// Subcommands.
@@ -19,17 +21,20 @@ pub enum UsersCmd {
     /// Suspend a user: every key of theirs answers `USER_SUSPENDED`.
     Suspend {
         /// User name.
-        user: String,
+        #[arg(value_parser = name_arg::<UserName>())]
+        user: UserName,
     },
     /// Re-activate a suspended user.
     Activate {
         /// User name.
-        user: String,
+        #[arg(value_parser = name_arg::<UserName>())]
+        user: UserName,
     },
     /// Delete a user (final): every key of theirs answers `USER_DELETED`.
     Delete {
         /// User name.
-        user: String,
+        #[arg(value_parser = name_arg::<UserName>())]
+        user: UserName,
     },
 }
 
@@ -50,7 +55,7 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
     if let Some(c) = daemon_api::discover(&cfg) {
         let path = format!("/v1/users/{}/{action}", segment(&user));
         let v = daemon_api::call(&c, "POST", &path, None)?;
-        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let s = |k: &str| printable(v[k].as_str().unwrap_or_default()).into_owned();
         outln!(
             "user {} (tenant {}): {}",
             s("user"),
@@ -60,15 +65,16 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut st = store::open(&cfg)?;
-    let object = |_: &dyn store::KeyStore| user.clone();
+    let object = |_: &dyn store::KeyStore| user.to_string();
     let (action, now) = (Action::user_status(status), store::unix_now());
     let u = audit::change(&mut *st, action, &object, now, |s| {
         s.set_user_status(&user, status, now)
     })?;
+    // The tenant comes from the store, where a row may hold anything.
     outln!(
         "user {} (tenant {}): {}",
-        u.name,
-        u.tenant,
+        printable(&u.name),
+        printable(&u.tenant),
         u.status.as_str()
     );
     Ok(ExitCode::SUCCESS)

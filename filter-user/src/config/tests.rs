@@ -164,6 +164,14 @@ fn cross_field_checks() {
             "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\nkey_in = [\"cookie\"]\n",
             "key_in `cookie`",
         ),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\nscopes = [\"ok\", \"ai invoke\"]\n",
+            "route `/a`: scopes[1]: scope holds U+0020 at byte 2, which is not allowed; a scope is 1 to 128 bytes",
+        ),
+        (
+            "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\nscopes = [\"a\\r\\nX: y\"]\n",
+            "scopes[0]: scope holds a control character (U+000D)",
+        ),
     ];
     for (body, needle) in cases {
         let text = if body.starts_with("[xdp]") {

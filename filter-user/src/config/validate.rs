@@ -8,6 +8,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{Config, ConfigProblem, LayerCheck, StoreKind, line_of};
+use crate::names::{self, NameKind};
 
 /// Parses `text` section by section so one bad section does not hide the others; then runs the
 /// cross-field checks and the `layers`' checks.
@@ -310,17 +311,16 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
                 format!("route `{}`: upstream `{}` {why}", r.prefix, r.upstream),
             );
         }
-        if r.scopes
+        for (n, e) in r
+            .scopes
             .iter()
-            .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            .enumerate()
+            .filter_map(|(n, s)| names::check(NameKind::Scope, s).err().map(|e| (n, e)))
         {
             bad(
                 "route",
                 route_span(root, i, "scopes"),
-                format!(
-                    "route `{}`: scopes must be non-empty words without spaces",
-                    r.prefix
-                ),
+                format!("route `{}`: scopes[{n}]: {e}", r.prefix),
             );
         }
         for place in r.key_in.iter().flatten() {

@@ -31,6 +31,7 @@ use crate::config::StoreKind;
 use crate::config::{Config, parse_duration};
 use crate::fanout::boost;
 use crate::fanout::{AckWatcher, Propagation};
+use crate::names::{Scope, TenantName, UserName};
 use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
 use crate::obs::recent::{RecentDenials, unix_ms};
@@ -320,6 +321,11 @@ impl ControlPlane {
     }
 
     fn new_key(&self, r: CreateKeyRequest, now: i64) -> Result<NewKey, ApiError> {
+        let tenant = TenantName::parse(&r.tenant).map_err(|e| ApiError::invalid_name(&e))?;
+        let user = UserName::parse(&r.user).map_err(|e| ApiError::invalid_name(&e))?;
+        for s in &r.scopes {
+            Scope::parse(s).map_err(|e| ApiError::invalid_name(&e))?;
+        }
         let small = |n: u64, what: &str| {
             u32::try_from(n).map_err(|_| ApiError::bad_request(format!("`{what}` is too large")))
         };
@@ -340,8 +346,8 @@ impl ControlPlane {
             .transpose()
         };
         Ok(NewKey {
-            tenant: r.tenant,
-            user: r.user,
+            tenant: tenant.into(),
+            user: user.into(),
             env: r.env.unwrap_or_else(|| self.cfg.keys.environment.clone()),
             scopes: r.scopes,
             not_before: when(r.not_before, "not_before")?,
@@ -497,6 +503,7 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::NoSuchKey(_) => ApiError::not_found("No such key."),
         StoreError::NoSuchUser(_) => ApiError::not_found("No such user."),
         StoreError::Conflict(m) => ApiError::conflict(m),
+        StoreError::InvalidName(e) => ApiError::invalid_name(&e),
         StoreError::Postgres(crate::store::postgres::PgError::CommitUnknown(m)) => {
             ApiError::new(503, "STORE_UNAVAILABLE", m).with_hint(
                 "The connection was lost during the commit: check with `edgefilter keys show` before retrying.",
@@ -548,6 +555,9 @@ impl AdminOps for ControlPlane {
 
     fn list_keys(&self, query: ListKeysQuery) -> OpFuture<'_> {
         boxed(async move {
+            if let Some(t) = &query.tenant {
+                TenantName::parse(t).map_err(|e| ApiError::invalid_name(&e))?;
+            }
             let now = store::unix_now();
             let keys = self
                 .lock()
@@ -628,6 +638,8 @@ impl AdminOps for ControlPlane {
             };
             let object = |_: &dyn KeyStore| user.clone();
             let audited = Action::user_status(status);
+            UserName::parse(&user)
+                .map_err(|e| self.refused(&by, audited, &object, ApiError::invalid_name(&e)))?;
             let ((u, keys), rev) = self.write(&by, audited, &object, |st, now| {
                 let u = st.set_user_status(&user, status, now)?;
                 let keys = st

@@ -30,6 +30,7 @@ pub use model::{
 pub use sqlite::SqliteStore;
 
 use crate::config::{Config, StoreKind, ValueProblem};
+use crate::names::NameError;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +75,20 @@ pub enum StoreError {
     /// An audit entry breaks the rules of [`audit::check`].
     #[error("invalid audit entry: {0}")]
     BadAuditEntry(&'static str),
+    /// A tenant name, user name or scope breaks its rule ([`crate::names`]).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
 }
 
 impl StoreError {
     /// A short code for the kind of failure, as the admin API names it (`NOT_FOUND`,
-    /// `CONFLICT`, `STORE_UNAVAILABLE`; `STORE_ERROR` for the rest).
+    /// `CONFLICT`, `INVALID_NAME`, `STORE_UNAVAILABLE`; `STORE_ERROR` for the rest).
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoSuchKey(_) | Self::NoSuchUser(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
+            Self::InvalidName(_) => "INVALID_NAME",
             Self::Postgres(_) => "STORE_UNAVAILABLE",
             _ => "STORE_ERROR",
         }

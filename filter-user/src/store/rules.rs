@@ -10,25 +10,35 @@ use super::model::{
     KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, Secret, User, UserStatus,
 };
 use super::{Result, StoreError};
+use crate::names::{self, NameKind};
 
-/// Checks a new key's environment and scopes, then makes its secret and hash.
+/// Checks a new key's tenant and user names, scopes ([`crate::names`]) and environment, then
+/// makes its secret and hash. Every backend calls it before it writes a key, so no key is
+/// stored for a name that breaks its rule, whoever asks.
 ///
 /// # Errors
-/// [`StoreError::Conflict`] for an environment that is not 1 to 8 lowercase letters, or a scope
-/// that is empty or holds a space.
+/// [`StoreError::InvalidName`] for a tenant, user or scope that breaks its rule;
+/// [`StoreError::Conflict`] for an environment that is not 1 to 8 lowercase letters.
 pub fn new_key_secret(new: &NewKey) -> Result<(Secret, KeyHash)> {
-    let made = new_secret(&new.env).ok_or_else(|| {
+    names::check(NameKind::Tenant, &new.tenant)?;
+    names::check(NameKind::User, &new.user)?;
+    for s in &new.scopes {
+        names::check(NameKind::Scope, s)?;
+    }
+    new_secret(&new.env).ok_or_else(|| {
         StoreError::Conflict(format!(
             "environment `{}` must be 1 to 8 lowercase letters",
-            new.env
+            printable_env(&new.env)
         ))
-    })?;
-    if let Some(bad) = new.scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
-        return Err(StoreError::Conflict(format!(
-            "scope `{bad}` must be non-empty without spaces"
-        )));
-    }
-    Ok(made)
+    })
+}
+
+/// An environment as an error may repeat it: short, control characters as `?`.
+fn printable_env(env: &str) -> String {
+    env.chars()
+        .take(16)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Whether existing user `u` may own a new key for `tenant`.

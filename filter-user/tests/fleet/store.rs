@@ -17,6 +17,7 @@ use edgefilter::store::{
 };
 
 use crate::support::pg::PgFixture;
+use edgefilter::names::NameKind;
 use edgefilter::store::rules::{KEY_STATES, key_state};
 
 fn new_key(tenant: &str, user: &str, pending: bool) -> NewKey {
@@ -83,6 +84,42 @@ fn behaves_like_a_key_store(st: &mut dyn KeyStore) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(st.revision().unwrap(), r1, "a refused change logs nothing");
+
+    // A name that breaks its rule is refused by the store itself, whoever asks, before any
+    // row is written (edgefilter::names).
+    for (new, kind, rule) in [
+        (
+            new_key("acme", "u\r\nX-Edgefilter-Tenant: root", false),
+            NameKind::User,
+            "control_character",
+        ),
+        (
+            new_key("acme\0", "carol", false),
+            NameKind::Tenant,
+            "control_character",
+        ),
+        (new_key("acme", "", false), NameKind::User, "empty"),
+        (
+            new_key("acme", &"c".repeat(60 * 1024), false),
+            NameKind::User,
+            "too_long",
+        ),
+        (
+            new_key("acme", "carol", false).with_scopes(["a b"]),
+            NameKind::Scope,
+            "character_not_allowed",
+        ),
+    ] {
+        match st.create_keys(std::slice::from_ref(&new), 100) {
+            Err(StoreError::InvalidName(e)) => assert_eq!((e.kind, e.rule()), (kind, rule)),
+            other => panic!("{kind:?} {rule}: {other:?}"),
+        }
+    }
+    assert_eq!(st.revision().unwrap(), r1, "a refused name logs nothing");
+    assert!(
+        st.find_user("carol").unwrap().is_none(),
+        "and makes no user"
+    );
 
     let listed = st.list_keys(Some("acme")).unwrap();
     assert_eq!(

@@ -146,7 +146,7 @@ fn a_good_key_is_allowed_with_its_identity() {
             panic!("not allowed");
         };
         assert_eq!(who.key_id, id);
-        assert_eq!((who.tenant, who.user), ("acme", "alice"));
+        assert_eq!((who.tenant.as_str(), who.user.as_str()), ("acme", "alice"));
         assert!(!format!("{who:?}").contains(&key[8..]));
     }
     let q = format!("x=1&api_key={key}");

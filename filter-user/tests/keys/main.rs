@@ -1,5 +1,6 @@
 //! Keys and the CLI, one test binary: the decision chain per failure mode, rate limits under
-//! load, the SQLite store, and the `keys`/`users`/`check-config` commands of the real binary.
+//! load, the SQLite store, and the `keys`/`users`/`check-config` commands of the real binary
+//! (with the names they take and print).
 
 #[allow(dead_code, reason = "the keys tests use the port fixture only")]
 #[path = "../support/mod.rs"]
@@ -8,5 +9,6 @@ mod support;
 mod cli;
 mod config_cli;
 mod decide;
+mod names;
 mod ratelimit;
 mod store;

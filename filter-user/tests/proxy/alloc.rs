@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use edgefilter::config::Config;
 use edgefilter::gate::{AllowAll, Gate, GateRequest, Identity, Verdict};
+use edgefilter::names::{TenantName, UserName};
 use edgefilter::proxy::head::{self, Framing, HeadCtx, Step};
 use edgefilter::proxy::reqid::IdGen;
 use edgefilter::proxy::route::RouteTable;
@@ -73,8 +74,8 @@ fn allocations(f: impl FnOnce()) -> u64 {
 /// A gate that allows with an identity lent from its own data (as the key cache lends it).
 struct WithIdentity {
     key_id: String,
-    tenant: String,
-    user: String,
+    tenant: TenantName,
+    user: UserName,
 }
 
 impl Gate for WithIdentity {
@@ -116,8 +117,8 @@ fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
     let mut out = Vec::with_capacity(4096);
     let identity = WithIdentity {
         key_id: "key_0123456789ab".into(),
-        tenant: "acme".into(),
-        user: "alice".into(),
+        tenant: TenantName::parse("acme").unwrap(),
+        user: UserName::parse("alice").unwrap(),
     };
     let gates: [Box<dyn Gate>; 2] = [Box::new(AllowAll), Box::new(identity)];
     for mut gate in gates {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use edgefilter::codes::ErrorCode;
 use edgefilter::gate::{Denial, Gate, GateRequest, Identity, RateInfo, Verdict};
+use edgefilter::names::{TenantName, UserName};
 
 use crate::support::proxy_env::{Env, get};
 
@@ -248,8 +249,21 @@ fn no_route_is_404_before_the_gate() {
     );
 }
 
-/// Denies by path, allows `/ok` with an identity; sees borrowed headers.
-struct ByPath;
+/// Denies by path, allows `/ok` with an identity lent from its own names; sees borrowed
+/// headers.
+struct ByPath {
+    tenant: TenantName,
+    user: UserName,
+}
+
+impl ByPath {
+    fn new() -> Self {
+        Self {
+            tenant: TenantName::parse("acme").unwrap(),
+            user: UserName::parse("alice").unwrap(),
+        }
+    }
+}
 
 impl Gate for ByPath {
     fn check(&mut self, req: &GateRequest<'_>) -> Verdict<'_> {
@@ -260,8 +274,8 @@ impl Gate for ByPath {
         match req.path {
             "/ok/echo" if has_key => Verdict::Allow(Some(Identity {
                 key_id: "key_abc",
-                tenant: "acme",
-                user: "alice",
+                tenant: &self.tenant,
+                user: &self.user,
             })),
             "/ok/echo" => Verdict::Deny(Denial::new(ErrorCode::MissingKey)),
             "/expired" => {
@@ -285,7 +299,7 @@ impl Gate for ByPath {
 
 #[test]
 fn gate_verdicts_are_forwarded_or_answered_per_spec() {
-    let env = Env::with_gates("", Box::new(|_| Box::new(ByPath)));
+    let env = Env::with_gates("", Box::new(|_| Box::new(ByPath::new())));
     let mut c = env.connect();
     let r = c.call("GET /ok/echo HTTP/1.1\r\nHost: h\r\nX-API-Key: ef_live_x\r\n\r\n");
     let seen = r.text();
@@ -323,7 +337,7 @@ fn gate_verdicts_are_forwarded_or_answered_per_spec() {
 
     let env = Env::with_gates(
         "[keys]\nerrors = \"opaque\"\n",
-        Box::new(|_| Box::new(ByPath)),
+        Box::new(|_| Box::new(ByPath::new())),
     );
     let r = env.connect().call(&get("/expired"));
     let v = r.json();
