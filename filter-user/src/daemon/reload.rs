@@ -52,6 +52,7 @@ impl Reloader {
         let next = keys::running_with(&self.running, new);
         proxy.retune(&next);
         self.running = self.plane.reconfigure(next);
+        self.reload_tls(proxy);
         let applied: Vec<&str> = applied.iter().map(|k| k.path).collect();
         let restart: Vec<&str> = restart.iter().map(|k| k.path).collect();
         tracing::info!(

@@ -1,6 +1,6 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
 //! through the real daemon, durability across `kill -9`, revocation under load, `stats`, and
-//! auto-block with the denylist without XDP.
+//! auto-block with the denylist without XDP, and what a config reload (SIGHUP) does with every key.
 
 #[allow(
     dead_code,
@@ -14,5 +14,6 @@ mod admin_real;
 mod denylist;
 mod durability;
 mod metrics;
+mod reload;
 mod revoke_load;
 mod stats;
