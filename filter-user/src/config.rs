@@ -581,6 +581,20 @@ impl Config {
         }
     }
 
+    /// Keys set in the file that nothing reads because of another key's value, each as a
+    /// sentence naming both (`check-config` prints them, the daemon logs them at start).
+    #[must_use]
+    pub fn unused(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tls.is_some() && self.listen.https.is_empty() {
+            out.push("[tls] is not used: listen.https is empty".to_owned());
+        }
+        if self.store.url.is_some() && self.store.kind == StoreKind::Sqlite {
+            out.push("store.url is not used: store.kind = \"sqlite\"".to_owned());
+        }
+        out
+    }
+
     /// Destination ports XDP protects: `xdp.protected_ports`, or the listen ports when empty.
     #[must_use]
     pub fn protected_ports(&self) -> Vec<u16> {

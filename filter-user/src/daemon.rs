@@ -31,6 +31,9 @@ const STORE_POLL: Duration = Duration::from_millis(200);
 pub fn run(cfg: Config, path: &Path, no_xdp: bool) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
     let started = Instant::now();
+    for note in cfg.unused() {
+        tracing::warn!("config: {note}");
+    }
     let ready = Arc::new(Readiness::new());
     let (mut keys, store) = crate::auth::KeyService::open(&cfg)?;
     tracing::info!(

@@ -104,6 +104,14 @@ pub fn install(
     for (name, idx) in wanted {
         let path = pins.link(&name, idx);
         let st = if path.exists() {
+            if attach != XdpAttach::Auto {
+                // The kernel keeps no mode in a link's info, and changing it means detaching
+                // first (a gap in filtering): the pinned link stays as it was attached.
+                tracing::info!(
+                    interface = %name,
+                    "xdp.attach = {attach:?} applies when a link is made: the pinned link on {name} is adopted in the mode it was attached with (`edgefilter xdp detach`, then start, to attach anew)"
+                );
+            }
             AttachState::Adopted
         } else {
             attach_and_pin(prog, &name, idx, attach, &path)?
