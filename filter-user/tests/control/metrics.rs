@@ -84,9 +84,18 @@ upstream = "http://{down}"
     assert_eq!(c.get("/nowhere", &key).unwrap().status, 404);
     assert_eq!(c.get("/down/x", &key).unwrap().status, 502);
 
-    let (s, body) = d.admin_call("GET", "/metrics", None, None);
-    assert_eq!(s, 200);
-    let text = body.as_str().unwrap_or_default().to_owned();
+    // A shard counts a request once its answer is written, so the client may see the last
+    // answer a moment before `/metrics` does: wait for it (bounded).
+    let t = std::time::Instant::now();
+    let text = loop {
+        let (s, body) = d.admin_call("GET", "/metrics", None, None);
+        assert_eq!(s, 200);
+        let text = body.as_str().unwrap_or_default().to_owned();
+        if text.contains("route=\"/down/\"") || t.elapsed() > std::time::Duration::from_secs(2) {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     assert!(!text.contains(&key[8..]), "a key in /metrics");
     let Some(m) = parse(&text) else {
         assert!(
