@@ -1,6 +1,7 @@
 //! Daemon wiring: logging → key store → XDP → control plane (+ denylist, auto-block) → shards
-//! (proxy) + admin API → wait for a signal.
+//! (proxy) + admin API → wait for a signal (`SIGHUP` reloads the config: [`reload`]).
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,17 +13,27 @@ use crate::config::Config;
 use crate::control::{AutoblockTicker, ControlPlane};
 use crate::gate::{Gate, GateFactory};
 
+mod reload;
+
+/// The checks the layers above `config` add to its validation (at start, by `check-config`,
+/// and at each reload).
+pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+
 /// How often the daemon looks for store changes made by other processes (the CLI without the
 /// admin API, or another host).
 const STORE_POLL: Duration = Duration::from_millis(200);
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// Runs the daemon with `cfg`, read from `path` (which `SIGHUP` reads again), until
+/// SIGTERM/SIGINT.
 ///
 /// # Errors
 /// Start-up failures (store, XDP attach, listener bind, admin API bind, TLS files, ...).
-pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
+pub fn run(cfg: Config, path: &Path, no_xdp: bool) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
     let started = Instant::now();
+    for note in cfg.unused() {
+        tracing::warn!("config: {note}");
+    }
     let ready = Arc::new(Readiness::new());
     let (mut keys, store) = crate::auth::KeyService::open(&cfg)?;
     tracing::info!(
@@ -81,6 +92,13 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
             None => (None, None),
         };
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
+    let mut reloader = reload::Reloader {
+        path: path.to_path_buf(),
+        checks: CONFIG_CHECKS,
+        running: Arc::clone(&cfg),
+        plane: Arc::clone(&plane),
+        access_log: access_log.clone(),
+    };
     let admin = AdminServer::from_config(&cfg, plane, Arc::clone(&ready))?.spawn()?;
     tracing::info!(
         shards = cfg.shard_count(),
@@ -93,7 +111,9 @@ pub fn run(cfg: Config, no_xdp: bool) -> anyhow::Result<ExitCode> {
         denials,
         access_log,
     };
-    let served = crate::proxy::serve(&cfg, gates, telemetry, autoblock);
+    let served = crate::proxy::serve(&cfg, gates, telemetry, autoblock, &mut |proxy| {
+        reloader.reload(proxy);
+    });
     ready.set_shards(false);
     drop(admin);
     drop(watcher);

@@ -78,7 +78,7 @@ pub struct JsonFlag {
 }
 
 /// The checks the layers above `config` add to its validation.
-pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = crate::daemon::CONFIG_CHECKS;
 
 /// Loads the config or prints every problem and returns the usage exit code.
 ///
@@ -101,7 +101,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::daemon::run(cfg, no_xdp)
+            crate::daemon::run(cfg, &cli.config, no_xdp)
         }
         Command::Keys(cmd) => keys::run(&cli.config, cmd),
         Command::Users(cmd) => users::run(&cli.config, cmd),

@@ -108,6 +108,7 @@ pub struct ProxyHandle {
     threads: Vec<JoinHandle<()>>,
     certs: Option<Arc<tls::CertStore>>,
     metrics: Arc<RequestMetrics>,
+    settings: Arc<settings::Published>,
 }
 
 impl ProxyHandle {
@@ -138,6 +139,34 @@ impl ProxyHandle {
             Some(store) => store.reload().map_err(ProxyError::Tls),
             None => Ok(()),
         }
+    }
+
+    /// Reads the certificate and key from `cert` and `key` (a reload may have moved them); open
+    /// connections keep their sessions. Nothing to do without `listen.https`.
+    ///
+    /// # Errors
+    /// When the files are unusable; the previous certificate stays in service.
+    pub fn reload_tls_from(
+        &self,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    ) -> Result<(), ProxyError> {
+        match &self.certs {
+            Some(store) => store.reload_from(cert, key).map_err(ProxyError::Tls),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the proxy serves TLS (`listen.https` was set at start).
+    #[must_use]
+    pub fn serves_tls(&self) -> bool {
+        self.certs.is_some()
+    }
+
+    /// Puts `cfg`'s `[limits]`, `keys.errors` and `keys.trusted_proxies` in force: each
+    /// shard serves its next request with them (routes and listeners stay as started).
+    pub fn retune(&self, cfg: &Config) {
+        self.settings.retune(cfg);
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
@@ -205,7 +234,9 @@ pub fn start_with(
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
     let (stop, stop_rx) = watch::channel(None);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes, telemetry, autoblock));
+    let settings = Arc::new(settings::Published::new(settings::Settings::new(
+        cfg, routes, telemetry, autoblock,
+    )));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -216,6 +247,7 @@ pub fn start_with(
         threads: Vec::with_capacity(shards),
         certs,
         metrics,
+        settings: Arc::clone(&settings),
     };
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {
@@ -250,7 +282,8 @@ pub fn start_with(
 }
 
 /// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
-/// SIGHUP reloads the TLS certificate and reopens the access log file.
+/// On SIGHUP it calls `reload` with the running proxy (the daemon re-reads the config, reloads
+/// the TLS certificate, reopens the access log file, and puts in force what can be).
 ///
 /// # Errors
 /// Listener bind failures and TLS config errors.
@@ -259,9 +292,9 @@ pub fn serve(
     gates: GateFactory,
     telemetry: Telemetry,
     autoblock: Arc<Autoblock>,
+    reload: &mut dyn FnMut(&ProxyHandle),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let reopen = telemetry.access_log.clone();
     let handle = start_with(cfg, gates, telemetry, autoblock)?;
     tracing::info!(
         http = ?handle.local_addrs(),
@@ -280,15 +313,7 @@ pub fn serve(
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => {
-                    if let Some(log) = &reopen {
-                        log.reopen();
-                    }
-                    match handle.reload_tls() {
-                        Ok(()) => tracing::info!("TLS certificate reloaded"),
-                        Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
-                    }
-                }
+                _ = hup.recv() => reload(&handle),
             }
         }
         Ok::<(), std::io::Error>(())

@@ -1,6 +1,7 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
 //! through the real daemon (names that break their rule included), durability across `kill -9`,
-//! revocation under load, `stats`, and auto-block with the denylist without XDP.
+//! revocation under load, `stats`, auto-block with the denylist without XDP, and what a config
+//! reload (SIGHUP) does with every key.
 
 #[allow(
     dead_code,
@@ -15,5 +16,6 @@ mod denylist;
 mod durability;
 mod metrics;
 mod names;
+mod reload;
 mod revoke_load;
 mod stats;
