@@ -35,9 +35,14 @@ impl Process {
         p
     }
 
-    /// Spawns `cmd` with its stdout and stderr to the file `log` (created or truncated).
+    /// Spawns `cmd` with its stdout and stderr appended to the file `log` (created if need be,
+    /// so a restarted daemon's log follows the earlier one's).
     pub fn spawn_logging_to(cmd: &mut Command, log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = cmd
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))

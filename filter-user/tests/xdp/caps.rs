@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Process, raw_http};
@@ -46,12 +46,7 @@ fn write_config(dir: &Path, allow: &[&str], protected: u16, mode: &str) -> PathB
 /// `edgefilter run` in the server namespace as `nobody` with only the unit's capabilities;
 /// waits for `/readyz` (the store opened, XDP attached, every shard serving).
 fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .unwrap();
-    let mut p = Process::spawn(
+    let mut p = Process::spawn_logging_to(
         Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", topo.server))
             .args(["--", "setpriv"])
@@ -65,9 +60,8 @@ fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
             .arg(config)
             .arg("run")
             .env("EDGEFILTER_BPF_PIN_DIR", &topo.pins)
-            .env_remove("EDGEFILTER_CONFIG")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log)),
+            .env_remove("EDGEFILTER_CONFIG"),
+        &dir.join("daemon.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
