@@ -5,12 +5,14 @@
 //! (`denylisted`; an IPv6 source is looked up masked to the configured prefix, so one entry bans
 //! a whole /64); source in the allowlist → pass (`allowlisted`); else drop
 //! (`not_allowlisted`). In monitor mode nothing is dropped and drops count as `would_drop`.
-//! Nothing is logged on the per-packet path; every outcome bumps one per-CPU counter.
+//! Every outcome bumps one per-CPU counter. Nothing is logged unless `edgefilter xdp trace`
+//! switched tracing on for the packet's source ([`trace`]); off, that check is one array read.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod parse;
+mod trace;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
@@ -25,7 +27,8 @@ use crate::parse::{L4, Packet};
 #[xdp]
 pub fn edgefilter(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (action, reason) = decide(&ctx);
+    let packet = parse::classify(&ctx);
+    let (action, reason) = decide(&packet);
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(action, reason)) {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
         unsafe {
@@ -33,6 +36,7 @@ pub fn edgefilter(ctx: XdpContext) -> u32 {
             (*c).bytes += len;
         }
     }
+    trace::record(&ctx, &packet, action, reason);
     match action {
         Action::Drop => xdp_action::XDP_DROP,
         Action::Pass | Action::WouldDrop => xdp_action::XDP_PASS,
@@ -46,8 +50,8 @@ pub fn pass_all(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext) -> (Action, Reason) {
-    match parse::classify(ctx) {
+fn decide(packet: &Packet) -> (Action, Reason) {
+    match *packet {
         Packet::NotIp => (Action::Pass, Reason::NotIp),
         Packet::V4(src, l4) => {
             if !protected(l4) {
