@@ -2,9 +2,11 @@
 //! pinned bpf_link; a restarted daemon adopts what is pinned, and a changed program replaces the
 //! old one on its links atomically (`bpf_link_update`), never by detach-then-attach.
 
+use aya::maps::MapInfo;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
+use aya_obj::generated::BPF_F_RDONLY_PROG;
 use aya_obj::programs::XdpAttachType;
 use filter_common::xdp::PROG_FILTER;
 
@@ -118,14 +120,26 @@ pub fn install(
 }
 
 /// What makes two loaded programs interchangeable: the instruction tag and the maps used.
+///
+/// Read-only data maps (`.rodata`: aya-log's level and strings) are left out: every load makes
+/// them afresh (they are frozen, so they cannot be pinned and reused), and their content comes
+/// from the same object as the code the tag covers.
 fn identity(p: &Xdp) -> Result<(u64, Vec<u32>), XdpError> {
     let info = p
         .info()
         .map_err(|e| XdpError::program("reading program info", e))?;
-    let mut maps = info
+    let mut maps = Vec::new();
+    for id in info
         .map_ids()
         .map_err(|e| XdpError::program("reading the program's map ids", e))?
-        .unwrap_or_default();
+        .unwrap_or_default()
+    {
+        let map = MapInfo::from_id(id)
+            .map_err(|e| XdpError::map(format!("reading map {id} of the program"), e))?;
+        if map.map_flags() & BPF_F_RDONLY_PROG == 0 {
+            maps.push(id);
+        }
+    }
     maps.sort_unstable();
     Ok((info.tag(), maps))
 }
