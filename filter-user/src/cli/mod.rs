@@ -16,6 +16,7 @@ pub mod explain;
 pub mod keys;
 pub mod out;
 pub mod stats;
+pub mod trace;
 pub mod users;
 pub mod xdp;
 
