@@ -14,3 +14,4 @@ mod autoblock;
 mod netns;
 mod testrun;
 mod testrun_malformed;
+mod testrun_trace;
