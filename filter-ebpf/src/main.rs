@@ -27,8 +27,7 @@ use crate::parse::{L4, Packet};
 #[xdp]
 pub fn edgefilter(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let packet = parse::classify(&ctx);
-    let (action, reason) = decide(&packet);
+    let (action, reason) = decide(&ctx);
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(action, reason)) {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
         unsafe {
@@ -36,7 +35,7 @@ pub fn edgefilter(ctx: XdpContext) -> u32 {
             (*c).bytes += len;
         }
     }
-    trace::record(&ctx, &packet, action, reason);
+    trace::record(&ctx, action, reason);
     match action {
         Action::Drop => xdp_action::XDP_DROP,
         Action::Pass | Action::WouldDrop => xdp_action::XDP_PASS,
@@ -50,8 +49,8 @@ pub fn pass_all(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn decide(packet: &Packet) -> (Action, Reason) {
-    match *packet {
+fn decide(ctx: &XdpContext) -> (Action, Reason) {
+    match parse::classify(ctx) {
         Packet::NotIp => (Action::Pass, Reason::NotIp),
         Packet::V4(src, l4) => {
             if !protected(l4) {
