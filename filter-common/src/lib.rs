@@ -8,4 +8,5 @@
 #![deny(missing_docs)]
 
 pub mod apikey;
+pub mod trace;
 pub mod xdp;

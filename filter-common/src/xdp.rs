@@ -25,7 +25,13 @@ pub const MAP_DENY_V6: &str = "EF_DENY_V6";
 /// `PerCpuArray<CounterValue>` indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "EF_COUNTERS";
 
-/// Every map the program owns, in a stable order (pinning, detaching).
+/// `Array<TraceConfig>` with one entry: `edgefilter xdp trace`'s switch
+/// ([`crate::trace::TraceConfig`]).
+pub const MAP_TRACE: &str = "EF_TRACE";
+/// The ring buffer aya-log writes trace events into (the name aya-log gives it).
+pub const MAP_LOGS: &str = "AYA_LOGS";
+
+/// Every map the filter needs, in a stable order (pinning, detaching, adopting).
 pub const ALL_MAPS: [&str; 7] = [
     MAP_CONFIG,
     MAP_PORTS,
@@ -35,6 +41,11 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_DENY_V6,
     MAP_COUNTERS,
 ];
+
+/// The maps of `edgefilter xdp trace`, pinned beside [`ALL_MAPS`] (so a restart adopts the
+/// program and `xdp detach` removes them) but not required of a pin directory: a filter pinned
+/// by a build before tracing has none.
+pub const TRACE_MAPS: [&str; 2] = [MAP_TRACE, MAP_LOGS];
 
 /// Capacity of each allowlist trie (per address family).
 pub const ALLOW_MAX_ENTRIES: u32 = 131_072;
@@ -302,7 +313,11 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit() {
         // BPF object names are 16 bytes including the trailing NUL.
-        for name in ALL_MAPS.iter().chain(&[PROG_FILTER, PROG_PASS_ALL]) {
+        for name in ALL_MAPS
+            .iter()
+            .chain(&TRACE_MAPS)
+            .chain(&[PROG_FILTER, PROG_PASS_ALL])
+        {
             assert!(name.len() <= 15, "{name} is too long for a BPF object name");
         }
     }

@@ -5,12 +5,14 @@
 //! (`denylisted`; an IPv6 source is looked up masked to the configured prefix, so one entry bans
 //! a whole /64); source in the allowlist → pass (`allowlisted`); else drop
 //! (`not_allowlisted`). In monitor mode nothing is dropped and drops count as `would_drop`.
-//! Nothing is logged on the per-packet path; every outcome bumps one per-CPU counter.
+//! Every outcome bumps one per-CPU counter. Nothing is logged unless `edgefilter xdp trace`
+//! switched tracing on for the packet's source ([`trace`]); off, that check is one array read.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod parse;
+mod trace;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
@@ -33,6 +35,7 @@ pub fn edgefilter(ctx: XdpContext) -> u32 {
             (*c).bytes += len;
         }
     }
+    trace::record(&ctx, action, reason);
     match action {
         Action::Drop => xdp_action::XDP_DROP,
         Action::Pass | Action::WouldDrop => xdp_action::XDP_PASS,

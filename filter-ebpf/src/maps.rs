@@ -4,6 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
+use filter_common::trace::TraceConfig;
 use filter_common::xdp::{
     ALLOW_MAX_ENTRIES, COUNTER_SLOTS, CounterValue, DENY_MAX_ENTRIES, DenyEntry, PortBitmap,
     XdpConfig,
@@ -38,3 +39,8 @@ pub static DENY_V6: LruHashMap<[u8; 16], DenyEntry> =
 /// Per-CPU packet/byte counters per (action, reason).
 #[map(name = "EF_COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// `edgefilter xdp trace`'s switch (one entry; off = `expires_at_ns == 0`). The events go to
+/// aya-log's own ring buffer, `AYA_LOGS`.
+#[map(name = "EF_TRACE")]
+pub static TRACE: Array<TraceConfig> = Array::with_max_entries(1, 0);

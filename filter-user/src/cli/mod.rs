@@ -17,6 +17,7 @@ pub mod keys;
 pub mod name_arg;
 pub mod out;
 pub mod stats;
+pub mod trace;
 pub mod users;
 pub mod xdp;
 

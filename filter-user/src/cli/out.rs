@@ -22,6 +22,15 @@ pub fn print(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `args` to stdout and returns the failure instead of exiting, for a command that must
+/// clean up before it ends (`xdp trace` switches tracing off).
+///
+/// # Errors
+/// Stdout cannot take it (a closed pipe included).
+pub fn write(args: fmt::Arguments<'_>) -> std::io::Result<()> {
+    std::io::stdout().lock().write_fmt(args)
+}
+
 /// `s` with every control character and invisible formatting character (zero-width, bidi
 /// overrides) written as an escape such as `\u{1b}`, so printed text cannot move the cursor,
 /// recolour the terminal, or reorder what follows it.

@@ -1,4 +1,4 @@
-//! `edgefilter xdp attach|detach|status`: the pinned XDP program.
+//! `edgefilter xdp attach|detach|status|trace`: the pinned XDP program (`trace`: [`super::trace`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::out::outln;
-use crate::xdp::{AttachState, PinDir, ProgramState, detach, open_pinned};
+use crate::xdp::{AttachState, PinDir, ProgramState, TraceSwitch, XdpError, detach, open_pinned};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -16,8 +16,11 @@ pub enum XdpCmd {
     Attach,
     /// Remove the pinned XDP program from every interface, with its links and maps.
     Detach,
-    /// Show the pinned filter: links, mode, protected ports, allowlist size, counters.
+    /// Show the pinned filter: links, mode, protected ports, allowlist size, trace, counters.
     Status,
+    /// For a bounded time, print the filter's decision (verdict and reason) for each packet
+    /// from matching sources; tracing is switched off again at the end or on Ctrl-C.
+    Trace(super::trace::TraceArgs),
 }
 
 /// Runs the command. Only `attach` reads the config: the pins say everything else.
@@ -27,6 +30,7 @@ pub enum XdpCmd {
 pub fn run(config: &Path, cmd: XdpCmd) -> anyhow::Result<ExitCode> {
     let pins = PinDir::from_env();
     match cmd {
+        XdpCmd::Trace(args) => return super::trace::run(&args),
         XdpCmd::Attach => {
             let cfg = match super::load_config(config) {
                 Ok(c) => c,
@@ -81,6 +85,15 @@ pub fn run(config: &Path, cmd: XdpCmd) -> anyhow::Result<ExitCode> {
             outln!("protected   {:?}", maps.protected_ports()?);
             outln!("allowlist   {} prefixes", maps.allowlist()?.len());
             outln!("denylist    {} entries", maps.denied()?.len());
+            let trace = match TraceSwitch::from_pins(&pins) {
+                Ok(switch) => match switch.remaining()? {
+                    Some(left) => format!("on for {} s more", left.as_secs() + 1),
+                    None => "off".to_string(),
+                },
+                Err(XdpError::NoTrace(_)) => "not in the pinned program".to_string(),
+                Err(e) => return Err(e.into()),
+            };
+            outln!("trace       {trace}");
             for (action, reason, v) in maps.counters()?.iter() {
                 if v.packets > 0 {
                     outln!(

@@ -62,8 +62,9 @@ pub fn install(
         .collect::<Result<_, _>>()?;
     drop_stale_links(pins, &wanted)?;
 
+    let shared = pinned_map_ids(pins)?;
     let new_prog = load_program(ebpf, PROG_FILTER)?;
-    let new_id = identity(new_prog)?;
+    let new_id = identity(new_prog, &shared)?;
     let mut pinned = if pins.has_program() {
         Some(
             Xdp::from_pin(pins.prog(), XdpAttachType::Interface)
@@ -75,7 +76,7 @@ pub fn install(
     let state = match pinned.as_ref() {
         None => ProgramState::Fresh,
         // Same code on the same maps (map pins may have been recreated under it): adopt.
-        Some(p) if identity(p)? == new_id => ProgramState::Adopted,
+        Some(p) if identity(p, &shared)? == new_id => ProgramState::Adopted,
         Some(_) => ProgramState::Replaced,
     };
     let prog: &mut Xdp = match state {
@@ -125,17 +126,47 @@ pub fn install(
     Ok((state, attached))
 }
 
-/// What makes two loaded programs interchangeable: the instruction tag and the maps used. Read
-/// through the program's own fd (`BPF_OBJ_GET_INFO_BY_FD`), which `CAP_BPF` allows; aya's
-/// `ProgramInfo::map_ids` would reopen the program by id, which needs `CAP_SYS_ADMIN`.
-fn identity(p: &Xdp) -> Result<([u8; 8], Vec<u32>), XdpError> {
+/// What makes two loaded programs interchangeable: the instruction tag and, of the maps used,
+/// those pinned in `shared`. Read through the program's own fd (`BPF_OBJ_GET_INFO_BY_FD`),
+/// which `CAP_BPF` allows; aya's `ProgramInfo::map_ids` would reopen the program by id, which
+/// needs `CAP_SYS_ADMIN`.
+///
+/// Maps that are not pinned — the read-only data (`.rodata`: aya-log's level and strings) —
+/// are left out: every load makes them afresh (they are frozen, so they cannot be pinned and
+/// reused), and their content comes from the same object as the code the tag covers.
+fn identity(p: &Xdp, shared: &[u32]) -> Result<([u8; 8], Vec<u32>), XdpError> {
     use std::os::fd::AsFd;
     let fd = p
         .fd()
         .map_err(|e| XdpError::program("reading the program's fd", e))?;
     let id = bpf_prog_info::program_identity(fd.as_fd())
         .map_err(|e| XdpError::io("reading the program's tag and map ids", e))?;
-    Ok((id.tag, id.map_ids))
+    let maps = id
+        .map_ids
+        .into_iter()
+        .filter(|m| shared.contains(m))
+        .collect();
+    Ok((id.tag, maps))
+}
+
+/// The kernel ids of this build's maps pinned in `pins` (the filter's and the trace's), each
+/// read from its pin (`BPF_OBJ_GET`, then info by that fd: `CAP_BPF` is enough).
+fn pinned_map_ids(pins: &PinDir) -> Result<Vec<u32>, XdpError> {
+    let mut ids = Vec::new();
+    for name in filter_common::xdp::ALL_MAPS
+        .iter()
+        .chain(&filter_common::xdp::TRACE_MAPS)
+    {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|e| XdpError::map(format!("inspecting {}", path.display()), e))?;
+        ids.push(info.id());
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 fn ifindex(name: &str) -> Result<u32, XdpError> {

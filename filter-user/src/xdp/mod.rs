@@ -11,14 +11,16 @@ mod counters;
 mod maps;
 mod object;
 mod pin;
+mod trace;
 
 use std::path::PathBuf;
 
 use aya::maps::MapInfo;
+use filter_common::trace::TraceConfig;
 use filter_common::xdp::{
     ALLOW_MAX_ENTRIES, COUNTER_SLOTS, CounterValue, DENY_MAX_ENTRIES, DenyEntry, MAP_ALLOW_V4,
-    MAP_ALLOW_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS, PortBitmap,
-    XdpConfig,
+    MAP_ALLOW_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS, MAP_TRACE,
+    PortBitmap, XdpConfig,
 };
 
 pub use allowfile::{
@@ -30,6 +32,7 @@ pub use counters::XdpCounters;
 pub use maps::{XdpMaps, monotonic_ns};
 pub use object::{RunResult, Standalone};
 pub use pin::{DEFAULT_PIN_DIR, PIN_DIR_ENV, PinDir, is_bpffs};
+pub use trace::{MAX_TRACE, TraceEvent, TraceReader, TraceSession, TraceSwitch, trace_config};
 
 use crate::config::Config;
 
@@ -125,6 +128,23 @@ pub enum XdpError {
     /// The object lacks a program.
     #[error("the XDP object has no program {0}")]
     MissingProgram(String),
+    /// The pinned filter was loaded by a build without `xdp trace`.
+    #[error(
+        "the XDP filter pinned at {0} predates `xdp trace`: restart the daemon (or run `edgefilter xdp attach`) with this build"
+    )]
+    NoTrace(PathBuf),
+    /// Another trace is running (or was killed and has not expired yet).
+    #[error("another `xdp trace` is running for {}s more; try again after it", .0.as_secs() + 1)]
+    TraceBusy(std::time::Duration),
+    /// The program's aya-log buffer could not be opened.
+    #[error("{context}: {source}")]
+    Logs {
+        /// What was being done.
+        context: String,
+        /// The aya-log error.
+        #[source]
+        source: aya_log::Error,
+    },
     /// A map holds something impossible.
     #[error("corrupt map content: {0}")]
     Corrupt(String),
@@ -331,7 +351,7 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), XdpError> {
             core::mem::size_of::<T>() as u32
         }
     }
-    let expected: [(&str, u32, u32, u32); 7] = [
+    let expected: [(&str, u32, u32, u32); 8] = [
         (MAP_CONFIG, 4, sz::<XdpConfig>(), 1),
         (MAP_PORTS, 4, sz::<PortBitmap>(), 1),
         (MAP_ALLOW_V4, 8, 4, ALLOW_MAX_ENTRIES),
@@ -339,6 +359,7 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), XdpError> {
         (MAP_DENY_V4, 4, sz::<DenyEntry>(), DENY_MAX_ENTRIES),
         (MAP_DENY_V6, 16, sz::<DenyEntry>(), DENY_MAX_ENTRIES),
         (MAP_COUNTERS, 4, sz::<CounterValue>(), COUNTER_SLOTS),
+        (MAP_TRACE, 4, sz::<TraceConfig>(), 1),
     ];
     for (name, key, value, max) in expected {
         let path = pins.map(name);

@@ -3,9 +3,10 @@
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use filter_common::xdp::{ALL_MAPS, PROG_FILTER, PROG_PASS_ALL};
+use filter_common::trace::TraceConfig;
+use filter_common::xdp::{ALL_MAPS, PROG_FILTER, PROG_PASS_ALL, TRACE_MAPS};
 
-use super::{PinDir, XdpError, XdpMaps};
+use super::{PinDir, TraceEvent, TraceReader, TraceSwitch, XdpError, XdpMaps};
 
 /// The object `cargo xtask build-ebpf` produced; empty when it had not run before the build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/filter-ebpf.o"));
@@ -28,10 +29,20 @@ pub fn object() -> Result<&'static [u8], XdpError> {
 /// # Errors
 /// No object, or the kernel refuses a map.
 pub fn open(pins: Option<&PinDir>) -> Result<Ebpf, XdpError> {
-    let bytes = object()?;
+    open_object(object()?, pins)
+}
+
+/// [`open`] for the object `bytes`.
+fn open_object(bytes: &[u8], pins: Option<&PinDir>) -> Result<Ebpf, XdpError> {
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, std::path::PathBuf)> = pins
-        .map(|p| ALL_MAPS.iter().map(|m| (*m, p.map(m))).collect())
+        .map(|p| {
+            ALL_MAPS
+                .iter()
+                .chain(&TRACE_MAPS)
+                .map(|m| (*m, p.map(m)))
+                .collect()
+        })
         .unwrap_or_default();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
@@ -62,6 +73,8 @@ pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, X
 pub struct Standalone {
     ebpf: Ebpf,
     maps: XdpMaps,
+    /// The trace switch and events; `None` for an object built before tracing.
+    trace: Option<(TraceSwitch, TraceReader)>,
 }
 
 /// One `BPF_PROG_TEST_RUN` result.
@@ -79,11 +92,49 @@ impl Standalone {
     /// # Errors
     /// No object, or the kernel refuses a map or a program.
     pub fn load() -> Result<Self, XdpError> {
-        let mut ebpf = open(None)?;
+        Self::load_object(object()?)
+    }
+
+    /// [`Standalone::load`] for another build's object (the bench compares builds in one run);
+    /// an object without tracing loads too ([`Standalone::set_trace`] then fails).
+    ///
+    /// # Errors
+    /// The object is not an edgefilter XDP object, or the kernel refuses a map or a program.
+    pub fn load_object(bytes: &[u8]) -> Result<Self, XdpError> {
+        let mut ebpf = open_object(bytes, None)?;
         load_program(&mut ebpf, PROG_FILTER)?;
         load_program(&mut ebpf, PROG_PASS_ALL)?;
         let maps = XdpMaps::from_ebpf(&mut ebpf)?;
-        Ok(Self { ebpf, maps })
+        let trace = match TraceSwitch::from_ebpf(&mut ebpf) {
+            Ok(switch) => Some((switch, TraceReader::from_ebpf(&mut ebpf)?)),
+            Err(XdpError::MissingMap(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self { ebpf, maps, trace })
+    }
+
+    /// Writes the trace switch (see [`super::trace_config`]).
+    ///
+    /// # Errors
+    /// The object has no tracing, or the map update fails.
+    pub fn set_trace(&mut self, cfg: TraceConfig) -> Result<(), XdpError> {
+        let (switch, _) = self.trace_parts()?;
+        switch.set(cfg)
+    }
+
+    /// The trace events logged since the last call, oldest first.
+    ///
+    /// # Errors
+    /// The object has no tracing.
+    pub fn trace_events(&mut self) -> Result<Vec<TraceEvent>, XdpError> {
+        let (_, reader) = self.trace_parts()?;
+        Ok(reader.read())
+    }
+
+    fn trace_parts(&mut self) -> Result<&mut (TraceSwitch, TraceReader), XdpError> {
+        self.trace
+            .as_mut()
+            .ok_or_else(|| XdpError::MissingMap(filter_common::xdp::MAP_TRACE.to_string()))
     }
 
     /// The private maps.

@@ -1,11 +1,12 @@
 //! The pin directory on bpffs: where the program, its links and maps live across restarts.
 //!
 //! Layout under the pin dir (default `/sys/fs/bpf/edgefilter/`): `prog` (the filter program),
-//! one `link_<ifname>_<ifindex>` per attached interface, and one file per map (`EF_*`).
+//! one `link_<ifname>_<ifindex>` per attached interface, and one file per map (`EF_*`, and
+//! `AYA_LOGS`, the trace events' ring buffer).
 
 use std::path::{Path, PathBuf};
 
-use filter_common::xdp::ALL_MAPS;
+use filter_common::xdp::{ALL_MAPS, TRACE_MAPS};
 
 use super::XdpError;
 
@@ -140,7 +141,7 @@ impl PinDir {
         let mut removed = Vec::new();
         let mut paths: Vec<PathBuf> = self.links()?.into_iter().map(|(_, p)| p).collect();
         paths.push(self.prog());
-        paths.extend(ALL_MAPS.iter().map(|m| self.map(m)));
+        paths.extend(ALL_MAPS.iter().chain(&TRACE_MAPS).map(|m| self.map(m)));
         for p in paths {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed.push(p),

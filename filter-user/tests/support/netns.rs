@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
+
+use super::daemon::{Process, raw_http};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -230,6 +232,47 @@ impl Topology {
     /// Whether a TCP handshake from `src` to the server's `port` completes within `timeout`.
     pub fn connects(&self, src: &str, port: u16, timeout: Duration) -> bool {
         connect_from(&self.client, src, port, timeout)
+    }
+
+    /// Starts `edgefilter run` (with XDP, as the config says) in the server namespace with this
+    /// test's pin dir, logging to `dir/daemon.log`, and waits until `admin` (an address in the
+    /// server namespace) answers `/readyz`.
+    pub fn run_daemon(&self, config: &Path, dir: &Path, admin: SocketAddr) -> Process {
+        let mut p = Process::spawn_logging_to(
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", self.server))
+                .args(["--", env!("CARGO_BIN_EXE_edgefilter"), "--config"])
+                .arg(config)
+                .arg("run")
+                .env("EDGEFILTER_BPF_PIN_DIR", &self.pins)
+                .env_remove("EDGEFILTER_CONFIG"),
+            &dir.join("daemon.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = Self::in_ns(&self.server, move || {
+                matches!(raw_http(admin, "GET", "/readyz", None, None), Ok((200, _)))
+            });
+            if ready {
+                return p;
+            }
+            let log = p.log();
+            assert!(p.try_wait().is_none(), "daemon exited:\n{log}");
+            assert!(Instant::now() < deadline, "daemon not ready:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The real `edgefilter` binary in the server namespace with this test's pin dir, to spawn.
+    pub fn edgefilter_command(&self, config: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.server))
+            .args(["--", env!("CARGO_BIN_EXE_edgefilter"), "--config"])
+            .arg(config)
+            .args(args)
+            .env("EDGEFILTER_BPF_PIN_DIR", &self.pins)
+            .env_remove("EDGEFILTER_CONFIG");
+        c
     }
 
     /// Runs the real `edgefilter` binary in the server namespace with this test's pin dir.

@@ -8,14 +8,13 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edgefilter::xdp::{PinDir, XdpCounters, open_pinned};
 use filter_common::xdp::{Action, Reason};
 use socket2::{Domain, Socket, Type};
 
-use crate::support::daemon::{Process, raw_http};
+use crate::support::daemon::Process;
 use crate::support::netns::{CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology};
 use crate::support::serial::serial;
 
@@ -47,30 +46,7 @@ fn write_config(dir: &Path) -> PathBuf {
 
 /// Starts `edgefilter run` in the server namespace and waits for `/readyz`.
 fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
-    let mut p = Process::spawn_logging_to(
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", topo.server))
-            .args(["--", env!("CARGO_BIN_EXE_edgefilter"), "--config"])
-            .arg(config)
-            .arg("run")
-            .env("EDGEFILTER_BPF_PIN_DIR", &topo.pins)
-            .env_remove("EDGEFILTER_CONFIG"),
-        &dir.join("daemon.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let admin: SocketAddr = ADMIN.parse().unwrap();
-        let ready = Topology::in_ns(&topo.server, move || {
-            matches!(raw_http(admin, "GET", "/readyz", None, None), Ok((200, _)))
-        });
-        if ready {
-            return p;
-        }
-        let log = p.log();
-        assert!(p.try_wait().is_none(), "daemon exited:\n{log}");
-        assert!(Instant::now() < deadline, "daemon not ready:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    topo.run_daemon(config, dir, ADMIN.parse().unwrap())
 }
 
 /// One `GET /` with `BAD_KEY` from `src`: the status, or `None` without a handshake.

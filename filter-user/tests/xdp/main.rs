@@ -1,7 +1,7 @@
 //! The XDP filter, one test binary (needs root): crafted frames through `BPF_PROG_TEST_RUN`,
-//! malformed input, real traffic between network namespaces, and auto-block with the real
-//! daemon. Every test holds [`support::serial::serial`]: they share the kernel's bpffs and XDP
-//! state.
+//! malformed input, real traffic between network namespaces, and auto-block and `xdp trace`
+//! with the real daemon. Every test holds [`support::serial::serial`]: they share the kernel's
+//! bpffs and XDP state.
 
 #[allow(
     dead_code,
@@ -15,3 +15,5 @@ mod caps;
 mod netns;
 mod testrun;
 mod testrun_malformed;
+mod testrun_trace;
+mod trace;
