@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::reqid::IdGen;
 use super::settings::Settings;
@@ -28,6 +29,9 @@ pub(crate) struct ShardState {
     pub stopping: Cell<bool>,
     /// Woken when draining starts (idle connections and accept loops leave).
     pub notify: Notify,
+    /// While draining for a hand-over: until when an idle connection may wait for one last
+    /// request (`None`: idle connections close at once).
+    pub idle_until: Cell<Option<Instant>>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// This shard's request metrics (it is their only writer).
@@ -61,8 +65,20 @@ impl ShardState {
             pool: RefCell::new(Pool::new(upstreams)),
             stopping: Cell::new(false),
             notify: Notify::new(),
+            idle_until: Cell::new(None),
             active: Cell::new(0),
         }
+    }
+
+    /// Until when a connection idle between requests may wait for its next one: `deadline`
+    /// (its client timeout) while serving; while draining, `None` (close now) or the end of a
+    /// hand-over's grace.
+    #[must_use]
+    pub fn idle_deadline(&self, deadline: Instant) -> Option<Instant> {
+        if !self.stopping.get() {
+            return Some(deadline);
+        }
+        self.idle_until.get().map(|until| until.min(deadline))
     }
 
     /// Records a refusal answered to `source` in this shard's recent denials (`edgefilter
