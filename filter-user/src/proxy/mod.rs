@@ -359,55 +359,6 @@ pub fn start_opts(
     Ok(handle)
 }
 
-/// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
-/// SIGHUP reloads the TLS certificate and reopens the access log file.
-///
-/// # Errors
-/// Listener bind failures and TLS config errors.
-pub fn serve(
-    cfg: &Config,
-    gates: GateFactory,
-    telemetry: Telemetry,
-    autoblock: Arc<Autoblock>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let reopen = telemetry.access_log.clone();
-    let handle = start_with(cfg, gates, telemetry, autoblock)?;
-    tracing::info!(
-        http = ?handle.local_addrs(),
-        https = ?handle.tls_addrs(),
-        shards = cfg.shard_count(),
-        "proxy listening"
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    if let Some(log) = &reopen {
-                        log.reopen();
-                    }
-                    match handle.reload_tls() {
-                        Ok(()) => tracing::info!("TLS certificate reloaded"),
-                        Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
-                    }
-                }
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    })?;
-    tracing::info!("draining in-flight requests");
-    handle.shutdown(DRAIN_DEADLINE)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
