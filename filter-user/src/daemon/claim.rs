@@ -226,13 +226,20 @@ pub struct Lock {
     what: Guarded,
     path: PathBuf,
     file: File,
+    /// Handed over by a daemon that may still hold it: never unlinked by this one.
+    shared: bool,
 }
 
 impl Lock {
     /// Adopts the descriptor of a lock handed over by the daemon this one takes over from.
     #[must_use]
     pub fn adopt(what: Guarded, path: PathBuf, file: File) -> Self {
-        Self { what, path, file }
+        Self {
+            what,
+            path,
+            file,
+            shared: true,
+        }
     }
 
     /// What it guards.
@@ -317,6 +324,7 @@ impl Claims {
                 what: what.clone(),
                 path,
                 file,
+                shared: false,
             }),
             Err(holder) => return Err(ClaimError::Held { what, holder, path }),
         }
@@ -351,9 +359,11 @@ impl Claims {
         &self.locks
     }
 
-    /// Writes this process's pid into every lock file (a daemon that took over, once serving).
-    pub fn write_pid(&self) {
-        for l in &self.locks {
+    /// A daemon that took over serves: its pid goes into every lock file, and the locks are
+    /// its own (the replaced daemon accepts nothing any more and only closes its descriptors).
+    pub fn took_over(&mut self) {
+        for l in &mut self.locks {
+            l.shared = false;
             if let Err(e) = write_pid(&l.file) {
                 tracing::warn!(lock = %l.path.display(), error = %e, "cannot write the pid into the lock file");
             }
@@ -404,7 +414,8 @@ pub fn holders(cfg: &Config, dir: &RunDir) -> BTreeSet<Option<u32>> {
 fn wanted(cfg: &Config) -> Vec<Guarded> {
     let mut out = Vec::new();
     if cfg.store.kind == StoreKind::Sqlite {
-        out.push(Guarded::Store(cfg.resolve(&cfg.store.path)));
+        let path = cfg.resolve(&cfg.store.path);
+        out.push(Guarded::Store(std::path::absolute(&path).unwrap_or(path)));
     }
     let addrs = cfg.listen.http.iter().chain(&cfg.listen.https);
     for &addr in addrs.chain(std::iter::once(&cfg.admin.listen)) {
@@ -486,9 +497,12 @@ fn write_pid(file: &File) -> io::Result<()> {
     file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
 }
 
-/// Unlinks the lock file while still holding it, then closes it.
+/// Unlinks the lock file while still holding it (unless another daemon may hold it too), then
+/// closes it.
 fn release(lock: Lock) {
-    let _ = std::fs::remove_file(&lock.path);
+    if !lock.shared {
+        let _ = std::fs::remove_file(&lock.path);
+    }
     drop(lock.file);
 }
 
@@ -554,6 +568,7 @@ mod tests {
             what: Guarded::Store(path.clone()),
             path: path.clone(),
             file,
+            shared: false,
         });
         assert!(!path.exists());
         assert_eq!(held_by(&path), None);

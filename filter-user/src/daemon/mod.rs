@@ -200,7 +200,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
             let old = t
                 .serving()
                 .with_context(|| format!("taking over from pid {old_pid}"))?;
-            claims.write_pid();
+            claims.took_over();
             tracing::info!(
                 old_pid,
                 "took over: serving; the replaced daemon drains and exits"
@@ -301,7 +301,7 @@ fn sort(offered: Vec<(Item, OwnedFd)>) -> Inherited {
         match item {
             Item::Listener { addr, tls } => {
                 let socket = TcpListener::from(fd);
-                if socket.local_addr().ok() == Some(addr) {
+                if socket.local_addr().ok() == Some(addr) && socket.set_nonblocking(true).is_ok() {
                     out.listeners.push(ListenSocket { addr, tls, socket });
                 } else {
                     tracing::warn!(%addr, "a handed-over socket is not bound there: closed");

@@ -1,6 +1,7 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
 //! through the real daemon (names that break their rule included), durability across `kill -9`,
-//! revocation under load, `stats`, and auto-block with the denylist without XDP.
+//! revocation under load, `stats`, auto-block with the denylist without XDP, and one daemon per
+//! address and store with `run --takeover` replacing it under load.
 
 #[allow(
     dead_code,
@@ -17,3 +18,4 @@ mod metrics;
 mod names;
 mod revoke_load;
 mod stats;
+mod takeover;
