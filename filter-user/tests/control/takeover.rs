@@ -80,6 +80,8 @@ fn once(addr: SocketAddr, key: &str) -> std::io::Result<u16> {
 struct Strict {
     addr: SocketAddr,
     stream: Option<TcpStream>,
+    /// Answers marked `Connection: close`.
+    closes: u64,
 }
 
 impl Strict {
@@ -134,6 +136,7 @@ impl Strict {
             Ok((status, close)) => {
                 if close {
                     self.stream = None;
+                    self.closes += 1;
                 }
                 Ok(status)
             }
@@ -229,9 +232,13 @@ fn an_address_another_program_listens_on_is_refused_even_with_so_reuseport() {
     assert!(log.contains("not by an edgefilter daemon"), "{log}");
 }
 
-/// Load: keep-alive and new-connection clients, each sending one request after another.
-const KEEP_ALIVE_CLIENTS: usize = 3;
+/// Load: keep-alive and new-connection clients, each sending one request after another. The
+/// keep-alive clients pause between requests, so their connections are mostly idle when the
+/// old daemon drains (the moment a close could race with a request).
+const KEEP_ALIVE_CLIENTS: usize = 6;
 const NEW_CONNECTION_CLIENTS: usize = 3;
+const KEEP_ALIVE_PAUSE: Duration = Duration::from_millis(40);
+const NEW_CONNECTION_PAUSE: Duration = Duration::from_millis(2);
 /// Bounds on the load, whatever happens.
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 const PER_CLIENT_LIMIT: u64 = 200_000;
@@ -242,6 +249,8 @@ struct Tally {
     failures: Mutex<Vec<String>>,
     /// Requests answered 200 after the replaced daemon had exited.
     after_exit: AtomicU64,
+    /// Keep-alive answers marked `Connection: close`.
+    closes: AtomicU64,
 }
 
 #[test]
@@ -263,6 +272,7 @@ fn a_takeover_under_load_fails_no_request_and_hands_everything_over() {
                 let mut strict = Strict {
                     addr: http,
                     stream: None,
+                    closes: 0,
                 };
                 let mut sent = 0;
                 while !stop.load(Ordering::Relaxed)
@@ -294,8 +304,13 @@ fn a_takeover_under_load_fails_no_request_and_hands_everything_over() {
                             .unwrap()
                             .push(format!("client {n}: {e} at {:?}", began.elapsed())),
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(if n < KEEP_ALIVE_CLIENTS {
+                        KEEP_ALIVE_PAUSE
+                    } else {
+                        NEW_CONNECTION_PAUSE
+                    });
                 }
+                tally.closes.fetch_add(strict.closes, Ordering::Relaxed);
             })
         })
         .collect();
@@ -365,8 +380,9 @@ fn a_takeover_under_load_fails_no_request_and_hands_everything_over() {
     let sent = tally.sent.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap().clone();
     let after = tally.after_exit.load(Ordering::Relaxed);
+    let closes = tally.closes.load(Ordering::Relaxed);
     eprintln!(
-        "takeover under load: {sent} requests ({before} before the takeover began, {after} after the old daemon exited), {} failed; {probes} CLI-key probes",
+        "takeover under load: {sent} requests ({before} before the takeover began, {after} after the old daemon exited), {} failed; {closes} keep-alive answers marked last; {probes} CLI-key probes",
         failures.len()
     );
     assert!(
