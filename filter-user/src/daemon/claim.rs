@@ -111,6 +111,31 @@ impl RunDir {
         }
     }
 
+    /// Removes what daemons that were killed left here: address lock files nobody holds (taken,
+    /// then unlinked while held, as a releasing holder does) and takeover sockets of pids that
+    /// no longer run.
+    pub fn sweep(&self) {
+        for (_, path) in self.address_locks() {
+            if let Ok(Ok(file)) = acquire(&path, 1) {
+                let _ = std::fs::remove_file(&path);
+                drop(file);
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("takeover-")?.strip_suffix(".sock"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// The socket where daemon `pid` hands over to a daemon taking over.
     #[must_use]
     pub fn takeover_socket(&self, pid: u32) -> PathBuf {
@@ -319,7 +344,7 @@ impl Claims {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        match acquire(&path).map_err(io)? {
+        match acquire(&path, TRIES).map_err(io)? {
             Ok(file) => self.locks.push(Lock {
                 what: what.clone(),
                 path,
@@ -444,8 +469,27 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// Locks the file at `path` (created if missing): the file, or who holds it.
-fn acquire(path: &Path) -> io::Result<Result<File, Holder>> {
+/// How often a claim tries a held lock before it reports the holder: another daemon's sweep or
+/// overlap check holds a free lock file for a moment.
+const TRIES: u32 = 5;
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Locks the file at `path` (created if missing), trying `tries` times 20 ms apart while it is
+/// held: the file, or who holds it.
+fn acquire(path: &Path, tries: u32) -> io::Result<Result<File, Holder>> {
+    let mut attempt = 1;
+    loop {
+        match acquire_once(path)? {
+            Err(_) if attempt < tries => {
+                attempt += 1;
+                std::thread::sleep(RETRY_AFTER);
+            }
+            done => return Ok(done),
+        }
+    }
+}
+
+fn acquire_once(path: &Path) -> io::Result<Result<File, Holder>> {
     for _ in 0..8 {
         let file = OpenOptions::new()
             .read(true)
@@ -471,19 +515,26 @@ fn acquire(path: &Path) -> io::Result<Result<File, Holder>> {
     Err(io::Error::other("the lock file keeps being replaced"))
 }
 
-/// Who holds the lock file at `path`; `None` when nobody does (or it does not exist).
+/// Who holds the lock file at `path` (tried [`TRIES`] times); `None` when nobody does (or it
+/// does not exist).
 fn held_by(path: &Path) -> Option<Holder> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ok()?;
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        // Free (closing the file releases it again).
-        Ok(()) => None,
-        Err(rustix::io::Errno::WOULDBLOCK) => Some(Holder(read_pid(&file))),
-        Err(_) => None,
+    for attempt in 1..=TRIES {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            // Free (closing the file releases it again).
+            Ok(()) => return None,
+            Err(rustix::io::Errno::WOULDBLOCK) if attempt < TRIES => {
+                std::thread::sleep(RETRY_AFTER)
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Some(Holder(read_pid(&file))),
+            Err(_) => return None,
+        }
     }
+    None
 }
 
 fn read_pid(file: &File) -> Option<u32> {
@@ -556,11 +607,11 @@ mod tests {
     fn a_held_lock_names_its_pid_and_a_released_one_is_free_and_gone() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("x.lock");
-        let file = acquire(&path).unwrap().unwrap();
+        let file = acquire(&path, 1).unwrap().unwrap();
         assert_eq!(read_pid(&file), Some(std::process::id()));
         // A second open file of the same path is refused (flock is per open file).
         assert_eq!(
-            acquire(&path).unwrap().unwrap_err(),
+            acquire(&path, 2).unwrap().unwrap_err(),
             Holder(Some(std::process::id()))
         );
         assert_eq!(held_by(&path), Some(Holder(Some(std::process::id()))));
@@ -572,7 +623,26 @@ mod tests {
         });
         assert!(!path.exists());
         assert_eq!(held_by(&path), None);
-        assert!(acquire(&path).unwrap().is_ok());
+        assert!(acquire(&path, 1).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_sweep_removes_free_lock_files_and_dead_sockets_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::at(tmp.path());
+        let mut held = Claims::default();
+        held.claim_bound(&dir, addr("127.0.0.1:4000")).unwrap();
+        let left = dir.address_lock(addr("127.0.0.1:4001"));
+        std::fs::write(&left, "123\n").unwrap();
+        let mine = dir.takeover_socket(std::process::id());
+        let dead = dir.takeover_socket(u32::MAX - 1);
+        std::fs::write(&mine, "").unwrap();
+        std::fs::write(&dead, "").unwrap();
+        dir.sweep();
+        assert!(dir.address_lock(addr("127.0.0.1:4000")).exists());
+        assert!(!left.exists());
+        assert!(mine.exists());
+        assert!(!dead.exists());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     };
     let run_dir = RunDir::from_env();
     run_dir.ensure()?;
+    run_dir.sweep();
     let (taking, mut inherited) = if opts.takeover {
         connect_to_running(&cfg, &run_dir)?
     } else {

@@ -217,7 +217,7 @@ fn an_address_another_program_listens_on_is_refused_even_with_so_reuseport() {
     let mut d = Daemon::configure(&default_tables(up.addr));
     let cfg = config_like(
         &d,
-        &d.dir.path().to_owned(),
+        d.dir.path(),
         addr,
         d.admin,
         &d.dir.path().join("var/keys.db"),
@@ -466,5 +466,61 @@ fn a_takeover_that_cannot_start_leaves_the_running_daemon_serving() {
         old.log().contains("did not get ready; still serving"),
         "{}",
         old.log()
+    );
+}
+
+/// Kills (SIGKILL) a process this test did not spawn itself when dropped.
+struct Stray(i32);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn sigusr2_starts_this_binary_again_with_takeover() {
+    let up = Upstream::start();
+    let mut d = Daemon::start(up.addr);
+    let (_, key) = d.create_key("alice");
+    let old_pid = d.pid().unwrap();
+    let lock = d.dir.path().join("var/keys.db.lock");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old_pid).unwrap()),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    // The old daemon exits once its child serves; the store lock names the child.
+    let until = Instant::now() + Duration::from_secs(30);
+    let new_pid = loop {
+        let named: Option<u32> = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        if let Some(pid) = named.filter(|&p| p != old_pid) {
+            break pid;
+        }
+        assert!(Instant::now() < until, "no takeover; log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _new = Stray(i32::try_from(new_pid).unwrap());
+    assert!(
+        d.wait_exit(Duration::from_secs(30))
+            .is_some_and(|st| st.success()),
+        "the old daemon did not exit cleanly; log:\n{}",
+        d.log()
+    );
+    assert_eq!(once(d.http, &key).unwrap(), 200);
+    let (status, _) = d.admin_call("GET", "/readyz", None, None);
+    assert_eq!(status, 200);
+    let log = d.log();
+    assert!(log.contains("SIGUSR2: started `run --takeover`"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "took over: serving; the replaced daemon drains and exits old_pid={old_pid}"
+        )),
+        "{log}"
     );
 }

@@ -257,6 +257,11 @@ token_file = "var/admin.token"
         old
     }
 
+    /// Waits up to `limit` for the daemon's process to exit (e.g. replaced through SIGUSR2).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.wait_for(limit))
+    }
+
     /// `kill -9` and reap.
     pub fn kill9(&mut self) {
         drop(self.child.take());
