@@ -28,9 +28,14 @@ use crate::config::{Config, StoreKind};
 /// Environment variable naming the run directory (tests, or several separate installations).
 pub const RUN_DIR_ENV: &str = "EDGEFILTER_RUN_DIR";
 
-/// Where the address locks and the takeover sockets live.
+/// Where the address locks and the takeover sockets live. An address lock names the network
+/// namespace too: daemons in two namespaces may serve the same address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunDir(PathBuf);
+pub struct RunDir {
+    path: PathBuf,
+    /// This process's network namespace (the inode of `/proc/self/ns/net`; 0 if unknown).
+    net: u64,
+}
 
 impl RunDir {
     /// `$EDGEFILTER_RUN_DIR`, else systemd's `$RUNTIME_DIRECTORY` (`RuntimeDirectory=`), else
@@ -41,7 +46,7 @@ impl RunDir {
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         if let Some(dir) = var(RUN_DIR_ENV) {
-            return Self(PathBuf::from(dir));
+            return Self::at(dir);
         }
         if let Some(dir) = var("RUNTIME_DIRECTORY") {
             // systemd may list several, separated by ':'; the first is this service's.
@@ -51,28 +56,32 @@ impl RunDir {
                 .next()
                 .unwrap_or("")
                 .to_owned();
-            return Self(PathBuf::from(first));
+            return Self::at(first);
         }
         let uid = nix::unistd::geteuid().as_raw();
         if uid == 0 {
-            return Self(PathBuf::from("/run/edgefilter"));
+            return Self::at("/run/edgefilter");
         }
         match var("XDG_RUNTIME_DIR") {
-            Some(dir) => Self(PathBuf::from(dir).join("edgefilter")),
-            None => Self(std::env::temp_dir().join(format!("edgefilter-{uid}"))),
+            Some(dir) => Self::at(PathBuf::from(dir).join("edgefilter")),
+            None => Self::at(std::env::temp_dir().join(format!("edgefilter-{uid}"))),
         }
     }
 
     /// A run directory at `path`.
     #[must_use]
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self(path.into())
+        let net = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        Self {
+            path: path.into(),
+            net,
+        }
     }
 
     /// The directory.
     #[must_use]
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
     /// Creates the directory (0755) if missing, and refuses one that someone else could have
@@ -83,15 +92,15 @@ impl RunDir {
     /// [`ClaimError::Io`] or [`ClaimError::UnsafeRunDir`].
     pub fn ensure(&self) -> Result<(), ClaimError> {
         let io = |source| ClaimError::Io {
-            context: format!("run directory {}", self.0.display()),
+            context: format!("run directory {}", self.path.display()),
             source,
         };
-        if !self.0.exists() {
-            std::fs::create_dir_all(&self.0).map_err(io)?;
-            std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755))
+        if !self.path.exists() {
+            std::fs::create_dir_all(&self.path).map_err(io)?;
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o755))
                 .map_err(io)?;
         }
-        let meta = std::fs::symlink_metadata(&self.0).map_err(io)?;
+        let meta = std::fs::symlink_metadata(&self.path).map_err(io)?;
         let uid = nix::unistd::geteuid().as_raw();
         let problem = if !meta.is_dir() {
             Some("is not a directory")
@@ -104,7 +113,7 @@ impl RunDir {
         };
         match problem {
             Some(why) => Err(ClaimError::UnsafeRunDir {
-                path: self.0.clone(),
+                path: self.path.clone(),
                 why,
             }),
             None => Ok(()),
@@ -115,23 +124,27 @@ impl RunDir {
     /// then unlinked while held, as a releasing holder does) and takeover sockets of pids that
     /// no longer run.
     pub fn sweep(&self) {
-        for (_, path) in self.address_locks() {
-            if let Ok(Ok(file)) = acquire(&path, 1) {
-                let _ = std::fs::remove_file(&path);
-                drop(file);
-            }
-        }
-        let Ok(entries) = std::fs::read_dir(&self.0) else {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name();
+            let path = e.path();
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with("listen-") && name.ends_with(".lock") {
+                if let Ok(Ok(file)) = acquire(&path, 1) {
+                    let _ = std::fs::remove_file(&path);
+                    drop(file);
+                }
+                continue;
+            }
             let pid = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("takeover-")?.strip_suffix(".sock"))
+                .strip_prefix("takeover-")
+                .and_then(|n| n.strip_suffix(".sock"))
                 .and_then(|p| p.parse::<u32>().ok());
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -139,18 +152,20 @@ impl RunDir {
     /// The socket where daemon `pid` hands over to a daemon taking over.
     #[must_use]
     pub fn takeover_socket(&self, pid: u32) -> PathBuf {
-        self.0.join(format!("takeover-{pid}.sock"))
+        self.path.join(format!("takeover-{pid}.sock"))
     }
 
     fn address_lock(&self, addr: SocketAddr) -> PathBuf {
-        self.0.join(format!("listen-{addr}.lock"))
+        self.path
+            .join(format!("listen-{addr}-net{}.lock", self.net))
     }
 
-    /// Every address with a lock file here, and its file.
+    /// Every address with a lock file of this network namespace here, and its file.
     fn address_locks(&self) -> Vec<(SocketAddr, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(&self.0) else {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
             return Vec::new();
         };
+        let suffix = format!("-net{}.lock", self.net);
         entries
             .flatten()
             .filter_map(|e| {
@@ -158,7 +173,7 @@ impl RunDir {
                 let addr = name
                     .to_str()?
                     .strip_prefix("listen-")?
-                    .strip_suffix(".lock")?
+                    .strip_suffix(suffix.as_str())?
                     .parse()
                     .ok()?;
                 Some((addr, e.path()))

@@ -1,7 +1,7 @@
 //! The XDP filter, one test binary (needs root): crafted frames through `BPF_PROG_TEST_RUN`,
-//! malformed input, real traffic between network namespaces, and auto-block with the real
-//! daemon. Every test holds [`support::serial::serial`]: they share the kernel's bpffs and XDP
-//! state.
+//! malformed input, real traffic between network namespaces, auto-block with the real daemon,
+//! and a takeover that leaves the pinned program attached throughout. Every test holds
+//! [`support::serial::serial`]: they share the kernel's bpffs and XDP state.
 
 #[allow(
     dead_code,
@@ -12,5 +12,6 @@ mod support;
 
 mod autoblock;
 mod netns;
+mod takeover;
 mod testrun;
 mod testrun_malformed;
