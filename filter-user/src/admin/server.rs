@@ -7,21 +7,22 @@
 //! operation records in the audit trail.
 //!
 //! For a hand-over to another daemon (`run --takeover`) the running server pauses: it stops
-//! accepting (callers wait in the socket's queue for the next daemon), asks its open connections
-//! to close after their current request, and reports when none is left; the listening socket
-//! itself is lent to the next daemon, which serves it from then on.
+//! accepting (callers wait in the socket's queue for the next daemon), answers each open
+//! connection's next request (one already on its way, say) with `Connection: close`, closes the
+//! connections still idle after [`PAUSE_GRACE`], and reports when none is left; the listening
+//! socket itself is lent to the next daemon, which serves it from then on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
@@ -37,6 +38,9 @@ use crate::store::{Actor, unix_now};
 
 /// Largest request body accepted (JSON requests are small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a connection idle when the server pauses may still bring one request.
+pub const PAUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Server start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ struct State {
     ready: Arc<Readiness>,
     /// Open connections.
     open: AtomicUsize,
+    /// Paused for a hand-over: every answer closes its connection.
+    paused: AtomicBool,
 }
 
 /// A bound, not yet serving, admin API server.
@@ -96,14 +102,16 @@ impl AdminHandle {
         self.socket.as_fd()
     }
 
-    /// Stops accepting (callers wait in the socket's queue) and asks every open connection to
-    /// close once its current request is answered.
+    /// Stops accepting (callers wait in the socket's queue); every open connection closes after
+    /// its next answer, or after [`PAUSE_GRACE`] without a request.
     pub fn pause(&self) {
+        self.state.paused.store(true, Ordering::Release);
         self.accepting.send_replace(false);
     }
 
     /// Accepts again after [`Self::pause`] (or a paused start).
     pub fn resume(&self) {
+        self.state.paused.store(false, Ordering::Release);
         self.accepting.send_replace(true);
     }
 
@@ -182,6 +190,7 @@ impl AdminServer {
                 ops,
                 ready,
                 open: AtomicUsize::new(0),
+                paused: AtomicBool::new(false),
             }),
             accepting: tokio::sync::watch::Sender::new(true),
         }
@@ -261,17 +270,21 @@ impl AdminServer {
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
-                // Paused for a hand-over: finish the request under way, then close.
+                // Paused for a hand-over: the next answer closes the connection (a request on
+                // its way is served); one that stays idle is closed after the grace.
                 let ended = tokio::select! {
                     r = conn.as_mut() => Some(r),
                     () = until_paused(&mut paused) => None,
                 };
                 let ended = match ended {
                     Some(r) => r,
-                    None => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
+                    None => match tokio::time::timeout(PAUSE_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    },
                 };
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "admin API connection ended");
@@ -358,7 +371,12 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
         Err(e) => error_response(&e, &request_id),
     };
     tracing::debug!(%request_id, status = resp.status().as_u16(), "admin API request");
-    with_request_id(resp, &request_id)
+    let mut resp = with_request_id(resp, &request_id);
+    if state.paused.load(Ordering::Acquire) {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Who an authenticated request comes from: the token's holder at `peer`, and whom the caller

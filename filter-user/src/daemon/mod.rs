@@ -145,10 +145,15 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         };
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
     let admin_server = match inherited.admin.take() {
-        Some((_, socket)) => {
+        Some((addr, socket)) if addr == cfg.admin.listen => {
             AdminServer::from_config_on(&cfg, socket, Arc::clone(&plane) as _, Arc::clone(&ready))?
         }
-        None => AdminServer::from_config(&cfg, Arc::clone(&plane) as _, Arc::clone(&ready))?,
+        other => {
+            if let Some((addr, _)) = other {
+                tracing::info!(%addr, "the handed-over admin socket is not admin.listen: closed");
+            }
+            AdminServer::from_config(&cfg, Arc::clone(&plane) as _, Arc::clone(&ready))?
+        }
     };
     let paused = taking.is_some();
     let admin = if paused {
