@@ -8,15 +8,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+pub mod keys;
 mod validate;
 
 /// The default config path, overridden by `--config` or `EDGEFILTER_CONFIG`.
 pub const DEFAULT_PATH: &str = "/etc/edgefilter/edgefilter.toml";
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[listen]`: the proxy's listeners.
@@ -48,7 +49,7 @@ pub struct Config {
 }
 
 /// `[listen]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     /// Plain HTTP listeners.
@@ -67,7 +68,7 @@ impl Default for Listen {
 }
 
 /// `[tls]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// PEM certificate chain.
@@ -77,7 +78,7 @@ pub struct Tls {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Number of shards; 0 = one per core.
@@ -85,7 +86,7 @@ pub struct Runtime {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request head accepted (431 above).
@@ -112,7 +113,7 @@ impl Default for Limits {
 }
 
 /// `[xdp]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Xdp {
     /// Attach the XDP program at all.
@@ -126,7 +127,7 @@ pub struct Xdp {
     /// Protected destination ports; empty = the listen ports.
     pub protected_ports: Vec<u16>,
     /// The edge allowlist (IPv4 and IPv6 CIDRs; a bare address means that one host).
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
     pub allow: Vec<IpNet>,
 }
 
@@ -144,7 +145,7 @@ impl Default for Xdp {
 }
 
 /// XDP enforcement mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Drop what fails the checks.
@@ -154,7 +155,7 @@ pub enum XdpMode {
 }
 
 /// How to attach the XDP program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttach {
     /// Native if the driver supports it, else generic.
@@ -166,7 +167,7 @@ pub enum XdpAttach {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `sqlite` or `postgres`.
@@ -188,7 +189,7 @@ impl Default for Store {
 }
 
 /// Store backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Embedded SQLite.
@@ -198,7 +199,7 @@ pub enum StoreKind {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     /// Admin API and `/metrics` listener.
@@ -217,7 +218,7 @@ impl Default for Admin {
 }
 
 /// `[keys]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Keys {
     /// The environment this edge serves (`live`, `test`, ...).
@@ -225,7 +226,7 @@ pub struct Keys {
     /// `detailed` or `opaque` 401 answers.
     pub errors: ErrorDetail,
     /// Addresses of trusted proxies whose `X-Forwarded-For` is believed.
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
     pub trusted_proxies: Vec<IpNet>,
 }
 
@@ -240,7 +241,7 @@ impl Default for Keys {
 }
 
 /// How much a 401 says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorDetail {
     /// The precise code and hint.
@@ -250,7 +251,7 @@ pub enum ErrorDetail {
 }
 
 /// `[autoblock]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Autoblock {
     /// Fill the XDP denylist from repeated key denials.
@@ -266,7 +267,7 @@ pub struct Autoblock {
     /// IPv6 sources are counted and banned by this prefix (1..=128).
     pub ipv6_prefix: u8,
     /// Sources never counted nor banned (CIDRs or addresses, masked to their network).
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
     pub exempt: Vec<IpNet>,
 }
 
@@ -284,7 +285,7 @@ impl Default for Autoblock {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// `json` or `text`.
@@ -303,7 +304,7 @@ impl Default for Log {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -313,7 +314,7 @@ pub enum LogFormat {
 }
 
 /// `[[route]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Path prefix; longest match wins.
@@ -338,7 +339,7 @@ pub struct Route {
 }
 
 /// `inject_header = { name = ..., value = ... }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InjectHeader {
     /// Header name.
@@ -379,11 +380,24 @@ fn cidr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Er
         .collect()
 }
 
+/// Writes a CIDR list as the config holds it (`10.0.0.0/8`, ...).
+fn cidr_strings<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
+}
+
 /// Durations such as `30s`, `10m`, `24h`, `90d`, `500ms`.
 pub mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
+
+    /// Writes a duration as this module reads it back (`500ms`, `30s`, `10m`, ...).
+    ///
+    /// # Errors
+    /// Whatever the serializer returns.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
 
     /// Deserializes a duration string.
     ///
@@ -392,6 +406,22 @@ pub mod humantime_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes `d` in the largest unit that holds it exactly (`500ms`, `30s`, `10m`, `24h`, `90d`),
+/// so [`parse_duration`] reads back the same duration.
+#[must_use]
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    match s {
+        _ if s != 0 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s != 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s != 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
     }
 }
 
@@ -549,6 +579,20 @@ impl Config {
         } else {
             self.runtime.shards
         }
+    }
+
+    /// Keys set in the file that nothing reads because of another key's value, each as a
+    /// sentence naming both (`check-config` prints them, the daemon logs them at start).
+    #[must_use]
+    pub fn unused(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tls.is_some() && self.listen.https.is_empty() {
+            out.push("[tls] is not used: listen.https is empty".to_owned());
+        }
+        if self.store.url.is_some() && self.store.kind == StoreKind::Sqlite {
+            out.push("store.url is not used: store.kind = \"sqlite\"".to_owned());
+        }
+        out
     }
 
     /// Destination ports XDP protects: `xdp.protected_ports`, or the listen ports when empty.

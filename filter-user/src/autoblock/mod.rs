@@ -15,11 +15,15 @@
 //!
 //! The control plane publishes the bans in force as a [`BanSnapshot`] (`arc_swap`): a shard
 //! reads it without a lock, and only when the daemon runs without XDP (the kernel drops banned
-//! sources otherwise).
+//! sources otherwise), at accept and again before each further request of a kept-alive
+//! connection.
+//!
+//! The settings are swapped whole on a config reload ([`Autoblock::reconfigure`]): a shard
+//! reads them (lock-free, `arc_swap`) at each key denial it counts.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -104,11 +108,13 @@ impl Settings {
 /// The hub shared by the shards and the control plane: settings, the report queue, and the
 /// ban snapshot.
 pub struct Autoblock {
-    settings: Settings,
+    settings: ArcSwap<Settings>,
+    /// How many shards report (fixed for the daemon's life).
+    shards: usize,
     /// A shard reports every `step` failures of a source (and when its count reaches the
     /// threshold): a fraction of the threshold per shard, so the reports of a source spread over
     /// every shard add up to within `shards × (step − 1)` of its failures.
-    step: u32,
+    step: AtomicU32,
     reports: ArrayQueue<Report>,
     dropped: AtomicU64,
     bans: ArcSwap<BanSnapshot>,
@@ -118,8 +124,8 @@ pub struct Autoblock {
 impl std::fmt::Debug for Autoblock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Autoblock")
-            .field("settings", &self.settings)
-            .field("step", &self.step)
+            .field("settings", &self.settings.load())
+            .field("step", &self.step())
             .field("queued", &self.reports.len())
             .finish_non_exhaustive()
     }
@@ -135,28 +141,36 @@ impl Autoblock {
     /// The hub for explicit settings.
     #[must_use]
     pub fn with_settings(settings: Settings, shards: usize) -> Arc<Self> {
-        let per_shard = u32::try_from(shards.max(1).saturating_mul(4)).unwrap_or(u32::MAX);
-        let step = settings.failures.div_ceil(per_shard).max(1);
         Arc::new(Self {
-            step,
+            step: AtomicU32::new(step_for(settings.failures, shards)),
+            shards,
             reports: ArrayQueue::new(QUEUE_CAPACITY),
             dropped: AtomicU64::new(0),
             bans: ArcSwap::from_pointee(BanSnapshot::empty(settings.ipv6_prefix)),
             refuse_at_accept: AtomicBool::new(false),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
         })
     }
 
-    /// The settings.
+    /// The settings in force.
     #[must_use]
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Puts `settings` in force (a config reload): the shards count with them from their next
+    /// key denial, the control plane's ticker decides with them from its next round. Counts
+    /// already made are kept.
+    pub fn reconfigure(&self, settings: Settings) {
+        self.step
+            .store(step_for(settings.failures, self.shards), Ordering::Relaxed);
+        self.settings.store(Arc::new(settings));
     }
 
     /// How many failures a shard gathers per report.
     #[must_use]
     pub fn step(&self) -> u32 {
-        self.step
+        self.step.load(Ordering::Relaxed)
     }
 
     /// A shard's own counter (call once per shard, on its thread or before).
@@ -207,4 +221,14 @@ impl Autoblock {
     fn snapshot(&self) -> arc_swap::Guard<Arc<BanSnapshot>> {
         self.bans.load()
     }
+
+    fn current(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+}
+
+/// A fraction of `failures` for each of `shards` shards (see [`Autoblock::step`]).
+fn step_for(failures: u32, shards: usize) -> u32 {
+    let per_shard = u32::try_from(shards.max(1).saturating_mul(4)).unwrap_or(u32::MAX);
+    failures.max(1).div_ceil(per_shard).max(1)
 }

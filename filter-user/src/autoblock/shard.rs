@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
-use super::{Autoblock, Report};
+use super::{Autoblock, Report, Settings};
 use crate::codes::ErrorCode;
 use crate::store::bans::source_of;
 
@@ -50,15 +50,18 @@ impl ShardFailures {
     /// Counts a request from `ip` answered with `code` (does nothing for codes that do not
     /// count, exempt sources, or with `autoblock.enabled = false`).
     pub fn note(&self, ip: IpAddr, code: ErrorCode) {
-        let s = &self.hub.settings;
-        if !s.enabled || !counts(code) || s.exempts_ip(ip) {
+        if !counts(code) {
             return;
         }
-        self.count(source_of(ip, s.ipv6_prefix), Instant::now());
+        let s = self.hub.current();
+        if !s.enabled || s.exempts_ip(ip) {
+            return;
+        }
+        self.count(&s, source_of(ip, s.ipv6_prefix), Instant::now());
     }
 
-    fn count(&self, source: IpNet, now: Instant) {
-        let s = &self.hub.settings;
+    fn count(&self, s: &Settings, source: IpNet, now: Instant) {
+        let step = self.hub.step();
         let mut table = self.table.borrow_mut();
         if table.len() >= MAX_TRACKED && !table.contains_key(&source) {
             table.retain(|_, w| now.duration_since(w.since) < s.window);
@@ -84,7 +87,7 @@ impl ShardFailures {
             };
         }
         w.count = w.count.saturating_add(1);
-        if w.count.is_multiple_of(self.hub.step) || w.count == s.failures {
+        if w.count.is_multiple_of(step) || w.count == s.failures {
             let failures = w.count - w.reported;
             w.reported = w.count;
             self.hub.report(Report {
@@ -95,8 +98,9 @@ impl ShardFailures {
         }
     }
 
-    /// Whether a connection from `ip` is to be closed at accept: the daemon runs without XDP
-    /// and `ip` is banned. One atomic load when nothing is refused.
+    /// Whether a connection from `ip` is to be closed (at accept, or before the next request of
+    /// a kept-alive one): the daemon runs without XDP and `ip` is banned. One atomic load when
+    /// nothing is refused; else a lock-free load of the ban snapshot and one hash lookup.
     #[must_use]
     pub fn refuses(&self, ip: IpAddr) -> bool {
         if !self.hub.refusing() {
@@ -117,7 +121,6 @@ impl ShardFailures {
 mod tests {
     use std::time::Duration;
 
-    use super::super::Settings;
     use super::*;
 
     fn hub(failures: u32, shards: usize) -> Arc<Autoblock> {
@@ -204,7 +207,7 @@ mod tests {
         assert_eq!(reports.iter().map(|r| r.1).sum::<u32>(), 3);
         assert_eq!(f.tracked(), 1);
 
-        let mut off = hub.settings().clone();
+        let mut off = (*hub.settings()).clone();
         off.enabled = false;
         let hub = Autoblock::with_settings(off, 1);
         let f = hub.shard();
@@ -221,8 +224,9 @@ mod tests {
         let f = hub.shard();
         let src: IpNet = "198.18.0.2/32".parse().unwrap();
         let t0 = Instant::now();
-        f.count(src, t0);
-        f.count(src, t0 + Duration::from_secs(11));
+        let s = hub.settings();
+        f.count(&s, src, t0);
+        f.count(&s, src, t0 + Duration::from_secs(11));
         let mut since = Vec::new();
         hub.drain(|r| since.push(r.since));
         assert_eq!(since, [t0, t0 + Duration::from_secs(11)]);

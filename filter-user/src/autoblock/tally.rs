@@ -36,6 +36,19 @@ impl HostTally {
         }
     }
 
+    /// Decides at `failures` within `window` from now on (a config reload); the sums so far
+    /// are kept.
+    pub fn retune(&mut self, failures: u32, window: Duration) {
+        self.failures = failures.max(1);
+        self.window = window;
+    }
+
+    /// The threshold and window in force.
+    #[must_use]
+    pub fn tuning(&self) -> (u32, Duration) {
+        (self.failures, self.window)
+    }
+
     /// Adds a report; `true` when its source has now reached the threshold (its count starts
     /// over, so it is reported once).
     pub fn add(&mut self, r: Report) -> bool {

@@ -18,6 +18,9 @@ pub fn run(path: &Path) -> ExitCode {
                 cfg.shard_count(),
                 if cfg.xdp.enabled { "on" } else { "off" }
             );
+            for note in cfg.unused() {
+                outln!("{}: note: {note}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -82,7 +82,7 @@ pub struct JsonFlag {
 }
 
 /// The checks the layers above `config` add to its validation.
-pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = crate::daemon::CONFIG_CHECKS;
 
 /// Loads the config or prints every problem and returns the usage exit code.
 ///

@@ -248,3 +248,71 @@ fn autoblock_keys_parse_and_are_checked() {
         assert!(problems[0].1.contains(needle), "{problems:?}");
     }
 }
+
+#[test]
+fn spec_keys_not_implemented_yet_are_refused_each_on_its_line_and_named_so() {
+    let text = r#"[xdp]
+interfaces = ["lo"]
+allow = ["127.0.0.0/8"]
+syn_rate = "200/s"
+syn_burst = 400
+mode = "enforse"
+[[route]]
+prefix = "/v1/"
+upstream = ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
+upstream_ca = "ca.pem"
+upstream_sni = "api.example.com"
+upstream_client_cert = "c.pem"
+upstream_client_key = "c.key"
+resolve_interval = "30s"
+cost = 1
+ai = "openai"
+websocket = true
+[route.credentials]
+name = "Authorization"
+values = ["Bearer x"]
+"#;
+    let problems = parse(text).expect_err("not implemented");
+    let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+    assert_eq!(
+        lines,
+        [4, 5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        "{problems:#?}"
+    );
+    for (line, message) in &problems {
+        if *line == 6 {
+            assert!(
+                message.contains("enforse"),
+                "the rest is checked: {message}"
+            );
+            continue;
+        }
+        assert!(
+            message.contains("not implemented in this version"),
+            "{line}: {message}"
+        );
+    }
+    assert!(
+        problems[0]
+            .1
+            .starts_with("xdp.syn_rate (per-source SYN limits)")
+    );
+    assert!(
+        problems[3]
+            .1
+            .contains("route.upstream (a list of upstream targets")
+    );
+    assert!(problems[12].1.contains("route.credentials"));
+    for upstream in ["https://api.example.com", "unix:/run/gw.sock"] {
+        let problems = parse(&format!(
+            "{MINIMAL}[[route]]\nprefix = \"/v2/\"\nupstream = \"{upstream}\"\n"
+        ))
+        .expect_err(upstream);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, 6);
+        assert!(
+            problems[0].1.contains("not implemented in this version"),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Auto-block's host-wide decision, on a thread of its own: every [`TICK`] it drains the shards'
 //! reports, sums them per source within the window ([`HostTally`]) and has the control plane ban
 //! each source that reached `autoblock.failures`; it also lets the plane forget expired bans.
+//! It reads the threshold and window from the hub at each round, so a config reload applies.
 //! Nothing here is on the request path.
 
 use std::sync::Arc;
@@ -58,6 +59,11 @@ fn run(plane: &ControlPlane, hub: &Autoblock, stop: &AtomicBool) {
     let mut last_sweep = Instant::now();
     let mut crossed = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        // A config reload may have changed the threshold or the window.
+        let s = hub.settings();
+        if tally.tuning() != (s.failures.max(1), s.window) {
+            tally.retune(s.failures, s.window);
+        }
         hub.drain(|r| {
             if tally.add(r) {
                 crossed.push(r.source);

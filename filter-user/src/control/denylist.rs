@@ -18,7 +18,7 @@ use crate::admin::{ApiError, BanJson};
 use crate::autoblock::{Autoblock, BanSnapshot, Settings};
 use crate::config::Config;
 use crate::store::audit::this_host;
-use crate::store::bans::{PURGE_AFTER_MS, ban_source, source_text, unix_now_ms};
+use crate::store::bans::{PURGE_AFTER_MS, ban_source, source_of, source_text, unix_now_ms};
 use crate::store::{Ban, BanReason, KeyStore, StoreError};
 use crate::xdp::{PinDir, XdpMaps, monotonic_ns, open_pinned};
 
@@ -72,6 +72,35 @@ impl BanBook {
     /// From now on the bans are also published to `hub`'s snapshot (the shards' accept check).
     pub fn attach(&mut self, hub: Arc<Autoblock>) {
         self.hub = Some(hub);
+        self.publish();
+    }
+
+    /// Puts a reloaded `[autoblock]` in force: the hub's counting and deciding, this book's
+    /// default ban, exemptions and IPv6 prefix. A new prefix re-keys the XDP denylist and the
+    /// shards' snapshot (bans in force keep their source; the kernel matches them by the new
+    /// prefix, as after a restart). Bans in force stay, exempt or not: `deny remove` lifts one.
+    pub fn reconfigure(&mut self, settings: Settings) {
+        let prefix = settings.ipv6_prefix;
+        let rekey = prefix != self.settings.ipv6_prefix;
+        if let Some(hub) = &self.hub {
+            hub.reconfigure(settings.clone());
+        }
+        self.settings = settings;
+        if rekey && let Some(mut maps) = pinned_maps(&self.pins) {
+            let now = unix_now_ms();
+            let wanted: Vec<_> = self
+                .active
+                .values()
+                .map(|b| (b.source.network(), kernel_expiry(b, now)))
+                .collect();
+            match maps.rekey_ipv6_denylist(prefix, &wanted) {
+                Ok(_) => tracing::info!(
+                    ipv6_prefix = prefix,
+                    "the XDP denylist now bans IPv6 sources by this prefix"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not re-key the XDP denylist"),
+            }
+        }
         self.publish();
     }
 
@@ -298,11 +327,18 @@ impl BanBook {
         };
         let now = unix_now_ms();
         let base = Instant::now();
-        let bans = self.active.values().filter(|b| b.holds_at(now)).map(|b| {
+        let prefix = self.settings.ipv6_prefix;
+        // Keyed as the kernel keys them: by the source's network under the prefix in force
+        // (a ban made under another prefix matches as it does in the XDP map).
+        let mut bans: HashMap<IpNet, Instant> = HashMap::new();
+        for b in self.active.values().filter(|b| b.holds_at(now)) {
             let left = u64::try_from(b.expires_at_ms.saturating_sub(now)).unwrap_or(0);
-            (b.source, base + Duration::from_millis(left))
-        });
-        hub.publish(BanSnapshot::new(self.settings.ipv6_prefix, bans));
+            let until = base + Duration::from_millis(left);
+            let key = source_of(b.source.network(), prefix);
+            let e = bans.entry(key).or_insert(until);
+            *e = (*e).max(until);
+        }
+        hub.publish(BanSnapshot::new(prefix, bans));
     }
 }
 
@@ -441,5 +477,57 @@ mod tests {
         book.lift(&mut st, src).unwrap();
         assert!(!book.holds(&src));
         assert_eq!(book.lift(&mut st, src).unwrap_err().status, 404);
+    }
+
+    /// A reload's `[autoblock]`: the default ban, the exemptions and the IPv6 prefix apply at
+    /// once; a ban made under the old prefix is matched under the new one, as the kernel does.
+    #[test]
+    fn a_reload_puts_new_settings_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let cfg = cfg();
+        let hub = Autoblock::new(&cfg, 1);
+        let mut book = BanBook::with_pins(&cfg, PinDir::new(dir.path().join("no-pins")));
+        book.attach(Arc::clone(&hub));
+        let v6 = book.source("fd00:ef::9").unwrap();
+        book.ban(&mut st, v6, BanReason::Manual, Duration::from_secs(60))
+            .unwrap();
+        assert!(!refused(&hub, "fd00:ef:0:77::1"), "outside the /64");
+
+        let reloaded = Config::parse(
+            "[autoblock]\nipv6_prefix = 48\nban = \"5m\"\nfailures = 7\nexempt = [\"198.18.0.9\"]\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        book.reconfigure(Settings::from_config(&reloaded));
+        assert_eq!(book.default_ban(), Duration::from_secs(300));
+        assert_eq!(
+            (hub.settings().ipv6_prefix, hub.settings().failures),
+            (48, 7)
+        );
+        assert!(
+            refused(&hub, "fd00:ef:0:77::1"),
+            "the ban, keyed by the new /48"
+        );
+        assert_eq!(
+            source_text(&book.source("fd00:ef::9").unwrap()),
+            "fd00:ef::/48"
+        );
+        let e = book
+            .ban(
+                &mut st,
+                book.source("198.18.0.9").unwrap(),
+                BanReason::Manual,
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert_eq!(e.status, 409, "newly exempt");
+        book.ban(
+            &mut st,
+            book.source("10.1.2.3").unwrap(),
+            BanReason::Manual,
+            Duration::from_secs(1),
+        )
+        .expect("no longer exempt");
     }
 }

@@ -62,7 +62,8 @@ pub struct ControlPlane {
     inner: Mutex<Inner>,
     acks: AckWatcher<Batch>,
     propagation: Arc<Propagation>,
-    cfg: Arc<Config>,
+    /// The config in force (a reload replaces it).
+    cfg: arc_swap::ArcSwap<Config>,
     timeout: Duration,
     /// The shards' request counters, once the proxy has them (for `/metrics`).
     requests: OnceLock<Arc<RequestMetrics>>,
@@ -102,7 +103,7 @@ impl ControlPlane {
                 store,
                 bans: BanBook::new(&cfg),
             }),
-            cfg,
+            cfg: arc_swap::ArcSwap::new(cfg),
             timeout: APPLY_TIMEOUT,
             requests: OnceLock::new(),
             xdp: OnceLock::new(),
@@ -111,6 +112,46 @@ impl ControlPlane {
             listener: OnceLock::new(),
             key_counts: Mutex::new(None),
         })
+    }
+
+    /// The config in force.
+    #[must_use]
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+
+    /// Puts a reloaded config in force for what the control plane runs, and returns the config
+    /// it runs with: `[autoblock]` (counting, deciding, the denylist's default ban, exemptions
+    /// and IPv6 prefix) and, when XDP runs, `xdp.mode`, `xdp.protected_ports` and `xdp.allow`
+    /// (written into the pinned maps, the allowlist as a diff). When the XDP part cannot be
+    /// applied (e.g. enforce with an empty allowlist) it is logged and the running `[xdp]` kept.
+    pub fn reconfigure(&self, mut cfg: Config) -> Arc<Config> {
+        let mut g = self.lock();
+        g.bans
+            .reconfigure(crate::autoblock::Settings::from_config(&cfg));
+        if let Some(pins) = self.xdp.get() {
+            match crate::xdp::reconfigure(pins, &cfg) {
+                Ok(diff) if !diff.added.is_empty() || !diff.removed.is_empty() => {
+                    tracing::info!(
+                        added = diff.added.len(),
+                        removed = diff.removed.len(),
+                        "XDP allowlist reloaded"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "xdp.mode, xdp.protected_ports and xdp.allow not reloaded: the XDP filter keeps the running ones"
+                    );
+                    cfg.xdp = self.cfg().xdp.clone();
+                }
+            }
+        }
+        let cfg = Arc::new(cfg);
+        self.cfg.store(Arc::clone(&cfg));
+        drop(g);
+        cfg
     }
 
     /// `/metrics` shows these request counters (the ones the proxy counts into) from now on.
@@ -348,7 +389,7 @@ impl ControlPlane {
         Ok(NewKey {
             tenant: tenant.into(),
             user: user.into(),
-            env: r.env.unwrap_or_else(|| self.cfg.keys.environment.clone()),
+            env: r.env.unwrap_or_else(|| self.cfg().keys.environment.clone()),
             scopes: r.scopes,
             not_before: when(r.not_before, "not_before")?,
             expires_at: when(r.expires, "expires")?,
@@ -414,12 +455,13 @@ impl ControlPlane {
     /// Adds `net` to (or removes it from) the allowlist file and the pinned map, if any. The
     /// caller holds the writer lock.
     fn allow_change(&self, net: IpNet, add: bool) -> Result<Value, ApiError> {
-        let path = allowfile_path(&self.cfg);
+        let cfg = self.cfg();
+        let path = allowfile_path(&cfg);
         let mut file = AllowFile::load(&path).map_err(xdp_error)?;
         let changed = if add {
-            file.add(&self.cfg.xdp.allow, net)
+            file.add(&cfg.xdp.allow, net)
         } else {
-            file.remove(&self.cfg.xdp.allow, net)
+            file.remove(&cfg.xdp.allow, net)
         };
         if !add && !changed {
             return Err(ApiError::not_found(format!(
@@ -438,7 +480,7 @@ impl ControlPlane {
                 maps.allow_remove(net).map_err(xdp_error)?;
             }
         }
-        Ok(allow_json(&file, &self.cfg))
+        Ok(allow_json(&file, &cfg))
     }
 }
 
@@ -659,8 +701,9 @@ impl AdminOps for ControlPlane {
 
     fn allowlist(&self) -> OpFuture<'_> {
         boxed(async move {
-            let file = AllowFile::load(&allowfile_path(&self.cfg)).map_err(xdp_error)?;
-            Ok(allow_json(&file, &self.cfg))
+            let cfg = self.cfg();
+            let file = AllowFile::load(&allowfile_path(&cfg)).map_err(xdp_error)?;
+            Ok(allow_json(&file, &cfg))
         })
     }
 
@@ -734,7 +777,7 @@ impl AdminOps for ControlPlane {
             let method = req.method.as_deref().unwrap_or("GET");
             let inner = self.lock();
             let explained = crate::auth::explain::explain(
-                &self.cfg,
+                &self.cfg(),
                 &*inner.store,
                 &req.key,
                 ip,
@@ -774,7 +817,7 @@ impl AdminOps for ControlPlane {
                     denials: self.denials.get().map(|d| &**d),
                     propagation: &self.propagation,
                     xdp: self.xdp.get(),
-                    store_kind: match self.cfg.store.kind {
+                    store_kind: match self.cfg().store.kind {
                         StoreKind::Sqlite => "sqlite",
                         StoreKind::Postgres => "postgres",
                     },
@@ -795,7 +838,7 @@ impl AdminOps for ControlPlane {
         };
         super::metrics::render(&super::metrics::Sources {
             keys: self.key_counts(),
-            store_lag: match self.cfg.store.kind {
+            store_lag: match self.cfg().store.kind {
                 // A local store is never behind.
                 StoreKind::Sqlite => Some(Duration::ZERO),
                 StoreKind::Postgres => self.listener.get().map(FollowerStatus::lag),

@@ -1,5 +1,5 @@
 //! What a serving daemon waits for, and what it does meanwhile: SIGTERM/SIGINT (drain and
-//! stop), SIGHUP (reload), SIGUSR2 (start this binary's path again with `run --takeover`, the
+//! stop), SIGHUP (reload the config: [`Reloader`]), SIGUSR2 (start this binary's path again with `run --takeover`, the
 //! upgrade under a service manager), and a daemon taking over, served by the takeover desk's
 //! thread on the daemon's takeover socket.
 
@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::handover::{self, Item};
+use super::reload::Reloader;
 use crate::admin::AdminHandle;
 use crate::control::ControlPlane;
-use crate::obs::access_log::AccessLog;
 use crate::proxy::ProxyHandle;
 
 /// How long a daemon handing over waits for the admin requests under way.
@@ -91,21 +91,11 @@ pub(super) struct Serving<'a> {
     pub proxy: &'a ProxyHandle,
     pub admin: &'a AdminHandle,
     pub plane: &'a ControlPlane,
-    pub access_log: Option<&'a Arc<AccessLog>>,
+    pub reloader: Reloader,
     pub upgrade: &'a Upgrade,
 }
 
 impl Serving<'_> {
-    fn reload(&self) {
-        if let Some(log) = self.access_log {
-            log.reopen();
-        }
-        match self.proxy.reload_tls() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(e) => tracing::error!("TLS reload failed, keeping the old certificate: {e}"),
-        }
-    }
-
     /// Stops accepting (proxy and admin API); the revision published once no admin request is
     /// under way.
     fn stop_accepting(&self) -> u64 {
@@ -131,7 +121,7 @@ impl Serving<'_> {
     }
 
     /// Serves until SIGTERM/SIGINT or a completed takeover; `events` come from the desk.
-    pub fn wait_for_end(&self, mut events: UnboundedReceiver<Event>) -> std::io::Result<End> {
+    pub fn wait_for_end(mut self, mut events: UnboundedReceiver<Event>) -> std::io::Result<End> {
         use tokio::signal::unix::{SignalKind, signal};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -145,7 +135,7 @@ impl Serving<'_> {
                 tokio::select! {
                     _ = term.recv() => return Ok(End::Stop),
                     _ = int.recv() => return Ok(End::Stop),
-                    _ = hup.recv() => self.reload(),
+                    _ = hup.recv() => self.reloader.reload(self.proxy),
                     _ = usr2.recv() => self.upgrade.spawn(),
                     Some(event) = events.recv() => match event {
                         Event::Ready { reply } => {

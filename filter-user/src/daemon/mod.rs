@@ -1,18 +1,20 @@
 //! Daemon wiring: logging → the claims (one daemon per store and address; or the sockets and
 //! locks of the daemon taken over) → key store → XDP → control plane (+ denylist, auto-block) →
-//! shards (proxy) + admin API → the takeover desk → wait for a signal or a takeover → drain.
+//! shards (proxy) + admin API → the takeover desk → wait for a signal (`SIGHUP` reloads the
+//! config: [`reload`]) or a takeover → drain.
 //!
 //! # Layering
 //!
 //! `claim` (locks, using `holder` to name a foreign listener), `handover` (the takeover
-//! protocol, using `claim`'s names), `notify`, `lifecycle` (the main loop and the desk, using
-//! `handover`), then this module.
+//! protocol, using `claim`'s names), `notify`, `reload`, `lifecycle` (the main loop and the
+//! desk, using `handover` and `reload`), then this module.
 
 mod claim;
 mod handover;
 mod holder;
 mod lifecycle;
 mod notify;
+mod reload;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -38,6 +40,10 @@ use crate::control::{AutoblockTicker, ControlPlane};
 use crate::gate::{Gate, GateFactory};
 use crate::proxy::{DRAIN_DEADLINE, ListenSocket, StartOptions};
 
+/// The checks the layers above `config` add to its validation (at start, by `check-config`,
+/// and at each reload).
+pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+
 /// How often the daemon looks for store changes made by other processes (the CLI without the
 /// admin API, or another host).
 const STORE_POLL: Duration = Duration::from_millis(200);
@@ -49,7 +55,7 @@ pub struct RunOptions {
     pub no_xdp: bool,
     /// `--takeover`: replace the daemon holding this config's store and addresses.
     pub takeover: bool,
-    /// The config file (for SIGUSR2's `run --takeover`).
+    /// The config file (which SIGHUP reads again, and SIGUSR2's `run --takeover` reads).
     pub config: PathBuf,
 }
 
@@ -69,6 +75,9 @@ struct Inherited {
 pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     crate::obs::init_logging(&cfg.log);
     let started = Instant::now();
+    for note in cfg.unused() {
+        tracing::warn!("config: {note}");
+    }
     let upgrade = Upgrade {
         // Resolved now: once an upgrade replaced the file, /proc/self/exe names the old one.
         exe: std::env::current_exe().ok(),
@@ -144,6 +153,13 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
             None => (None, None),
         };
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
+    let reloader = reload::Reloader {
+        path: opts.config.clone(),
+        checks: CONFIG_CHECKS,
+        running: Arc::clone(&cfg),
+        plane: Arc::clone(&plane),
+        access_log: access_log.clone(),
+    };
     let admin_server = match inherited.admin.take() {
         Some((addr, socket)) if addr == cfg.admin.listen => {
             AdminServer::from_config_on(&cfg, socket, Arc::clone(&plane) as _, Arc::clone(&ready))?
@@ -235,7 +251,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         proxy: &proxy,
         admin: &admin,
         plane: &plane,
-        access_log: access_log.as_ref(),
+        reloader,
         upgrade: &upgrade,
     };
     let end = serving.wait_for_end(events)?;

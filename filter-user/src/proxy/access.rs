@@ -59,9 +59,10 @@ pub(crate) fn begin(shard: &ShardState, c: &mut Conn, peer: &str, b: &Begin<'_>)
         None => out.extend_from_slice(b"null,\"path\":null"),
     }
     out.extend_from_slice(b",\"route\":");
+    let settings = shard.settings();
     let route = b
         .route
-        .and_then(|r| shard.settings.routes.routes.get(r))
+        .and_then(|r| settings.routes.routes.get(r))
         .map(|r| r.prefix.as_bytes());
     push_opt(out, route);
     let (mut key_id, mut tenant, mut user) = (b.key_id.map(str::as_bytes), None, None);

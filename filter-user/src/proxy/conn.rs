@@ -1,6 +1,9 @@
 //! One client connection: read a head (bounded in size and time), let [`head::process`] decide,
 //! answer refusals, hand allowed requests to [`exchange`], and loop for keep-alive and
 //! pipelined requests, which are answered in order because they are handled one at a time.
+//! Each request is served with the settings in force when it began, and a kept-alive
+//! connection whose source was banned since its accept (without XDP) is closed at its next
+//! request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,15 +59,29 @@ async fn run<S>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let st = &*shard.settings;
     let peer_ip = c.peer.ip();
     let peer_text = peer_ip.to_string();
+    // The first request's source was checked against the bans at accept.
+    let mut first = true;
     loop {
+        // The settings in force for this request (a reload may have replaced them).
+        let settings = shard.settings();
+        let st = &*settings;
         let deadline = Instant::now() + st.client_timeout;
         // When this request's first byte was here: now for a pipelined one, else at its read.
         let mut began = (!c.buf.is_empty()).then(Instant::now);
+        // Whether this request's source was checked against the bans (once its bytes are here).
+        let mut checked = std::mem::replace(&mut first, false);
         let step = loop {
             if !c.buf.is_empty() {
+                // Banned since the connection was accepted (without XDP): close before this
+                // request is looked at, so it costs the proxy nothing more.
+                if !checked {
+                    if shard.failures.refuses(peer_ip) {
+                        return Flow::Close;
+                    }
+                    checked = true;
+                }
                 let step = {
                     let mut gate = shard.gate.borrow_mut();
                     let mut ids = shard.ids.borrow_mut();

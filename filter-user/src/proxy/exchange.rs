@@ -82,7 +82,8 @@ pub(crate) async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let st = &*shard.settings;
+    let settings = shard.settings();
+    let st = &*settings;
     let rid = p.request_id.as_str();
     c.buf.advance(p.head_len);
     let mut body = BodyState::new(p.framing, st.max_body_bytes);
@@ -332,7 +333,7 @@ async fn take_upstream(
     if let Some(s) = shard.pool.borrow_mut().take(up_idx) {
         return Ok((s, true));
     }
-    fresh(&shard.settings, up_idx).await.map(|s| (s, false))
+    fresh(&shard.settings(), up_idx).await.map(|s| (s, false))
 }
 
 async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError> {
@@ -362,6 +363,7 @@ mod tests {
     use crate::gate::AllowAll;
     use crate::proxy::head::{self, HeadCtx, Step};
     use crate::proxy::route::RouteTable;
+    use crate::proxy::settings::Published;
 
     fn shard(upstream: SocketAddr) -> ShardState {
         let cfg = Config::parse(
@@ -373,12 +375,12 @@ mod tests {
         )
         .unwrap();
         let routes = Arc::new(RouteTable::build(&cfg).unwrap());
-        let settings = Arc::new(Settings::new(
+        let settings = Arc::new(Published::new(Settings::new(
             &cfg,
             routes,
             crate::obs::Telemetry::for_config(&cfg),
             crate::autoblock::Autoblock::new(&cfg, 1),
-        ));
+        )));
         ShardState::new(0, settings, Box::new(AllowAll))
     }
 
@@ -390,7 +392,8 @@ mod tests {
         c.buf
             .extend_from_slice(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
         let step = {
-            let st = &*shard.settings;
+            let settings = shard.settings();
+            let st = &*settings;
             let mut gate = shard.gate.borrow_mut();
             let mut ids = shard.ids.borrow_mut();
             let mut ctx = HeadCtx {

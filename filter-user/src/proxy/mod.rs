@@ -147,6 +147,7 @@ pub struct ProxyHandle {
     threads: Vec<JoinHandle<()>>,
     certs: Option<Arc<tls::CertStore>>,
     metrics: Arc<RequestMetrics>,
+    settings: Arc<settings::Published>,
 }
 
 impl ProxyHandle {
@@ -202,6 +203,34 @@ impl ProxyHandle {
     /// Accepts again after [`Self::pause`] (or a paused start).
     pub fn resume(&self) {
         self.accepting.send_replace(true);
+    }
+
+    /// Reads the certificate and key from `cert` and `key` (a reload may have moved them); open
+    /// connections keep their sessions. Nothing to do without `listen.https`.
+    ///
+    /// # Errors
+    /// When the files are unusable; the previous certificate stays in service.
+    pub fn reload_tls_from(
+        &self,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    ) -> Result<(), ProxyError> {
+        match &self.certs {
+            Some(store) => store.reload_from(cert, key).map_err(ProxyError::Tls),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the proxy serves TLS (`listen.https` was set at start).
+    #[must_use]
+    pub fn serves_tls(&self) -> bool {
+        self.certs.is_some()
+    }
+
+    /// Puts `cfg`'s `[limits]`, `keys.errors` and `keys.trusted_proxies` in force: each
+    /// shard serves its next request with them (routes and listeners stay as started).
+    pub fn retune(&self, cfg: &Config) {
+        self.settings.retune(cfg);
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
@@ -311,7 +340,9 @@ pub fn start_opts(
     let (stop, stop_rx) = watch::channel(None);
     let (accepting, accepting_rx) = watch::channel(!opts.paused);
     let cores = affinity::usable_cpus();
-    let settings = Arc::new(settings::Settings::new(cfg, routes, telemetry, autoblock));
+    let settings = Arc::new(settings::Published::new(settings::Settings::new(
+        cfg, routes, telemetry, autoblock,
+    )));
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -325,6 +356,7 @@ pub fn start_opts(
         threads: Vec::with_capacity(shards),
         certs,
         metrics,
+        settings: Arc::clone(&settings),
     };
     for (n, listeners) in bound.per_shard.into_iter().enumerate() {
         let spec = shard::Spec {

@@ -1,10 +1,17 @@
-//! The read-only settings every shard serves with, built once from the [`Config`] at start and
-//! shared (`Arc`) by all shards: compiled routes, size and time limits, error detail and the
-//! trusted proxies, the request metrics, the rings of recent denials and auto-block's hub.
+//! The read-only settings every shard serves with, built from the [`Config`] at start:
+//! compiled routes, size and time limits, error detail and the trusted proxies, the request
+//! metrics, the rings of recent denials and auto-block's hub.
+//!
+//! A config reload publishes a new [`Settings`] ([`Published::retune`]: limits, `keys.errors`,
+//! `keys.trusted_proxies`; routes stay until a restart). Each shard keeps its own `Rc` copy and
+//! takes the new one at its next request, when one atomic load shows the generation moved: no
+//! lock, and no reference count shared between cores, on the request path.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::route::RouteTable;
@@ -16,7 +23,7 @@ use crate::obs::metrics::RequestMetrics;
 use crate::obs::recent::RecentDenials;
 
 /// Read-only settings shared by every shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub routes: Arc<RouteTable>,
     pub max_header_bytes: usize,
@@ -55,5 +62,57 @@ impl Settings {
             access_log: telemetry.access_log,
             autoblock,
         }
+    }
+}
+
+impl Settings {
+    /// These settings with `cfg`'s limits, error detail and trusted proxies.
+    #[must_use]
+    pub fn retuned(&self, cfg: &Config) -> Self {
+        Self {
+            max_header_bytes: cfg.limits.max_header_bytes.max(256),
+            max_body_bytes: cfg.limits.max_body_bytes,
+            client_timeout: cfg.limits.client_timeout,
+            upstream_timeout: cfg.limits.upstream_timeout,
+            opaque: cfg.keys.errors == ErrorDetail::Opaque,
+            trusted_proxies: cfg.keys.trusted_proxies.clone(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The settings in force, replaced whole by a reload; every shard copies them when the
+/// generation moves.
+#[derive(Debug)]
+pub(crate) struct Published {
+    current: ArcSwap<Settings>,
+    generation: AtomicU64,
+}
+
+impl Published {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(settings),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings in force and their generation.
+    pub fn load(&self) -> (Arc<Settings>, u64) {
+        let generation = self.generation.load(Ordering::Acquire);
+        (self.current.load_full(), generation)
+    }
+
+    /// The generation of the settings in force (one atomic load).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts `cfg`'s limits, error detail and trusted proxies in force.
+    pub fn retune(&self, cfg: &Config) {
+        let next = self.current.load().retuned(cfg);
+        self.current.store(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }

@@ -16,7 +16,7 @@ use super::Drain;
 use super::affinity;
 use super::conn;
 use super::listen::ShardListeners;
-use super::settings::Settings;
+use super::settings::Published;
 use super::state::ShardState;
 use crate::gate::Gate;
 
@@ -31,7 +31,7 @@ pub(crate) struct Spec {
     pub listeners: ShardListeners,
     /// Builds this shard's gate, on this shard's thread.
     pub gates: Arc<SharedGateFactory>,
-    pub settings: Arc<Settings>,
+    pub settings: Arc<Published>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: watch::Receiver<Option<Drain>>,
     /// Whether the accept loops take connections now (paused while a hand-over is decided).
@@ -86,7 +86,7 @@ async fn shard_main(
     n: usize,
     listeners: ShardListeners,
     gate: Box<dyn Gate>,
-    settings: Arc<Settings>,
+    settings: Arc<Published>,
     tls: Option<Arc<rustls::ServerConfig>>,
     signals: Signals,
 ) {
@@ -220,7 +220,7 @@ async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Optio
     match tls {
         None => conn::serve(shard, sock, peer, false).await,
         Some(acc) => {
-            let timeout = shard.settings.client_timeout;
+            let timeout = shard.settings().client_timeout;
             match tokio::time::timeout(timeout, acc.accept(sock)).await {
                 Ok(Ok(stream)) => conn::serve(shard, stream, peer, true).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),

@@ -5,13 +5,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::reqid::IdGen;
-use super::settings::Settings;
+use super::settings::{Published, Settings};
 use super::upstream::Pool;
 use crate::autoblock::ShardFailures;
 use crate::gate::{Denial, Gate};
@@ -21,7 +22,10 @@ use crate::obs::recent::ShardDenials;
 
 /// A shard's own state, shared by its tasks on its one thread.
 pub(crate) struct ShardState {
-    pub settings: Arc<Settings>,
+    /// The settings in force for every shard (a reload replaces them).
+    published: Arc<Published>,
+    /// This shard's copy of them, and the generation it was taken at.
+    settings: RefCell<(Rc<Settings>, u64)>,
     pub gate: RefCell<Box<dyn Gate>>,
     pub ids: RefCell<IdGen>,
     pub pool: RefCell<Pool>,
@@ -48,7 +52,9 @@ pub(crate) struct ShardState {
 
 impl ShardState {
     /// Shard `n`'s state around its `gate`, with an empty pool and a fresh id maker.
-    pub fn new(n: usize, settings: Arc<Settings>, gate: Box<dyn Gate>) -> Self {
+    pub fn new(n: usize, published: Arc<Published>, gate: Box<dyn Gate>) -> Self {
+        let (settings, generation) = published.load();
+        let settings = Rc::new((*settings).clone());
         let upstreams = settings.routes.upstreams.len();
         Self {
             metrics: settings.metrics.shard(n),
@@ -59,7 +65,8 @@ impl ShardState {
             n,
             denials: settings.denials.shard(n),
             failures: settings.autoblock.shard(),
-            settings,
+            settings: RefCell::new((settings, generation)),
+            published,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
             pool: RefCell::new(Pool::new(upstreams)),
@@ -79,6 +86,19 @@ impl ShardState {
             return Some(deadline);
         }
         self.idle_until.get().map(|until| until.min(deadline))
+    }
+
+    /// The settings in force: this shard's copy, taken again when a reload published new ones
+    /// (one atomic load when nothing changed).
+    #[inline]
+    pub fn settings(&self) -> Rc<Settings> {
+        let generation = self.published.generation();
+        let mut mine = self.settings.borrow_mut();
+        if mine.1 != generation {
+            let (settings, generation) = self.published.load();
+            *mine = (Rc::new((*settings).clone()), generation);
+        }
+        Rc::clone(&mine.0)
     }
 
     /// Records a refusal answered to `source` in this shard's recent denials (`edgefilter

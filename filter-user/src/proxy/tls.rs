@@ -38,8 +38,8 @@ pub enum TlsError {
 /// The current certificate, swappable at run time.
 #[derive(Debug)]
 pub struct CertStore {
-    cert_path: PathBuf,
-    key_path: PathBuf,
+    /// Where the certificate and key were last read from (a reload may move them).
+    paths: std::sync::Mutex<(PathBuf, PathBuf)>,
     current: ArcSwap<CertifiedKey>,
 }
 
@@ -51,8 +51,7 @@ impl CertStore {
     pub fn load(cert_path: PathBuf, key_path: PathBuf) -> Result<Self, TlsError> {
         let ck = load_pair(&cert_path, &key_path)?;
         Ok(Self {
-            cert_path,
-            key_path,
+            paths: std::sync::Mutex::new((cert_path, key_path)),
             current: ArcSwap::from_pointee(ck),
         })
     }
@@ -62,9 +61,26 @@ impl CertStore {
     /// # Errors
     /// [`TlsError`] naming the file at fault.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let ck = load_pair(&self.cert_path, &self.key_path)?;
+        let (cert, key) = self.paths().clone();
+        self.reload_from(cert, key)
+    }
+
+    /// Reads the certificate and key from these files (the next [`Self::reload`] reads them
+    /// too); on error the current certificate and files stay. Handshakes never wait for it.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file at fault.
+    pub fn reload_from(&self, cert_path: PathBuf, key_path: PathBuf) -> Result<(), TlsError> {
+        let ck = load_pair(&cert_path, &key_path)?;
         self.current.store(Arc::new(ck));
+        *self.paths() = (cert_path, key_path);
         Ok(())
+    }
+
+    fn paths(&self) -> std::sync::MutexGuard<'_, (PathBuf, PathBuf)> {
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

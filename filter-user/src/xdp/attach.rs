@@ -104,6 +104,14 @@ pub fn install(
     for (name, idx) in wanted {
         let path = pins.link(&name, idx);
         let st = if path.exists() {
+            if attach != XdpAttach::Auto {
+                // The kernel keeps no mode in a link's info, and changing it means detaching
+                // first (a gap in filtering): the pinned link stays as it was attached.
+                tracing::info!(
+                    interface = %name,
+                    "xdp.attach = {attach:?} applies when a link is made: the pinned link on {name} is adopted in the mode it was attached with (`edgefilter xdp detach`, then start, to attach anew)"
+                );
+            }
             AttachState::Adopted
         } else {
             attach_and_pin(prog, &name, idx, attach, &path)?
@@ -117,17 +125,17 @@ pub fn install(
     Ok((state, attached))
 }
 
-/// What makes two loaded programs interchangeable: the instruction tag and the maps used.
-fn identity(p: &Xdp) -> Result<(u64, Vec<u32>), XdpError> {
-    let info = p
-        .info()
-        .map_err(|e| XdpError::program("reading program info", e))?;
-    let mut maps = info
-        .map_ids()
-        .map_err(|e| XdpError::program("reading the program's map ids", e))?
-        .unwrap_or_default();
-    maps.sort_unstable();
-    Ok((info.tag(), maps))
+/// What makes two loaded programs interchangeable: the instruction tag and the maps used. Read
+/// through the program's own fd (`BPF_OBJ_GET_INFO_BY_FD`), which `CAP_BPF` allows; aya's
+/// `ProgramInfo::map_ids` would reopen the program by id, which needs `CAP_SYS_ADMIN`.
+fn identity(p: &Xdp) -> Result<([u8; 8], Vec<u32>), XdpError> {
+    use std::os::fd::AsFd;
+    let fd = p
+        .fd()
+        .map_err(|e| XdpError::program("reading the program's fd", e))?;
+    let id = bpf_prog_info::program_identity(fd.as_fd())
+        .map_err(|e| XdpError::io("reading the program's tag and map ids", e))?;
+    Ok((id.tag, id.map_ids))
 }
 
 fn ifindex(name: &str) -> Result<u32, XdpError> {

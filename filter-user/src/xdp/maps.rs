@@ -294,6 +294,30 @@ impl XdpMaps {
         Ok(stale_v4.len() + stale_v6.len())
     }
 
+    /// Keys the IPv6 denylist by `bits` from now on (`autoblock.ipv6_prefix` changed by a
+    /// reload) without a moment where a ban is not enforced: `wanted` (as for
+    /// [`Self::sync_denylist`]) is written under the new keys first, then the program told the
+    /// new prefix, then the entries under the old keys removed.
+    ///
+    /// # Errors
+    /// A map read, update or delete fails.
+    pub fn rekey_ipv6_denylist(
+        &mut self,
+        bits: u8,
+        wanted: &[(IpAddr, u64)],
+    ) -> Result<usize, XdpError> {
+        for &(ip, expires_at_ns) in wanted {
+            if let IpAddr::V6(a) = ip {
+                let key = mask_v6(a.octets(), u32::from(bits));
+                self.deny_v6
+                    .insert(key, DenyEntry { expires_at_ns }, 0)
+                    .map_err(|e| XdpError::map(format!("denylisting {ip}"), e))?;
+            }
+        }
+        self.set_ipv6_deny_prefix(bits)?;
+        self.sync_denylist(wanted)
+    }
+
     /// Deletes expired denylist entries; returns how many went.
     ///
     /// # Errors

@@ -282,6 +282,28 @@ pub fn start_with(cfg: &Config, opts: &XdpOptions) -> Result<XdpRuntime, XdpErro
     })
 }
 
+/// Puts a reloaded config's `xdp.mode`, `xdp.protected_ports` and `xdp.allow` (with the
+/// `allow add` entries, as a diff) into the filter pinned in `pins`, as [`start`] does; the
+/// program and its links stay as they are.
+///
+/// # Errors
+/// [`XdpError::EmptyAllowlist`] (nothing is changed then), a map or allowlist file failure.
+pub fn reconfigure(pins: &PinDir, cfg: &Config) -> Result<AllowDiff, XdpError> {
+    let wanted: Vec<ipnet::IpNet> = effective_allowlist(cfg)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if wanted.is_empty() && cfg.xdp.mode == crate::config::XdpMode::Enforce {
+        return Err(XdpError::EmptyAllowlist(cfg.protected_ports()));
+    }
+    let mut maps = open_pinned(pins)?;
+    // The allowlist before the mode, so a switch to enforce never meets the old allowlist.
+    let diff = maps.sync_allowlist(&wanted)?;
+    maps.set_protected_ports(&cfg.protected_ports())?;
+    maps.set_mode(cfg.xdp.mode)?;
+    Ok(diff)
+}
+
 /// Opens the maps of the filter pinned in `pins` (CLI use while a daemon runs or after it).
 ///
 /// # Errors

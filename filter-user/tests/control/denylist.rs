@@ -2,7 +2,9 @@
 //! that earns `autoblock.failures` key denials is refused at accept until its ban expires,
 //! another source and an exempt one are never refused, 403s do not count; `deny add|list|remove`
 //! through the daemon and without it; `/v1/denylist`; `edgefilter_autoblocked_sources`; every
-//! ban in the audit trail. Sources are loopback addresses (127.0.0.0/8), bound by the client.
+//! ban in the audit trail; a kept-alive connection of a newly banned source closed at its next
+//! request; `[autoblock]` reloaded by SIGHUP. Sources are loopback addresses (127.0.0.0/8),
+//! bound by the client.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -271,4 +273,195 @@ fn deny_commands_with_and_without_the_daemon() {
 
 fn body_of(source: &str) -> Value {
     json!({ "source": source })
+}
+
+/// A kept-alive connection from `src` (bound by the client): one request at a time.
+struct KeptAlive(std::net::TcpStream);
+
+impl KeptAlive {
+    fn open(src: &str, to: SocketAddr) -> Self {
+        let src: IpAddr = src.parse().unwrap();
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(src, 0).into()).unwrap();
+        s.connect_timeout(&to.into(), Duration::from_secs(2))
+            .unwrap();
+        let s: std::net::TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Self(s)
+    }
+
+    /// `GET /v1/echo` on this connection: the status, or `None` when the server closed it
+    /// without an answer.
+    fn get(&mut self, key: &str) -> Option<u16> {
+        let req =
+            format!("GET /v1/echo HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+        self.0.write_all(req.as_bytes()).ok()?;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text.get(9..12).and_then(|c| c.parse().ok());
+                }
+            }
+            match self.0.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Without XDP, a ban reaches a source's connections that were open before it: the next
+/// request on each is not answered, the connection is closed; other sources' are served.
+#[test]
+fn a_banned_sources_kept_alive_connection_is_closed_at_its_next_request() {
+    let up = upstream::Upstream::start();
+    let mut d = configure(up.addr, "10m", "10.0.0.0/8");
+    d.restart();
+    let (_, good) = d.create_key("alice");
+    let mut banned = KeptAlive::open("127.0.0.2", d.http);
+    let mut other = KeptAlive::open("127.0.0.3", d.http);
+    for _ in 0..3 {
+        assert_eq!(banned.get(&good), Some(200));
+        assert_eq!(other.get(&good), Some(200));
+    }
+
+    d.cli_ok(&["deny", "add", "127.0.0.2"]);
+    assert!(
+        call_from("127.0.0.2", d.http, &good).is_none(),
+        "a new connection is refused at accept"
+    );
+    assert_eq!(
+        banned.get(&good),
+        None,
+        "the open one is closed at its next request"
+    );
+    assert_eq!(other.get(&good), Some(200), "another source's stays served");
+
+    // Five key denials on one kept-alive connection: auto-block bans the source, and the
+    // same connection is closed at its next request.
+    let mut failing = KeptAlive::open("127.0.0.4", d.http);
+    for _ in 0..5 {
+        assert_eq!(failing.get(BAD_KEY), Some(401));
+    }
+    within(Duration::from_secs(2), "auto-block's ban", || {
+        denylist(&d).iter().any(|b| b["source"] == "127.0.0.4")
+    });
+    assert_eq!(failing.get(&good), None);
+    assert_eq!(other.get(&good), Some(200));
+}
+
+/// `[autoblock]` is reloaded by SIGHUP: enabled, failures, window, ban, ipv6_prefix and exempt
+/// each apply to what happens next, and the reload's log names them.
+#[test]
+fn a_reload_puts_a_new_autoblock_in_force() {
+    let up = upstream::Upstream::start();
+    let mut d = Daemon::configure(&format!(
+        "{}\n[autoblock]\nenabled = false\nfailures = 5\nwindow = \"10s\"\nban = \"10m\"\n",
+        default_tables(up.addr)
+    ));
+    d.restart();
+    let (_, good) = d.create_key("alice");
+    let to = d.http;
+    for _ in 0..10 {
+        assert_eq!(call_from("127.0.0.2", to, BAD_KEY), Some(401));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(denylist(&d).is_empty(), "enabled = false counts nothing");
+    let before = d.cli_ok(&["deny", "add", "fd00:ef::9", "--json"]);
+    let before: Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(before["source"], "fd00:ef::/64");
+    assert!(before["expires_in_s"].as_i64().unwrap() > 590);
+
+    let text = std::fs::read_to_string(d.config()).unwrap().replace(
+        "[autoblock]\nenabled = false\nfailures = 5\nwindow = \"10s\"\nban = \"10m\"\n",
+        "[autoblock]\nenabled = true\nfailures = 3\nwindow = \"2s\"\nban = \"2s\"\n\
+         ipv6_prefix = 48\nexempt = [\"127.0.0.3\"]\n",
+    );
+    std::fs::write(d.config(), text).unwrap();
+    sighup(&d);
+    within(Duration::from_secs(5), "the reload's log line", || {
+        d.log().contains("config reloaded")
+    });
+    let log = d.log();
+    for key in [
+        "autoblock.enabled",
+        "autoblock.failures",
+        "autoblock.window",
+        "autoblock.ban",
+        "autoblock.ipv6_prefix",
+        "autoblock.exempt",
+    ] {
+        assert!(log.contains(&format!("\"{key}\"")), "{key} applied: {log}");
+    }
+    assert!(!log.contains("needs a restart"), "{log}");
+
+    // failures = 3 within window = 2s: three denials ban; two, then two after the window,
+    // do not.
+    for _ in 0..2 {
+        assert_eq!(call_from("127.0.0.5", to, BAD_KEY), Some(401));
+    }
+    std::thread::sleep(Duration::from_millis(2_300));
+    for _ in 0..2 {
+        assert_eq!(call_from("127.0.0.5", to, BAD_KEY), Some(401));
+    }
+    for _ in 0..3 {
+        assert_eq!(call_from("127.0.0.2", to, BAD_KEY), Some(401));
+    }
+    within(Duration::from_secs(1), "banned after three", || {
+        call_from("127.0.0.2", to, &good).is_none()
+    });
+    assert_eq!(
+        call_from("127.0.0.5", to, &good),
+        Some(200),
+        "two and two in separate windows"
+    );
+    // exempt = 127.0.0.3: never banned.
+    for _ in 0..6 {
+        assert_eq!(call_from("127.0.0.3", to, BAD_KEY), Some(401));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(call_from("127.0.0.3", to, &good), Some(200));
+    // ban = 2s: the ban ends; ipv6_prefix = 48: a new IPv6 ban covers the /48.
+    within(Duration::from_secs(4), "a 2 s ban ends", || {
+        call_from("127.0.0.2", to, &good) == Some(200)
+    });
+    let after = d.cli_ok(&["deny", "add", "fd00:ef::9", "--json"]);
+    let after: Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(after["source"], "fd00:ef::/48");
+    assert!(after["expires_in_s"].as_i64().unwrap() <= 2, "{after}");
+
+    // enabled = false again: counting stops.
+    let text = std::fs::read_to_string(d.config()).unwrap().replace(
+        "enabled = true\nfailures = 3",
+        "enabled = false\nfailures = 3",
+    );
+    std::fs::write(d.config(), text).unwrap();
+    sighup(&d);
+    within(Duration::from_secs(5), "the second reload", || {
+        d.log().matches("config reloaded").count() == 2
+    });
+    for _ in 0..6 {
+        assert_eq!(call_from("127.0.0.6", to, BAD_KEY), Some(401));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(call_from("127.0.0.6", to, &good), Some(200));
+}
+
+fn sighup(d: &Daemon) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(d.pid().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
 }

@@ -28,6 +28,29 @@ fn valid_config_exits_zero() {
     let (code, stdout, _) = check_config(include_str!("../../../examples/edgefilter.toml"));
     assert_eq!(code, 0);
     assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        !stdout.contains("note:"),
+        "nothing in the example is unused: {stdout}"
+    );
+}
+
+/// A key that another key's value makes moot is named, not silently ignored (the config is
+/// still valid: SPEC §6's own example sets `store.url` beside `kind = "sqlite"`).
+#[test]
+fn a_set_key_that_nothing_reads_is_noted() {
+    let (code, stdout, stderr) = check_config(
+        "[xdp]\ninterfaces = [\"lo\"]\nallow = [\"127.0.0.0/8\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+         [store]\nkind = \"sqlite\"\nurl = \"postgres://edge@db/keys\"\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("note: [tls] is not used: listen.https is empty"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("note: store.url is not used: store.kind = \"sqlite\""),
+        "{stdout}"
+    );
 }
 
 #[test]

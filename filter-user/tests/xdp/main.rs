@@ -11,6 +11,7 @@
 mod support;
 
 mod autoblock;
+mod caps;
 mod netns;
 mod takeover;
 mod testrun;

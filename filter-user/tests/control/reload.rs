@@ -1,0 +1,465 @@
+//! Nothing inert: every config key of `edgefilter::config::keys::KEYS` has an effect. One table
+//! names, for each key, the test that shows it at work from the start and what a `SIGHUP` that
+//! changes it does; the test below changes every key of a running daemon (`run --no-xdp`) in one
+//! reload and checks each row: a key the reload applies behaves anew at once, a key that needs
+//! a restart is named in the log and keeps its running value. A config that does not load
+//! changes nothing; text logs hold no colour codes when written to a file.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use edgefilter::config::keys::{KEYS, OnReload};
+use serde_json::Value;
+
+use crate::support::daemon::{Daemon, raw_http};
+use crate::support::ports::free_addr;
+use crate::support::tls::{Pki, TlsClient};
+use crate::support::upstream;
+
+/// What the reload of the test does with a key's change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// The daemon behaves anew at once; checked below (`check_applied`).
+    Behaves,
+    /// Applied to the XDP maps, so without XDP only the log shows it; the kernel side is
+    /// checked by the test named in the row.
+    InTheXdpMaps,
+    /// Applied to auto-block; checked by the test named in the row.
+    InAutoblock,
+    /// Logged as needing a restart; the running value stays (checked below).
+    NeedsRestart,
+}
+
+/// Every key: the test that shows it at work from the start, and what a reload does with it.
+#[rustfmt::skip]
+const ROWS: &[(&str, &str, After)] = &[
+    ("listen.http",              "every daemon test (support::daemon listens there)",                 After::NeedsRestart),
+    ("listen.https",             "proxy::tls::certificate_reload_keeps_open_connections; here",        After::NeedsRestart),
+    ("tls.cert",                 "proxy::tls::*; here: moved files are read",                          After::Behaves),
+    ("tls.key",                  "proxy::tls::bad_certificate_or_key_files_are_named; here",           After::Behaves),
+    ("runtime.shards",           "proxy::drain, control::stats (shard in every request id)",          After::NeedsRestart),
+    ("limits.max_header_bytes",  "proxy::limits::oversized_heads_are_431_and_bodies_413; here",        After::Behaves),
+    ("limits.max_body_bytes",    "proxy::limits::oversized_heads_are_431_and_bodies_413; here",        After::Behaves),
+    ("limits.client_timeout",    "proxy::limits::slow_and_idle_clients_time_out; here",                After::Behaves),
+    ("limits.upstream_timeout",  "proxy::limits::upstream_failures_are_502_and_504; here",             After::Behaves),
+    ("xdp.enabled",              "xdp::netns::*, the start-up warning in control::denylist",           After::NeedsRestart),
+    ("xdp.interfaces",           "xdp::netns::restart_leaves_filtering_in_place",                      After::NeedsRestart),
+    ("xdp.mode",                 "xdp::netns::monitor_mode_passes_and_counts; xdp::caps (reload)",     After::InTheXdpMaps),
+    ("xdp.attach",               "xdp::caps (skb on a veth); xdp::netns (auto)",                       After::NeedsRestart),
+    ("xdp.protected_ports",      "xdp::netns::allowlisted_source_reaches_protected_port_others_do_not; xdp::caps (reload)", After::InTheXdpMaps),
+    ("xdp.allow",                "xdp::netns::allowlist_edits_under_traffic_leave_unchanged_prefixes_alone; xdp::caps (reload)", After::InTheXdpMaps),
+    ("store.kind",               "fleet::* (postgres), every other daemon test (sqlite)",              After::NeedsRestart),
+    ("store.path",               "keys::cli, control::durability",                                     After::NeedsRestart),
+    ("store.url",                "fleet::*, keys::config_cli::a_bad_store_url_is_reported_on_its_line", After::NeedsRestart),
+    ("admin.listen",             "control::admin_real",                                                After::NeedsRestart),
+    ("admin.token_file",         "control::admin_api::token_file_created_0600_and_client_discovers_the_daemon", After::NeedsRestart),
+    ("keys.environment",         "proxy::e2e_codes::every_code_through_the_real_proxy (WRONG_ENVIRONMENT)", After::NeedsRestart),
+    ("keys.errors",              "proxy::e2e_codes::opaque_mode_hides_the_precise_401_code; here",     After::Behaves),
+    ("keys.trusted_proxies",     "src/fuzz.rs (X-Forwarded-For); here",                                After::Behaves),
+    ("autoblock.enabled",        "control::denylist::a_reload_puts_a_new_autoblock_in_force",          After::InAutoblock),
+    ("autoblock.failures",       "control::denylist::failures_ban_a_source_at_accept_until_the_ban_expires; a_reload_…", After::InAutoblock),
+    ("autoblock.window",         "control::denylist::a_reload_puts_a_new_autoblock_in_force",          After::InAutoblock),
+    ("autoblock.ban",            "control::denylist::failures_ban_…; a_reload_puts_a_new_autoblock_in_force", After::InAutoblock),
+    ("autoblock.ipv6_prefix",    "xdp::autoblock (IPv6 by /64); control::denylist::a_reload_…",        After::InAutoblock),
+    ("autoblock.exempt",         "control::denylist::failures_ban_…; a_reload_puts_a_new_autoblock_in_force", After::InAutoblock),
+    ("log.format",               "every daemon test (text); here: no colour codes in a file",          After::NeedsRestart),
+    ("log.access_log",           "proxy::access_log::one_line_per_request_with_the_precise_code_and_no_key", After::NeedsRestart),
+    ("route.prefix",             "proxy::http, proxy::e2e_codes (NO_ROUTE)",                           After::NeedsRestart),
+    ("route.upstream",           "proxy::http::forwards_with_forwarding_headers_and_request_ids",      After::NeedsRestart),
+    ("route.scopes",             "control::denylist (403 SCOPE_MISSING), keys::decide",                After::NeedsRestart),
+    ("route.key_in_query",       "keys::decide::a_query_key_is_percent_decoded_before_it_is_checked",  After::NeedsRestart),
+    ("route.key_in",             "keys::decide::missing_wrong_place_malformed_checksum_environment_unknown", After::NeedsRestart),
+    ("route.strip_key",          "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
+    ("route.inject_header",      "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
+];
+
+const BAD_KEY: &str = "ef_live_0123456789abcdefghijABCDEFGHIJ01000000";
+
+/// The table names every key once, and its reload column agrees with the daemon's own list.
+#[test]
+fn the_table_covers_every_config_key() {
+    let rows: BTreeSet<&str> = ROWS.iter().map(|r| r.0).collect();
+    assert_eq!(rows.len(), ROWS.len(), "a key is in the table twice");
+    let keys: BTreeSet<&str> = KEYS.iter().map(|k| k.path).collect();
+    assert_eq!(rows, keys, "every key of config::keys::KEYS needs a row");
+    for (key, _, after) in ROWS {
+        let k = KEYS.iter().find(|k| k.path == *key).unwrap();
+        assert_eq!(
+            k.on_reload == OnReload::Restart,
+            *after == After::NeedsRestart,
+            "{key}: the table and config::keys disagree"
+        );
+    }
+}
+
+/// The config before the reload: defaults for limits, keys and `[autoblock]`.
+fn before(d: &Daemon, https: SocketAddr, pki: &Pki, up: SocketAddr) -> String {
+    format!(
+        r#"[listen]
+http = ["{http}"]
+https = ["{https}"]
+[tls]
+cert = "old-cert.pem"
+key = "old-key.pem"
+[runtime]
+shards = 2
+[xdp]
+enabled = false
+[store]
+kind = "sqlite"
+path = "var/keys.db"
+[admin]
+listen = "{admin}"
+token_file = "var/admin.token"
+[keys]
+environment = "live"
+[log]
+format = "text"
+access_log = "off"
+[[route]]
+prefix = "/v1/"
+upstream = "http://{up}"
+scopes = ["ai:invoke"]
+"#,
+        http = d.http,
+        admin = d.admin,
+        // The certificate in force before: copies, so the reload must read the moved files.
+        https = {
+            std::fs::copy(&pki.cert, d.dir.path().join("old-cert.pem")).unwrap();
+            std::fs::copy(&pki.key, d.dir.path().join("old-key.pem")).unwrap();
+            https
+        },
+    )
+}
+
+/// The config after: every key changed.
+fn after(up: SocketAddr, pki: &Pki, other_up: SocketAddr) -> String {
+    format!(
+        r#"[listen]
+http = ["{http}"]
+https = ["{https}"]
+[tls]
+cert = "{cert}"
+key = "{key}"
+[runtime]
+shards = 3
+[limits]
+max_header_bytes = 1024
+max_body_bytes = 10
+client_timeout = "1s"
+upstream_timeout = "1s"
+[xdp]
+enabled = true
+interfaces = ["lo"]
+mode = "monitor"
+attach = "skb"
+protected_ports = [1]
+allow = ["10.0.0.0/8"]
+[store]
+kind = "postgres"
+path = "var/other.db"
+url = "postgres://edge@127.0.0.1:1/keys"
+[admin]
+listen = "{admin}"
+token_file = "var/other.token"
+[keys]
+environment = "test"
+errors = "opaque"
+trusted_proxies = ["127.0.0.1"]
+[autoblock]
+enabled = false
+failures = 3
+window = "2s"
+ban = "2s"
+ipv6_prefix = 48
+exempt = ["10.0.0.0/8"]
+[log]
+format = "json"
+access_log = "access.log"
+[[route]]
+prefix = "/v2/"
+upstream = "http://{other_up}"
+scopes = ["other"]
+key_in_query = true
+key_in = ["x-api-key"]
+strip_key = false
+inject_header = {{ name = "X-Upstream", value = "secret" }}
+[[route]]
+prefix = "/v1/"
+upstream = "http://{up}"
+"#,
+        http = free_addr(),
+        https = free_addr(),
+        admin = free_addr(),
+        cert = pki.cert.display(),
+        key = pki.key.display(),
+    )
+}
+
+/// One request on a fresh connection: (status, body).
+fn call(to: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn get(path: &str, key: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n{extra}")
+}
+
+fn code(body: &str) -> String {
+    serde_json::from_str::<Value>(body).map_or_else(
+        |_| String::new(),
+        |v| v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn sighup(d: &Daemon) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(d.pid().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+fn wait_for_log(d: &Daemon, needle: &str, times: usize) -> String {
+    let t = Instant::now();
+    loop {
+        let log = d.log();
+        if log.matches(needle).count() >= times {
+            return log;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no `{needle}` in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the running daemon does with the settings of [`before`].
+struct Probe {
+    http: SocketAddr,
+    https: SocketAddr,
+    key: String,
+    /// A key that may only be used from 198.18.0.0/24.
+    fenced: String,
+}
+
+impl Probe {
+    fn big_header(&self) -> u16 {
+        let pad = "a".repeat(1500);
+        call(
+            self.http,
+            &get("/v1/echo", &self.key, &format!("X-Pad: {pad}\r\n")),
+            "",
+        )
+        .0
+    }
+
+    fn body_of_100(&self) -> u16 {
+        let head = format!(
+            "POST /v1/echo HTTP/1.1\r\nHost: t\r\nX-API-Key: {}\r\n",
+            self.key
+        );
+        call(self.http, &head, &"b".repeat(100)).0
+    }
+
+    fn bad_key_code(&self) -> String {
+        code(&call(self.http, &get("/v1/echo", BAD_KEY, ""), "").1)
+    }
+
+    fn behind_a_proxy(&self) -> (u16, String) {
+        let (s, b) = call(
+            self.http,
+            &get("/v1/echo", &self.fenced, "X-Forwarded-For: 198.18.0.9\r\n"),
+            "",
+        );
+        (s, code(&b))
+    }
+}
+
+#[test]
+fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
+    let up = upstream::Upstream::start();
+    let other_up = upstream::Upstream::start();
+    let pki = Pki::new("before");
+    let https = free_addr();
+    let mut d = Daemon::configure("");
+    std::fs::write(d.config(), before(&d, https, &pki, up.addr)).unwrap();
+    d.restart();
+    let (_, key) = d.create_key("alice");
+    let fenced = d.cli_ok(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--user",
+        "bob",
+        "--scope",
+        "ai:invoke",
+        "--allow-cidr",
+        "198.18.0.0/24",
+        "--json",
+    ]);
+    let fenced: Value = serde_json::from_str(fenced.trim()).unwrap();
+    let p = Probe {
+        http: d.http,
+        https,
+        key,
+        fenced: fenced["key"].as_str().unwrap().to_owned(),
+    };
+
+    // Before: the defaults at work.
+    assert_eq!(p.big_header(), 200);
+    assert_eq!(p.body_of_100(), 200);
+    assert_eq!(p.bad_key_code(), "KEY_CHECKSUM_MISMATCH");
+    assert_eq!(p.behind_a_proxy(), (403, "IP_NOT_ALLOWED".to_owned()));
+    let old_leaf = TlsClient::connect(https, pki.client_config(&[])).peer_leaf();
+
+    // A config that does not load changes nothing.
+    let good = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        format!("{good}[limits]\nclient_timeout = \"soon\"\n"),
+    )
+    .unwrap();
+    sighup(&d);
+    let log = wait_for_log(&d, "config reload failed", 1);
+    assert!(log.contains("soon"), "the problem is named: {log}");
+    assert_eq!(p.big_header(), 200);
+
+    // Every key changed in one reload; the certificate files moved and renewed.
+    let new_leaf = pki.issue("after");
+    assert_ne!(new_leaf, old_leaf);
+    std::fs::write(d.config(), after(up.addr, &pki, other_up.addr)).unwrap();
+    sighup(&d);
+    let log = wait_for_log(&d, "config reloaded", 1);
+    let reloaded = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap()
+        .to_owned();
+
+    let mut checked = BTreeSet::new();
+    for &(key, _, after) in ROWS {
+        let restart_line = format!("config reload: {key} changed and needs a restart");
+        match after {
+            After::NeedsRestart => {
+                assert!(log.contains(&restart_line), "{key}: {log}");
+                continue;
+            }
+            After::Behaves | After::InTheXdpMaps | After::InAutoblock => {
+                assert!(!log.contains(&restart_line), "{key}: {log}");
+                assert!(
+                    reloaded.contains(&format!("\"{key}\"")),
+                    "{key} among the applied keys: {reloaded}"
+                );
+            }
+        }
+        if after == After::Behaves && checked.insert(key) {
+            check_applied(key, &p, &pki, &new_leaf);
+        }
+    }
+    let behaves: BTreeSet<&str> = ROWS
+        .iter()
+        .filter(|r| r.2 == After::Behaves)
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(checked, behaves);
+
+    // What needs a restart keeps its running value: the old listeners, route, environment,
+    // store, admin API and token; the log stays text.
+    let (s, _) = call(p.http, &get("/v1/echo", &p.key, ""), "");
+    assert_eq!(s, 200, "the old listener, route, store and environment");
+    let (s, _) = call(p.http, &get("/v2/echo", &p.key, ""), "");
+    assert_eq!(s, 404, "no new route before a restart");
+    assert_eq!(
+        raw_http(d.admin, "GET", "/v1/keys", Some(&d.token()), None)
+            .unwrap()
+            .0,
+        200,
+        "the old admin address and token"
+    );
+    assert!(!d.dir.path().join("var/other.token").exists());
+    assert!(!d.dir.path().join("access.log").exists());
+    let log = d.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "log.format = \"text\" in a file has no colour codes"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| !l.starts_with('{')),
+        "still text until a restart"
+    );
+
+    // A second reload of the same file names the waiting keys again, and applies nothing.
+    sighup(&d);
+    let log = wait_for_log(&d, "config reloaded", 2);
+    assert_eq!(
+        log.matches("config reload: listen.http changed and needs a restart")
+            .count(),
+        2
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("config reloaded"))
+            .nth(1)
+            .unwrap()
+            .contains("applied=[]")
+    );
+}
+
+/// The behaviour of one applied key after the reload.
+fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
+    match key {
+        "limits.max_header_bytes" => assert_eq!(p.big_header(), 431),
+        "limits.max_body_bytes" => assert_eq!(p.body_of_100(), 413),
+        "limits.client_timeout" => {
+            let mut s = TcpStream::connect(p.http).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let t = Instant::now();
+            let mut sink = [0u8; 16];
+            assert_eq!(s.read(&mut sink).unwrap_or(0), 0, "closed, no answer");
+            let idle = t.elapsed();
+            assert!(
+                idle < Duration::from_secs(5),
+                "idle connection closed after {idle:?}"
+            );
+        }
+        "limits.upstream_timeout" => {
+            let t = Instant::now();
+            let (s, body) = call(p.http, &get("/v1/slow", &p.key, ""), "");
+            assert_eq!((s, code(&body).as_str()), (504, "UPSTREAM_TIMEOUT"));
+            assert!(
+                t.elapsed() < Duration::from_millis(2_900),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        "keys.errors" => assert_eq!(p.bad_key_code(), "INVALID_CREDENTIALS"),
+        "keys.trusted_proxies" => assert_eq!(p.behind_a_proxy().0, 200),
+        "tls.cert" | "tls.key" => {
+            let leaf = TlsClient::connect(p.https, pki.client_config(&[])).peer_leaf();
+            assert_eq!(leaf, new_leaf, "the moved, renewed certificate is served");
+        }
+        other => panic!("no check for {other}"),
+    }
+}
