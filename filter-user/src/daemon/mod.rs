@@ -93,6 +93,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         (None, Inherited::default())
     };
     let mut claims = Claims::claim_config(&cfg, &run_dir, &mut inherited.locks)?;
+    // Handed-over locks this config does not want: the old daemon holds them until it exits.
     drop(std::mem::take(&mut inherited.locks));
     let ready = Arc::new(Readiness::new());
     let (mut keys, store) = crate::auth::KeyService::open(&cfg)?;
@@ -204,39 +205,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("takeover socket in {}", run_dir.path().display()))?;
     let (desk, events) = Desk::open(desk_socket, offer(&proxy, &admin, &claims)?)?;
     match taking {
-        Some(t) => {
-            let old_pid = t.old_pid();
-            let revision = t
-                .ready()
-                .with_context(|| format!("taking over from pid {old_pid}"))?;
-            let published = plane.sync()?;
-            if published < revision {
-                tracing::warn!(
-                    published,
-                    revision,
-                    "the store is behind the revision the replaced daemon published"
-                );
-            }
-            proxy.resume();
-            admin.resume();
-            let old = t
-                .serving()
-                .with_context(|| format!("taking over from pid {old_pid}"))?;
-            claims.took_over();
-            tracing::info!(
-                old_pid,
-                "took over: serving; the replaced daemon drains and exits"
-            );
-            std::thread::Builder::new()
-                .name("replaced-daemon".into())
-                .spawn(move || {
-                    if old.wait_exit(DRAIN_DEADLINE + Duration::from_secs(30)) {
-                        tracing::info!(pid = old.pid(), "the replaced daemon exited");
-                    } else {
-                        tracing::warn!(pid = old.pid(), "the replaced daemon is still running");
-                    }
-                })?;
-        }
+        Some(t) => finish_takeover(t, &plane, &proxy, &admin, &mut claims)?,
         None => notify::notify("READY=1"),
     }
     tracing::info!(
@@ -277,6 +246,50 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     drop(watcher);
     tracing::info!("drained; exiting");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The new daemon's side of steps 2 to 4 of a takeover (see [`handover`]): ready, catch up with
+/// the store once the old daemon stopped accepting, accept, take the locks as its own; then a
+/// thread logs when the old daemon has exited.
+fn finish_takeover(
+    t: Takeover,
+    plane: &ControlPlane,
+    proxy: &crate::proxy::ProxyHandle,
+    admin: &crate::admin::AdminHandle,
+    claims: &mut Claims,
+) -> anyhow::Result<()> {
+    let old_pid = t.old_pid();
+    let revision = t
+        .ready()
+        .with_context(|| format!("taking over from pid {old_pid}"))?;
+    let published = plane.sync()?;
+    if published < revision {
+        tracing::warn!(
+            published,
+            revision,
+            "the store is behind the revision the replaced daemon published"
+        );
+    }
+    proxy.resume();
+    admin.resume();
+    let old = t
+        .serving()
+        .with_context(|| format!("taking over from pid {old_pid}"))?;
+    claims.took_over();
+    tracing::info!(
+        old_pid,
+        "took over: serving; the replaced daemon drains and exits"
+    );
+    std::thread::Builder::new()
+        .name("replaced-daemon".into())
+        .spawn(move || {
+            if old.wait_exit(DRAIN_DEADLINE + Duration::from_secs(30)) {
+                tracing::info!(pid = old.pid(), "the replaced daemon exited");
+            } else {
+                tracing::warn!(pid = old.pid(), "the replaced daemon is still running");
+            }
+        })?;
+    Ok(())
 }
 
 /// `--takeover`: connects to the daemon holding this config's store and addresses and takes
