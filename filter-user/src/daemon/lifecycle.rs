@@ -23,12 +23,12 @@ use crate::proxy::ProxyHandle;
 const ADMIN_IDLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why the daemon stops serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     /// SIGTERM or SIGINT.
     Stop,
-    /// The daemon with this pid took over and serves.
-    HandedOver(u32),
+    /// A daemon took over and serves; its end of the takeover socket stays open until this
+    /// process exits, which is how the new daemon learns that it has.
+    HandedOver(handover::Session),
 }
 
 /// What the takeover desk tells the daemon's main loop.
@@ -37,8 +37,8 @@ pub(super) enum Event {
     Ready { reply: std::sync::mpsc::Sender<u64> },
     /// It went away before it served: accept again.
     Abandoned,
-    /// It serves (its pid).
-    Done(u32),
+    /// It serves.
+    Done(handover::Session),
 }
 
 /// How to start this daemon's binary again, for SIGUSR2.
@@ -142,7 +142,7 @@ impl Serving<'_> {
                             let _ = reply.send(self.stop_accepting());
                         }
                         Event::Abandoned => self.resume(),
-                        Event::Done(pid) => return Ok(End::HandedOver(pid)),
+                        Event::Done(session) => return Ok(End::HandedOver(session)),
                     },
                 }
             }
@@ -234,7 +234,7 @@ fn desk(
         };
         match session.stopped(revision) {
             Ok(()) => {
-                let _ = events.send(Event::Done(pid));
+                let _ = events.send(Event::Done(session));
                 return;
             }
             Err(e) => {

@@ -140,7 +140,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     }
     // The access log's writer thread runs until the proxy has drained (dropped last). A daemon
     // taking over appends to the same file; both write whole lines.
-    let (access_log, _log_writer) =
+    let (access_log, log_writer) =
         match crate::obs::access_log::Sink::from_config(&cfg.log.access_log, |p| {
             cfg.resolve(std::path::Path::new(p))
         }) {
@@ -225,13 +225,15 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     };
     let end = serving.wait_for_end(events)?;
     drop(desk);
-    match end {
+    let successor = match end {
         End::Stop => {
             notify::notify("STOPPING=1");
             tracing::info!("draining in-flight requests");
             proxy.shutdown(DRAIN_DEADLINE)?;
+            None
         }
-        End::HandedOver(pid) => {
+        End::HandedOver(session) => {
+            let pid = session.pid();
             claims.hand_over();
             notify::notify(&format!("MAINPID={pid}"));
             tracing::info!(
@@ -239,12 +241,16 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
                 "handed over: draining; each open connection gets one last answer"
             );
             proxy.hand_over(DRAIN_DEADLINE)?;
+            Some(session)
         }
-    }
+    };
     ready.set_shards(false);
     drop(admin);
     drop(watcher);
+    // The last access log lines are written before the successor learns this one is gone.
+    drop(log_writer);
     tracing::info!("drained; exiting");
+    drop(successor);
     Ok(ExitCode::SUCCESS)
 }
 

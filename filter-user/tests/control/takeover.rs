@@ -242,6 +242,8 @@ const NEW_CONNECTION_PAUSE: Duration = Duration::from_millis(2);
 /// Bounds on the load, whatever happens.
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 const PER_CLIENT_LIMIT: u64 = 200_000;
+/// Keys created through the CLI during the takeover, at most.
+const MAX_PROBES: usize = 50;
 
 #[derive(Default)]
 struct Tally {
@@ -318,40 +320,65 @@ fn a_takeover_under_load_fails_no_request_and_hands_everything_over() {
     let before = tally.sent.load(Ordering::Relaxed);
     let old_pid = d.pid().unwrap();
     let mut old = d.start_takeover();
-    // During the takeover: a key created through the CLI works at once, on whichever daemon.
-    let mut probes = 0;
-    let mut during = Vec::new();
-    let exited = loop {
-        if let Some(st) = old.try_wait() {
-            break st;
-        }
-        assert!(
-            began.elapsed() < LOAD_LIMIT,
-            "the old daemon never exited; log:\n{}",
-            old.log()
-        );
-        if during.len() < 10 {
-            let (id, fresh) = d.create_key(&format!("carol{}", during.len()));
-            let status = once(http, &fresh).unwrap();
-            probes += 1;
-            assert_eq!(status, 200, "a key created during the takeover is refused");
-            during.push((id, fresh));
-        } else {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    // During the takeover (from its start until the old daemon has exited): keys created
+    // through the CLI, one after another, each work at once, on whichever daemon answers.
+    let probing = AtomicBool::new(true);
+    let (exited, during) = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut made = Vec::new();
+            while probing.load(Ordering::Relaxed) && made.len() < MAX_PROBES {
+                let (id, fresh) = d.create_key(&format!("carol{}", made.len()));
+                made.push((
+                    id,
+                    fresh.clone(),
+                    once(http, &fresh).map_err(|e| e.to_string()),
+                ));
+            }
+            made
+        });
+        let exited = old.wait_for(LOAD_LIMIT);
+        probing.store(false, Ordering::Relaxed);
+        (exited, prober.join().unwrap())
+    });
+    let exited =
+        exited.unwrap_or_else(|| panic!("the old daemon never exited; log:\n{}", old.log()));
     old_gone.store(true, Ordering::Relaxed);
     assert!(
         exited.success(),
         "the old daemon: {exited}; log:\n{}",
         old.log()
     );
+    let refused: Vec<_> = during.iter().filter(|(_, _, st)| *st != Ok(200)).collect();
+    assert!(
+        refused.is_empty(),
+        "keys created during the takeover refused: {refused:?}"
+    );
+    let mut probes = during.len() as u64;
     let old_log = old.log();
     assert!(old_log.contains("handed over: draining"), "{old_log}");
+    // The new daemon learns of the old one's exit only once it has drained.
+    let at = |log: &str, what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+    };
+    let drained = at(&old_log, "drained; exiting").expect("the old daemon's last line");
+    let until = Instant::now() + Duration::from_secs(10);
+    let noticed = loop {
+        if let Some(t) = at(&d.log(), "the replaced daemon exited") {
+            break t;
+        }
+        assert!(Instant::now() < until, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        noticed >= drained,
+        "exit noticed at {noticed}, drained at {drained}"
+    );
     // After: the new daemon serves; a revocation through the CLI holds at once, a new key works.
     let new_pid = d.pid().unwrap();
     assert_ne!(new_pid, old_pid);
-    let (id, revoked) = during
+    let (id, revoked, _) = during
         .first()
         .cloned()
         .expect("a key created during the takeover");
