@@ -21,7 +21,7 @@
 //! 8. [`admin`] — the admin API (its types, the `AdminOps` trait, server, client)
 //! 9. [`control`] — the control plane, which implements `AdminOps`
 //! 10. [`proxy`] — the sharded HTTP/1.1 (+TLS) reverse proxy
-//! 11. [`daemon`] — the wiring of `edgefilter run`
+//! 11. [`daemon`] — the wiring of `edgefilter run`: one daemon per store and address, `--takeover`
 //! 12. [`cli`] — argument parsing and printing
 //! 13. [`fuzz`] — entry points for the fuzz targets (only with the `fuzzing` feature)
 //!

@@ -5,16 +5,24 @@
 //! token learns nothing and changes nothing. Request bodies are size-limited and never logged.
 //! A change is made by the token's holder at the caller's address ([`Actor::admin`]), which the
 //! operation records in the audit trail.
+//!
+//! For a hand-over to another daemon (`run --takeover`) the running server pauses: it stops
+//! accepting (callers wait in the socket's queue for the next daemon), answers each open
+//! connection's next request (one already on its way, say) with `Connection: close`, closes the
+//! connections still idle after [`PAUSE_GRACE`], and reports when none is left; the listening
+//! socket itself is lent to the next daemon, which serves it from then on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
@@ -30,6 +38,9 @@ use crate::store::{Actor, unix_now};
 
 /// Largest request body accepted (JSON requests are small).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a connection idle when the server pauses may still bring one request.
+pub const PAUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Server start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +65,17 @@ struct State {
     token: AdminToken,
     ops: Arc<dyn AdminOps>,
     ready: Arc<Readiness>,
+    /// Open connections.
+    open: AtomicUsize,
+    /// Paused for a hand-over: every answer closes its connection.
+    paused: AtomicBool,
 }
 
 /// A bound, not yet serving, admin API server.
 pub struct AdminServer {
     listener: std::net::TcpListener,
     state: Arc<State>,
+    accepting: tokio::sync::watch::Sender<bool>,
 }
 
 /// A server running on its own thread; dropping it stops the server.
@@ -67,6 +83,10 @@ pub struct AdminHandle {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    accepting: tokio::sync::watch::Sender<bool>,
+    state: Arc<State>,
+    /// A second descriptor of the listening socket, to lend to a daemon taking over.
+    socket: std::net::TcpListener,
 }
 
 impl AdminHandle {
@@ -74,6 +94,40 @@ impl AdminHandle {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listening socket, to hand over to a daemon taking over.
+    #[must_use]
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Stops accepting (callers wait in the socket's queue); every open connection closes after
+    /// its next answer, or after [`PAUSE_GRACE`] without a request.
+    pub fn pause(&self) {
+        self.state.paused.store(true, Ordering::Release);
+        self.accepting.send_replace(false);
+    }
+
+    /// Accepts again after [`Self::pause`] (or a paused start).
+    pub fn resume(&self) {
+        self.state.paused.store(false, Ordering::Release);
+        self.accepting.send_replace(true);
+    }
+
+    /// Waits up to `limit` until no connection is open; whether none is.
+    #[must_use]
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            if self.state.open.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -102,6 +156,53 @@ impl AdminServer {
         Self::bind(cfg.admin.listen, token, ops, ready)
     }
 
+    /// [`Self::from_config`] on `listener`, a socket bound to `admin.listen` already (handed
+    /// over by the daemon this one takes over from).
+    ///
+    /// # Errors
+    /// [`ServerError`] on a token-file failure, or when the socket cannot be made non-blocking.
+    pub fn from_config_on(
+        cfg: &Config,
+        listener: std::net::TcpListener,
+        ops: Arc<dyn AdminOps>,
+        ready: Arc<Readiness>,
+    ) -> Result<Self, ServerError> {
+        let token = AdminToken::load_or_create(&cfg.resolve(&cfg.admin.token_file))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.admin.listen,
+                source,
+            })?;
+        Ok(Self::on(listener, token, ops, ready))
+    }
+
+    fn on(
+        listener: std::net::TcpListener,
+        token: AdminToken,
+        ops: Arc<dyn AdminOps>,
+        ready: Arc<Readiness>,
+    ) -> Self {
+        Self {
+            listener,
+            state: Arc::new(State {
+                token,
+                ops,
+                ready,
+                open: AtomicUsize::new(0),
+                paused: AtomicBool::new(false),
+            }),
+            accepting: tokio::sync::watch::Sender::new(true),
+        }
+    }
+
+    /// Starts paused: [`AdminHandle::resume`] starts accepting.
+    #[must_use]
+    pub fn paused(self) -> Self {
+        self.accepting.send_replace(false);
+        self
+    }
+
     /// Binds `addr`.
     ///
     /// # Errors
@@ -115,10 +216,7 @@ impl AdminServer {
         let bind = |source| ServerError::Bind { addr, source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        Ok(Self {
-            listener,
-            state: Arc::new(State { token, ops, ready }),
-        })
+        Ok(Self::on(listener, token, ops, ready))
     }
 
     /// The bound address (useful with port 0).
@@ -136,10 +234,19 @@ impl AdminServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let listener =
             tokio::net::TcpListener::from_std(self.listener).map_err(ServerError::Runtime)?;
+        let mut accepting = self.accepting.subscribe();
         tokio::pin!(shutdown);
         loop {
+            if !*accepting.borrow_and_update() {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    r = accepting.changed() => if r.is_err() { return Ok(()) },
+                }
+                continue;
+            }
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                _ = accepting.changed() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -150,7 +257,10 @@ impl AdminServer {
                 },
             };
             let state = Arc::clone(&self.state);
+            let open = OpenConnection::count(&self.state);
+            let mut paused = self.accepting.subscribe();
             tokio::spawn(async move {
+                let _open = open;
                 let svc = hyper::service::service_fn(move |req| {
                     let state = Arc::clone(&state);
                     async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
@@ -159,7 +269,24 @@ impl AdminServer {
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
+                tokio::pin!(conn);
+                // Paused for a hand-over: the next answer closes the connection (a request on
+                // its way is served); one that stays idle is closed after the grace.
+                let ended = tokio::select! {
+                    r = conn.as_mut() => Some(r),
+                    () = until_paused(&mut paused) => None,
+                };
+                let ended = match ended {
+                    Some(r) => r,
+                    None => match tokio::time::timeout(PAUSE_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    },
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "admin API connection ended");
                 }
             });
@@ -176,6 +303,9 @@ impl AdminServer {
             .enable_all()
             .build()
             .map_err(ServerError::Runtime)?;
+        let socket = self.listener.try_clone().map_err(ServerError::Runtime)?;
+        let accepting = self.accepting.clone();
+        let state = Arc::clone(&self.state);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("admin-api".into())
@@ -192,7 +322,33 @@ impl AdminServer {
             addr,
             stop: Some(tx),
             thread: Some(thread),
+            accepting,
+            state,
+            socket,
         })
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenConnection(Arc<State>);
+
+impl OpenConnection {
+    fn count(state: &Arc<State>) -> Self {
+        state.open.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves once accepting is paused (never, if the server goes away first).
+async fn until_paused(accepting: &mut tokio::sync::watch::Receiver<bool>) {
+    if accepting.wait_for(|on| !*on).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -215,7 +371,12 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
         Err(e) => error_response(&e, &request_id),
     };
     tracing::debug!(%request_id, status = resp.status().as_u16(), "admin API request");
-    with_request_id(resp, &request_id)
+    let mut resp = with_request_id(resp, &request_id);
+    if state.paused.load(Ordering::Acquire) {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Who an authenticated request comes from: the token's holder at `peer`, and whom the caller

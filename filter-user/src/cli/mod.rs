@@ -44,6 +44,10 @@ pub enum Command {
         /// Run without the kernel half (no XDP), e.g. as non-root during development.
         #[arg(long)]
         no_xdp: bool,
+        /// Replace the daemon running with this config's store and addresses (an upgrade): it
+        /// hands over its listening sockets, then drains and exits once this one serves.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate the config; print every error with its line; exit 2 on error.
     CheckConfig,
@@ -97,12 +101,17 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 pub fn dispatch(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig => return check::run(&cli.config),
-        Command::Run { no_xdp } => {
+        Command::Run { no_xdp, takeover } => {
             let cfg = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::daemon::run(cfg, &cli.config, no_xdp)
+            let opts = crate::daemon::RunOptions {
+                no_xdp,
+                takeover,
+                config: std::path::absolute(&cli.config).unwrap_or(cli.config),
+            };
+            crate::daemon::run(cfg, &opts)
         }
         Command::Keys(cmd) => keys::run(&cli.config, cmd),
         Command::Users(cmd) => users::run(&cli.config, cmd),

@@ -104,15 +104,18 @@ where
             }
             spare(&mut c.buf, 4096);
             let read = if c.buf.is_empty() {
-                // Idle between requests: leave at once when the shard drains.
-                let notified = shard.notify.notified();
-                if shard.stopping.get() {
-                    return Flow::Close;
-                }
-                tokio::select! {
-                    biased;
-                    r = timeout_at(deadline, io.read_buf(&mut c.buf)) => r,
-                    () = notified => return Flow::Close,
+                // Idle between requests: leave when the shard drains (at once, or when a
+                // hand-over's grace ends; a request arriving before is answered, as the last).
+                loop {
+                    let notified = shard.notify.notified();
+                    let Some(until) = shard.idle_deadline(deadline) else {
+                        return Flow::Close;
+                    };
+                    tokio::select! {
+                        biased;
+                        r = timeout_at(until, io.read_buf(&mut c.buf)) => break r,
+                        () = notified => {}
+                    }
                 }
             } else {
                 timeout_at(deadline, io.read_buf(&mut c.buf)).await

@@ -2,8 +2,10 @@
 //!
 //! [`start`] binds every listener (one `SO_REUSEPORT` socket per shard and address) and spawns
 //! one pinned thread per shard, each with its own current-thread tokio runtime. Nothing mutable is
-//! shared between shards on the request path. [`serve`] is the daemon's thin wrapper: it waits for
-//! SIGTERM/SIGINT (drain, then return) and SIGHUP (TLS certificate reload).
+//! shared between shards on the request path. The [`ProxyHandle`] pauses and resumes accepting,
+//! lends its listening sockets to a daemon taking over ([`StartOptions::inherited`] on the other
+//! side), reloads TLS, and drains: at once for idle connections ([`ProxyHandle::shutdown`]) or,
+//! when handing over, after each one's next answer ([`ProxyHandle::hand_over`]).
 //!
 //! # Layering
 //!
@@ -24,6 +26,7 @@
 //! 9. this module (start, addresses, reload, drain).
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -60,6 +63,33 @@ pub mod upstream_error;
 /// How long SIGTERM waits for in-flight requests before the shards are torn down.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// While handing over, how long an idle keep-alive connection stays open for its next request
+/// (answered with `Connection: close`) before it is closed (at most the drain deadline and
+/// `limits.client_timeout`). Closing an idle connection races with a request the client may be
+/// sending on it; a client that keeps sending meets no close at all.
+pub const HANDOVER_IDLE_GRACE: Duration = Duration::from_secs(5);
+
+pub use listen::ListenSocket;
+
+/// How the shards drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Drain {
+    /// How long in-flight requests may run.
+    pub within: Duration,
+    /// `None`: idle connections close at once; `Some(g)`: they wait up to `g` for one last
+    /// request (a hand-over to another daemon).
+    pub idle_grace: Option<Duration>,
+}
+
+/// What [`start_opts`] starts with besides the config.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Listening sockets handed over by a running daemon, used before any is bound.
+    pub inherited: Vec<ListenSocket>,
+    /// Start with accepting paused (until [`ProxyHandle::resume`]).
+    pub paused: bool,
+}
+
 /// Why the proxy could not start (or reload).
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -88,6 +118,9 @@ pub enum ProxyError {
     /// A shard thread panicked.
     #[error("shard thread panicked")]
     Panicked,
+    /// A listening socket could not be given a second descriptor (to hand over).
+    #[error("cannot duplicate a listening socket: {0}")]
+    Lend(std::io::Error),
 }
 
 impl From<listen::BindError> for ProxyError {
@@ -104,7 +137,13 @@ impl From<listen::BindError> for ProxyError {
 pub struct ProxyHandle {
     http: Vec<SocketAddr>,
     https: Vec<SocketAddr>,
-    stop: watch::Sender<Option<Duration>>,
+    stop: watch::Sender<Option<Drain>>,
+    accepting: watch::Sender<bool>,
+    /// A second descriptor of every listening socket, to lend to a daemon taking over; closed
+    /// when draining starts.
+    sockets: Vec<ListenSocket>,
+    /// Inherited sockets that no configured address wanted (closed with the handle).
+    unused: Vec<ListenSocket>,
     threads: Vec<JoinHandle<()>>,
     certs: Option<Arc<tls::CertStore>>,
     metrics: Arc<RequestMetrics>,
@@ -141,6 +180,31 @@ impl ProxyHandle {
         }
     }
 
+    /// Every listening socket (one per shard and address), to hand over to a daemon taking
+    /// over; empty once draining started.
+    pub fn sockets(&self) -> impl Iterator<Item = (SocketAddr, bool, BorrowedFd<'_>)> {
+        self.sockets
+            .iter()
+            .map(|s| (s.addr, s.tls, s.socket.as_fd()))
+    }
+
+    /// Inherited sockets that no configured address wanted: `(address, tls)`.
+    #[must_use]
+    pub fn unused_inherited(&self) -> Vec<(SocketAddr, bool)> {
+        self.unused.iter().map(|s| (s.addr, s.tls)).collect()
+    }
+
+    /// Stops accepting new connections; they wait in the kernel's queue (the sockets stay
+    /// open). Connections already accepted are served as usual.
+    pub fn pause(&self) {
+        self.accepting.send_replace(false);
+    }
+
+    /// Accepts again after [`Self::pause`] (or a paused start).
+    pub fn resume(&self) {
+        self.accepting.send_replace(true);
+    }
+
     /// Reads the certificate and key from `cert` and `key` (a reload may have moved them); open
     /// connections keep their sessions. Nothing to do without `listen.https`.
     ///
@@ -170,14 +234,36 @@ impl ProxyHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
+    /// Idle keep-alive connections are closed at once.
     ///
     /// # Errors
     /// When a shard thread panicked.
     pub fn shutdown(mut self, drain: Duration) -> Result<(), ProxyError> {
-        self.stop_and_join(drain)
+        self.stop_and_join(Drain {
+            within: drain,
+            idle_grace: None,
+        })
     }
 
-    fn stop_and_join(&mut self, drain: Duration) -> Result<(), ProxyError> {
+    /// [`Self::shutdown`] after handing the listening sockets over to another daemon: every
+    /// open connection gets one more answer (marked `Connection: close`) if its request comes
+    /// within [`HANDOVER_IDLE_GRACE`], so a client that keeps sending never meets a close it
+    /// could race with; the next connection goes to the other daemon.
+    ///
+    /// # Errors
+    /// When a shard thread panicked.
+    pub fn hand_over(mut self, drain: Duration) -> Result<(), ProxyError> {
+        self.stop_and_join(Drain {
+            within: drain,
+            idle_grace: Some(HANDOVER_IDLE_GRACE.min(drain)),
+        })
+    }
+
+    fn stop_and_join(&mut self, drain: Drain) -> Result<(), ProxyError> {
+        // This process's second descriptors go first: once the shards close theirs, a socket
+        // nobody else holds is closed and new connections are refused, not left queued.
+        self.sockets.clear();
+        self.unused.clear();
         self.stop.send_replace(Some(drain));
         let mut result = Ok(());
         for t in self.threads.drain(..) {
@@ -192,7 +278,10 @@ impl ProxyHandle {
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         // A handle dropped without `shutdown` stops at once; a panicking shard is not re-raised.
-        let _ = self.stop_and_join(Duration::ZERO);
+        let _ = self.stop_and_join(Drain {
+            within: Duration::ZERO,
+            idle_grace: None,
+        });
     }
 }
 
@@ -220,6 +309,21 @@ pub fn start_with(
     telemetry: Telemetry,
     autoblock: Arc<Autoblock>,
 ) -> Result<ProxyHandle, ProxyError> {
+    start_opts(cfg, gates, telemetry, autoblock, StartOptions::default())
+}
+
+/// [`start_with`] using the listening sockets in `opts.inherited` before binding any, and
+/// paused when `opts.paused`.
+///
+/// # Errors
+/// As [`start`].
+pub fn start_opts(
+    cfg: &Config,
+    gates: GateFactory,
+    telemetry: Telemetry,
+    autoblock: Arc<Autoblock>,
+    opts: StartOptions,
+) -> Result<ProxyHandle, ProxyError> {
     let metrics = Arc::clone(&telemetry.requests);
     let routes = Arc::new(route::RouteTable::build(cfg)?);
     let certs = match (&cfg.tls, cfg.listen.https.is_empty()) {
@@ -231,8 +335,10 @@ pub fn start_with(
         (None, false) => return Err(ProxyError::Tls(tls::TlsError::MissingSection)),
     };
     let shards = cfg.shard_count().max(1);
-    let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards)?;
+    let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards, opts.inherited)?;
+    let sockets = listen::duplicates(&bound.per_shard).map_err(ProxyError::Lend)?;
     let (stop, stop_rx) = watch::channel(None);
+    let (accepting, accepting_rx) = watch::channel(!opts.paused);
     let cores = affinity::usable_cpus();
     let settings = Arc::new(settings::Published::new(settings::Settings::new(
         cfg, routes, telemetry, autoblock,
@@ -244,6 +350,9 @@ pub fn start_with(
         http: bound.http,
         https: bound.https,
         stop,
+        accepting,
+        sockets,
+        unused: bound.unused,
         threads: Vec::with_capacity(shards),
         certs,
         metrics,
@@ -261,6 +370,7 @@ pub fn start_with(
                 .as_ref()
                 .map(|c| tls::server_config(Arc::clone(c))),
             stop: stop_rx.clone(),
+            accepting: accepting_rx.clone(),
             ready: ready.clone(),
         };
         let t = std::thread::Builder::new()
@@ -279,48 +389,6 @@ pub fn start_with(
         }
     }
     Ok(handle)
-}
-
-/// Starts the proxy and serves until SIGTERM/SIGINT, then drains for up to [`DRAIN_DEADLINE`].
-/// On SIGHUP it calls `reload` with the running proxy (the daemon re-reads the config, reloads
-/// the TLS certificate, reopens the access log file, and puts in force what can be).
-///
-/// # Errors
-/// Listener bind failures and TLS config errors.
-pub fn serve(
-    cfg: &Config,
-    gates: GateFactory,
-    telemetry: Telemetry,
-    autoblock: Arc<Autoblock>,
-    reload: &mut dyn FnMut(&ProxyHandle),
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handle = start_with(cfg, gates, telemetry, autoblock)?;
-    tracing::info!(
-        http = ?handle.local_addrs(),
-        https = ?handle.tls_addrs(),
-        shards = cfg.shard_count(),
-        "proxy listening"
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => reload(&handle),
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    })?;
-    tracing::info!("draining in-flight requests");
-    handle.shutdown(DRAIN_DEADLINE)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::Drain;
 use super::affinity;
 use super::conn;
 use super::listen::ShardListeners;
@@ -32,7 +33,9 @@ pub(crate) struct Spec {
     pub gates: Arc<SharedGateFactory>,
     pub settings: Arc<Published>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub stop: watch::Receiver<Option<Duration>>,
+    pub stop: watch::Receiver<Option<Drain>>,
+    /// Whether the accept loops take connections now (paused while a hand-over is decided).
+    pub accepting: watch::Receiver<bool>,
     /// Told `(n, Ok)` once the runtime and the gate are built, `(n, Err)` when the runtime
     /// cannot be; dropped without a word when building the gate panics.
     pub ready: mpsc::Sender<(usize, std::io::Result<()>)>,
@@ -48,6 +51,7 @@ pub(crate) fn run(spec: Spec) {
         settings,
         tls,
         stop,
+        accepting,
         ready,
     } = spec;
     affinity::pin_current(n, &cores);
@@ -68,7 +72,14 @@ pub(crate) fn run(spec: Spec) {
     let _ = ready.send((n, Ok(())));
     drop(ready);
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, stop));
+    let signals = Signals { stop, accepting };
+    local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, signals));
+}
+
+/// What the proxy handle tells a shard: stop (and how to drain), and pause or resume accepting.
+struct Signals {
+    stop: watch::Receiver<Option<Drain>>,
+    accepting: watch::Receiver<bool>,
 }
 
 async fn shard_main(
@@ -77,8 +88,12 @@ async fn shard_main(
     gate: Box<dyn Gate>,
     settings: Arc<Published>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut stop: watch::Receiver<Option<Duration>>,
+    signals: Signals,
 ) {
+    let Signals {
+        mut stop,
+        accepting,
+    } = signals;
     let shard = Rc::new(ShardState::new(n, settings, gate));
     shard.gate.borrow_mut().on_thread_start();
     let signal = shard.gate.borrow().change_signal();
@@ -93,7 +108,7 @@ async fn shard_main(
         match TcpListener::from_std(l) {
             Ok(l) => {
                 let acc = if is_tls { acceptor.clone() } else { None };
-                tokio::task::spawn_local(accept_loop(Rc::clone(&shard), l, acc));
+                tokio::task::spawn_local(accept_loop(Rc::clone(&shard), l, acc, accepting.clone()));
             }
             Err(e) => tracing::error!(shard = n, "cannot register listener: {e}"),
         }
@@ -103,12 +118,17 @@ async fn shard_main(
             break d;
         }
         if stop.changed().await.is_err() {
-            break Duration::ZERO;
+            break Drain {
+                within: Duration::ZERO,
+                idle_grace: None,
+            };
         }
     };
+    let now = tokio::time::Instant::now();
+    shard.idle_until.set(drain.idle_grace.map(|g| now + g));
     shard.stopping.set(true);
     shard.notify.notify_waiters();
-    let deadline = tokio::time::Instant::now() + drain;
+    let deadline = now + drain.within;
     while shard.active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -144,15 +164,35 @@ impl Drop for Active {
     }
 }
 
-async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    shard: Rc<ShardState>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut accepting: watch::Receiver<bool>,
+) {
     loop {
         let notified = shard.notify.notified();
         if shard.stopping.get() {
             return;
         }
+        if !*accepting.borrow_and_update() {
+            // Paused: connections wait in the socket's queue (for this daemon or the next).
+            tokio::select! {
+                biased;
+                () = notified => return,
+                r = accepting.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
         let (sock, peer) = tokio::select! {
             biased;
             () = notified => return,
+            r = accepting.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

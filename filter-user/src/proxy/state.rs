@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::reqid::IdGen;
 use super::settings::{Published, Settings};
@@ -32,6 +33,9 @@ pub(crate) struct ShardState {
     pub stopping: Cell<bool>,
     /// Woken when draining starts (idle connections and accept loops leave).
     pub notify: Notify,
+    /// While draining for a hand-over: until when an idle connection may wait for one last
+    /// request (`None`: idle connections close at once).
+    pub idle_until: Cell<Option<Instant>>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// This shard's request metrics (it is their only writer).
@@ -68,8 +72,20 @@ impl ShardState {
             pool: RefCell::new(Pool::new(upstreams)),
             stopping: Cell::new(false),
             notify: Notify::new(),
+            idle_until: Cell::new(None),
             active: Cell::new(0),
         }
+    }
+
+    /// Until when a connection idle between requests may wait for its next one: `deadline`
+    /// (its client timeout) while serving; while draining, `None` (close now) or the end of a
+    /// hand-over's grace.
+    #[must_use]
+    pub fn idle_deadline(&self, deadline: Instant) -> Option<Instant> {
+        if !self.stopping.get() {
+            return Some(deadline);
+        }
+        self.idle_until.get().map(|until| until.min(deadline))
     }
 
     /// The settings in force: this shard's copy, taken again when a reload published new ones

@@ -1,7 +1,8 @@
 //! The admin API server in-process with a recording fake `AdminOps`: every endpoint of
 //! `docs/openapi.yaml` is called and its real response validated against the document; requests
 //! without or with a wrong token get 401 and reach no operation; every change is handed the
-//! actor the audit trail records.
+//! actor the audit trail records; a paused server (a hand-over) answers an open connection's
+//! next request as its last and accepts nothing until resumed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -641,4 +642,59 @@ fn the_validator_catches_bodies_that_break_the_document() {
     bad["revision"] = json!("1");
     check(&doc, &schema, &bad, "$", &mut errs);
     assert_eq!(errs.len(), 4, "{errs:?}");
+}
+
+/// One `GET /healthz` on `s` (keep-alive): the status and whether the answer closes.
+fn healthz_on(s: &mut TcpStream) -> (u16, bool) {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    (status, head.contains("connection: close"))
+}
+
+#[test]
+fn a_paused_server_answers_a_connections_next_request_as_its_last_and_accepts_none() {
+    let r = start();
+    let addr = r.handle.local_addr();
+    let mut open = TcpStream::connect(addr).unwrap();
+    open.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(healthz_on(&mut open), (200, false));
+    r.handle.pause();
+    // A request on an open connection (one on its way when the pause came) is still answered,
+    // and closes the connection.
+    assert_eq!(healthz_on(&mut open), (200, true));
+    assert!(r.handle.wait_idle(std::time::Duration::from_secs(5)));
+    // A new connection waits in the queue, unanswered, until the server accepts again.
+    let mut queued = TcpStream::connect(addr).unwrap();
+    queued
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    queued
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(queued.read(&mut one).is_err(), "answered while paused");
+    r.handle.resume();
+    queued
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    queued.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[9..12], b"200");
+    // An idle connection is closed once the pause's grace is over.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(healthz_on(&mut idle), (200, false));
+    r.handle.pause();
+    assert!(r.handle.wait_idle(edgefilter::admin::PAUSE_GRACE * 3));
 }

@@ -65,6 +65,20 @@ impl Process {
         self.child.try_wait().expect("try_wait")
     }
 
+    /// Waits up to `limit` for it to exit; its status, or `None` if it still runs.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What it has written so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -218,6 +232,39 @@ token_file = "var/admin.token"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Spawns `edgefilter --config CONFIG run --no-xdp EXTRA…` with this daemon's environment
+    /// (less the variables in `without`), logging to the daemon's next log file; does not wait.
+    pub fn spawn_run(&mut self, config: &Path, extra: &[&str], without: &[&str]) -> Process {
+        self.starts += 1;
+        let log = self.dir.path().join(format!("daemon.{}.log", self.starts));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgefilter"));
+        cmd.arg("--config")
+            .arg(config)
+            .args(["run", "--no-xdp"])
+            .args(extra)
+            .env_remove("EDGEFILTER_CONFIG")
+            .env(PIN_DIR_ENV, self.pin_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        for name in without {
+            cmd.env_remove(name);
+        }
+        Process::spawn_logging_to(&mut cmd, &log)
+    }
+
+    /// Starts `run --takeover` with this daemon's config: from now on the new process is this
+    /// daemon's. Returns the replaced one, still running (it exits once the new one serves).
+    pub fn start_takeover(&mut self) -> Process {
+        let old = self.child.take().expect("a running daemon to take over");
+        let config = self.config();
+        self.child = Some(self.spawn_run(&config, &["--takeover"], &[]));
+        old
+    }
+
+    /// Waits up to `limit` for the daemon's process to exit (e.g. replaced through SIGUSR2).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.wait_for(limit))
     }
 
     /// `kill -9` and reap.

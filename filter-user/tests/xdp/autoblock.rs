@@ -26,7 +26,7 @@ const HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// The daemon's config: XDP on the server veth, 5 key denials in 10 s ban for 3 s, the third
 /// client address exempt.
-fn write_config(dir: &Path) -> PathBuf {
+pub(crate) fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         "[listen]\nhttp = [\"0.0.0.0:{PORT}\", \"[::]:{PORT}\"]\n[runtime]\nshards = 2\n\
          [xdp]\ninterfaces = [\"{SERVER_IF}\"]\nmode = \"enforce\"\nprotected_ports = [{PORT}]\n\
@@ -45,12 +45,12 @@ fn write_config(dir: &Path) -> PathBuf {
 }
 
 /// Starts `edgefilter run` in the server namespace and waits for `/readyz`.
-fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
+pub(crate) fn start_daemon(topo: &Topology, config: &Path, dir: &Path) -> Process {
     topo.run_daemon(config, dir, ADMIN.parse().unwrap())
 }
 
 /// One `GET /` with `BAD_KEY` from `src`: the status, or `None` without a handshake.
-fn bad_request_from(topo: &Topology, src: &'static str) -> Option<u16> {
+pub(crate) fn bad_request_from(topo: &Topology, src: &'static str) -> Option<u16> {
     Topology::in_ns(&topo.client, move || {
         let src: IpAddr = src.parse().unwrap();
         let dst: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }
