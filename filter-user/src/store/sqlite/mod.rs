@@ -1013,6 +1013,120 @@ mod tests {
     use super::*;
     use crate::store::migrate::newest;
 
+    fn small_reserve() -> Options {
+        Options {
+            reserve_bytes: 64 * 1024,
+            ..Options::default()
+        }
+    }
+
+    fn is_fault(e: &StoreError, kind: FaultKind) -> bool {
+        matches!(e, StoreError::Unavailable(f) if f.kind == kind)
+    }
+
+    /// A store deleted under an open connection refuses changes naming its file and still
+    /// answers reads; it saves its last state beside the path, and the next open does not
+    /// recreate it empty but names the saved copy, which opens with the keys.
+    #[test]
+    fn a_deleted_store_refuses_changes_and_is_not_recreated_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let mut st = SqliteStore::open_with(&path, &small_reserve()).unwrap();
+        let made = st
+            .create_keys(&[NewKey::new("acme", "alice", "live")], 10)
+            .unwrap();
+        let id = made[0].view.key.id.clone();
+        for p in [path.clone(), wal_path(&path), shm_path(&path)] {
+            std::fs::remove_file(p).unwrap();
+        }
+        let e = st.revoke(KeyRef::Id(&id), 20).unwrap_err();
+        assert!(is_fault(&e, FaultKind::Deleted), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        let e = st
+            .create_keys(&[NewKey::new("acme", "bob", "live")], 20)
+            .unwrap_err();
+        assert!(is_fault(&e, FaultKind::Deleted), "{e}");
+        assert_eq!(st.list_keys(None).unwrap().len(), 1, "reads still answer");
+        assert_eq!(st.health().map(|f| f.kind), Some(FaultKind::Deleted));
+        let copies = rescued_copies(&path);
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        drop(st);
+
+        let e = SqliteStore::open(&path).unwrap_err();
+        assert!(is_fault(&e, FaultKind::Deleted), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("keys.db.reserve"), "{text}");
+        assert!(text.contains(&copies[0].display().to_string()), "{text}");
+        assert!(!path.exists(), "not recreated empty");
+
+        std::fs::rename(&copies[0], &path).unwrap();
+        let mut st = SqliteStore::open(&path).unwrap();
+        let keys = st.list_keys(None).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key.status, KeyStatus::Active);
+        st.revoke(KeyRef::Id(&id), 30).unwrap();
+        assert_eq!(st.health(), None);
+    }
+
+    /// Another database moved over the path is seen as a replacement: changes are refused, and
+    /// the store keeps reading the file it opened.
+    #[test]
+    fn a_replaced_store_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let mut st = SqliteStore::open_with(&path, &small_reserve()).unwrap();
+        st.create_keys(&[NewKey::new("acme", "alice", "live")], 10)
+            .unwrap();
+        let other = dir.path().join("other.db");
+        drop(SqliteStore::open_with(&other, &small_reserve()).unwrap());
+        std::fs::rename(&other, &path).unwrap();
+        let e = st
+            .create_keys(&[NewKey::new("acme", "bob", "live")], 20)
+            .unwrap_err();
+        assert!(is_fault(&e, FaultKind::Replaced), "{e}");
+        assert_eq!(st.list_keys(None).unwrap().len(), 1, "the file opened");
+        assert_eq!(st.health().map(|f| f.kind), Some(FaultKind::Replaced));
+    }
+
+    /// Garbage over a store's pages is refused by an open that checks, and found by the
+    /// integrity job of one that does not; changes are refused from then on.
+    #[test]
+    fn a_damaged_store_is_found_at_open_and_by_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        {
+            let mut st = SqliteStore::open_with(&path, &small_reserve()).unwrap();
+            let many: Vec<NewKey> = (0..300)
+                .map(|i| NewKey::new("acme", &format!("user{i}"), "live"))
+                .collect();
+            st.create_keys(&many, 10).unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 8 * 4096, "{len}");
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        use std::io::{Seek, SeekFrom, Write};
+        f.seek(SeekFrom::Start(4096 * 2)).unwrap();
+        f.write_all(&vec![0x5a; usize::try_from(len).unwrap() - 4096 * 3])
+            .unwrap();
+        drop(f);
+
+        let e = SqliteStore::open_with(&path, &small_reserve()).unwrap_err();
+        assert!(is_fault(&e, FaultKind::Corrupt), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+
+        let later = Options {
+            check: CheckAt::FirstJob,
+            ..small_reserve()
+        };
+        let mut st = SqliteStore::open_with(&path, &later).unwrap();
+        let job = st.integrity_job().expect("the first check is due at once");
+        job();
+        assert_eq!(st.health().map(|f| f.kind), Some(FaultKind::Corrupt));
+        assert!(st.integrity_job().is_none(), "no check of a file known bad");
+        let e = st.revoke(KeyRef::Id("key_000000000000"), 20).unwrap_err();
+        assert!(is_fault(&e, FaultKind::Corrupt), "{e}");
+    }
+
     /// A database an older build left (before the audit trail) is upgraded in place when
     /// opened: its keys stay, the audit table is there and works.
     #[test]
