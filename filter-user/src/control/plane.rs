@@ -609,6 +609,11 @@ fn allow_json(file: &AllowFile, cfg: &Config) -> Value {
 /// Appends `entry` to the audit trail; a failure is logged (the change it records is done).
 fn record(store: &mut dyn KeyStore, entry: &AuditEntry) {
     if let Err(e) = store.record_audit(entry) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            // The store's fault is logged (and shown by /readyz) once, not with every change.
+            tracing::debug!(error = %e, action = %entry.action, "could not record a change in the audit trail");
+            return;
+        }
         tracing::warn!(
             error = %e,
             action = %entry.action,

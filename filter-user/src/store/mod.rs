@@ -266,20 +266,19 @@ pub trait KeyStore: Send {
 pub type IntegrityJob = Box<dyn FnOnce() + Send>;
 
 /// Opens the configured store (`store.kind`, `store.path` resolved against the config file)
-/// for a command: a SQLite store is checked (`PRAGMA quick_check`) before it is used.
+/// for a command: a SQLite store is checked (`PRAGMA quick_check`) before its first change.
 ///
 /// # Errors
-/// Unsupported backend, unopenable, missing (where a store was) or corrupt database, failed
-/// migration.
+/// Unsupported backend, unopenable or missing (where a store was) database, failed migration.
 pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
-    open_with(cfg, sqlite::CheckAt::Open)
+    open_with(cfg, sqlite::CheckAt::FirstWrite)
 }
 
 /// [`open`] for the daemon: a SQLite store's first integrity check is left to the first
 /// [`KeyStore::integrity_job`], so serving does not wait for a scan of the whole file.
 ///
 /// # Errors
-/// As [`open`], corruption aside.
+/// As [`open`].
 pub fn open_for_daemon(cfg: &Config) -> Result<Box<dyn KeyStore>> {
     open_with(cfg, sqlite::CheckAt::FirstJob)
 }

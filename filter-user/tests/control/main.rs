@@ -1,7 +1,8 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
 //! through the real daemon (names that break their rule included), durability across `kill -9`,
 //! revocation under load, `stats`, auto-block with the denylist without XDP, and what a config
-//! reload (SIGHUP) does with every key.
+//! reload (SIGHUP) does with every key, and a store file deleted, replaced, corrupted,
+//! read-only or on a full disk.
 
 #[allow(
     dead_code,
@@ -19,3 +20,4 @@ mod names;
 mod reload;
 mod revoke_load;
 mod stats;
+mod store_safety;

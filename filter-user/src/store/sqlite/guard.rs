@@ -74,6 +74,8 @@ pub struct Watch {
     wal: PathBuf,
     /// `None` when the connection had no log open (a read-only database, say).
     wal_id: Option<FileId>,
+    shm: PathBuf,
+    shm_id: Option<FileId>,
 }
 
 impl Watch {
@@ -83,13 +85,38 @@ impl Watch {
     /// The database cannot be `stat`ed, or is not there.
     pub fn new(db: &Path) -> io::Result<Self> {
         let db_id = FileId::of(db)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        let wal = wal_path(db);
+        let (wal, shm) = (wal_path(db), shm_path(db));
         Ok(Self {
             db: db.to_path_buf(),
             db_id,
             wal_id: FileId::of(&wal).ok().flatten(),
             wal,
+            shm_id: FileId::of(&shm).ok().flatten(),
+            shm,
         })
+    }
+
+    /// Moves this store's write-ahead log and shared-memory index (when the paths still name
+    /// the ones opened) to `<db>.stale-<tag>-wal` and `-shm`, once its database was deleted or
+    /// replaced: left in place, SQLite would replay that log into whatever database is put at
+    /// the path next. The open connection keeps using them. Returns where each went.
+    ///
+    /// # Errors
+    /// A rename failing.
+    pub fn set_aside_logs(&self, tag: &str) -> io::Result<Vec<PathBuf>> {
+        let mut moved = Vec::new();
+        for (path, opened, suffix) in [
+            (&self.wal, self.wal_id, "-wal"),
+            (&self.shm, self.shm_id, "-shm"),
+        ] {
+            if opened.is_none() || FileId::of(path)? != opened {
+                continue;
+            }
+            let to = suffixed(&self.db, &format!(".stale-{tag}{suffix}"));
+            std::fs::rename(path, &to)?;
+            moved.push(to);
+        }
+        Ok(moved)
     }
 
     /// The database's path.

@@ -31,11 +31,12 @@ use super::model::{
 };
 use super::{IntegrityJob, KeyStore, Result, StoreError, rules};
 
-/// When a store is first checked for damage.
+/// When a store is first checked for damage (`PRAGMA quick_check` reads the whole file: about
+/// a second for a million keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckAt {
-    /// Before [`SqliteStore::open_with`] returns (a command, which then uses the store).
-    Open,
+    /// Before its first change (a command: one that only reads does not wait for a check).
+    FirstWrite,
     /// In the first [`KeyStore::integrity_job`] (the daemon: serving does not wait for it).
     FirstJob,
 }
@@ -56,7 +57,7 @@ impl Default for Options {
         Self {
             reserve_bytes: 8 * 1024 * 1024,
             check_interval: Duration::from_secs(600),
-            check: CheckAt::Open,
+            check: CheckAt::FirstWrite,
         }
     }
 }
@@ -92,6 +93,24 @@ pub struct SqliteStore {
     check_interval: Duration,
     /// When the next integrity check is due.
     next_check: Instant,
+    /// The file is checked before the next change ([`CheckAt::FirstWrite`]).
+    check_before_write: bool,
+}
+
+impl Drop for SqliteStore {
+    /// A store whose file was deleted or replaced is never closed by SQLite: closing would
+    /// checkpoint and delete the `-wal` and `-shm` files by name, files that may belong to
+    /// another database by then. Its descriptors close with the process.
+    fn drop(&mut self) {
+        let moved = self
+            .faults()
+            .lasting
+            .as_ref()
+            .is_some_and(|f| matches!(f.kind, FaultKind::Deleted | FaultKind::Replaced));
+        if moved && let Ok(stand_in) = Connection::open_in_memory() {
+            std::mem::forget(std::mem::replace(&mut self.conn, stand_in));
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -348,14 +367,15 @@ fn missing_store(db: &Path, reserve: &Reserve) -> Option<StoreFault> {
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(" and ");
     let mut detail = format!(
-        "the file is missing but {listed} show(s) a store was there; it is not recreated empty"
+        "the file is missing, yet {listed} remain(s) of a store that was there, so no empty one is made in its place"
     );
     if let Some(copy) = rescued_copies(db).last() {
         detail.push_str(&format!(
-            "; the last state a daemon saw is in {}",
-            copy.display()
+            "; the last state a daemon saw was saved to {} (with no daemon running, move it to {})",
+            copy.display(),
+            db.display()
         ));
     }
     detail.push_str(&format!(
@@ -399,7 +419,7 @@ impl SqliteStore {
     /// Opens and migrates the database at `path`. A missing database is created (with its
     /// directory) only when nothing shows a store was there ([`reserve`]); a full disk that
     /// keeps it from opening spends a step of the reserve. The space reserve is made when
-    /// missing, and with [`CheckAt::Open`] the file is checked for damage.
+    /// missing. The file is checked for damage when `opts.check` says ([`CheckAt`]).
     ///
     /// # Errors
     /// A store missing where one was, an unopenable or damaged file, a full disk, a failed
@@ -449,35 +469,35 @@ impl SqliteStore {
         let watch = Watch::new(path).map_err(|e| {
             StoreError::Unavailable(StoreFault::new(FaultKind::Io, path, e.to_string()))
         })?;
-        let store = Self {
+        let first_job = opts.check == CheckAt::FirstJob;
+        Ok(Self {
             conn,
             actor: None,
             watch,
             reserve,
             faults: Arc::default(),
             check_interval: opts.check_interval,
-            next_check: Instant::now(),
-        };
-        store.checked_at_open(opts.check)
+            next_check: if first_job {
+                Instant::now()
+            } else {
+                Instant::now() + opts.check_interval
+            },
+            check_before_write: !first_job,
+        })
     }
 
-    /// The store, once checked for damage when `check` says so now; else with its first check
-    /// due at once.
-    fn checked_at_open(mut self, check: CheckAt) -> Result<Self> {
-        if check == CheckAt::FirstJob {
-            return Ok(self);
-        }
-        self.next_check = Instant::now() + self.check_interval;
+    /// Checks the file for damage on this connection (a fault found is recorded).
+    fn check_now(&self) -> Option<StoreFault> {
         match integrity::check(&self.conn) {
-            Checked::Sound => Ok(self),
-            Checked::Corrupt(detail) => Err(StoreError::Unavailable(StoreFault::new(
-                FaultKind::Corrupt,
-                self.watch.path(),
-                detail,
-            ))),
+            Checked::Sound => None,
+            Checked::Corrupt(detail) => {
+                let f = StoreFault::new(FaultKind::Corrupt, self.watch.path(), detail);
+                self.note(&f);
+                Some(f)
+            }
             Checked::NotRun(why) => {
                 tracing::warn!(store = %self.watch.path().display(), error = %why, "the store's integrity check could not run");
-                Ok(self)
+                None
             }
         }
     }
@@ -505,10 +525,12 @@ impl SqliteStore {
     }
 
     /// Saves the last state this connection sees (of a file deleted or replaced under it: this
-    /// copy may be the only one left) to `<store>.rescued-<unix time>`.
+    /// copy may be the only one left) to `<store>.rescued-<unix time>`, and sets the log files
+    /// of the file that is gone aside ([`Watch::set_aside_logs`]).
     fn rescue(&self) {
         let path = self.watch.path();
-        let to = suffixed(path, &format!(".rescued-{}", super::unix_now()));
+        let now = super::unix_now();
+        let to = suffixed(path, &format!(".rescued-{now}"));
         match self
             .conn
             .execute("VACUUM INTO ?1", [to.to_string_lossy().as_ref()])
@@ -516,13 +538,26 @@ impl SqliteStore {
             Ok(_) => tracing::warn!(
                 store = %path.display(),
                 saved_to = %to.display(),
-                "the key store's file was deleted or replaced while open; its last state was saved: move the copy to the store's path and restart the daemon to keep it"
+                "the key store's file was deleted or replaced while open; its last state was saved: with the daemon stopped, move the copy to the store's path to keep it"
             ),
             Err(e) => tracing::error!(
                 store = %path.display(),
                 to = %to.display(),
                 error = %e,
                 "the key store's file was deleted or replaced while open, and its last state could not be saved"
+            ),
+        }
+        match self.watch.set_aside_logs(&now.to_string()) {
+            Ok(moved) if moved.is_empty() => {}
+            Ok(moved) => tracing::warn!(
+                store = %path.display(),
+                moved_to = ?moved,
+                "the write-ahead log and index of the file that is gone were moved aside, so no database put at the path replays them"
+            ),
+            Err(e) => tracing::error!(
+                store = %path.display(),
+                error = %e,
+                "the write-ahead log of the file that is gone could not be moved aside: delete the store's -wal and -shm files before putting a database back at its path"
             ),
         }
     }
@@ -570,6 +605,11 @@ impl SqliteStore {
         mut op: impl FnMut(&mut Connection, Option<&Actor>) -> Result<T>,
     ) -> Result<T> {
         if let Some(f) = self.refusal() {
+            return Err(StoreError::Unavailable(f));
+        }
+        if std::mem::take(&mut self.check_before_write)
+            && let Some(f) = self.check_now()
+        {
             return Err(StoreError::Unavailable(f));
         }
         loop {
@@ -950,22 +990,28 @@ impl KeyStore for SqliteStore {
             }
         };
         let want = self.reserve.want();
-        let reserve = self.reserve.path().display().to_string();
+        let reserve = self.reserve.path().display();
         let mut g = self.faults();
+        let short = |held: u64, free: u64| {
+            StoreFault::new(
+                FaultKind::Full,
+                self.watch.path(),
+                format!(
+                    "{free} bytes are free and the space reserve {reserve} holds {held} of its {want} \
+                     bytes; it is made whole again once the file system has room for it twice over"
+                ),
+            )
+        };
         match (room, &g.passing) {
             (Room::Enough, Some(f)) if f.kind == FaultKind::Full => {
                 g.passing = None;
                 None
             }
+            (Room::Short { held, free }, Some(f)) if f.kind == FaultKind::Full => {
+                Some(short(held, free))
+            }
             (_, Some(f)) => Some(f.clone()),
-            (Room::Short { held, free }, None) if held < want => Some(StoreFault::new(
-                FaultKind::Full,
-                self.watch.path(),
-                format!(
-                    "the space reserve {reserve} holds {held} of its {want} bytes and {free} bytes are free; \
-                     it is filled again once the file system has room for it twice over"
-                ),
-            )),
+            (Room::Short { held, free }, None) if held < want => Some(short(held, free)),
             _ => None,
         }
     }
@@ -1036,9 +1082,7 @@ mod tests {
             .create_keys(&[NewKey::new("acme", "alice", "live")], 10)
             .unwrap();
         let id = made[0].view.key.id.clone();
-        for p in [path.clone(), wal_path(&path), shm_path(&path)] {
-            std::fs::remove_file(p).unwrap();
-        }
+        std::fs::remove_file(&path).unwrap();
         let e = st.revoke(KeyRef::Id(&id), 20).unwrap_err();
         assert!(is_fault(&e, FaultKind::Deleted), "{e}");
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
@@ -1050,6 +1094,10 @@ mod tests {
         assert_eq!(st.health().map(|f| f.kind), Some(FaultKind::Deleted));
         let copies = rescued_copies(&path);
         assert_eq!(copies.len(), 1, "{copies:?}");
+        assert!(
+            !wal_path(&path).exists() && !shm_path(&path).exists(),
+            "the log of the file that is gone is set aside, never replayed into another"
+        );
         drop(st);
 
         let e = SqliteStore::open(&path).unwrap_err();
@@ -1088,8 +1136,8 @@ mod tests {
         assert_eq!(st.health().map(|f| f.kind), Some(FaultKind::Replaced));
     }
 
-    /// Garbage over a store's pages is refused by an open that checks, and found by the
-    /// integrity job of one that does not; changes are refused from then on.
+    /// Garbage over a store's pages is found before a command's first change, and by the
+    /// daemon's integrity job; changes are refused from then on.
     #[test]
     fn a_damaged_store_is_found_at_open_and_by_the_check() {
         let dir = tempfile::tempdir().unwrap();
@@ -1110,9 +1158,13 @@ mod tests {
             .unwrap();
         drop(f);
 
-        let e = SqliteStore::open_with(&path, &small_reserve()).unwrap_err();
+        let mut st = SqliteStore::open_with(&path, &small_reserve()).unwrap();
+        let e = st
+            .create_keys(&[NewKey::new("acme", "bob", "live")], 20)
+            .unwrap_err();
         assert!(is_fault(&e, FaultKind::Corrupt), "{e}");
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        drop(st);
 
         let later = Options {
             check: CheckAt::FirstJob,
@@ -1159,6 +1211,7 @@ mod tests {
                 faults: Arc::default(),
                 check_interval: Duration::from_secs(600),
                 next_check: Instant::now(),
+                check_before_write: false,
             };
             old.create_keys(&[NewKey::new("acme", "alice", "live")], 10)
                 .unwrap();
