@@ -206,7 +206,15 @@ pub fn not_writable(db: &Path) -> Option<StoreFault> {
 #[must_use]
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+    #[allow(
+        clippy::useless_conversion,
+        reason = "u64 on 64-bit Linux, narrower elsewhere"
+    )]
+    let (blocks, size) = (
+        u64::from(st.blocks_available()),
+        u64::from(st.fragment_size()),
+    );
+    Some(blocks.saturating_mul(size))
 }
 
 /// Below this much free space, an I/O error writing the store is taken for a full disk.

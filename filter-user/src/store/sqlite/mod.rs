@@ -1145,7 +1145,7 @@ mod tests {
         {
             let mut st = SqliteStore::open_with(&path, &small_reserve()).unwrap();
             let many: Vec<NewKey> = (0..300)
-                .map(|i| NewKey::new("acme", &format!("user{i}"), "live"))
+                .map(|i| NewKey::new("acme", format!("user{i}"), "live"))
                 .collect();
             st.create_keys(&many, 10).unwrap();
         }
