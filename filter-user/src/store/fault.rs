@@ -87,7 +87,7 @@ impl StoreFault {
             }
             FaultKind::Full => {
                 "Free space on the store's file system; the daemon notices by itself. Revocations, suspensions \
-                 and bans still commit from the space reserve (<store>.reserve) while it lasts."
+                 and bans made by hand still commit from the space reserve (<store>.reserve) while it lasts."
             }
             FaultKind::Io => "Nothing was changed. Check the disk and the kernel log.",
         }

@@ -414,14 +414,36 @@ fn a_read_only_store_refuses_changes_and_keeps_serving() {
 
     // With no daemon, a command writing the read-only store directly fails the same way.
     d.kill9();
-    let _guard = Immutable::set(&db);
+    let guard = Immutable::set(&db);
     let err = cli_fails(&d, &["keys", "revoke", &bob_id]);
     assert!(err.contains(&shown) && err.contains("read-only"), "{err}");
     let listed = d.cli_ok(&["keys", "list", "--json"]);
     let keys: Vec<Value> = serde_json::from_str(listed.trim()).unwrap();
     let bob_row = keys.iter().find(|k| k["id"] == bob_id.as_str()).unwrap();
     assert_eq!(bob_row["status"], "active", "{bob_row}");
-    let _ = bob;
+
+    // A daemon started on the read-only file serves it, unready; made writable, it takes changes.
+    let daemon = start_unready(&d);
+    on_every_shard(
+        d.http,
+        &alice,
+        401,
+        "revoked, served from a read-only store",
+    );
+    on_every_shard(
+        d.http,
+        &bob,
+        200,
+        "a known key, served from a read-only store",
+    );
+    let v = wait_ready(d.admin, 503, &|| daemon.log());
+    assert!(store_reason(&v).contains("read-only"), "{v}");
+    let err = cli_fails(&d, &["keys", "revoke", &bob_id]);
+    assert!(err.contains(&shown) && err.contains("read-only"), "{err}");
+    drop(guard);
+    wait_ready(d.admin, 200, &|| daemon.log());
+    d.cli_ok(&["keys", "revoke", &bob_id]);
+    on_every_shard(d.http, &bob, 401, "revoked once the store is writable");
 }
 
 /// A small tmpfs mounted on a directory; lazily unmounted when dropped (even while a daemon

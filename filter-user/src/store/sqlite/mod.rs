@@ -72,10 +72,11 @@ struct Faults {
     passing: Option<StoreFault>,
 }
 
-/// Whether a change may spend the space reserve: only one that takes access away.
+/// Whether a change may spend the space reserve: only one an operator makes to take access
+/// away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spend {
-    /// A revocation, a suspension or deletion of a user, a ban.
+    /// A revocation, a suspension or deletion of a user, a ban made by hand.
     Reserve,
     /// Any other change.
     Never,
@@ -511,7 +512,10 @@ impl SqliteStore {
     fn note(&self, f: &StoreFault) {
         let mut g = self.faults();
         if !f.kind.lasts_until_restart() {
-            g.passing = Some(f.clone());
+            // Read-only is looked at afresh each time (`refusal`), so it ends by itself.
+            if f.kind != FaultKind::ReadOnly {
+                g.passing = Some(f.clone());
+            }
             return;
         }
         if g.lasting.is_some() {
@@ -562,7 +566,8 @@ impl SqliteStore {
         }
     }
 
-    /// The fault that refuses a change now: one that lasts, a moved file, a read-only one.
+    /// The fault that refuses a change now: one that lasts, a moved file, a read-only one (or a
+    /// connection SQLite opened read-only because the file was, at open).
     fn refusal(&self) -> Option<StoreFault> {
         if let Some(f) = self.faults().lasting.clone() {
             return Some(f);
@@ -571,7 +576,43 @@ impl SqliteStore {
             self.note(&f);
             return Some(f);
         }
-        self.watch.read_only()
+        self.watch.read_only().or_else(|| {
+            self.opened_read_only().then(|| {
+                StoreFault::new(
+                    FaultKind::ReadOnly,
+                    self.watch.path(),
+                    "it could not be written when it was opened, so it was opened for reading only",
+                )
+            })
+        })
+    }
+
+    /// Whether SQLite opened the database for reading only (it does so, silently, when the file
+    /// may not be written).
+    fn opened_read_only(&self) -> bool {
+        self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
+    }
+
+    /// Opens the database again for writing when it was opened read-only and may be written
+    /// now (the same file still at the path).
+    fn reopen_if_writable(&mut self) {
+        if !self.opened_read_only()
+            || self.faults().lasting.is_some()
+            || self.watch.moved().is_some()
+            || self.watch.read_only().is_some()
+        {
+            return;
+        }
+        match connect(self.watch.path()) {
+            Ok(conn) if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) => {
+                self.conn = conn;
+                tracing::info!(store = %self.watch.path().display(), "the key store is writable now: opened again for writing");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(store = %self.watch.path().display(), error = %e, "the key store could not be opened again for writing");
+            }
+        }
     }
 
     /// A failed call's error: a fault (recorded) when it stands for one, else SQLite's error
@@ -614,6 +655,12 @@ impl SqliteStore {
         }
         loop {
             let e = match op(&mut self.conn, self.actor.as_ref()) {
+                // The file went away while the change committed: it is in the copy saved from
+                // this connection, but not at the path; no success is reported for it.
+                Ok(_) if let Some(f) = self.watch.moved() => {
+                    self.note(&f);
+                    return Err(StoreError::Unavailable(f));
+                }
                 Ok(v) => {
                     let mut g = self.faults();
                     if g.passing.as_ref().is_some_and(|f| f.kind == FaultKind::Io) {
@@ -890,7 +937,12 @@ impl KeyStore for SqliteStore {
 
     fn put_ban(&mut self, ban: &Ban) -> Result<u64> {
         let source = source_text(&ban.source);
-        self.write(Spend::Reserve, |conn, _| {
+        // An operator's ban may spend the reserve; auto-block's, many and unattended, may not.
+        let spend = match ban.reason {
+            BanReason::Manual => Spend::Reserve,
+            BanReason::Autoblock => Spend::Never,
+        };
+        self.write(spend, |conn, _| {
             let tx = conn.transaction()?;
             let rev = bump(
                 &tx,
@@ -973,6 +1025,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn health(&mut self) -> Option<StoreFault> {
+        self.reopen_if_writable();
         if let Some(f) = self.refusal() {
             return Some(f);
         }
