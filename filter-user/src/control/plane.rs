@@ -88,6 +88,9 @@ pub struct ControlPlane {
     ready: OnceLock<Arc<Readiness>>,
     /// Why the store could not take changes at the last look (`None`: it could).
     store_fault: Mutex<Option<StoreFault>>,
+    /// The watcher has looked at the store once (its first integrity check included): until
+    /// then `/readyz` says the store is not checked yet, whatever a change found.
+    looked: AtomicBool,
 }
 
 /// How long a count of keys per state serves scrapes before the store is asked again (keys
@@ -124,6 +127,7 @@ impl ControlPlane {
             key_counts: Mutex::new(None),
             ready: OnceLock::new(),
             store_fault: Mutex::new(None),
+            looked: AtomicBool::new(false),
         })
     }
 
@@ -142,6 +146,7 @@ impl ControlPlane {
             job();
         }
         let fault = self.lock().store.health();
+        self.looked.store(true, Ordering::Release);
         self.report_store(fault);
     }
 
@@ -179,7 +184,9 @@ impl ControlPlane {
             }
             _ => {}
         }
-        if let Some(ready) = self.ready.get() {
+        if let Some(ready) = self.ready.get()
+            && self.looked.load(Ordering::Acquire)
+        {
             ready.set_store_problem(fault.as_ref().map(ToString::to_string));
         }
         *last = fault;
