@@ -176,6 +176,12 @@ pub struct Store {
     pub path: PathBuf,
     /// PostgreSQL URL.
     pub url: Option<String>,
+    /// SQLite: disk space held in `<path>.reserve` for revocations, suspensions and bans to
+    /// commit on a full disk (0: none).
+    pub reserve_bytes: u64,
+    /// SQLite: how often the daemon checks the file with `PRAGMA quick_check`.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
 }
 
 impl Default for Store {
@@ -184,6 +190,8 @@ impl Default for Store {
             kind: StoreKind::Sqlite,
             path: PathBuf::from("var/keys.db"),
             url: None,
+            reserve_bytes: 8 * 1024 * 1024,
+            check_interval: Duration::from_secs(600),
         }
     }
 }

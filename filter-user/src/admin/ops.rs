@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -330,12 +331,15 @@ pub trait AdminOps: Send + Sync + 'static {
     }
 }
 
-/// What `/readyz` reports: ready only when XDP, the store and every shard are up.
+/// What `/readyz` reports: ready only when XDP, the store and every shard are up, and the store
+/// can take changes.
 #[derive(Debug, Default)]
 pub struct Readiness {
     xdp: AtomicBool,
     store: AtomicBool,
     shards: AtomicBool,
+    /// Why the store cannot take changes (its file deleted, corrupt, read-only, full ...).
+    store_problem: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -355,18 +359,55 @@ impl Readiness {
         self.store.store(up, Ordering::Release);
     }
 
+    /// Why the store cannot take changes now (`None`: it can). While there is a reason the
+    /// daemon is not ready, though its shards keep serving their last state.
+    pub fn set_store_problem(&self, problem: Option<String>) {
+        *self
+            .store_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
+    }
+
+    /// Why the store cannot take changes, if it cannot.
+    #[must_use]
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Every shard is serving.
     pub fn set_shards(&self, up: bool) {
         self.shards.store(up, Ordering::Release);
     }
 
-    /// `(xdp, store, shards)`.
+    /// `(xdp, store, shards)`; `store` is false while the store has a problem.
     #[must_use]
     pub fn parts(&self) -> (bool, bool, bool) {
         (
             self.xdp.load(Ordering::Acquire),
-            self.store.load(Ordering::Acquire),
+            self.store.load(Ordering::Acquire) && self.store_problem().is_none(),
             self.shards.load(Ordering::Acquire),
         )
+    }
+
+    /// Why the daemon is not ready, one sentence per part that is not up (empty: ready).
+    #[must_use]
+    pub fn reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.xdp.load(Ordering::Acquire) {
+            out.push("xdp: not attached yet".to_owned());
+        }
+        if !self.store.load(Ordering::Acquire) {
+            out.push("store: not loaded yet".to_owned());
+        }
+        if let Some(p) = self.store_problem() {
+            out.push(format!("store: {p}"));
+        }
+        if !self.shards.load(Ordering::Acquire) {
+            out.push("shards: not every shard is serving".to_owned());
+        }
+        out
     }
 }

@@ -402,7 +402,10 @@ async fn dispatch(
         Route::Readyz => {
             let (xdp, store, shards) = state.ready.parts();
             let ready = xdp && store && shards;
-            let body = json!({"ready": ready, "xdp": xdp, "store": store, "shards": shards});
+            let body = json!({
+                "ready": ready, "xdp": xdp, "store": store, "shards": shards,
+                "reasons": state.ready.reasons(),
+            });
             let status = if ready { 200 } else { 503 };
             return Ok(json_response(status, &body));
         }

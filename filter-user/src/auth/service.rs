@@ -51,12 +51,13 @@ impl std::fmt::Debug for KeyService {
 }
 
 impl KeyService {
-    /// Opens the configured store and loads every key for `cfg.shard_count()` shards.
+    /// Opens the configured store as the daemon does ([`store::open_for_daemon`]) and loads
+    /// every key for `cfg.shard_count()` shards.
     ///
     /// # Errors
     /// Store or rules failures.
     pub fn open(cfg: &Config) -> Result<(Self, Box<dyn KeyStore>), ServiceError> {
-        let store = store::open(cfg)?;
+        let store = store::open_for_daemon(cfg)?;
         let svc = Self::load(cfg, &*store, cfg.shard_count())?;
         Ok((svc, store))
     }

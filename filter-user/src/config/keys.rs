@@ -63,6 +63,8 @@ pub const KEYS: &[Key] = &[
     restart("store.kind"),
     restart("store.path"),
     restart("store.url"),
+    restart("store.reserve_bytes"),
+    restart("store.check_interval"),
     restart("admin.listen"),
     restart("admin.token_file"),
     restart("keys.environment"),
@@ -272,6 +274,8 @@ allow = ["10.0.0.0/8"]
 kind = "postgres"
 path = "x.db"
 url = "postgres://h/db"
+reserve_bytes = 1
+check_interval = "1s"
 [admin]
 listen = "127.0.0.1:1"
 token_file = "t"

@@ -325,6 +325,13 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             "store.kind = \"postgres\" needs store.url".into(),
         );
     }
+    if cfg.store.check_interval < std::time::Duration::from_secs(1) {
+        bad(
+            "store",
+            span_at(root, &["store", "check_interval"]),
+            "store.check_interval must be at least 1s (e.g. \"10m\")".into(),
+        );
+    }
     let env = &cfg.keys.environment;
     if env.is_empty() || env.len() > 8 || !env.bytes().all(|b| b.is_ascii_lowercase()) {
         bad(

@@ -6,6 +6,12 @@
 //! its own transaction, a refused one and a change outside the store (the XDP allowlist, and
 //! the denylist through [`ControlPlane::audited_change`]) right after, under the same lock.
 //!
+//! The watcher also asks the store whether it can take changes ([`KeyStore::health`], and the
+//! periodic integrity check outside the lock): while it cannot (its file deleted, replaced,
+//! corrupt, read-only, its disk full), `/readyz` answers 503 with the reason, changes are
+//! refused with `STORE_UNAVAILABLE` naming the file, and the shards keep serving their last
+//! state; one log line says when that starts and one when it ends.
+//!
 //! The denylist ([`BanBook`]) lives under the same lock: bans are written to the store, then
 //! enforced here; the store watcher brings in bans made elsewhere, and auto-block's decisions
 //! arrive through [`ControlPlane::autoban`].
@@ -22,7 +28,8 @@ use serde_json::{Value, json};
 use super::denylist::BanBook;
 use crate::admin::{
     AdminOps, AllowlistRequest, ApiError, AuditJson, AuditQuery, CreateKeyRequest, CreatedKeyJson,
-    DenylistRequest, ExplainRequest, KeyJson, ListKeysQuery, OpFuture, RotateRequest, UserAction,
+    DenylistRequest, ExplainRequest, KeyJson, ListKeysQuery, OpFuture, Readiness, RotateRequest,
+    UserAction,
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
@@ -41,7 +48,7 @@ use crate::store::postgres::FollowerStatus;
 use crate::store::timefmt::parse_when;
 use crate::store::{
     self, Action, Actor, AuditEntry, BanReason, KeyRef, KeyStore, NewKey, RateLimit, StoreError,
-    UserStatus,
+    StoreFault, UserStatus,
 };
 use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
 
@@ -77,6 +84,13 @@ pub struct ControlPlane {
     listener: OnceLock<FollowerStatus>,
     /// The last count of keys per state (`edgefilter_keys`).
     key_counts: Mutex<Option<KeyCount>>,
+    /// `/readyz`'s state, once the daemon hands it over (the store's problems go there).
+    ready: OnceLock<Arc<Readiness>>,
+    /// Why the store could not take changes at the last look (`None`: it could).
+    store_fault: Mutex<Option<StoreFault>>,
+    /// The watcher has looked at the store once (its first integrity check included): until
+    /// then `/readyz` says the store is not checked yet, whatever a change found.
+    looked: AtomicBool,
 }
 
 /// How long a count of keys per state serves scrapes before the store is asked again (keys
@@ -111,7 +125,71 @@ impl ControlPlane {
             denials: OnceLock::new(),
             listener: OnceLock::new(),
             key_counts: Mutex::new(None),
+            ready: OnceLock::new(),
+            store_fault: Mutex::new(None),
+            looked: AtomicBool::new(false),
         })
+    }
+
+    /// `/readyz` reports the store's problems into `ready` from now on; until the watcher's
+    /// first look at the store (its first integrity check included), the store is not ready.
+    pub fn show_readiness(&self, ready: Arc<Readiness>) {
+        ready.set_store_problem(Some("first check of the store not done yet".to_owned()));
+        let _ = self.ready.set(ready);
+    }
+
+    /// Looks at whether the store can take changes (the integrity check, when one is due, run
+    /// without the writer lock) and reports it ([`Self::report_store`]).
+    fn check_store(&self) {
+        let job = self.lock().store.integrity_job();
+        if let Some(job) = job {
+            job();
+        }
+        let fault = self.lock().store.health();
+        self.looked.store(true, Ordering::Release);
+        self.report_store(fault);
+    }
+
+    /// Whether the store had a fault at the last look.
+    fn store_faulted(&self) -> bool {
+        self.store_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Puts the store's fault (or its absence) into `/readyz`, and logs when a fault starts,
+    /// changes kind, or ends.
+    fn report_store(&self, fault: Option<StoreFault>) {
+        let mut last = self
+            .store_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (&*last, &fault) {
+            (before, Some(f)) if before.as_ref().map(|b| b.kind) != Some(f.kind) => {
+                tracing::error!(
+                    store = %f.path.display(),
+                    problem = f.kind.as_str(),
+                    error = %f,
+                    hint = f.hint(),
+                    "the key store cannot take changes: they are refused and /readyz answers 503; the shards keep serving their last state"
+                );
+            }
+            (Some(before), None) => {
+                tracing::info!(
+                    store = %before.path.display(),
+                    was = before.kind.as_str(),
+                    "the key store can take changes again; /readyz is back"
+                );
+            }
+            _ => {}
+        }
+        if let Some(ready) = self.ready.get()
+            && self.looked.load(Ordering::Acquire)
+        {
+            ready.set_store_problem(fault.as_ref().map(ToString::to_string));
+        }
+        *last = fault;
     }
 
     /// The config in force.
@@ -309,11 +387,19 @@ impl ControlPlane {
         let mut g = self.lock();
         let Inner { keys, store, .. } = &mut *g;
         let now = store::unix_now();
-        let out = audit::audited(&mut **store, by, action, object, now, |st| op(st, now))
-            .map_err(store_error)?;
+        let out = audit::audited(&mut **store, by, action, object, now, |st| op(st, now));
         let committed = Instant::now();
-        keys.poll_at(&**store, committed).map_err(store_error)?;
-        Ok((out, keys.published()))
+        let published = match out {
+            Ok(out) => keys
+                .poll_at(&**store, committed)
+                .map(|_| (out, keys.published())),
+            Err(e) => Err(e),
+        };
+        // A refused change may be the first sign of a fault; a change from the reserve leaves one.
+        let fault = store.health();
+        drop(g);
+        self.report_store(fault);
+        published.map_err(store_error)
     }
 
     async fn applied(&self, rev: u64) -> Result<(), ApiError> {
@@ -345,8 +431,13 @@ impl ControlPlane {
             .name("store-watch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    me.check_store();
                     match me.sync() {
                         Ok(_) => me.recount_keys(true),
+                        // A store with a known fault was reported once already.
+                        Err(e) if me.store_faulted() => {
+                            tracing::debug!(error = %e, "key store poll failed; shards keep their last state");
+                        }
                         Err(e) => tracing::warn!(error = %e, "key store poll failed; shards keep their last state"),
                     }
                     match &wake {
@@ -525,6 +616,11 @@ fn allow_json(file: &AllowFile, cfg: &Config) -> Value {
 /// Appends `entry` to the audit trail; a failure is logged (the change it records is done).
 fn record(store: &mut dyn KeyStore, entry: &AuditEntry) {
     if let Err(e) = store.record_audit(entry) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            // The store's fault is logged (and shown by /readyz) once, not with every change.
+            tracing::debug!(error = %e, action = %entry.action, "could not record a change in the audit trail");
+            return;
+        }
         tracing::warn!(
             error = %e,
             action = %entry.action,
@@ -546,6 +642,9 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::NoSuchUser(_) => ApiError::not_found("No such user."),
         StoreError::Conflict(m) => ApiError::conflict(m),
         StoreError::InvalidName(e) => ApiError::invalid_name(&e),
+        StoreError::Unavailable(f) => {
+            ApiError::new(503, "STORE_UNAVAILABLE", f.to_string()).with_hint(f.hint())
+        }
         StoreError::Postgres(crate::store::postgres::PgError::CommitUnknown(m)) => {
             ApiError::new(503, "STORE_UNAVAILABLE", m).with_hint(
                 "The connection was lost during the commit: check with `edgefilter keys show` before retrying.",

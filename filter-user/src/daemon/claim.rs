@@ -523,7 +523,11 @@ fn acquire_once(path: &Path) -> io::Result<Result<File, Holder>> {
         let here = std::fs::symlink_metadata(path);
         let mine = file.metadata()?;
         if here.is_ok_and(|h| h.dev() == mine.dev() && h.ino() == mine.ino()) {
-            write_pid(&file)?;
+            // The flock is the claim; the pid only names the holder in a refusal. A full disk
+            // (the store's own reserve may be all that is left) must not stop a restart.
+            if let Err(e) = write_pid(&file) {
+                tracing::warn!(lock = %path.display(), error = %e, "cannot write the pid into the lock file; the lock holds");
+            }
             return Ok(Ok(file));
         }
     }

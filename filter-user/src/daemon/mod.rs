@@ -125,6 +125,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     };
     let cfg = Arc::new(cfg);
     let plane = ControlPlane::new(Arc::clone(&cfg), keys, store);
+    plane.show_readiness(Arc::clone(&ready));
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
     let denials = crate::obs::recent::RecentDenials::for_config(&cfg);

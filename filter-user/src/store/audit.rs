@@ -386,8 +386,15 @@ pub fn audited<T>(
     store.act_as(None);
     if let Err(e) = &out {
         let entry = AuditEntry::new(now, by, action, &object(&*store), &store_failure(e));
-        if let Err(not) = store.record_audit(&entry) {
-            tracing::warn!(error = %not, action = %action, "could not record a refused change in the audit trail");
+        match store.record_audit(&entry) {
+            Ok(()) => {}
+            // A store that cannot take changes has said so loudly already.
+            Err(not @ StoreError::Unavailable(_)) => {
+                tracing::debug!(error = %not, action = %action, "could not record a refused change in the audit trail");
+            }
+            Err(not) => {
+                tracing::warn!(error = %not, action = %action, "could not record a refused change in the audit trail");
+            }
         }
     }
     out

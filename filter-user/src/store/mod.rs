@@ -7,12 +7,17 @@
 //! row to the change log, so a host that saw revision R catches up with [`KeyStore::changes_since`],
 //! and, when an actor is set ([`KeyStore::act_as`]), writes its audit entry.
 //! Only SHA-256 hashes of keys are stored, never a key.
+//!
+//! A store that cannot take changes (its file deleted, replaced, corrupt, read-only, its disk
+//! full) refuses them with a [`StoreFault`] naming the file, and reports it through
+//! [`KeyStore::health`] for `/readyz`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod audit;
 pub mod bans;
+pub mod fault;
 pub mod ids;
 pub mod migrate;
 pub mod model;
@@ -23,6 +28,7 @@ pub mod timefmt;
 
 pub use audit::{Action, Actor, AuditEntry};
 pub use bans::{Ban, BanReason, BanRow};
+pub use fault::{FaultKind, StoreFault};
 pub use model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
     RateLimit, Secret, User, UserStatus,
@@ -38,6 +44,17 @@ pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The SQLite store at `path` failed.
+    #[error("key store {}: {source}", path.display())]
+    Sqlite {
+        /// The store's file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The store cannot take changes (deleted, replaced, corrupt, read-only, full).
+    #[error("{0}. {hint}", hint = .0.hint())]
+    Unavailable(StoreFault),
     /// The database directory could not be created.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -89,7 +106,7 @@ impl StoreError {
             Self::NoSuchKey(_) | Self::NoSuchUser(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::InvalidName(_) => "INVALID_NAME",
-            Self::Postgres(_) => "STORE_UNAVAILABLE",
+            Self::Postgres(_) | Self::Unavailable(_) => "STORE_UNAVAILABLE",
             _ => "STORE_ERROR",
         }
     }
@@ -229,15 +246,53 @@ pub trait KeyStore: Send {
     /// # Errors
     /// Database failures.
     fn purge_bans(&mut self, before_ms: i64) -> Result<usize>;
+
+    /// Whether the store can take changes, checked cheaply (a few `stat`s; a daemon calls it
+    /// on each watcher round): the fault in force, if any. A backend without such faults (the
+    /// PostgreSQL store, whose outages are fail-static) answers `None`.
+    fn health(&mut self) -> Option<StoreFault> {
+        None
+    }
+
+    /// The periodic deep check (SQLite: `PRAGMA quick_check` on a connection of its own), when
+    /// one is due: a job the caller runs without holding anything the store's users need, which
+    /// records what it finds for the next [`KeyStore::health`]. `None`: nothing due.
+    fn integrity_job(&mut self) -> Option<IntegrityJob> {
+        None
+    }
 }
 
-/// Opens the configured store (`store.kind`, `store.path` resolved against the config file).
+/// A deep check of a store, run apart from the store (see [`KeyStore::integrity_job`]).
+pub type IntegrityJob = Box<dyn FnOnce() + Send>;
+
+/// Opens the configured store (`store.kind`, `store.path` resolved against the config file)
+/// for a command: a SQLite store is checked (`PRAGMA quick_check`) before its first change.
 ///
 /// # Errors
-/// Unsupported backend, unopenable database, failed migration.
+/// Unsupported backend, unopenable or missing (where a store was) database, failed migration.
 pub fn open(cfg: &Config) -> Result<Box<dyn KeyStore>> {
+    open_with(cfg, sqlite::CheckAt::FirstWrite)
+}
+
+/// [`open`] for the daemon: a SQLite store's first integrity check is left to the first
+/// [`KeyStore::integrity_job`], so serving does not wait for a scan of the whole file.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_for_daemon(cfg: &Config) -> Result<Box<dyn KeyStore>> {
+    open_with(cfg, sqlite::CheckAt::FirstJob)
+}
+
+fn open_with(cfg: &Config, check: sqlite::CheckAt) -> Result<Box<dyn KeyStore>> {
     match cfg.store.kind {
-        StoreKind::Sqlite => Ok(Box::new(SqliteStore::open(&cfg.resolve(&cfg.store.path))?)),
+        StoreKind::Sqlite => Ok(Box::new(SqliteStore::open_with(
+            &cfg.resolve(&cfg.store.path),
+            &sqlite::Options {
+                reserve_bytes: cfg.store.reserve_bytes,
+                check_interval: cfg.store.check_interval,
+                check,
+            },
+        )?)),
         StoreKind::Postgres => Ok(Box::new(postgres::PgKeyStore::open(
             cfg.store.url.as_deref().unwrap_or_default(),
         )?)),

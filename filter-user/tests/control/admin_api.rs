@@ -581,6 +581,21 @@ fn readyz_needs_xdp_store_and_shards() {
         assert_documented(&doc, "/readyz", "get", status, &v);
         assert_eq!(v["ready"], Value::Bool(want == 200));
     }
+    // A store that cannot take changes makes the daemon unready, with the reason.
+    run.ready
+        .set_store_problem(Some("key store /x/keys.db was deleted: gone".into()));
+    let (status, v) = c.call("GET", "/readyz", None).expect("readyz");
+    assert_eq!(status, 503, "{v}");
+    assert_documented(&doc, "/readyz", "get", status, &v);
+    assert_eq!(v["store"], false, "{v}");
+    assert_eq!(
+        v["reasons"],
+        json!(["store: key store /x/keys.db was deleted: gone"]),
+        "{v}"
+    );
+    run.ready.set_store_problem(None);
+    let (status, v) = c.call("GET", "/readyz", None).expect("readyz");
+    assert_eq!((status, &v["reasons"]), (200, &json!([])), "{v}");
     let (status, v) = c.call("GET", "/healthz", None).expect("healthz");
     assert_eq!((status, v), (200, json!({"status": "ok"})));
     // The caller's request id is kept; a missing one is generated.

@@ -1,8 +1,9 @@
 //! The control plane, one test binary: the admin API in-process against `docs/openapi.yaml` and
 //! through the real daemon (names that break their rule included), durability across `kill -9`,
 //! revocation under load, `stats`, auto-block with the denylist without XDP, what a config
-//! reload (SIGHUP) does with every key, and one daemon per address and store with
-//! `run --takeover` replacing it under load.
+//! reload (SIGHUP) does with every key, one daemon per address and store with
+//! `run --takeover` replacing it under load, and a store file deleted, replaced, corrupted,
+//! read-only or on a full disk.
 
 #[allow(
     dead_code,
@@ -20,4 +21,5 @@ mod names;
 mod reload;
 mod revoke_load;
 mod stats;
+mod store_safety;
 mod takeover;

@@ -53,6 +53,8 @@ const ROWS: &[(&str, &str, After)] = &[
     ("store.kind",               "fleet::* (postgres), every other daemon test (sqlite)",              After::NeedsRestart),
     ("store.path",               "keys::cli, control::durability",                                     After::NeedsRestart),
     ("store.url",                "fleet::*, keys::config_cli::a_bad_store_url_is_reported_on_its_line", After::NeedsRestart),
+    ("store.reserve_bytes",      "control::store_safety::on_a_full_disk_a_revocation_commits_reaches_every_shard_and_survives_a_restart", After::NeedsRestart),
+    ("store.check_interval",     "control::store_safety::a_corrupted_store_is_noticed",               After::NeedsRestart),
     ("admin.listen",             "control::admin_real",                                                After::NeedsRestart),
     ("admin.token_file",         "control::admin_api::token_file_created_0600_and_client_discovers_the_daemon", After::NeedsRestart),
     ("keys.environment",         "proxy::e2e_codes::every_code_through_the_real_proxy (WRONG_ENVIRONMENT)", After::NeedsRestart),
@@ -161,6 +163,8 @@ allow = ["10.0.0.0/8"]
 kind = "postgres"
 path = "var/other.db"
 url = "postgres://edge@127.0.0.1:1/keys"
+reserve_bytes = 65536
+check_interval = "1h"
 [admin]
 listen = "{admin}"
 token_file = "var/other.token"
