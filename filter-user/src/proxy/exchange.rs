@@ -20,7 +20,7 @@ use super::settings::Settings;
 use super::state::ShardState;
 use super::upstream;
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
-use crate::codes::ErrorCode;
+use crate::codes::{ErrorCode, Rule};
 
 /// What became of one forwarded request.
 #[derive(Debug)]
@@ -51,12 +51,13 @@ impl From<Flow> for Outcome {
     }
 }
 
-/// Answers the client with `code` (no upstream failure behind it).
+/// Answers the client with `code` (no upstream failure behind it); `rule`: the one a
+/// `BAD_REQUEST` broke.
 async fn refused<S>(
     c: &mut Conn,
     io: &mut S,
     st: &Settings,
-    code: ErrorCode,
+    (code, rule): (ErrorCode, Option<Rule>),
     request_id: &str,
     close: bool,
 ) -> Outcome
@@ -64,7 +65,7 @@ where
     S: AsyncWrite + Unpin,
 {
     Outcome {
-        flow: refuse_code(c, io, st, code, request_id, close).await,
+        flow: refuse_code(c, io, st, code, rule, request_id, close).await,
         upstream_error: None,
         answered: Some(code),
         status: None,
@@ -297,7 +298,7 @@ where
 {
     Outcome {
         upstream_error: Some(error),
-        ..refused(c, io, st, code, request_id, close).await
+        ..refused(c, io, st, (code, None), request_id, close).await
     }
 }
 
@@ -339,10 +340,11 @@ async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError>
     upstream::connect(st.routes.upstreams[up_idx].addr, st.upstream_timeout).await
 }
 
-fn body_code(e: BodyError) -> ErrorCode {
+/// The answer to a bad request body.
+fn body_code(e: BodyError) -> (ErrorCode, Option<Rule>) {
     match e {
-        BodyError::Malformed => ErrorCode::BadRequest,
-        BodyError::TooLarge => ErrorCode::PayloadTooLarge,
+        BodyError::Malformed => (ErrorCode::BadRequest, Some(Rule::ChunkedFraming)),
+        BodyError::TooLarge => (ErrorCode::PayloadTooLarge, None),
     }
 }
 

@@ -3,6 +3,8 @@
 //! over request headers that finds framing, connection options and the few values the proxy
 //! needs, and the case-insensitive name and value tests they are built from.
 
+use crate::codes::Rule;
+
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -38,10 +40,10 @@ pub(crate) fn is(name: &str, lower: &str) -> bool {
 
 /// One pass over the headers: framing, connection options, and the few values we need.
 ///
-/// Refuses (with `Err`) every smuggling shape: two different `Content-Length`s, a
+/// Refuses (with the [`Rule`] broken) every smuggling shape: two different `Content-Length`s, a
 /// `Content-Length` that is not plain digits, a `Transfer-Encoding` other than exactly `chunked`
 /// (or given twice), two `Host`s. Obs-fold never gets here: httparse rejects it in requests.
-pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, ()> {
+pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, Rule> {
     let mut s = Scan::default();
     for h in headers {
         let name = h.name;
@@ -49,15 +51,15 @@ pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, ()>
         match name.len() {
             4 if is(name, "host") => {
                 if s.host.is_some() {
-                    return Err(());
+                    return Err(Rule::HostDuplicate);
                 }
-                s.host = Some(std::str::from_utf8(value).map_err(|_| ())?);
+                s.host = Some(std::str::from_utf8(value).map_err(|_| Rule::HeaderNotUtf8)?);
             }
             6 if is(name, "expect") => {
                 s.expect_continue |= trim(value).eq_ignore_ascii_case(b"100-continue");
             }
             10 if is(name, "connection") => {
-                let v = std::str::from_utf8(value).map_err(|_| ())?;
+                let v = std::str::from_utf8(value).map_err(|_| Rule::HeaderNotUtf8)?;
                 for tok in v.split(',').map(str::trim) {
                     if tok.eq_ignore_ascii_case("close") {
                         s.close = true;
@@ -69,23 +71,23 @@ pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, ()>
                     s.connection[s.n_connection] = v;
                     s.n_connection += 1;
                 } else {
-                    return Err(());
+                    return Err(Rule::ConnectionHeaders);
                 }
             }
             12 if is(name, "x-request-id") => s.request_id = Some(value),
             14 if is(name, "content-length") => {
-                let n = parse_length(value)?;
+                let n = parse_length(value).map_err(|()| Rule::ContentLength)?;
                 if s.content_length.is_some_and(|m| m != n) {
-                    return Err(());
+                    return Err(Rule::ContentLength);
                 }
                 s.content_length = Some(n);
             }
             15 if is(name, "x-forwarded-for") => {
-                s.xff = Some(std::str::from_utf8(value).map_err(|_| ())?);
+                s.xff = Some(std::str::from_utf8(value).map_err(|_| Rule::HeaderNotUtf8)?);
             }
             17 if is(name, "transfer-encoding") => {
                 if s.chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
-                    return Err(());
+                    return Err(Rule::TransferEncoding);
                 }
                 s.chunked = true;
             }
