@@ -1,6 +1,8 @@
 //! Request heads: parsed with httparse straight out of the connection's read buffer into a stack
-//! array of borrowed headers, checked for smuggling shapes, routed, passed to the shard's gate,
-//! and serialised for the upstream into a reused buffer — without a heap allocation.
+//! array of borrowed headers, checked for smuggling shapes and for paths an upstream would
+//! normalise ([`super::path`]), routed on the path as the upstream reads it, passed to the
+//! shard's gate, and serialised for the upstream into a reused buffer — without a heap
+//! allocation.
 //!
 //! [`process`] is the whole per-request hot path before any I/O; it is public so the
 //! counting-allocator test and the benches can drive it in isolation.
@@ -13,6 +15,7 @@ use ipnet::IpNet;
 use super::forward::{self, Forward};
 pub use super::headers::Framing;
 use super::headers::scan;
+use super::path;
 use super::reqid::{IdGen, RequestId};
 use super::route::RouteTable;
 use crate::codes::{ErrorCode, Rule};
@@ -194,7 +197,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     if version == 1 && scan.host.is_none() {
         return refuse_here(ErrorCode::BadRequest, Some(Rule::HostMissing));
     }
-    if let Err(rule) = sane_target(target) {
+    if let Err(rule) = path::check(target) {
         return refuse_here(ErrorCode::BadRequest, Some(rule));
     }
     if matches!(framing, Framing::Length(n) if n > ctx.max_body_bytes) {
@@ -285,31 +288,6 @@ fn refuse_id(request_id: RequestId, code: ErrorCode, rule: Option<Rule>) -> Step
         denial: Denial::new(code),
         rule,
     }))
-}
-
-/// Origin-form only, and no dot segments (they would let `/v1/../admin` ride the `/v1/` route).
-fn sane_target(t: &str) -> Result<(), Rule> {
-    let path = t.split_once('?').map_or(t, |(p, _)| p);
-    if !path.starts_with('/') {
-        return Err(Rule::TargetForm);
-    }
-    if path.contains('\\') {
-        return Err(Rule::PathBackslash);
-    }
-    let b = path.as_bytes();
-    for i in 0..b.len() {
-        if b[i] == b'%' && b.get(i + 1) == Some(&b'2') {
-            match b.get(i + 2) {
-                Some(b'e' | b'E') => return Err(Rule::PathDotSegment),
-                Some(b'f' | b'F') => return Err(Rule::PathEncodedSlash),
-                _ => {}
-            }
-        }
-    }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(Rule::PathDotSegment);
-    }
-    Ok(())
 }
 
 /// The client address the gate sees: the socket peer, or behind a trusted proxy the right-most

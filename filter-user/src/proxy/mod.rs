@@ -10,8 +10,10 @@
 //! Every `use super::…` edge between the submodules points down this list, never up or
 //! sideways within a row:
 //!
-//! 1. leaves: `affinity`, `reqid`, `route`, `tls`, `listen`, `headers` (framing, the header
-//!    scan), `upstream_error` (why an upstream failed, classified);
+//! 1. leaves: `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
+//!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `path` (the
+//!    path shapes upstreams would normalise, refused), `upstream_error` (why an upstream
+//!    failed, classified);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
 //!    `forward` (the head sent upstream);
@@ -46,6 +48,7 @@ pub mod head;
 mod headers;
 mod io;
 pub mod listen;
+mod path;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

@@ -16,6 +16,7 @@ mod e2e_codes;
 #[cfg(feature = "fuzzing")]
 mod fuzz_replay;
 mod http;
+mod hygiene;
 mod limits;
 mod stream;
 mod tls;
