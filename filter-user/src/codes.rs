@@ -51,11 +51,14 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// Upstream too slow.
     UpstreamTimeout,
+    /// The edge could not build a valid request for the upstream (e.g. a value it adds holds a
+    /// control byte); nothing was forwarded.
+    Internal,
 }
 
 impl ErrorCode {
     /// Every code, in SPEC order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::MissingKey,
         Self::KeyInWrongPlace,
         Self::MalformedKey,
@@ -78,6 +81,7 @@ impl ErrorCode {
         Self::HeadersTooLarge,
         Self::UpstreamUnavailable,
         Self::UpstreamTimeout,
+        Self::Internal,
     ];
 
     /// HTTP status.
@@ -101,6 +105,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::HeadersTooLarge => 431,
+            Self::Internal => 500,
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
         }
@@ -132,6 +137,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::Internal => "INTERNAL",
         }
     }
 
@@ -163,6 +169,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::UpstreamUnavailable => "The upstream service is unavailable.",
             Self::UpstreamTimeout => "The upstream service did not answer in time.",
+            Self::Internal => "The edge could not forward this request.",
         }
     }
 

@@ -12,14 +12,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::forward::{self, Forward};
+use super::forward::{self, Forward, Unsafe};
 pub use super::headers::Framing;
 use super::headers::scan;
 use super::path;
 use super::reqid::{IdGen, RequestId};
 use super::route::RouteTable;
 use crate::codes::{ErrorCode, Rule};
-use crate::gate::{Denial, Gate, GateRequest, Verdict};
+use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
 
 /// Most request headers accepted (431 above).
 pub const MAX_HEADERS: usize = 100;
@@ -236,7 +236,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         }
     };
     let r = &ctx.routes.routes[route];
-    forward::write_head(
+    let written = forward::write_head(
         out,
         &Forward {
             method,
@@ -255,6 +255,19 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             http10: version == 0,
         },
     );
+    if let Err(unsafe_field) = written {
+        out.clear();
+        return Step::Refuse(Box::new(Refusal {
+            head_len: Some(head_len),
+            framing,
+            keep_alive,
+            request_id,
+            route: Some(route),
+            line: Some(line),
+            denial: unsafe_denial(unsafe_field, identity),
+            rule: None,
+        }));
+    }
     Step::Forward(Prepared {
         head_len,
         framing,
@@ -288,6 +301,30 @@ fn refuse_id(request_id: RequestId, code: ErrorCode, rule: Option<Rule>) -> Step
         denial: Denial::new(code),
         rule,
     }))
+}
+
+/// The answer when the head writer refused a field (a value the proxy adds holds a control
+/// byte): `INTERNAL`, naming the header, and one error line for the operator (the header and
+/// the key id, never the value).
+fn unsafe_denial(field: Unsafe, identity: Option<Identity<'_>>) -> Denial {
+    // A key id that is itself the unsafe value is neither logged nor answered.
+    let key_id = identity
+        .map(|id| id.key_id)
+        .filter(|_| field.0 != "X-Edgefilter-Key-Id");
+    tracing::error!(
+        header = field.0,
+        key_id = key_id.unwrap_or("-"),
+        "not forwarded: a value the proxy adds holds a byte not allowed in a header (CR, LF, NUL \
+         or another control character); correct it where it is stored or configured"
+    );
+    let mut denial = Denial::new(ErrorCode::Internal);
+    denial.hint = Some(format!(
+        "The value of {} that the edge adds holds a character not allowed in a header; nothing \
+         was forwarded. The operator must correct it.",
+        field.0
+    ));
+    denial.key_id = key_id.map(std::sync::Arc::from);
+    denial
 }
 
 /// The client address the gate sees: the socket peer, or behind a trusted proxy the right-most

@@ -131,6 +131,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -232,10 +233,13 @@ mod tests {
         assert_eq!(v["error"]["hint"], Rule::PathDotSegment.hint());
         // A rule is only ever rendered beside BAD_REQUEST.
         buf.clear();
-        let d = Denial::new(ErrorCode::NoRoute);
+        let d = Denial::new(ErrorCode::Internal);
         write_error_response(&mut buf, &d, Some(Rule::PathDotSegment), "r", false, true);
         let (head, v) = split(&buf);
-        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{head}"
+        );
         assert!(v["error"].get("rule").is_none() && v["error"].get("hint").is_none());
         // Every rule renders as valid JSON.
         for rule in Rule::ALL {

@@ -1,13 +1,23 @@
 //! Request hygiene, each finding reproduced as it was reported and shown fixed, through the real
 //! daemon (`edgefilter run --no-xdp`, a key made with the CLI) and a recording origin that keeps
-//! every byte it receives: every path shape an upstream would normalise into a traversal or a
-//! NUL is refused with 400 naming its rule (a table), and routes are chosen on the path as the
-//! upstream reads it.
+//! every byte it receives:
+//!
+//! - identity-header lookalikes (`X_Edgefilter_User: root`, `X_Forwarded_For`) never reach the
+//!   upstream, where a CGI-style reader would fold them into the proxy's own headers;
+//! - every path shape an upstream would normalise into a traversal or a NUL is refused with 400
+//!   naming its rule (a table), and routes are chosen on the path as the upstream reads it.
+//!
+//! The head writer's own guard (a control byte in a value the proxy adds) is driven through the
+//! in-process proxy, with a gate that lends such an identity.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
+use edgefilter::gate::{Gate, GateRequest, Identity, Verdict};
+
 use crate::support::daemon::Daemon;
-use crate::support::proxy_env::{Client, Response};
+use crate::support::proxy_env::{Client, Env, Response};
 use crate::support::upstream::Upstream;
 
 /// A daemon with routes `/v1/` (scope `ai:invoke`, injecting `X-Upstream-Key`), `/admin/`
@@ -72,10 +82,72 @@ scopes = ["ai:invoke"]
         );
         self.send(raw.as_bytes())
     }
+
+    /// What the upstream received from the request line holding `marker` on.
+    fn received_from(&self, marker: &str) -> String {
+        let all = String::from_utf8_lossy(&self.upstream.received()).into_owned();
+        let at = all
+            .find(marker)
+            .unwrap_or_else(|| panic!("the upstream never got {marker}: {all}"));
+        all[all[..at].rfind("\r\n").map_or(0, |i| i + 2)..].to_string()
+    }
+}
+
+/// The header fields of the first head in `raw`, each as a CGI/WSGI upstream names it:
+/// `HTTP_` + the name upper-cased with `-` as `_` (`X_Edgefilter_User` and `X-Edgefilter-User`
+/// both become `HTTP_X_EDGEFILTER_USER`).
+fn cgi_variables(raw: &str) -> Vec<(String, String)> {
+    let head = raw.split("\r\n\r\n").next().unwrap();
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| {
+            let var = format!("HTTP_{}", n.to_ascii_uppercase().replace('-', "_"));
+            (var, v.trim().to_string())
+        })
+        .collect()
 }
 
 fn json(r: &Response) -> Value {
     serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+#[test]
+fn identity_header_lookalikes_never_reach_the_upstream() {
+    let edge = Edge::start();
+    let r = edge.get(
+        "/v1/echo/lookalikes",
+        "X_Edgefilter_User: root\r\nX_Edgefilter_Tenant: root-tenant\r\n\
+         X_Edgefilter_Key_Id: key_forged\r\nX-Edgefilter_User: root2\r\n\
+         X_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Host: forged.example\r\n\
+         X_Request_Id: forged-id\r\nX_Upstream_Key: forged-credential\r\n\
+         X_Custom_Thing: kept\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = edge.received_from("/v1/echo/lookalikes");
+    for forged in ["root", "6.6.6.6", "forged"] {
+        assert!(
+            !got.contains(forged),
+            "{forged} reached the upstream:\n{got}"
+        );
+    }
+    // Underscore names that mean nothing to the proxy pass.
+    assert!(got.contains("X_Custom_Thing: kept\r\n"), "{got}");
+    // A CGI-style upstream sees one value per identity variable: the proxy's.
+    let vars = cgi_variables(&got);
+    let values = |var: &str| -> Vec<&str> {
+        vars.iter()
+            .filter(|(n, _)| n == var)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("HTTP_X_EDGEFILTER_USER"), ["alice"], "{got}");
+    assert_eq!(values("HTTP_X_EDGEFILTER_TENANT"), ["acme"], "{got}");
+    assert_eq!(values("HTTP_X_EDGEFILTER_KEY_ID").len(), 1, "{got}");
+    assert_eq!(values("HTTP_X_FORWARDED_FOR"), ["127.0.0.1"], "{got}");
+    assert_eq!(values("HTTP_X_UPSTREAM_KEY"), ["sk-upstream-real"], "{got}");
+    assert_eq!(values("HTTP_X_REQUEST_ID").len(), 1, "{got}");
+    assert!(!values("HTTP_X_REQUEST_ID")[0].contains("forged"), "{got}");
 }
 
 #[test]
@@ -153,4 +225,53 @@ fn path_shapes_upstreams_normalise_are_refused_naming_the_rule() {
     for path in ["/v1/echo/file.json", "/v1/echo/caf%C3%A9", "/v1/echo/..a"] {
         assert_eq!(edge.get(path, "").status, 200, "{path}");
     }
+}
+
+/// A gate that allows every request as `acme`/`user`, lending `user` as the key cache lends
+/// names.
+struct Lends {
+    user: String,
+}
+
+impl Gate for Lends {
+    fn check(&mut self, _req: &GateRequest<'_>) -> Verdict<'_> {
+        Verdict::Allow(Some(Identity {
+            key_id: "key_0123456789ab",
+            tenant: "acme",
+            user: &self.user,
+        }))
+    }
+}
+
+#[test]
+fn a_control_byte_in_an_identity_is_answered_500_and_never_forwarded() {
+    let user =
+        "u\r\nX-Edgefilter-Tenant: root\r\nContent-Length: 0\r\n\r\nGET /admin/pwned HTTP/1.1";
+    let env = Env::with_gates(
+        "",
+        Box::new(move |_| {
+            Box::new(Lends {
+                user: user.to_string(),
+            })
+        }),
+    );
+    let r = env
+        .connect()
+        .call("GET /v1/echo HTTP/1.1\r\nHost: h\r\n\r\n");
+    let v = json(&r);
+    assert_eq!(
+        (r.status, v["error"]["code"].as_str()),
+        (500, Some("INTERNAL")),
+        "{}",
+        r.text()
+    );
+    let hint = v["error"]["hint"].as_str().unwrap_or("");
+    assert!(hint.contains("X-Edgefilter-User"), "{hint}");
+    assert!(!r.text().contains("pwned"), "{}", r.text());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        env.up.received().is_empty(),
+        "forwarded: {}",
+        String::from_utf8_lossy(&env.up.received())
+    );
 }
