@@ -210,6 +210,9 @@ pub enum Rule {
     ChunkedInHttp10,
     /// A chunked body's framing is broken (chunk size, CRLF, extension).
     ChunkedFraming,
+    /// A chunked body's trailer section is not header lines (e.g. a request line in it), or is
+    /// too large.
+    TrailerSection,
     /// The target is not origin-form (`/path?query`), or carries a `#` fragment.
     TargetForm,
     /// A `%` not followed by two hex digits (`%u002e`, `%zz`, a lone `%`).
@@ -232,7 +235,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::HeadSyntax,
         Self::HostMissing,
         Self::HostDuplicate,
@@ -243,6 +246,7 @@ impl Rule {
         Self::LengthWithChunked,
         Self::ChunkedInHttp10,
         Self::ChunkedFraming,
+        Self::TrailerSection,
         Self::TargetForm,
         Self::PathBadEscape,
         Self::PathDoubleEncoding,
@@ -268,6 +272,7 @@ impl Rule {
             Self::LengthWithChunked => "length_with_chunked",
             Self::ChunkedInHttp10 => "chunked_in_http10",
             Self::ChunkedFraming => "chunked_framing",
+            Self::TrailerSection => "trailer_section",
             Self::TargetForm => "target_form",
             Self::PathBadEscape => "path_bad_escape",
             Self::PathDoubleEncoding => "path_double_encoding",
@@ -304,6 +309,10 @@ impl Rule {
             Self::ChunkedFraming => {
                 "The chunked body is malformed: each chunk is a hex size line, CRLF, the data, \
                  CRLF."
+            }
+            Self::TrailerSection => {
+                "The chunked body's trailer section must be header lines (`Name: value`) ending \
+                 with an empty line, at most 8 KiB."
             }
             Self::TargetForm => {
                 "The request target must be a path starting with `/` (optionally `?query`), \

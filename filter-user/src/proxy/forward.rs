@@ -1,6 +1,8 @@
-//! The head sent upstream: the client's end-to-end headers minus the names below, plus `Host`,
-//! `X-Forwarded-*`, `X-Request-Id`, the caller's identity, the route's injected credential and
-//! normalised framing. Written into a reused buffer.
+//! What of the client's request goes upstream, decided in one place: the head (the client's
+//! end-to-end headers minus the names below, plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the
+//! caller's identity, the route's injected credential and normalised framing, written into a
+//! reused buffer) and the trailer section of a chunked body (parsed as header lines, the same
+//! names dropped and those a trailer may never carry).
 //!
 //! # Names the proxy owns, and their lookalikes
 //!
@@ -26,7 +28,13 @@
 use super::headers::{Framing, Scan, has_bad_value_byte, is_token, reads_as, reads_as_prefix};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
+use crate::codes::Rule;
 use crate::gate::Identity;
+
+/// Most fields read from a trailer section.
+const MAX_TRAILERS: usize = 32;
+/// Largest trailer section accepted, its final empty line included.
+pub(crate) const MAX_TRAILER_BYTES: usize = 8192;
 
 /// What [`write_head`] needs.
 pub(crate) struct Forward<'a, 'b> {
@@ -186,6 +194,63 @@ fn owned(name: &str, route: &CompiledRoute, strip_key: bool) -> bool {
             .as_ref()
             .is_some_and(|(inject, _)| reads_as(name, inject))
         || (strip_key && route.key_headers.iter().any(|k| reads_as(name, k)))
+}
+
+/// Whether a trailer field goes upstream: not a name the proxy owns (the key's headers and
+/// `Authorization` always count: the key was checked in the head, never here), and none of
+/// the fields RFC 9110 §6.5.1 says a trailer must not carry: authentication (`Cookie`),
+/// request modifiers (`Cache-Control`, `Max-Forwards`, `Pragma`, `Range`, `If-*`) and how to
+/// read the content (`Content-Type`, `Content-Encoding`, `Content-Range`).
+fn trailer_kept(name: &str, route: &CompiledRoute) -> bool {
+    let modifier = match name.len() {
+        5 => reads_as(name, "range"),
+        6 => reads_as(name, "cookie") || reads_as(name, "pragma"),
+        12 => reads_as(name, "content-type") || reads_as(name, "max-forwards"),
+        13 => reads_as(name, "cache-control") || reads_as(name, "content-range"),
+        16 => reads_as(name, "content-encoding"),
+        _ => false,
+    };
+    !modifier && !reads_as_prefix(name, "if-") && !owned(name, route, true)
+}
+
+/// Writes the trailer section that starts `section` (what follows a chunked body's last-chunk
+/// line) into `out`: the fields a trailer may carry upstream ([`trailer_kept`]), then the empty
+/// line that ends the body. `Ok(Some(n))`: the section was `n` bytes; `Ok(None)`: it is not
+/// complete yet (nothing written).
+///
+/// # Errors
+/// [`Rule::TrailerSection`]: the section is not header lines (a request line, a bare LF,
+/// obs-fold, a bad name or value), has more than 32 fields, or is over 8 KiB.
+pub(crate) fn write_trailers(
+    out: &mut Vec<u8>,
+    section: &[u8],
+    route: &CompiledRoute,
+) -> Result<Option<usize>, Rule> {
+    let window = &section[..section.len().min(MAX_TRAILER_BYTES)];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    let (n, fields) = match httparse::parse_headers(window, &mut fields) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) if section.len() < MAX_TRAILER_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) | Err(_) => return Err(Rule::TrailerSection),
+    };
+    // httparse also ends lines at a bare LF; the proxy's framing never does.
+    let lines = &window[..n];
+    if lines
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || lines[i - 1] != b'\r'))
+    {
+        return Err(Rule::TrailerSection);
+    }
+    let start = out.len();
+    for t in fields.iter().filter(|t| trailer_kept(t.name, route)) {
+        if field(out, t.name.as_bytes(), t.value, "a trailer").is_err() {
+            out.truncate(start);
+            return Err(Rule::TrailerSection);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(n))
 }
 
 /// Writes `?query`, leaving out `api_key` parameters when the key is stripped.
@@ -378,5 +443,55 @@ mod tests {
             sent.contains("X-Edgefilter-User: José Müller\r\n"),
             "{sent}"
         );
+    }
+
+    /// The trailer section as forwarded, or the refusal.
+    fn trailers(section: &str) -> Result<Option<(usize, String)>, Rule> {
+        let mut out = b"before".to_vec();
+        let done = write_trailers(&mut out, section.as_bytes(), &route())?;
+        Ok(done.map(|n| (n, String::from_utf8(out[6..].to_vec()).unwrap())))
+    }
+
+    #[test]
+    fn trailers_keep_only_what_a_trailer_may_carry() {
+        let section = "X-Edgefilter-User: root\r\nAuthorization: Bearer stolen\r\n\
+                       X_Edgefilter_Tenant: evil\r\nX-API-Key: ef_live_x\r\nHost: evil\r\n\
+                       Content-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\
+                       X-Forwarded-For: 6.6.6.6\r\nX-Upstream-Key: forged\r\n\
+                       Cookie: s=1\r\nContent-Type: text/plain\r\nIf-Match: *\r\n\
+                       X-Checksum: 5d41\r\nDigest: sha-256=abc\r\n\r\nNEXT";
+        let (n, kept) = trailers(section).unwrap().unwrap();
+        assert_eq!(&section[n..], "NEXT");
+        assert_eq!(kept, "X-Checksum: 5d41\r\nDigest: sha-256=abc\r\n\r\n");
+        // No trailers: just the end.
+        assert_eq!(trailers("\r\nNEXT"), Ok(Some((2, "\r\n".into()))));
+    }
+
+    #[test]
+    fn a_trailer_section_that_is_not_header_lines_is_refused() {
+        for bad in [
+            "GET /admin/pwned HTTP/1.1\r\nHost: x\r\n\r\n",
+            "X-A: 1\r\nGET /admin HTTP/1.1\r\n\r\n",
+            "X-A: 1\nX-B: 2\n\n",
+            "X-A: 1\r\n\n",
+            " X-A: 1\r\n\r\n",
+            "X-A: 1\r\n folded\r\n\r\n",
+            "X A: 1\r\n\r\n",
+            ": 1\r\n\r\n",
+            "X-A: a\0b\r\n\r\n",
+        ] {
+            assert_eq!(trailers(bad), Err(Rule::TrailerSection), "{bad:?}");
+        }
+        let many: String = (0..=MAX_TRAILERS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(trailers(&(many + "\r\n")), Err(Rule::TrailerSection));
+        let huge = format!("X-Big: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(trailers(&huge), Err(Rule::TrailerSection));
+        // Incomplete is not wrong yet, up to the limit.
+        assert_eq!(trailers("X-A: 1\r\nX-B"), Ok(None));
+        assert_eq!(trailers(""), Ok(None));
+        let endless = format!("X-Big: {}", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(trailers(&endless), Err(Rule::TrailerSection));
     }
 }

@@ -16,7 +16,7 @@
 //!    failed, classified);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
-//!    `forward` (the head sent upstream);
+//!    `forward` (what of the client's head and trailers goes upstream);
 //! 3. `head` (parse, check, route, gate, then `forward`);
 //! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
 //! 5. `io` (client buffers, `Flow`, client writes and refusals);

@@ -5,11 +5,14 @@
 //! - identity-header lookalikes (`X_Edgefilter_User: root`, `X_Forwarded_For`) never reach the
 //!   upstream, where a CGI-style reader would fold them into the proxy's own headers;
 //! - every path shape an upstream would normalise into a traversal or a NUL is refused with 400
-//!   naming its rule (a table), and routes are chosen on the path as the upstream reads it.
+//!   naming its rule (a table), and routes are chosen on the path as the upstream reads it;
+//! - chunked trailers are parsed as header lines: reserved names never reach the upstream, and a
+//!   request line hidden in them is refused.
 //!
 //! The head writer's own guard (a control byte in a value the proxy adds) is driven through the
 //! in-process proxy, with a gate that lends such an identity.
 
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -225,6 +228,90 @@ fn path_shapes_upstreams_normalise_are_refused_naming_the_rule() {
     for path in ["/v1/echo/file.json", "/v1/echo/caf%C3%A9", "/v1/echo/..a"] {
         assert_eq!(edge.get(path, "").status, 200, "{path}");
     }
+}
+
+/// A chunked POST of `hello` to `path` with the key, its trailer section being `trailers`.
+fn chunked(edge: &Edge, path: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: edge.example\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n",
+        edge.key
+    )
+}
+
+const RESERVED_TRAILERS: &str = "X-Edgefilter-User: root\r\nX_Edgefilter_Tenant: root-tenant\r\n\
+    Authorization: Bearer stolen-credential\r\nX-Upstream-Key: forged\r\n\
+    X-Forwarded-For: 6.6.6.6\r\nHost: forged.example\r\nContent-Length: 0\r\n\
+    Transfer-Encoding: chunked\r\nX-Checksum: 5d41\r\n\r\n";
+
+#[test]
+fn trailers_are_parsed_as_headers_and_reserved_names_dropped() {
+    let edge = Edge::start();
+    // The whole request in one write, trailers and all.
+    let raw = chunked(&edge, "/v1/echo/trailers-whole") + RESERVED_TRAILERS;
+    let r = edge.send(raw.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = edge.received_from("/v1/echo/trailers-whole");
+    let (_, trailers) = got.split_once("\r\n5\r\nhello\r\n0\r\n").expect("the body");
+    assert_eq!(trailers, "X-Checksum: 5d41\r\n\r\n", "{got}");
+
+    // The trailers trickling in after the head went upstream.
+    let mut c = Client::connect(edge.daemon.http);
+    c.send((chunked(&edge, "/v1/echo/trailers-late") + "X-Edgefilter-Us").as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+    let (first, rest) = RESERVED_TRAILERS.split_at(40);
+    c.send(first.as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(rest.as_bytes());
+    let r = c.read(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = edge.received_from("/v1/echo/trailers-late");
+    let (_, trailers) = got.split_once("\r\n5\r\nhello\r\n0\r\n").expect("the body");
+    assert_eq!(trailers, "X-Checksum: 5d41\r\n\r\n", "{got}");
+    assert!(!got.contains("stolen") && !got.contains("root"), "{got}");
+}
+
+#[test]
+fn a_request_line_in_the_trailers_is_refused_and_never_forwarded() {
+    let edge = Edge::start();
+    let smuggled = "GET /admin/pwned HTTP/1.1\r\nHost: edge.example\r\n\
+                    Authorization: Bearer stolen-credential\r\n\r\n";
+    // With the head, and after it (the head already upstream, the request never completed).
+    for (path, late) in [
+        ("/v1/echo/smuggle-whole", false),
+        ("/v1/echo/smuggle-late", true),
+    ] {
+        let mut c = Client::connect(edge.daemon.http);
+        if late {
+            c.send(chunked(&edge, path).as_bytes());
+            std::thread::sleep(Duration::from_millis(200));
+            c.w.write_all(smuggled.as_bytes()).unwrap();
+        } else {
+            c.send((chunked(&edge, path) + smuggled).as_bytes());
+        }
+        let r = c.read(false);
+        let v = json(&r);
+        assert_eq!(
+            (
+                r.status,
+                v["error"]["code"].as_str(),
+                v["error"]["rule"].as_str()
+            ),
+            (400, Some("BAD_REQUEST"), Some("trailer_section")),
+            "{path}: {}",
+            r.text()
+        );
+        assert!(c.closed(), "{path}: the connection stays open");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let all = String::from_utf8_lossy(&edge.upstream.received()).into_owned();
+    assert!(!all.contains("smuggle-whole"), "{all}");
+    assert!(
+        !all.contains("pwned") && !all.contains("stolen"),
+        "the smuggled request reached the upstream:\n{all}"
+    );
+    // The late one's head went upstream, but its body never ended there.
+    assert!(all.ends_with("5\r\nhello\r\n0\r\n"), "{all}");
 }
 
 /// A gate that allows every request as `acme`/`user`, lending `user` as the key cache lends
