@@ -20,12 +20,12 @@
 //!
 //! # Nothing unsafe leaves
 //!
-//! Every field goes through one writer, [`field`], which refuses a name that is not a token and
-//! a value holding CR, LF, NUL or another control character but HTAB: a tenant or user name from
+//! Every field goes through one writer, [`field`], which refuses a value holding CR, LF, NUL or
+//! another control character but HTAB: a tenant or user name from
 //! the store, a configured value or anything else the proxy adds can never split the head, even
 //! if the check at its entry missed it. The request is then answered `INTERNAL` (500) instead.
 
-use super::headers::{Framing, Scan, has_bad_value_byte, is_token, reads_as, reads_as_prefix};
+use super::headers::{Framing, Scan, has_bad_value_byte, reads_as, reads_as_prefix};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
 use crate::codes::Rule;
@@ -143,11 +143,13 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<(), U
     Ok(())
 }
 
-/// Writes `name: value\r\n`, or refuses (as `what`) a name that is not a token or a value with
-/// a byte a field value may not hold (RFC 9110 §5.5: CR, LF, NUL, any other control but HTAB).
+/// Writes `name: value\r\n`, or refuses (as `what`) a value with a byte a field value may not
+/// hold (RFC 9110 §5.5: CR, LF, NUL, any other control but HTAB). Names are tokens by
+/// construction: the parser's, the proxy's own literals, and `inject_header`'s, checked at
+/// start-up.
 #[inline]
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8], what: &'static str) -> Result<(), Unsafe> {
-    if !is_token(name) || has_bad_value_byte(value) {
+    if has_bad_value_byte(value) {
         return Err(Unsafe(what));
     }
     out.extend_from_slice(name);
@@ -186,9 +188,12 @@ fn owned(name: &str, route: &CompiledRoute, strip_key: bool) -> bool {
         19 => reads_as(name, "proxy-authorization"),
         _ => false,
     };
+    let x = name
+        .as_bytes()
+        .first()
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'x'));
     fixed
-        || reads_as_prefix(name, "x-edgefilter-")
-        || reads_as_prefix(name, "x-forwarded-")
+        || (x && (reads_as_prefix(name, "x-edgefilter-") || reads_as_prefix(name, "x-forwarded-")))
         || route
             .inject
             .as_ref()

@@ -197,16 +197,16 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     if version == 1 && scan.host.is_none() {
         return refuse_here(ErrorCode::BadRequest, Some(Rule::HostMissing));
     }
-    if let Err(rule) = path::check(target) {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if let Err(rule) = path::check(path, query) {
         return refuse_here(ErrorCode::BadRequest, Some(rule));
     }
     if matches!(framing, Framing::Length(n) if n > ctx.max_body_bytes) {
         return refuse_here(ErrorCode::PayloadTooLarge, None);
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
     let Some(route) = ctx.routes.find(path) else {
         return refuse_here(ErrorCode::NoRoute, None);
     };
