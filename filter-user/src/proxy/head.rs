@@ -1,6 +1,6 @@
 //! Request heads: parsed with httparse straight out of the connection's read buffer into a stack
 //! array of borrowed headers, checked for smuggling shapes and for paths an upstream would
-//! normalise ([`super::path`]), routed on the path as the upstream reads it, passed to the
+//! normalise (`proxy::path`), routed on the path as the upstream reads it, passed to the
 //! shard's gate, and serialised for the upstream into a reused buffer — without a heap
 //! allocation.
 //!

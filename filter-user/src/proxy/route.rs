@@ -147,7 +147,7 @@ impl RouteTable {
     /// The route whose prefix is the longest one `path` starts with, read as the upstream will
     /// read it: percent-decoded, and without each segment's `;parameters` (which Tomcat, Jetty
     /// and Spring drop), so `/%61dmin/x` and `/admin;x/y` take the `/admin/` route. `path` has
-    /// passed [`super::path::check`].
+    /// passed the path checks (`proxy::path`).
     #[must_use]
     pub fn find(&self, path: &str) -> Option<usize> {
         let plain = !path.as_bytes().iter().any(|&b| b == b'%' || b == b';');
