@@ -227,7 +227,7 @@ pub enum Rule {
     PathBackslash,
     /// A `/` written `%2f`.
     PathEncodedSlash,
-    /// An empty segment (`//`).
+    /// An empty segment (`//`, or `/;param/`, which reads as `//` once parameters are dropped).
     PathEmptySegment,
     /// A `.` or `..` segment, however written (`%2e`, `..;param`).
     PathDotSegment,
@@ -341,7 +341,8 @@ impl Rule {
                  segment."
             }
             Self::PathEmptySegment => {
-                "The path holds an empty segment (`//`), which upstreams merge away."
+                "The path holds an empty segment (`//`, or `/;param/` once parameters are \
+                 dropped), which upstreams merge away."
             }
             Self::PathDotSegment => {
                 "The path holds a `.` or `..` segment (also as `%2e` or `..;param`), which \

@@ -15,7 +15,8 @@
 //! - it holds a control byte, NUL included ([`Rule::PathControl`]);
 //! - it holds a backslash ([`Rule::PathBackslash`]) or an encoded slash
 //!   ([`Rule::PathEncodedSlash`]);
-//! - a segment is empty before the last one ([`Rule::PathEmptySegment`]);
+//! - a segment before the last one is empty, its `;parameters` left out
+//!   ([`Rule::PathEmptySegment`]: `//`, and `/;x/`, which reads as `//`);
 //! - a segment, its `;parameters` left out, is `.` or `..` ([`Rule::PathDotSegment`]).
 //!
 //! Routes are then matched on that decoded path ([`super::route::RouteTable::find`]).
@@ -40,7 +41,7 @@ pub(crate) fn check(path: &str, query: Option<&str>) -> Result<(), Rule> {
         .iter()
         .zip(bytes)
         .fold(false, |d, (&b, &before)| {
-            d | ((b == b'/') & (before == b'/'))
+            d | (((b == b'/') | (b == b';')) & (before == b'/'))
         });
     if !marked && !doubled {
         return Ok(());
@@ -53,7 +54,6 @@ pub(crate) fn check(path: &str, query: Option<&str>) -> Result<(), Rule> {
     let mut dots = Dots::default();
     // One walk over the path after its leading `/`: a written `/` ends a segment.
     let mut decoded = percent::bytes(&path[1..], Plus::Literal);
-    let mut segment_len = 0usize;
     loop {
         let escaped = decoded.at_escape();
         let Some(b) = decoded.next() else {
@@ -66,13 +66,13 @@ pub(crate) fn check(path: &str, query: Option<&str>) -> Result<(), Rule> {
         let b = b.map_err(|percent::BadEscape| Rule::PathBadEscape)?;
         match (b, escaped) {
             (b'/', false) => {
-                if segment_len == 0 {
+                if dots.is_empty() {
                     return Err(Rule::PathEmptySegment);
                 }
                 if dots.is_dot_segment() {
                     return Err(Rule::PathDotSegment);
                 }
-                (dots, escape, segment_len) = (Dots::default(), Escape::default(), 0);
+                (dots, escape) = (Dots::default(), Escape::default());
                 continue;
             }
             (b'#', false) => return Err(Rule::TargetForm),
@@ -81,7 +81,6 @@ pub(crate) fn check(path: &str, query: Option<&str>) -> Result<(), Rule> {
             (0..=0x1f | 0x7f, _) => return Err(Rule::PathControl),
             _ => {}
         }
-        segment_len += 1;
         if escapes {
             escape.push(b)?;
             utf8.push(b)?;
@@ -90,7 +89,7 @@ pub(crate) fn check(path: &str, query: Option<&str>) -> Result<(), Rule> {
     }
 }
 
-/// Whether a decoded segment, up to its first `;`, is `.` or `..`.
+/// What a decoded segment is up to its first `;`: empty, `.` or `..`, or something else.
 #[derive(Default)]
 struct Dots {
     dots: u8,
@@ -108,6 +107,10 @@ impl Dots {
             b'.' => self.dots = self.dots.saturating_add(1),
             _ => self.other = true,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.dots == 0 && !self.other
     }
 
     fn is_dot_segment(&self) -> bool {
@@ -238,6 +241,9 @@ mod tests {
             ("//", PathEmptySegment),
             ("//admin/x", PathEmptySegment),
             ("/v1//x", PathEmptySegment),
+            ("/;x/admin/y", PathEmptySegment),
+            ("/v1/;jsessionid=1/x", PathEmptySegment),
+            ("/v1/%3bx/y", PathEmptySegment),
         ] {
             assert_eq!(split_check(target), Err(rule), "{target}");
         }
@@ -256,6 +262,7 @@ mod tests {
             "/v1/..a",
             "/v1/a..",
             "/v1/x;jsessionid=1/y",
+            "/v1/;x",
             "/v1/caf%C3%A9",
             "/v1/café",
             "/v1/%F0%9F%A6%80",

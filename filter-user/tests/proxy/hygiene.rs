@@ -188,6 +188,8 @@ fn path_shapes_upstreams_normalise_are_refused_naming_the_rule() {
         ("/v1/x%0d%0aX-Injected:%20y", "path_control"),
         ("//admin/x", "path_empty_segment"),
         ("/v1//admin/x", "path_empty_segment"),
+        ("/;x/admin/x", "path_empty_segment"),
+        ("/v1/;jsessionid=1/x", "path_empty_segment"),
         ("/v1/x#/../../admin/x", "target_form"),
     ];
     for (path, rule) in shapes {
