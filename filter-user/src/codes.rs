@@ -1,4 +1,5 @@
-//! Every answer code edgefilter gives (SPEC §5): status, machine-readable code, default message.
+//! Every answer code edgefilter gives (SPEC §5): status, machine-readable code, default message;
+//! and the [`Rule`] a `BAD_REQUEST` broke.
 //!
 //! Errors are data: the HTTP body, the log line, the metric label and `explain` all render from
 //! this one enum.
@@ -50,11 +51,14 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// Upstream too slow.
     UpstreamTimeout,
+    /// The edge could not build a valid request for the upstream (e.g. a value it adds holds a
+    /// control byte); nothing was forwarded.
+    Internal,
 }
 
 impl ErrorCode {
     /// Every code, in SPEC order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::MissingKey,
         Self::KeyInWrongPlace,
         Self::MalformedKey,
@@ -77,6 +81,7 @@ impl ErrorCode {
         Self::HeadersTooLarge,
         Self::UpstreamUnavailable,
         Self::UpstreamTimeout,
+        Self::Internal,
     ];
 
     /// HTTP status.
@@ -100,6 +105,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
             Self::HeadersTooLarge => 431,
+            Self::Internal => 500,
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
         }
@@ -131,6 +137,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::Internal => "INTERNAL",
         }
     }
 
@@ -162,6 +169,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::UpstreamUnavailable => "The upstream service is unavailable.",
             Self::UpstreamTimeout => "The upstream service did not answer in time.",
+            Self::Internal => "The edge could not forward this request.",
         }
     }
 
@@ -173,6 +181,178 @@ impl ErrorCode {
 }
 
 impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule a `BAD_REQUEST` broke (SPEC §5: the hint names it): the error body's `rule` field
+/// ([`Rule::as_str`]) and its hint ([`Rule::hint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// The head is not HTTP/1.x: a bad request line, header name or value, obs-fold.
+    HeadSyntax,
+    /// HTTP/1.1 without `Host`.
+    HostMissing,
+    /// Two `Host` headers.
+    HostDuplicate,
+    /// `Host`, `Connection` or `X-Forwarded-For` is not UTF-8.
+    HeaderNotUtf8,
+    /// More `Connection` headers than the proxy reads.
+    ConnectionHeaders,
+    /// A `Content-Length` that is not 1 to 19 digits, or two different ones.
+    ContentLength,
+    /// A `Transfer-Encoding` other than exactly one `chunked`.
+    TransferEncoding,
+    /// `Content-Length` beside `Transfer-Encoding`.
+    LengthWithChunked,
+    /// Chunked framing in an HTTP/1.0 request.
+    ChunkedInHttp10,
+    /// A chunked body's framing is broken (chunk size, CRLF, extension).
+    ChunkedFraming,
+    /// A chunked body's trailer section is not header lines (e.g. a request line in it), or is
+    /// too large.
+    TrailerSection,
+    /// The target is not origin-form (`/path?query`), or carries a `#` fragment.
+    TargetForm,
+    /// A `%` not followed by two hex digits (`%u002e`, `%zz`, a lone `%`).
+    PathBadEscape,
+    /// Decoding the path once leaves a percent-escape (`%252e`).
+    PathDoubleEncoding,
+    /// The decoded path is not UTF-8 (overlong forms such as `%c0%ae` included).
+    PathNotUtf8,
+    /// The decoded path holds a NUL or another control byte.
+    PathControl,
+    /// A `\` in the path, raw or `%5c`.
+    PathBackslash,
+    /// A `/` written `%2f`.
+    PathEncodedSlash,
+    /// An empty segment (`//`, or `/;param/`, which reads as `//` once parameters are dropped).
+    PathEmptySegment,
+    /// A `.` or `..` segment, however written (`%2e`, `..;param`).
+    PathDotSegment,
+}
+
+impl Rule {
+    /// Every rule.
+    pub const ALL: [Self; 20] = [
+        Self::HeadSyntax,
+        Self::HostMissing,
+        Self::HostDuplicate,
+        Self::HeaderNotUtf8,
+        Self::ConnectionHeaders,
+        Self::ContentLength,
+        Self::TransferEncoding,
+        Self::LengthWithChunked,
+        Self::ChunkedInHttp10,
+        Self::ChunkedFraming,
+        Self::TrailerSection,
+        Self::TargetForm,
+        Self::PathBadEscape,
+        Self::PathDoubleEncoding,
+        Self::PathNotUtf8,
+        Self::PathControl,
+        Self::PathBackslash,
+        Self::PathEncodedSlash,
+        Self::PathEmptySegment,
+        Self::PathDotSegment,
+    ];
+
+    /// The machine-readable name, e.g. `path_dot_segment`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HeadSyntax => "head_syntax",
+            Self::HostMissing => "host_missing",
+            Self::HostDuplicate => "host_duplicate",
+            Self::HeaderNotUtf8 => "header_not_utf8",
+            Self::ConnectionHeaders => "connection_headers",
+            Self::ContentLength => "content_length",
+            Self::TransferEncoding => "transfer_encoding",
+            Self::LengthWithChunked => "length_with_chunked",
+            Self::ChunkedInHttp10 => "chunked_in_http10",
+            Self::ChunkedFraming => "chunked_framing",
+            Self::TrailerSection => "trailer_section",
+            Self::TargetForm => "target_form",
+            Self::PathBadEscape => "path_bad_escape",
+            Self::PathDoubleEncoding => "path_double_encoding",
+            Self::PathNotUtf8 => "path_not_utf8",
+            Self::PathControl => "path_control",
+            Self::PathBackslash => "path_backslash",
+            Self::PathEncodedSlash => "path_encoded_slash",
+            Self::PathEmptySegment => "path_empty_segment",
+            Self::PathDotSegment => "path_dot_segment",
+        }
+    }
+
+    /// What was wrong, for a person (the error body's hint).
+    #[must_use]
+    pub const fn hint(self) -> &'static str {
+        match self {
+            Self::HeadSyntax => {
+                "The request head is not valid HTTP/1.1: check the request line, header names \
+                 and values (no control characters, no folded lines)."
+            }
+            Self::HostMissing => "An HTTP/1.1 request needs a Host header.",
+            Self::HostDuplicate => "Send one Host header, not two.",
+            Self::HeaderNotUtf8 => "Host, Connection and X-Forwarded-For must be UTF-8 text.",
+            Self::ConnectionHeaders => "Send at most 4 Connection headers.",
+            Self::ContentLength => {
+                "Content-Length must be one decimal number (1 to 19 digits), sent once or \
+                 repeated with the same value."
+            }
+            Self::TransferEncoding => "The only Transfer-Encoding accepted is a single `chunked`.",
+            Self::LengthWithChunked => {
+                "Send Content-Length or Transfer-Encoding: chunked, not both."
+            }
+            Self::ChunkedInHttp10 => "HTTP/1.0 has no chunked framing: send Content-Length.",
+            Self::ChunkedFraming => {
+                "The chunked body is malformed: each chunk is a hex size line, CRLF, the data, \
+                 CRLF."
+            }
+            Self::TrailerSection => {
+                "The chunked body's trailer section must be header lines (`Name: value`) ending \
+                 with an empty line, at most 8 KiB."
+            }
+            Self::TargetForm => {
+                "The request target must be a path starting with `/` (optionally `?query`), \
+                 without a `#fragment`."
+            }
+            Self::PathBadEscape => {
+                "A `%` in the path must be followed by two hex digits (`%u…` escapes are not \
+                 accepted)."
+            }
+            Self::PathDoubleEncoding => {
+                "The path is percent-encoded twice (e.g. `%252e`): upstreams that decode twice \
+                 would read another path. Encode it once."
+            }
+            Self::PathNotUtf8 => {
+                "The path must decode to UTF-8; overlong forms such as `%c0%ae` are read as `.` \
+                 by lax decoders."
+            }
+            Self::PathControl => {
+                "The path decodes to a NUL or another control character (%00-%1F, %7F)."
+            }
+            Self::PathBackslash => {
+                "The path holds a backslash (`\\` or `%5c`), which some upstreams read as `/`."
+            }
+            Self::PathEncodedSlash => {
+                "The path holds an encoded slash (`%2f`), which upstreams may decode into a new \
+                 segment."
+            }
+            Self::PathEmptySegment => {
+                "The path holds an empty segment (`//`, or `/;param/` once parameters are \
+                 dropped), which upstreams merge away."
+            }
+            Self::PathDotSegment => {
+                "The path holds a `.` or `..` segment (also as `%2e` or `..;param`), which \
+                 upstreams resolve out of the route. Send the resolved path."
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

@@ -39,6 +39,16 @@ pub struct Bytes<'a> {
     plus: Plus,
 }
 
+impl Bytes<'_> {
+    /// Whether the next item is decoded from an escape (a `%`, well-formed or not), rather
+    /// than being a byte as written: lets a caller tell a `/` from a `%2f`.
+    #[inline]
+    #[must_use]
+    pub fn at_escape(&self) -> bool {
+        self.rest.first() == Some(&b'%')
+    }
+}
+
 impl Iterator for Bytes<'_> {
     type Item = Result<u8, BadEscape>;
 
@@ -104,6 +114,28 @@ mod tests {
         assert_eq!(decode_utf8("").as_deref(), Some(""));
         assert_eq!(decode_utf8("a+b").as_deref(), Some("a+b"));
         assert_eq!(lenient("a+b%2B", Plus::Space), b"a b+");
+    }
+
+    #[test]
+    fn escaped_bytes_are_told_from_written_ones() {
+        let mut d = bytes("a%2fb/%zz", Plus::Literal);
+        let mut seen = Vec::new();
+        while d.clone().next().is_some() {
+            let escaped = d.at_escape();
+            seen.push((d.next().unwrap(), escaped));
+        }
+        assert_eq!(
+            seen,
+            [
+                (Ok(b'a'), false),
+                (Ok(b'/'), true),
+                (Ok(b'b'), false),
+                (Ok(b'/'), false),
+                (Err(BadEscape), true),
+                (Ok(b'z'), false),
+                (Ok(b'z'), false),
+            ]
+        );
     }
 
     #[test]

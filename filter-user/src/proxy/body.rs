@@ -1,6 +1,11 @@
 //! Body framing while streaming: counts `Content-Length` bodies down and validates chunked ones
 //! byte by byte (passing them through verbatim) so the proxy always knows where a message ends,
 //! refuses bad chunk sizes and enforces the body limit.
+//!
+//! A request's chunked body stops before its trailer section ([`Chunked::request`]): the caller
+//! parses that as header lines and forwards only the fields a trailer may carry
+//! ([`super::forward::write_trailers`]), then calls [`BodyState::trailers_done`]. A response's
+//! trailers pass through verbatim ([`Chunked::new`]).
 
 use super::headers::Framing;
 
@@ -30,6 +35,8 @@ enum St {
     Trailer,
     TrailerLf,
     EndLf,
+    /// At the trailer section, which the caller reads ([`Chunked::request`] only).
+    Trailers,
     Done,
 }
 
@@ -42,10 +49,13 @@ pub struct Chunked {
     line: usize,
     total: u64,
     limit: u64,
+    /// Stop at the trailer section instead of passing it.
+    hold_trailers: bool,
 }
 
 impl Chunked {
-    /// A validator allowing at most `limit` decoded body bytes.
+    /// A validator allowing at most `limit` decoded body bytes, passing the trailer section
+    /// through (validated as lines of visible bytes).
     #[must_use]
     pub fn new(limit: u64) -> Self {
         Self {
@@ -55,6 +65,17 @@ impl Chunked {
             line: 0,
             total: 0,
             limit,
+            hold_trailers: false,
+        }
+    }
+
+    /// A validator for a request body: as [`Chunked::new`], but it stops after the last-chunk
+    /// line, at the trailer section, which the caller reads ([`Chunked::at_trailers`]).
+    #[must_use]
+    pub fn request(limit: u64) -> Self {
+        Self {
+            hold_trailers: true,
+            ..Self::new(limit)
         }
     }
 
@@ -62,6 +83,12 @@ impl Chunked {
     #[must_use]
     pub fn done(&self) -> bool {
         self.st == St::Done
+    }
+
+    /// Whether the body stopped at its trailer section ([`Chunked::request`]).
+    #[must_use]
+    pub fn at_trailers(&self) -> bool {
+        self.st == St::Trailers
     }
 
     /// Consumes bytes of `data` that belong to the body; returns how many (less than
@@ -114,7 +141,10 @@ impl Chunked {
                     if b != b'\n' {
                         return Err(BodyError::Malformed);
                     }
-                    if self.size == 0 {
+                    if self.size == 0 && self.hold_trailers {
+                        self.st = St::Trailers;
+                        return Ok(i + 1);
+                    } else if self.size == 0 {
                         self.st = St::TrailerStart;
                         self.line = 0;
                     } else {
@@ -164,7 +194,7 @@ impl Chunked {
                     self.st = St::Done;
                     return Ok(i + 1);
                 }
-                St::Done => return Ok(i),
+                St::Trailers | St::Done => return Ok(i),
             }
             i += 1;
         }
@@ -202,13 +232,29 @@ pub enum BodyState {
 }
 
 impl BodyState {
-    /// The state for a framing, with a body limit for chunked bodies.
+    /// The state for a request body's framing, with a body limit for chunked bodies (which
+    /// stop at their trailer section: [`BodyState::at_trailers`]).
     #[must_use]
     pub fn new(framing: Framing, limit: u64) -> Self {
         match framing {
             Framing::Empty => Self::Done,
             Framing::Length(n) => Self::Length(n),
-            Framing::Chunked => Self::Chunked(Chunked::new(limit)),
+            Framing::Chunked => Self::Chunked(Chunked::request(limit)),
+        }
+    }
+
+    /// Whether a chunked request body stopped at its trailer section.
+    #[must_use]
+    pub fn at_trailers(&self) -> bool {
+        matches!(self, Self::Chunked(c) if c.at_trailers())
+    }
+
+    /// The trailer section was read by the caller: the body is done.
+    pub fn trailers_done(&mut self) {
+        if let Self::Chunked(c) = self
+            && c.at_trailers()
+        {
+            c.st = St::Done;
         }
     }
 
@@ -281,6 +327,28 @@ mod tests {
         ] {
             assert_eq!(all(bad), Err(BodyError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_request_body_stops_at_its_trailer_section() {
+        let body = b"5\r\nhello\r\n0;last\r\nX-T: 1\r\n\r\n";
+        let mut c = Chunked::request(1 << 20);
+        let n = c.feed(body).unwrap();
+        assert_eq!(&body[n..], b"X-T: 1\r\n\r\n");
+        assert!(c.at_trailers() && !c.done());
+        // Nothing more is body until the caller read the trailers.
+        assert_eq!(c.feed(&body[n..]), Ok(0));
+        let mut s = BodyState::Chunked(c);
+        s.trailers_done();
+        assert!(s.done());
+        // Byte at a time stops at the same place.
+        let mut c = Chunked::request(1 << 20);
+        let mut used = 0;
+        for b in body {
+            used += c.feed(std::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(used, n);
+        assert!(c.at_trailers());
     }
 
     #[test]

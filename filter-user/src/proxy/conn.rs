@@ -143,7 +143,8 @@ where
                     forwarded: false,
                 };
                 access::begin(shard, c, &peer_text, &begin);
-                let flow = write_refusal(c, io, st, &r.denial, r.request_id.as_str(), close).await;
+                let rid = r.request_id.as_str();
+                let flow = write_refusal(c, io, st, &r.denial, r.rule, rid, close).await;
                 shard.record_denial(&r.denial, peer_ip);
                 shard.failures.note(peer_ip, r.denial.code);
                 let took = since(began);

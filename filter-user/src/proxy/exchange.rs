@@ -1,6 +1,7 @@
 //! One forwarded request: send the prepared head (with whatever body is already buffered),
-//! stream the rest of the body with bounded buffers, read the upstream's answer and stream it
-//! back as it arrives. A reused upstream connection found dead before any answer byte is
+//! stream the rest of the body with bounded buffers (a chunked body's trailer section parsed and
+//! filtered by [`forward::write_trailers`], never passed verbatim), read the upstream's answer
+//! and stream it back as it arrives. A reused upstream connection found dead before any answer byte is
 //! retried once on a fresh one when the whole request is still in hand. The [`Outcome`] says
 //! whether the client connection goes on and, when the upstream failed, why (classified once,
 //! by [`UpstreamError`]).
@@ -13,14 +14,16 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{BodyError, BodyState, Chunked};
+use super::forward;
 use super::head::Prepared;
 use super::io::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
 use super::response::{self, RespFraming, RespHead, RespStep};
+use super::route::CompiledRoute;
 use super::settings::Settings;
 use super::state::ShardState;
 use super::upstream;
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
-use crate::codes::ErrorCode;
+use crate::codes::{ErrorCode, Rule};
 
 /// What became of one forwarded request.
 #[derive(Debug)]
@@ -51,12 +54,13 @@ impl From<Flow> for Outcome {
     }
 }
 
-/// Answers the client with `code` (no upstream failure behind it).
+/// Answers the client with `code` (no upstream failure behind it); `rule`: the one a
+/// `BAD_REQUEST` broke.
 async fn refused<S>(
     c: &mut Conn,
     io: &mut S,
     st: &Settings,
-    code: ErrorCode,
+    (code, rule): (ErrorCode, Option<Rule>),
     request_id: &str,
     close: bool,
 ) -> Outcome
@@ -64,7 +68,7 @@ where
     S: AsyncWrite + Unpin,
 {
     Outcome {
-        flow: refuse_code(c, io, st, code, request_id, close).await,
+        flow: refuse_code(c, io, st, code, rule, request_id, close).await,
         upstream_error: None,
         answered: Some(code),
         status: None,
@@ -97,13 +101,20 @@ where
             return Flow::Close.into();
         }
     }
-    match body.take(&c.buf) {
-        Ok(n) => {
-            c.out.extend_from_slice(&c.buf[..n]);
-            c.buf.advance(n);
-            c.body_in += n as u64;
-        }
-        Err(e) => return refused(c, io, st, body_code(e), rid, true).await,
+    // Whatever of the body is here already leaves with the head (its trailers filtered).
+    let route = &st.routes.routes[p.route];
+    loop {
+        let n = match next_piece(&mut body, &c.buf, route, &mut c.out) {
+            Ok(Piece::Verbatim(n)) => {
+                c.out.extend_from_slice(&c.buf[..n]);
+                n
+            }
+            Ok(Piece::Trailers(n)) => n,
+            Ok(Piece::Nothing) => break,
+            Err(why) => return refused(c, io, st, why, rid, true).await,
+        };
+        c.buf.advance(n);
+        c.body_in += n as u64;
     }
     // The whole request is in `c.out`: a stale pooled connection can be retried safely.
     let whole = body.done();
@@ -132,20 +143,27 @@ where
         let close = !whole || !p.keep_alive;
         return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, close).await;
     }
-    // Stream the rest of the request body, one bounded buffer at a time.
+    // Stream the rest of the request body, one bounded buffer at a time. The head has gone:
+    // `c.out` only carries a filtered trailer section from here on (no retry needs it, as the
+    // request was not whole).
     while !body.done() {
-        if c.buf.is_empty() {
-            spare(&mut c.buf, READ_CHUNK);
-            match timeout(st.client_timeout, io.read_buf(&mut c.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Flow::Close.into(),
-            }
-        }
-        let n = match body.take(&c.buf) {
-            Ok(n) => n,
-            Err(e) => return refused(c, io, st, body_code(e), rid, true).await,
+        c.out.clear();
+        let piece = match next_piece(&mut body, &c.buf, route, &mut c.out) {
+            Ok(piece) => piece,
+            Err(why) => return refused(c, io, st, why, rid, true).await,
         };
-        if let Err(e) = send(&mut up, &c.buf[..n], st.upstream_timeout).await {
+        let (data, n) = match piece {
+            Piece::Nothing => {
+                spare(&mut c.buf, READ_CHUNK);
+                match timeout(st.client_timeout, io.read_buf(&mut c.buf)).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    _ => return Flow::Close.into(),
+                }
+            }
+            Piece::Verbatim(n) => (&c.buf[..n], n),
+            Piece::Trailers(n) => (&c.out[..], n),
+        };
+        if let Err(e) = send(&mut up, data, st.upstream_timeout).await {
             return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
         }
         c.buf.advance(n);
@@ -298,7 +316,7 @@ where
 {
     Outcome {
         upstream_error: Some(error),
-        ..refused(c, io, st, code, request_id, close).await
+        ..refused(c, io, st, (code, None), request_id, close).await
     }
 }
 
@@ -340,10 +358,43 @@ async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError>
     upstream::connect(st.routes.upstreams[up_idx].addr, st.upstream_timeout).await
 }
 
-fn body_code(e: BodyError) -> ErrorCode {
-    match e {
-        BodyError::Malformed => ErrorCode::BadRequest,
-        BodyError::TooLarge => ErrorCode::PayloadTooLarge,
+/// What the next bytes of a request body are.
+enum Piece {
+    /// This many bytes of `buf` go upstream as they are.
+    Verbatim(usize),
+    /// The trailer section was this many bytes of `buf`; what goes upstream of it is in `out`.
+    Trailers(usize),
+    /// Nothing to take now: the body is done, or more bytes are needed.
+    Nothing,
+}
+
+/// Takes the next piece of the request body from `buf`: body bytes verbatim, or the trailer
+/// section (once whole) filtered into `out`.
+///
+/// # Errors
+/// The answer: `BAD_REQUEST` (bad chunked framing, a bad trailer section) or
+/// `PAYLOAD_TOO_LARGE`.
+fn next_piece(
+    body: &mut BodyState,
+    buf: &[u8],
+    route: &CompiledRoute,
+    out: &mut Vec<u8>,
+) -> Result<Piece, (ErrorCode, Option<Rule>)> {
+    if body.at_trailers() {
+        return match forward::write_trailers(out, buf, route) {
+            Ok(Some(n)) => {
+                body.trailers_done();
+                Ok(Piece::Trailers(n))
+            }
+            Ok(None) => Ok(Piece::Nothing),
+            Err(rule) => Err((ErrorCode::BadRequest, Some(rule))),
+        };
+    }
+    match body.take(buf) {
+        Ok(0) => Ok(Piece::Nothing),
+        Ok(n) => Ok(Piece::Verbatim(n)),
+        Err(BodyError::Malformed) => Err((ErrorCode::BadRequest, Some(Rule::ChunkedFraming))),
+        Err(BodyError::TooLarge) => Err((ErrorCode::PayloadTooLarge, None)),
     }
 }
 

@@ -1,12 +1,40 @@
-//! The head sent upstream: the client's end-to-end headers minus hop-by-hop ones, the client's
-//! key (when the route strips it) and anything the client must not set (`X-Edgefilter-*`,
-//! forwarding headers), plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the caller's identity,
-//! the route's injected credential and normalised framing. Written into a reused buffer.
+//! What of the client's request goes upstream, decided in one place: the head (the client's
+//! end-to-end headers minus the names below, plus `Host`, `X-Forwarded-*`, `X-Request-Id`, the
+//! caller's identity, the route's injected credential and normalised framing, written into a
+//! reused buffer) and the trailer section of a chunked body (parsed as header lines, the same
+//! names dropped and those a trailer may never carry).
+//!
+//! # Names the proxy owns, and their lookalikes
+//!
+//! A client field is dropped when its name is one the proxy sets or strips: hop-by-hop and
+//! framing headers (`Connection` and what it names, `Keep-Alive`, `TE`, `Trailer`, `Upgrade`,
+//! `Proxy-Connection`, `Proxy-Authorization`, `Expect`, `Host`, `Content-Length`,
+//! `Transfer-Encoding`), `X-Forwarded-*`, `X-Request-Id`, `X-Edgefilter-*`, the route's
+//! injected header, and the key's headers when the route strips the key. Names are compared as
+//! CGI-style upstreams (CGI, WSGI, Rack, PHP) read them, case-insensitively with `_` read as
+//! `-` ([`reads_as`]), so `X_Edgefilter_User`, `X_Forwarded_For` or `X_API_Key` can never
+//! be folded into the variable of the header the proxy vouches for. Other names with
+//! underscores (`X_Custom`) pass: they mean nothing to the proxy, and dropping every underscore
+//! name (nginx's default, `underscores_in_headers off`) would break clients for no gain. This is
+//! Envoy's `headers_with_underscores_action`, narrowed to the names that matter.
+//!
+//! # Nothing unsafe leaves
+//!
+//! Every field goes through one writer, [`field`], which refuses a value holding CR, LF, NUL or
+//! another control character but HTAB: a tenant or user name from
+//! the store, a configured value or anything else the proxy adds can never split the head, even
+//! if the check at its entry missed it. The request is then answered `INTERNAL` (500) instead.
 
-use super::headers::{Framing, Scan, is};
+use super::headers::{Framing, Scan, has_bad_value_byte, reads_as, reads_as_prefix};
 use super::reqid::RequestId;
 use super::route::CompiledRoute;
+use crate::codes::Rule;
 use crate::gate::Identity;
+
+/// Most fields read from a trailer section.
+const MAX_TRAILERS: usize = 32;
+/// Largest trailer section accepted, its final empty line included.
+pub(crate) const MAX_TRAILER_BYTES: usize = 8192;
 
 /// What [`write_head`] needs.
 pub(crate) struct Forward<'a, 'b> {
@@ -28,9 +56,18 @@ pub(crate) struct Forward<'a, 'b> {
     pub http10: bool,
 }
 
+/// A field [`field`] refused to write: the header it was, e.g. `X-Edgefilter-User`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unsafe(pub &'static str);
+
 /// Serialises the upstream request head into `out` (cleared first).
-pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) {
+///
+/// # Errors
+/// [`Unsafe`]: a field holds a byte a field may not; `out` then holds a partial head that must
+/// not be sent.
+pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<(), Unsafe> {
     out.clear();
+    // The request line's parts come from httparse: a token and a target of visible characters.
     out.extend_from_slice(f.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(f.path.as_bytes());
@@ -44,35 +81,54 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) {
     });
     for h in f.headers {
         if keep(h.name, f) {
-            header(out, h.name.as_bytes(), h.value);
+            field(out, h.name.as_bytes(), h.value, "a client header")?;
         }
     }
-    header(out, b"Host", f.authority.as_bytes());
+    field(out, b"Host", f.authority.as_bytes(), "Host")?;
     if let Some(host) = f.scan.host {
-        header(out, b"X-Forwarded-Host", host.as_bytes());
+        field(
+            out,
+            b"X-Forwarded-Host",
+            host.as_bytes(),
+            "X-Forwarded-Host",
+        )?;
+    }
+    let xff = f.scan.xff.filter(|_| f.trusted);
+    if xff.is_some_and(|v| has_bad_value_byte(v.as_bytes()))
+        || has_bad_value_byte(f.peer.as_bytes())
+    {
+        return Err(Unsafe("X-Forwarded-For"));
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    if f.trusted
-        && let Some(xff) = f.scan.xff
-    {
+    if let Some(xff) = xff {
         out.extend_from_slice(xff.as_bytes());
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(f.peer.as_bytes());
     out.extend_from_slice(b"\r\n");
-    header(
+    let proto: &[u8] = if f.tls { b"https" } else { b"http" };
+    field(out, b"X-Forwarded-Proto", proto, "X-Forwarded-Proto")?;
+    field(
         out,
-        b"X-Forwarded-Proto",
-        if f.tls { b"https" } else { b"http" },
-    );
-    header(out, b"X-Request-Id", f.request_id.as_bytes());
+        b"X-Request-Id",
+        f.request_id.as_bytes(),
+        "X-Request-Id",
+    )?;
     if let Some(id) = f.identity {
-        header(out, b"X-Edgefilter-Key-Id", id.key_id.as_bytes());
-        header(out, b"X-Edgefilter-Tenant", id.tenant.as_bytes());
-        header(out, b"X-Edgefilter-User", id.user.as_bytes());
+        let key_id = id.key_id.as_bytes();
+        field(out, b"X-Edgefilter-Key-Id", key_id, "X-Edgefilter-Key-Id")?;
+        let tenant = id.tenant.as_bytes();
+        field(out, b"X-Edgefilter-Tenant", tenant, "X-Edgefilter-Tenant")?;
+        field(
+            out,
+            b"X-Edgefilter-User",
+            id.user.as_bytes(),
+            "X-Edgefilter-User",
+        )?;
     }
     if let Some((name, value)) = &f.route.inject {
-        header(out, name.as_bytes(), value.as_bytes());
+        let what = "the route's inject_header";
+        field(out, name.as_bytes(), value.as_bytes(), what)?;
     }
     match f.framing {
         Framing::Empty => {}
@@ -81,53 +137,125 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) {
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => header(out, b"Transfer-Encoding", b"chunked"),
+        Framing::Chunked => field(out, b"Transfer-Encoding", b"chunked", "Transfer-Encoding")?,
     }
     out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
+/// Writes `name: value\r\n`, or refuses (as `what`) a value with a byte a field value may not
+/// hold (RFC 9110 §5.5: CR, LF, NUL, any other control but HTAB). Names are tokens by
+/// construction: the parser's, the proxy's own literals, and `inject_header`'s, checked at
+/// start-up.
 #[inline]
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8], what: &'static str) -> Result<(), Unsafe> {
+    if has_bad_value_byte(value) {
+        return Err(Unsafe(what));
+    }
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 /// Whether a client header goes upstream.
 fn keep(name: &str, f: &Forward<'_, '_>) -> bool {
-    let dropped = match name.len() {
-        2 => is(name, "te"),
-        4 => is(name, "host"),
-        6 => is(name, "expect"),
-        7 => is(name, "upgrade") || is(name, "trailer"),
-        9 => f.route.strip_key && is(name, "x-api-key"),
-        10 => is(name, "connection") || is(name, "keep-alive"),
-        12 => is(name, "x-request-id"),
-        13 => f.route.strip_key && is(name, "authorization"),
-        14 => is(name, "content-length"),
-        15 => is(name, "x-forwarded-for"),
-        16 => is(name, "x-forwarded-host") || is(name, "proxy-connection"),
-        17 => is(name, "transfer-encoding") || is(name, "x-forwarded-proto"),
-        19 => is(name, "proxy-authorization"),
-        _ => false,
-    };
-    if dropped || (name.len() > 13 && name.as_bytes()[..13].eq_ignore_ascii_case(b"x-edgefilter-"))
-    {
-        return false;
-    }
-    if let Some((inject, _)) = &f.route.inject
-        && name.eq_ignore_ascii_case(inject)
-    {
-        return false;
-    }
-    if f.route.strip_key && f.route.key_headers.iter().any(|k| is(name, k)) {
+    if owned(name, f.route, f.route.strip_key) {
         return false;
     }
     // Headers named by `Connection` are hop-by-hop too.
     !f.scan.connection[..f.scan.n_connection]
         .iter()
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(name)))
+        .any(|v| v.split(',').any(|t| reads_as(name, t.trim())))
+}
+
+/// Whether the proxy sets or strips `name` (see the module docs), read as [`reads_as`] does;
+/// `strip_key`: the key's headers count too.
+fn owned(name: &str, route: &CompiledRoute, strip_key: bool) -> bool {
+    let fixed = match name.len() {
+        2 => reads_as(name, "te"),
+        4 => reads_as(name, "host"),
+        6 => reads_as(name, "expect"),
+        7 => reads_as(name, "upgrade") || reads_as(name, "trailer"),
+        9 => strip_key && reads_as(name, "x-api-key"),
+        10 => reads_as(name, "connection") || reads_as(name, "keep-alive"),
+        12 => reads_as(name, "x-request-id"),
+        13 => strip_key && reads_as(name, "authorization"),
+        14 => reads_as(name, "content-length"),
+        16 => reads_as(name, "proxy-connection"),
+        17 => reads_as(name, "transfer-encoding"),
+        19 => reads_as(name, "proxy-authorization"),
+        _ => false,
+    };
+    let x = name
+        .as_bytes()
+        .first()
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'x'));
+    fixed
+        || (x && (reads_as_prefix(name, "x-edgefilter-") || reads_as_prefix(name, "x-forwarded-")))
+        || route
+            .inject
+            .as_ref()
+            .is_some_and(|(inject, _)| reads_as(name, inject))
+        || (strip_key && route.key_headers.iter().any(|k| reads_as(name, k)))
+}
+
+/// Whether a trailer field goes upstream: not a name the proxy owns (the key's headers and
+/// `Authorization` always count: the key was checked in the head, never here), and none of
+/// the fields RFC 9110 §6.5.1 says a trailer must not carry: authentication (`Cookie`),
+/// request modifiers (`Cache-Control`, `Max-Forwards`, `Pragma`, `Range`, `If-*`) and how to
+/// read the content (`Content-Type`, `Content-Encoding`, `Content-Range`).
+fn trailer_kept(name: &str, route: &CompiledRoute) -> bool {
+    let modifier = match name.len() {
+        5 => reads_as(name, "range"),
+        6 => reads_as(name, "cookie") || reads_as(name, "pragma"),
+        12 => reads_as(name, "content-type") || reads_as(name, "max-forwards"),
+        13 => reads_as(name, "cache-control") || reads_as(name, "content-range"),
+        16 => reads_as(name, "content-encoding"),
+        _ => false,
+    };
+    !modifier && !reads_as_prefix(name, "if-") && !owned(name, route, true)
+}
+
+/// Writes the trailer section that starts `section` (what follows a chunked body's last-chunk
+/// line) into `out`: the fields a trailer may carry upstream ([`trailer_kept`]), then the empty
+/// line that ends the body. `Ok(Some(n))`: the section was `n` bytes; `Ok(None)`: it is not
+/// complete yet (nothing written).
+///
+/// # Errors
+/// [`Rule::TrailerSection`]: the section is not header lines (a request line, a bare LF,
+/// obs-fold, a bad name or value), has more than 32 fields, or is over 8 KiB.
+pub(crate) fn write_trailers(
+    out: &mut Vec<u8>,
+    section: &[u8],
+    route: &CompiledRoute,
+) -> Result<Option<usize>, Rule> {
+    let window = &section[..section.len().min(MAX_TRAILER_BYTES)];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    let (n, fields) = match httparse::parse_headers(window, &mut fields) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) if section.len() < MAX_TRAILER_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) | Err(_) => return Err(Rule::TrailerSection),
+    };
+    // httparse also ends lines at a bare LF; the proxy's framing never does.
+    let lines = &window[..n];
+    if lines
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || lines[i - 1] != b'\r'))
+    {
+        return Err(Rule::TrailerSection);
+    }
+    let start = out.len();
+    for t in fields.iter().filter(|t| trailer_kept(t.name, route)) {
+        if field(out, t.name.as_bytes(), t.value, "a trailer").is_err() {
+            out.truncate(start);
+            return Err(Rule::TrailerSection);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(n))
 }
 
 /// Writes `?query`, leaving out `api_key` parameters when the key is stripped.
@@ -164,5 +292,211 @@ mod tests {
         out.clear();
         write_query(&mut out, "api_key=ef_x", false);
         assert_eq!(out, b"?api_key=ef_x");
+    }
+
+    fn route() -> CompiledRoute {
+        CompiledRoute {
+            prefix: "/v1/".into(),
+            prefix_read: b"/v1/".to_vec(),
+            upstream: 0,
+            strip_key: true,
+            key_in_query: false,
+            key_headers: vec!["x-tenant-key".into()],
+            inject: Some(("X-Upstream-Key".into(), "sk-upstream".into())),
+        }
+    }
+
+    /// The head written for `headers` with `identity`, or the refusal.
+    fn head(
+        headers: &[httparse::Header<'_>],
+        identity: Option<Identity<'_>>,
+    ) -> Result<String, Unsafe> {
+        let route = route();
+        let scan = Scan::default();
+        let rid = RequestId::from_caller(b"rid-1").unwrap();
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            &Forward {
+                method: "GET",
+                path: "/v1/x",
+                query: None,
+                headers,
+                scan: &scan,
+                route: &route,
+                authority: "up:9000",
+                peer: "203.0.113.7",
+                trusted: false,
+                tls: false,
+                request_id: &rid,
+                identity,
+                framing: Framing::Empty,
+                http10: false,
+            },
+        )?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    fn h<'b>(name: &'b str, value: &'b str) -> httparse::Header<'b> {
+        httparse::Header {
+            name,
+            value: value.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn lookalikes_of_owned_names_are_dropped_and_other_underscores_kept() {
+        let alice = Identity {
+            key_id: "key_1",
+            tenant: "acme",
+            user: "alice",
+        };
+        let sent = head(
+            &[
+                h("X_Edgefilter_User", "root"),
+                h("x_edgefilter_tenant", "root-tenant"),
+                h("X-Edgefilter_Key_Id", "key_forged"),
+                h("X_EDGEFILTER_ANYTHING", "forged"),
+                h("X_Forwarded_For", "6.6.6.6"),
+                h("X_Forwarded_Port", "6666"),
+                h("X-Forwarded-Prefix", "/forged"),
+                h("X_Request_Id", "forged-id"),
+                h("X_API_Key", "ef_live_forged"),
+                h("X_Tenant_Key", "ef_live_forged"),
+                h("X_Upstream_Key", "forged-credential"),
+                h("Content_Length", "5"),
+                h("Transfer_Encoding", "chunked"),
+                h("Proxy_Authorization", "forged"),
+                h("X_Custom_Thing", "kept"),
+                h("Accept", "*/*"),
+            ],
+            Some(alice),
+        )
+        .unwrap();
+        assert!(!sent.contains("forged") && !sent.contains("6666"), "{sent}");
+        assert!(
+            !sent.contains("root") && !sent.contains("6.6.6.6"),
+            "{sent}"
+        );
+        assert!(
+            !sent.contains("Content_Length") && !sent.contains("Transfer_"),
+            "{sent}"
+        );
+        assert!(sent.contains("X_Custom_Thing: kept\r\n"), "{sent}");
+        assert!(sent.contains("Accept: */*\r\n"), "{sent}");
+        assert!(sent.contains("X-Edgefilter-User: alice\r\n"), "{sent}");
+        assert!(sent.contains("X-Upstream-Key: sk-upstream\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn a_control_byte_in_any_value_the_proxy_adds_is_refused_not_written() {
+        let injections = [
+            "u\r\nX-Edgefilter-Tenant: root",
+            "u\nX: y",
+            "u\rX: y",
+            "u\0",
+            "u\x01",
+            "u\x1b[31m",
+            "u\x7f",
+        ];
+        for bad in injections {
+            let as_user = Identity {
+                key_id: "key_1",
+                tenant: "acme",
+                user: bad,
+            };
+            assert_eq!(
+                head(&[], Some(as_user)),
+                Err(Unsafe("X-Edgefilter-User")),
+                "{bad:?}"
+            );
+            let as_tenant = Identity {
+                key_id: "key_1",
+                tenant: bad,
+                user: "alice",
+            };
+            assert_eq!(
+                head(&[], Some(as_tenant)),
+                Err(Unsafe("X-Edgefilter-Tenant")),
+                "{bad:?}"
+            );
+            let as_key = Identity {
+                key_id: bad,
+                tenant: "acme",
+                user: "alice",
+            };
+            assert_eq!(
+                head(&[], Some(as_key)),
+                Err(Unsafe("X-Edgefilter-Key-Id")),
+                "{bad:?}"
+            );
+            // A client value that got past the parser somehow is refused the same way.
+            assert_eq!(
+                head(&[h("X-Note", bad)], None),
+                Err(Unsafe("a client header")),
+                "{bad:?}"
+            );
+        }
+        // HTAB, spaces and obs-text (UTF-8 included) are field-value bytes.
+        let fine = Identity {
+            key_id: "key_1",
+            tenant: "ac\tme",
+            user: "José Müller",
+        };
+        let sent = head(&[], Some(fine)).unwrap();
+        assert!(
+            sent.contains("X-Edgefilter-User: José Müller\r\n"),
+            "{sent}"
+        );
+    }
+
+    /// The trailer section as forwarded, or the refusal.
+    fn trailers(section: &str) -> Result<Option<(usize, String)>, Rule> {
+        let mut out = b"before".to_vec();
+        let done = write_trailers(&mut out, section.as_bytes(), &route())?;
+        Ok(done.map(|n| (n, String::from_utf8(out[6..].to_vec()).unwrap())))
+    }
+
+    #[test]
+    fn trailers_keep_only_what_a_trailer_may_carry() {
+        let section = "X-Edgefilter-User: root\r\nAuthorization: Bearer stolen\r\n\
+                       X_Edgefilter_Tenant: evil\r\nX-API-Key: ef_live_x\r\nHost: evil\r\n\
+                       Content-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\
+                       X-Forwarded-For: 6.6.6.6\r\nX-Upstream-Key: forged\r\n\
+                       Cookie: s=1\r\nContent-Type: text/plain\r\nIf-Match: *\r\n\
+                       X-Checksum: 5d41\r\nDigest: sha-256=abc\r\n\r\nNEXT";
+        let (n, kept) = trailers(section).unwrap().unwrap();
+        assert_eq!(&section[n..], "NEXT");
+        assert_eq!(kept, "X-Checksum: 5d41\r\nDigest: sha-256=abc\r\n\r\n");
+        // No trailers: just the end.
+        assert_eq!(trailers("\r\nNEXT"), Ok(Some((2, "\r\n".into()))));
+    }
+
+    #[test]
+    fn a_trailer_section_that_is_not_header_lines_is_refused() {
+        for bad in [
+            "GET /admin/pwned HTTP/1.1\r\nHost: x\r\n\r\n",
+            "X-A: 1\r\nGET /admin HTTP/1.1\r\n\r\n",
+            "X-A: 1\nX-B: 2\n\n",
+            "X-A: 1\r\n\n",
+            " X-A: 1\r\n\r\n",
+            "X-A: 1\r\n folded\r\n\r\n",
+            "X A: 1\r\n\r\n",
+            ": 1\r\n\r\n",
+            "X-A: a\0b\r\n\r\n",
+        ] {
+            assert_eq!(trailers(bad), Err(Rule::TrailerSection), "{bad:?}");
+        }
+        let many: String = (0..=MAX_TRAILERS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(trailers(&(many + "\r\n")), Err(Rule::TrailerSection));
+        let huge = format!("X-Big: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(trailers(&huge), Err(Rule::TrailerSection));
+        // Incomplete is not wrong yet, up to the limit.
+        assert_eq!(trailers("X-A: 1\r\nX-B"), Ok(None));
+        assert_eq!(trailers(""), Ok(None));
+        let endless = format!("X-Big: {}", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(trailers(&endless), Err(Rule::TrailerSection));
     }
 }

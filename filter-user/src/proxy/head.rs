@@ -1,6 +1,8 @@
 //! Request heads: parsed with httparse straight out of the connection's read buffer into a stack
-//! array of borrowed headers, checked for smuggling shapes, routed, passed to the shard's gate,
-//! and serialised for the upstream into a reused buffer — without a heap allocation.
+//! array of borrowed headers, checked for smuggling shapes and for paths an upstream would
+//! normalise (`proxy::path`), routed on the path as the upstream reads it, passed to the
+//! shard's gate, and serialised for the upstream into a reused buffer — without a heap
+//! allocation.
 //!
 //! [`process`] is the whole per-request hot path before any I/O; it is public so the
 //! counting-allocator test and the benches can drive it in isolation.
@@ -10,13 +12,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::forward::{self, Forward};
+use super::forward::{self, Forward, Unsafe};
 pub use super::headers::Framing;
 use super::headers::scan;
+use super::path;
 use super::reqid::{IdGen, RequestId};
 use super::route::RouteTable;
-use crate::codes::ErrorCode;
-use crate::gate::{Denial, Gate, GateRequest, Verdict};
+use crate::codes::{ErrorCode, Rule};
+use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
 
 /// Most request headers accepted (431 above).
 pub const MAX_HEADERS: usize = 100;
@@ -101,6 +104,8 @@ pub struct Refusal {
     pub line: Option<Line>,
     /// Why.
     pub denial: Denial,
+    /// For `BAD_REQUEST`: the rule broken.
+    pub rule: Option<Rule>,
 }
 
 /// What to do with the bytes read so far.
@@ -144,19 +149,20 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n <= ctx.max_header_bytes => n,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            return refuse(ctx, None, ErrorCode::HeadersTooLarge);
+            return refuse(ctx, ErrorCode::HeadersTooLarge, None);
         }
         Ok(httparse::Status::Partial) if buf.len() < ctx.max_header_bytes => {
             return Step::Partial;
         }
-        Ok(httparse::Status::Partial) => return refuse(ctx, None, ErrorCode::HeadersTooLarge),
-        Err(_) => return refuse(ctx, None, ErrorCode::BadRequest),
+        Ok(httparse::Status::Partial) => return refuse(ctx, ErrorCode::HeadersTooLarge, None),
+        Err(_) => return refuse(ctx, ErrorCode::BadRequest, Some(Rule::HeadSyntax)),
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return refuse(ctx, None, ErrorCode::BadRequest);
+        return refuse(ctx, ErrorCode::BadRequest, Some(Rule::HeadSyntax));
     };
-    let Ok(scan) = scan(req.headers) else {
-        return refuse(ctx, None, ErrorCode::BadRequest);
+    let scan = match scan(req.headers) {
+        Ok(scan) => scan,
+        Err(rule) => return refuse(ctx, ErrorCode::BadRequest, Some(rule)),
     };
     let line = Line::of(buf, method, target);
     let request_id = scan
@@ -170,13 +176,13 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     };
     let framing = match (scan.chunked, scan.content_length) {
         // Chunked framing does not exist in HTTP/1.0: a 1.0 request claiming it is faulty.
-        (true, _) if version == 0 => return refuse_id(None, request_id, ErrorCode::BadRequest),
-        (true, Some(_)) => return refuse_id(None, request_id, ErrorCode::BadRequest),
+        (true, _) if version == 0 => return refuse_bad(request_id, Rule::ChunkedInHttp10),
+        (true, Some(_)) => return refuse_bad(request_id, Rule::LengthWithChunked),
         (true, None) => Framing::Chunked,
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
-    let refuse_here = |code| {
+    let refuse_here = |code, rule| {
         Step::Refuse(Box::new(Refusal {
             head_len: Some(head_len),
             framing,
@@ -185,20 +191,24 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             route: None,
             line: Some(line),
             denial: Denial::new(code),
+            rule,
         }))
     };
-    if (version == 1 && scan.host.is_none()) || !sane_target(target) {
-        return refuse_here(ErrorCode::BadRequest);
-    }
-    if matches!(framing, Framing::Length(n) if n > ctx.max_body_bytes) {
-        return refuse_here(ErrorCode::PayloadTooLarge);
+    if version == 1 && scan.host.is_none() {
+        return refuse_here(ErrorCode::BadRequest, Some(Rule::HostMissing));
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    if let Err(rule) = path::check(path, query) {
+        return refuse_here(ErrorCode::BadRequest, Some(rule));
+    }
+    if matches!(framing, Framing::Length(n) if n > ctx.max_body_bytes) {
+        return refuse_here(ErrorCode::PayloadTooLarge, None);
+    }
     let Some(route) = ctx.routes.find(path) else {
-        return refuse_here(ErrorCode::NoRoute);
+        return refuse_here(ErrorCode::NoRoute, None);
     };
     let trusted = ctx.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
     let peer = client_ip(ctx.peer, trusted, scan.xff);
@@ -221,11 +231,12 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
                 route: Some(route),
                 line: Some(line),
                 denial,
+                rule: None,
             }));
         }
     };
     let r = &ctx.routes.routes[route];
-    forward::write_head(
+    let written = forward::write_head(
         out,
         &Forward {
             method,
@@ -244,6 +255,19 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             http10: version == 0,
         },
     );
+    if let Err(unsafe_field) = written {
+        out.clear();
+        return Step::Refuse(Box::new(Refusal {
+            head_len: Some(head_len),
+            framing,
+            keep_alive,
+            request_id,
+            route: Some(route),
+            line: Some(line),
+            denial: unsafe_denial(unsafe_field, identity),
+            rule: None,
+        }));
+    }
     Step::Forward(Prepared {
         head_len,
         framing,
@@ -256,38 +280,51 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     })
 }
 
-fn refuse(ctx: &mut HeadCtx<'_>, head_len: Option<usize>, code: ErrorCode) -> Step {
-    refuse_id(head_len, ctx.ids.next_id(), code)
+/// A refusal before the head was understood: the connection closes after it.
+fn refuse(ctx: &mut HeadCtx<'_>, code: ErrorCode, rule: Option<Rule>) -> Step {
+    refuse_id(ctx.ids.next_id(), code, rule)
 }
 
-fn refuse_id(head_len: Option<usize>, request_id: RequestId, code: ErrorCode) -> Step {
+/// A `BAD_REQUEST` for `rule` whose framing cannot be trusted: the connection closes after it.
+fn refuse_bad(request_id: RequestId, rule: Rule) -> Step {
+    refuse_id(request_id, ErrorCode::BadRequest, Some(rule))
+}
+
+fn refuse_id(request_id: RequestId, code: ErrorCode, rule: Option<Rule>) -> Step {
     Step::Refuse(Box::new(Refusal {
-        head_len,
+        head_len: None,
         framing: Framing::Empty,
         keep_alive: false,
         request_id,
         route: None,
         line: None,
         denial: Denial::new(code),
+        rule,
     }))
 }
 
-/// Origin-form only, and no dot segments (they would let `/v1/../admin` ride the `/v1/` route).
-fn sane_target(t: &str) -> bool {
-    let path = t.split_once('?').map_or(t, |(p, _)| p);
-    if !path.starts_with('/') || path.contains('\\') {
-        return false;
-    }
-    let b = path.as_bytes();
-    for i in 0..b.len() {
-        if b[i] == b'%'
-            && b.get(i + 1) == Some(&b'2')
-            && matches!(b.get(i + 2), Some(b'e' | b'E' | b'f' | b'F'))
-        {
-            return false;
-        }
-    }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
+/// The answer when the head writer refused a field (a value the proxy adds holds a control
+/// byte): `INTERNAL`, naming the header, and one error line for the operator (the header and
+/// the key id, never the value).
+fn unsafe_denial(field: Unsafe, identity: Option<Identity<'_>>) -> Denial {
+    // A key id that is itself the unsafe value is neither logged nor answered.
+    let key_id = identity
+        .map(|id| id.key_id)
+        .filter(|_| field.0 != "X-Edgefilter-Key-Id");
+    tracing::error!(
+        header = field.0,
+        key_id = key_id.unwrap_or("-"),
+        "not forwarded: a value the proxy adds holds a byte not allowed in a header (CR, LF, NUL \
+         or another control character); correct it where it is stored or configured"
+    );
+    let mut denial = Denial::new(ErrorCode::Internal);
+    denial.hint = Some(format!(
+        "The value of {} that the edge adds holds a character not allowed in a header; nothing \
+         was forwarded. The operator must correct it.",
+        field.0
+    ));
+    denial.key_id = key_id.map(std::sync::Arc::from);
+    denial
 }
 
 /// The client address the gate sees: the socket peer, or behind a trusted proxy the right-most

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::respond;
 use super::settings::Settings;
-use crate::codes::ErrorCode;
+use crate::codes::{ErrorCode, Rule};
 use crate::gate::Denial;
 
 /// Read-buffer size for heads and bodies.
@@ -79,12 +79,14 @@ pub(crate) fn spare(buf: &mut BytesMut, min: usize) {
     }
 }
 
-/// Writes an error answer; `close` makes it the connection's last.
+/// Writes an error answer (`rule`: the one a `BAD_REQUEST` broke); `close` makes it the
+/// connection's last.
 pub(crate) async fn write_refusal<S>(
     c: &mut Conn,
     io: &mut S,
     st: &Settings,
     denial: &Denial,
+    rule: Option<Rule>,
     request_id: &str,
     close: bool,
 ) -> Flow
@@ -92,7 +94,7 @@ where
     S: AsyncWrite + Unpin,
 {
     c.rout.clear();
-    respond::write_error_response(&mut c.rout, denial, request_id, st.opaque, close);
+    respond::write_error_response(&mut c.rout, denial, rule, request_id, st.opaque, close);
     c.sent += c.rout.len() as u64;
     if write_client(io, &c.rout, st.client_timeout).await.is_err() {
         return Flow::Close;
@@ -100,19 +102,20 @@ where
     if close { Flow::Linger } else { Flow::Continue }
 }
 
-/// A refusal built from a bare code.
+/// A refusal built from a bare code (and the rule a `BAD_REQUEST` broke).
 pub(crate) async fn refuse_code<S>(
     c: &mut Conn,
     io: &mut S,
     st: &Settings,
     code: ErrorCode,
+    rule: Option<Rule>,
     request_id: &str,
     close: bool,
 ) -> Flow
 where
     S: AsyncWrite + Unpin,
 {
-    write_refusal(c, io, st, &Denial::new(code), request_id, close).await
+    write_refusal(c, io, st, &Denial::new(code), rule, request_id, close).await
 }
 
 /// Writes and flushes to the client (flush matters for TLS), within `limit`.

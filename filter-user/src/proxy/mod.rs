@@ -12,11 +12,13 @@
 //! Every `use super::…` edge between the submodules points down this list, never up or
 //! sideways within a row:
 //!
-//! 1. leaves: `affinity`, `reqid`, `route`, `tls`, `listen`, `headers` (framing, the header
-//!    scan), `upstream_error` (why an upstream failed, classified);
+//! 1. leaves: `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
+//!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `path` (the
+//!    path shapes upstreams would normalise, refused), `upstream_error` (why an upstream
+//!    failed, classified);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
-//!    `forward` (the head sent upstream);
+//!    `forward` (what of the client's head and trailers goes upstream);
 //! 3. `head` (parse, check, route, gate, then `forward`);
 //! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
 //! 5. `io` (client buffers, `Flow`, client writes and refusals);
@@ -49,6 +51,7 @@ pub mod head;
 mod headers;
 mod io;
 pub mod listen;
+mod path;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

@@ -1,9 +1,10 @@
 //! Error answers (SPEC §5): the JSON body, `X-Request-Id`, `WWW-Authenticate` on 401s,
-//! `Retry-After` and `RateLimit-*` on 429s, and opaque mode's `INVALID_CREDENTIALS`.
+//! `Retry-After` and `RateLimit-*` on 429s, opaque mode's `INVALID_CREDENTIALS`, and the
+//! [`Rule`] a `BAD_REQUEST` broke (its `rule` field, and its hint when the denial has none).
 //!
 //! Rendered straight into a byte buffer; usable by the admin API and `explain` too.
 
-use crate::codes::ErrorCode;
+use crate::codes::{ErrorCode, Rule};
 use crate::gate::Denial;
 
 /// The code, message, hint and key id a caller sees, after opaque mode is applied.
@@ -22,15 +23,27 @@ fn visible(denial: &Denial, opaque: bool) -> (ErrorCode, &str, Option<&str>, Opt
 }
 
 /// Writes the JSON error body:
-/// `{"error":{"code":"…","message":"…","hint":"…","key_id":"…","request_id":"…"}}`
-/// (`hint` and `key_id` only when present).
-pub fn write_error_body(buf: &mut Vec<u8>, denial: &Denial, request_id: &str, opaque: bool) {
+/// `{"error":{"code":"…","rule":"…","message":"…","hint":"…","key_id":"…","request_id":"…"}}`
+/// (`rule`, `hint` and `key_id` only when present; `rule` is the [`Rule`] a `BAD_REQUEST` broke,
+/// and its hint stands in when the denial has none).
+pub fn write_error_body(
+    buf: &mut Vec<u8>,
+    denial: &Denial,
+    rule: Option<Rule>,
+    request_id: &str,
+    opaque: bool,
+) {
     let (code, message, hint, key_id) = visible(denial, opaque);
+    let rule = rule.filter(|_| code == ErrorCode::BadRequest);
     buf.extend_from_slice(b"{\"error\":{\"code\":\"");
     buf.extend_from_slice(code.as_str().as_bytes());
+    if let Some(r) = rule {
+        buf.extend_from_slice(b"\",\"rule\":\"");
+        buf.extend_from_slice(r.as_str().as_bytes());
+    }
     buf.extend_from_slice(b"\",\"message\":");
     json_string(buf, message);
-    if let Some(h) = hint {
+    if let Some(h) = hint.or(rule.map(Rule::hint)) {
         buf.extend_from_slice(b",\"hint\":");
         json_string(buf, h);
     }
@@ -45,13 +58,15 @@ pub fn write_error_body(buf: &mut Vec<u8>, denial: &Denial, request_id: &str, op
 
 /// Appends a complete HTTP/1.1 error response (keep-alive) to `buf`.
 pub fn write_error(buf: &mut Vec<u8>, denial: &Denial, request_id: &str, opaque: bool) {
-    write_error_response(buf, denial, request_id, opaque, false);
+    write_error_response(buf, denial, None, request_id, opaque, false);
 }
 
-/// Appends a complete HTTP/1.1 error response to `buf`; `close` adds `Connection: close`.
+/// Appends a complete HTTP/1.1 error response to `buf`; `rule`: the rule a `BAD_REQUEST` broke;
+/// `close` adds `Connection: close`.
 pub fn write_error_response(
     buf: &mut Vec<u8>,
     denial: &Denial,
+    rule: Option<Rule>,
     request_id: &str,
     opaque: bool,
     close: bool,
@@ -95,7 +110,7 @@ pub fn write_error_response(
         buf.extend_from_slice(b"Connection: close\r\n");
     }
     let mut body = Vec::with_capacity(256);
-    write_error_body(&mut body, denial, request_id, opaque);
+    write_error_body(&mut body, denial, rule, request_id, opaque);
     buf.extend_from_slice(b"Content-Length: ");
     buf.extend_from_slice(num.format(body.len()).as_bytes());
     buf.extend_from_slice(b"\r\n\r\n");
@@ -116,6 +131,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -206,6 +222,35 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_request_names_its_rule_and_its_hint() {
+        let mut buf = Vec::new();
+        let d = Denial::new(ErrorCode::BadRequest);
+        write_error_response(&mut buf, &d, Some(Rule::PathDotSegment), "r", true, true);
+        let (head, v) = split(&buf);
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert_eq!(v["error"]["code"], "BAD_REQUEST");
+        assert_eq!(v["error"]["rule"], "path_dot_segment");
+        assert_eq!(v["error"]["hint"], Rule::PathDotSegment.hint());
+        // A rule is only ever rendered beside BAD_REQUEST.
+        buf.clear();
+        let d = Denial::new(ErrorCode::Internal);
+        write_error_response(&mut buf, &d, Some(Rule::PathDotSegment), "r", false, true);
+        let (head, v) = split(&buf);
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{head}"
+        );
+        assert!(v["error"].get("rule").is_none() && v["error"].get("hint").is_none());
+        // Every rule renders as valid JSON.
+        for rule in Rule::ALL {
+            buf.clear();
+            let d = Denial::new(ErrorCode::BadRequest);
+            write_error_response(&mut buf, &d, Some(rule), "r", false, false);
+            assert_eq!(split(&buf).1["error"]["rule"], rule.as_str());
+        }
+    }
+
+    #[test]
     fn rate_limited_carries_retry_after() {
         let mut d = Denial::new(ErrorCode::RateLimited);
         d.rate = Some(RateInfo {
@@ -214,7 +259,7 @@ mod tests {
             reset_secs: 3,
         });
         let mut buf = Vec::new();
-        write_error_response(&mut buf, &d, "r", false, true);
+        write_error_response(&mut buf, &d, None, "r", false, true);
         let (head, _) = split(&buf);
         assert!(head.starts_with("HTTP/1.1 429 "));
         for h in [

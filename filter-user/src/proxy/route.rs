@@ -1,10 +1,12 @@
-//! Routes compiled for the hot path: longest-prefix match, resolved upstream addresses, and the
-//! injected upstream credential (`${ENV}` expanded, `@/path` read) resolved once at start-up.
+//! Routes compiled for the hot path: longest-prefix match on the path as the upstream will read
+//! it, resolved upstream addresses, and the injected upstream credential (`${ENV}` expanded,
+//! `@/path` read) resolved once at start-up.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use crate::config::Config;
+use crate::percent::{self, Plus};
 
 /// A route or its injected header cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +49,7 @@ pub enum RouteError {
     },
     /// The prefix does not start with `/`.
     #[error("route prefix `{prefix}` must start with `/`")]
-    BadPrefix {
-        /// Route prefix.
-        prefix: String,
-    },
+    BadPrefix { prefix: String },
 }
 
 /// One upstream origin.
@@ -65,8 +64,10 @@ pub struct Upstream {
 /// A route ready for the hot path.
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
-    /// Path prefix.
+    /// Path prefix, as configured.
     pub prefix: String,
+    /// The prefix read as paths are read for matching (decoded, no `;parameters`).
+    pub prefix_read: Vec<u8>,
     /// Index into [`RouteTable::upstreams`].
     pub upstream: usize,
     /// Remove the client's key (headers, `api_key` query parameter) before forwarding.
@@ -128,6 +129,7 @@ impl RouteTable {
                 .collect();
             table.routes.push(CompiledRoute {
                 prefix: r.prefix.clone(),
+                prefix_read: upstream_reading(&r.prefix).collect(),
                 upstream,
                 strip_key: r.strip_key,
                 key_in_query: r.key_in_query,
@@ -138,18 +140,45 @@ impl RouteTable {
         table.by_len = (0..table.routes.len()).collect();
         table
             .by_len
-            .sort_by_key(|&i| std::cmp::Reverse(table.routes[i].prefix.len()));
+            .sort_by_key(|&i| std::cmp::Reverse(table.routes[i].prefix_read.len()));
         Ok(table)
     }
 
-    /// The route whose prefix is the longest one `path` starts with.
+    /// The route whose prefix is the longest one `path` starts with, read as the upstream will
+    /// read it: percent-decoded, and without each segment's `;parameters` (which Tomcat, Jetty
+    /// and Spring drop), so `/%61dmin/x` and `/admin;x/y` take the `/admin/` route. `path` has
+    /// passed the path checks (`proxy::path`).
     #[must_use]
     pub fn find(&self, path: &str) -> Option<usize> {
-        self.by_len
-            .iter()
-            .copied()
-            .find(|&i| path.starts_with(self.routes[i].prefix.as_str()))
+        let plain = !path.as_bytes().iter().any(|&b| b == b'%' || b == b';');
+        self.by_len.iter().copied().find(|&i| {
+            let prefix = self.routes[i].prefix_read.as_slice();
+            if plain {
+                path.as_bytes().starts_with(prefix)
+            } else {
+                let mut read = upstream_reading(path);
+                prefix.iter().all(|&p| read.next() == Some(p))
+            }
+        })
     }
+}
+
+/// The bytes of `path` as an upstream reads them: decoded, each segment's `;parameters` left out.
+fn upstream_reading(path: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut in_params = false;
+    percent::bytes(path, Plus::Literal)
+        .map(|b| b.unwrap_or(b'%'))
+        .filter(move |&b| match b {
+            b'/' => {
+                in_params = false;
+                true
+            }
+            b';' => {
+                in_params = true;
+                false
+            }
+            _ => !in_params,
+        })
 }
 
 fn parse_upstream(prefix: &str, upstream: &str) -> Result<Upstream, RouteError> {
@@ -268,6 +297,47 @@ upstream = "http://127.0.0.1:1"
         assert_eq!(t.find("/v1/models"), Some(2));
         assert_eq!(t.find("/other"), Some(0));
         assert_eq!(t.upstreams.len(), 2);
+    }
+
+    #[test]
+    fn routes_match_the_path_as_the_upstream_reads_it() {
+        let c = cfg(r#"
+[[route]]
+prefix = "/"
+upstream = "http://127.0.0.1:1"
+[[route]]
+prefix = "/admin/"
+upstream = "http://127.0.0.1:1"
+"#);
+        let t = RouteTable::build(&c).unwrap();
+        for admin in [
+            "/admin/x",
+            "/%61dmin/x",
+            "/%61%64%6D%69%6E/x",
+            "/admin;x=1/y",
+            "/adm%69n;jsessionid=2/y",
+        ] {
+            assert_eq!(t.find(admin), Some(1), "{admin}");
+        }
+        for other in ["/administrator/x", "/admin", "/x/admin/", "/ad;min/x"] {
+            assert_eq!(t.find(other), Some(0), "{other}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_read_as_paths_are() {
+        let c = cfg(r#"
+[[route]]
+prefix = "/"
+upstream = "http://127.0.0.1:1"
+[[route]]
+prefix = "/v%31;x/"
+upstream = "http://127.0.0.1:1"
+"#);
+        let t = RouteTable::build(&c).unwrap();
+        assert_eq!(t.routes[1].prefix_read, b"/v1/");
+        assert_eq!(t.find("/v1/x"), Some(1));
+        assert_eq!(t.find("/v%31/x"), Some(1));
     }
 
     #[test]

@@ -161,6 +161,52 @@ fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
 }
 
 #[test]
+fn escaped_paths_are_checked_and_routed_on_their_decoded_form_without_allocating() {
+    let cfg = Config::parse(
+        "[[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n\
+         [[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9000\"\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let routes = RouteTable::build(&cfg).unwrap();
+    let mut ids = IdGen::new(0);
+    let mut out = Vec::with_capacity(4096);
+    let mut gate = AllowAll;
+    // Escapes, a parameter and a dot in names: the full path walk, and routing on `/v1/`.
+    let request = b"GET /v%31;p=1/caf%C3%A9/file.json?x=%2e%2e HTTP/1.1\r\nHost: h\r\n\
+                    X_Custom: kept\r\nX_Edgefilter_User: forged\r\n\r\n";
+    let mut run = || {
+        let mut ctx = HeadCtx {
+            routes: &routes,
+            max_header_bytes: 16384,
+            max_body_bytes: 1 << 20,
+            tls: false,
+            peer: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+            peer_text: "203.0.113.7",
+            trusted_proxies: &[],
+            gate: &mut gate,
+            ids: &mut ids,
+        };
+        head::process(request, &mut ctx, &mut out)
+    };
+    match run() {
+        Step::Forward(p) => assert_eq!(p.route, 1),
+        other => panic!("not forwarded: {other:?}"),
+    }
+    let n = allocations(|| {
+        for _ in 0..1000 {
+            assert!(matches!(run(), Step::Forward(_)));
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 1000 requests");
+    let sent = String::from_utf8(out.clone()).unwrap();
+    assert!(
+        sent.contains("X_Custom: kept\r\n") && !sent.contains("forged"),
+        "{sent}"
+    );
+}
+
+#[test]
 fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
     use edgefilter::auth::{KeyService, Now};
     use edgefilter::store::{KeyStore, NewKey, SqliteStore};

@@ -12,64 +12,102 @@ const LIMITS: &str = "[limits]\nmax_header_bytes = 2048\nmax_body_bytes = 1000\n
 #[test]
 fn smuggling_shapes_are_refused_and_never_forwarded() {
     let env = Env::new(LIMITS);
-    let shapes: &[(&str, &str)] = &[
+    let shapes: &[(&str, &str, &str)] = &[
         (
             "cl-and-te",
             "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "length_with_chunked",
         ),
         (
             "te-and-cl",
             "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            "length_with_chunked",
         ),
         (
             "two-cl",
             "Content-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            "content_length",
         ),
-        ("cl-list", "Content-Length: 4, 4\r\n\r\nabcd"),
-        ("cl-plus", "Content-Length: +4\r\n\r\nabcd"),
-        ("cl-hex", "Content-Length: 0x4\r\n\r\nabcd"),
+        (
+            "cl-list",
+            "Content-Length: 4, 4\r\n\r\nabcd",
+            "content_length",
+        ),
+        (
+            "cl-plus",
+            "Content-Length: +4\r\n\r\nabcd",
+            "content_length",
+        ),
+        (
+            "cl-hex",
+            "Content-Length: 0x4\r\n\r\nabcd",
+            "content_length",
+        ),
         (
             "te-gzip",
             "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "transfer_encoding",
         ),
-        ("te-identity", "Transfer-Encoding: identity\r\n\r\n"),
+        (
+            "te-identity",
+            "Transfer-Encoding: identity\r\n\r\n",
+            "transfer_encoding",
+        ),
         (
             "te-twice",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "transfer_encoding",
         ),
         (
             "te-xchunked",
             "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            "transfer_encoding",
         ),
         (
             "te-space-name",
             "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            "head_syntax",
         ),
-        ("obs-fold", "X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n"),
+        (
+            "obs-fold",
+            "X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+            "head_syntax",
+        ),
         (
             "bad-chunk-size",
             "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "chunked_framing",
         ),
         (
             "chunk-size-overflow",
             "Transfer-Encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\n",
+            "chunked_framing",
         ),
         (
             "chunk-bare-lf",
             "Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            "chunked_framing",
         ),
         (
             "chunk-no-crlf",
             "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n",
+            "chunked_framing",
         ),
-        ("two-hosts", "Host: other\r\n\r\n"),
+        ("two-hosts", "Host: other\r\n\r\n", "host_duplicate"),
     ];
-    for (name, rest) in shapes {
+    for (name, rest, rule) in shapes {
         let mut c = env.connect();
         c.send(format!("POST /smuggle/{name} HTTP/1.1\r\nHost: h\r\n{rest}").as_bytes());
         let r = c.read(false);
         assert_eq!(r.status, 400, "{name}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "BAD_REQUEST", "{name}");
+        // SPEC §5: a 400 names the rule broken, in `rule` and in its hint.
+        assert_eq!(r.json()["error"]["rule"], *rule, "{name}: {}", r.text());
+        assert!(
+            r.json()["error"]["hint"].is_string(),
+            "{name}: {}",
+            r.text()
+        );
         assert!(c.closed(), "{name}: connection left open");
     }
     let heads = env.up.heads();

@@ -17,6 +17,7 @@ mod e2e_codes;
 #[cfg(feature = "fuzzing")]
 mod fuzz_replay;
 mod http;
+mod hygiene;
 mod limits;
 mod names;
 mod stream;

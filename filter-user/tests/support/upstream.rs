@@ -10,7 +10,9 @@
 //! - `/…/chunked`: a chunked answer with a trailer.
 //! - `/…/close`: an answer without length, ended by closing the connection.
 //!
-//! Every request head is also recorded in [`Upstream::heads`].
+//! Every request head is also recorded in [`Upstream::heads`], and every byte received, on
+//! every connection, in [`Upstream::received`] (trailers, and requests cut short, included; the
+//! first [`RECORDED_BYTES`] only, so 1 GiB uploads keep memory flat).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,10 +20,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How many received bytes [`Upstream::received`] keeps.
+pub const RECORDED_BYTES: usize = 4 << 20;
+
 /// A running test origin.
 pub struct Upstream {
     pub addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    received: Arc<Mutex<Vec<u8>>>,
     release: Arc<Mutex<Vec<mpsc::Sender<()>>>>,
     conns: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -31,22 +37,29 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (h, r, n) = (heads.clone(), release.clone(), conns.clone());
+        let (h, raw, r, n) = (
+            heads.clone(),
+            received.clone(),
+            release.clone(),
+            conns.clone(),
+        );
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { return };
                 n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (h, r) = (h.clone(), r.clone());
+                let (h, raw, r) = (h.clone(), raw.clone(), r.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(s, &h, &r);
+                    let _ = serve(s, &h, &raw, &r);
                 });
             }
         });
         Self {
             addr,
             heads,
+            received,
             release,
             conns,
         }
@@ -55,6 +68,12 @@ impl Upstream {
     /// Every request head received so far.
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
+    }
+
+    /// Every byte received so far (up to [`RECORDED_BYTES`]), on every connection, as it
+    /// arrived.
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
     }
 
     /// Connections accepted so far.
@@ -70,13 +89,33 @@ impl Upstream {
     }
 }
 
+/// A reader that keeps a copy of every byte it reads.
+struct Recording<'a> {
+    inner: TcpStream,
+    into: &'a Mutex<Vec<u8>>,
+}
+
+impl Read for Recording<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut kept = self.into.lock().unwrap();
+        let room = RECORDED_BYTES.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
 fn serve(
     s: TcpStream,
     heads: &Mutex<Vec<String>>,
+    received: &Mutex<Vec<u8>>,
     release: &Mutex<Vec<mpsc::Sender<()>>>,
 ) -> std::io::Result<()> {
     s.set_nodelay(true)?;
-    let mut r = BufReader::new(s.try_clone()?);
+    let mut r = BufReader::new(Recording {
+        inner: s.try_clone()?,
+        into: received,
+    });
     let mut w = s;
     loop {
         let mut head = String::new();
@@ -163,23 +202,24 @@ fn chunk(w: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn read_body(
-    r: &mut BufReader<TcpStream>,
+    r: &mut BufReader<Recording<'_>>,
     chunked: bool,
     length: u64,
     mut keep: Option<&mut Vec<u8>>,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut copy = |r: &mut BufReader<TcpStream>, mut n: u64, keep: &mut Option<&mut Vec<u8>>| {
-        while n > 0 {
-            let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-            r.read_exact(&mut buf[..k])?;
-            if let Some(v) = keep.as_deref_mut() {
-                v.extend_from_slice(&buf[..k]);
+    let mut copy =
+        |r: &mut BufReader<Recording<'_>>, mut n: u64, keep: &mut Option<&mut Vec<u8>>| {
+            while n > 0 {
+                let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+                r.read_exact(&mut buf[..k])?;
+                if let Some(v) = keep.as_deref_mut() {
+                    v.extend_from_slice(&buf[..k]);
+                }
+                n -= k as u64;
             }
-            n -= k as u64;
-        }
-        Ok::<(), std::io::Error>(())
-    };
+            Ok::<(), std::io::Error>(())
+        };
     if !chunked {
         copy(r, length, &mut keep)?;
         return Ok(length);
