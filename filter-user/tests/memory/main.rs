@@ -1,0 +1,86 @@
+//! 1 GiB request bodies (Content-Length and chunked) stream through the in-process proxy with
+//! flat memory. A test binary of its own: the check reads this process's RSS, which the other
+//! tests' allocations would move if they ran beside it.
+
+#[allow(
+    dead_code,
+    reason = "the memory test uses the in-process proxy fixture only"
+)]
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::support::proxy_env::Env;
+
+/// Resident set size of this process (proxy shards, origin and client all live here).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends `total` body bytes in 64 KiB writes, chunked or with a length; returns the answer and
+/// the largest RSS growth seen while sending.
+fn upload(env: &Env, total: u64, chunked: bool) -> (String, u64) {
+    let mut c = env.connect();
+    c.w.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {total}")
+    };
+    c.send(format!("POST /up/count HTTP/1.1\r\nHost: h\r\n{framing}\r\n\r\n").as_bytes());
+    let block = vec![b'z'; 64 * 1024];
+    let base = rss_kib();
+    let mut peak = 0;
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while sent < total {
+        assert!(
+            Instant::now() < deadline,
+            "upload too slow: {sent} bytes sent"
+        );
+        let n = (total - sent).min(block.len() as u64) as usize;
+        if chunked {
+            c.w.write_all(format!("{n:x}\r\n").as_bytes()).unwrap();
+            c.w.write_all(&block[..n]).unwrap();
+            c.w.write_all(b"\r\n").unwrap();
+        } else {
+            c.w.write_all(&block[..n]).unwrap();
+        }
+        sent += n as u64;
+        if sent.is_multiple_of(64 << 20) {
+            peak = peak.max(rss_kib().saturating_sub(base));
+        }
+    }
+    if chunked {
+        c.w.write_all(b"0\r\n\r\n").unwrap();
+    }
+    let r = c.read(false);
+    assert_eq!(r.status, 200);
+    (r.text(), peak)
+}
+
+#[test]
+fn one_gib_uploads_stream_with_flat_memory() {
+    let env = Env::new("[limits]\nmax_body_bytes = 2147483648\n");
+    let gib = 1u64 << 30;
+    let (count, peak) = upload(&env, gib, false);
+    assert_eq!(count, gib.to_string());
+    assert!(
+        peak < 64 * 1024,
+        "RSS grew by {peak} KiB during a 1 GiB upload"
+    );
+    let (count, peak) = upload(&env, gib / 4, true);
+    assert_eq!(count, (gib / 4).to_string());
+    assert!(
+        peak < 64 * 1024,
+        "RSS grew by {peak} KiB during a chunked upload"
+    );
+}
