@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod config_cli;
 mod decide;
+mod leak_scan;
 mod names;
 mod ratelimit;
 mod store;
