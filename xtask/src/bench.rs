@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Only the revocation propagation step.
     #[arg(long)]
     pub propagation_only: bool,
+    /// Only these load targets (repeatable; names as in the table, e.g. `--only edgefilter
+    /// --only "edgefilter, access log on"`); every one by default.
+    #[arg(long, value_name = "TARGET")]
+    pub only: Vec<String>,
 }
 
 /// The load targets, in table order.
@@ -153,10 +157,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // every target gets the same header so the requests are byte-for-byte the same.
     let key = bench_key(&root, &dir, up, args.shards)?;
     // Rounds interleave the targets so a noisy neighbour hurts them alike.
-    let mut samples: Vec<Vec<Row>> = TARGETS.iter().map(|_| Vec::new()).collect();
+    let targets = chosen_targets(&args.only)?;
+    let mut samples: Vec<Vec<Row>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}", round + 1, args.rounds.max(1));
-        for (i, name) in TARGETS.into_iter().enumerate() {
+        for (i, name) in targets.iter().enumerate() {
             samples[i].push(run_target(name, &root, &dir, up, &key, args)?);
         }
     }
@@ -164,6 +169,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
     print_table(&rows, args);
     propagation(&root, &dir, up, args)
+}
+
+/// The load targets `--only` names (all of them when it names none), in table order.
+fn chosen_targets(only: &[String]) -> Result<Vec<&'static str>> {
+    if let Some(bad) = only.iter().find(|o| !TARGETS.contains(&o.as_str())) {
+        bail!("no load target {bad:?}; the targets are {TARGETS:?}");
+    }
+    Ok(TARGETS
+        .into_iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t))
+        .collect())
 }
 
 /// Builds the release `edgefilter` binary the load targets run.

@@ -265,7 +265,14 @@ impl ShardLog {
             }
         }
         out.extend_from_slice(&self.second_text);
-        let _ = write!(out, ".{:03}Z", now.subsec_millis());
+        let ms = now.subsec_millis();
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
     }
 
     /// The buffer to append one whole line (ending in `\n`) to; call [`ShardLog::commit`] after.
@@ -312,24 +319,38 @@ impl Drop for ShardLog {
 /// Appends `s` as the inside of a JSON string (quotes not included): `"` `\` and control
 /// bytes escaped, any `ef_<env>_…` key-shaped run replaced by `***`.
 pub fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
-    let mut i = 0;
+    // Plain runs are copied whole; only a quote, a backslash, a control byte or an `e` (a key
+    // starts `ef_`) stops the scan.
+    let (mut run, mut i) = (0, 0);
     while i < s.len() {
-        if let Some(n) = key_len_at(s, i) {
-            out.extend_from_slice(b"***");
-            i += n;
+        let b = s[i];
+        if b == b'e' {
+            if let Some(n) = key_len_at(s, i) {
+                out.extend_from_slice(&s[run..i]);
+                out.extend_from_slice(b"***");
+                i += n;
+                run = i;
+            } else {
+                i += 1;
+            }
             continue;
         }
-        let b = s[i];
+        if !matches!(b, b'"' | b'\\' | 0..0x20 | 0x7f..) {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&s[run..i]);
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0..0x20 | 0x7f.. => {
+            _ => {
                 let _ = write!(out, "\\u{b:04x}");
             }
-            _ => out.push(b),
         }
         i += 1;
+        run = i;
     }
+    out.extend_from_slice(&s[run..]);
 }
 
 /// Appends the request target with the values of `api_key` query parameters replaced by `***`.
@@ -396,6 +417,11 @@ mod tests {
         assert_eq!(json(&format!("/v1/x?other={key}")), "/v1/x?other=***");
         assert_eq!(json("/v1/ef_live_short"), "/v1/ef_live_short");
         assert_eq!(json("/a\"b\\c\u{1}"), "/a\\\"b\\\\c\\u0001");
+        // Runs between escapes, masks and a lone `e` are copied whole.
+        assert_eq!(
+            json(&format!("/e\"{key}\"te\u{7f}ef_{key}")),
+            "/e\\\"***\\\"te\\u007fef_***"
+        );
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! buffer then), the rest once the answer is out; the whole line is then copied into the
 //! shard's batch ([`crate::obs::access_log::ShardLog`]). Key-shaped text never reaches a line.
 
-use std::io::Write as _;
 use std::time::Duration;
 
+use super::forward::IdentitySpans;
 use super::head::Line;
 use super::io::Conn;
 use super::state::ShardState;
@@ -19,8 +19,8 @@ pub(crate) struct Begin<'a> {
     pub route: Option<usize>,
     /// The key id of a refused request, when known.
     pub key_id: Option<&'a str>,
-    /// Read identity headers from the forwarded head (allowed requests).
-    pub forwarded: bool,
+    /// Where the identity is in the forwarded head (allowed requests).
+    pub forwarded: Option<IdentitySpans>,
 }
 
 /// What the answer told.
@@ -66,10 +66,8 @@ pub(crate) fn begin(shard: &ShardState, c: &mut Conn, peer: &str, b: &Begin<'_>)
         .map(|r| r.prefix.as_bytes());
     push_opt(out, route);
     let (mut key_id, mut tenant, mut user) = (b.key_id.map(str::as_bytes), None, None);
-    if b.forwarded {
-        key_id = header(&c.out, b"X-Edgefilter-Key-Id");
-        tenant = header(&c.out, b"X-Edgefilter-Tenant");
-        user = header(&c.out, b"X-Edgefilter-User");
+    if let Some([k, t, u]) = b.forwarded.and_then(|spans| spans.values(&c.out)) {
+        (key_id, tenant, user) = (Some(k), Some(t), Some(u));
     }
     out.extend_from_slice(b",\"key_id\":");
     push_opt(out, key_id);
@@ -77,36 +75,56 @@ pub(crate) fn begin(shard: &ShardState, c: &mut Conn, peer: &str, b: &Begin<'_>)
     push_opt(out, tenant);
     out.extend_from_slice(b",\"user\":");
     push_opt(out, user);
-    let _ = write!(out, ",\"shard\":{}", shard.n);
+    out.extend_from_slice(b",\"shard\":");
+    push_int(out, shard.n as u64);
 }
 
 /// Ends the line and hands it to the shard's batch.
 pub(crate) fn finish(shard: &ShardState, c: &mut Conn, f: &Finish) {
     let Some(log) = &shard.log else { return };
     let out = &mut c.log;
-    let _ = write!(out, ",\"status\":{},\"code\":\"", f.status);
+    out.extend_from_slice(b",\"status\":");
+    push_int(out, u64::from(f.status));
+    out.extend_from_slice(b",\"code\":\"");
     out.extend_from_slice(f.code.map_or("OK", ErrorCode::as_str).as_bytes());
     out.extend_from_slice(b"\",\"upstream_ms\":");
     match f.upstream_took {
-        Some(t) => {
-            let _ = write!(out, "{:.3}", t.as_secs_f64() * 1000.0);
-        }
+        Some(t) => push_millis(out, t),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(
-        out,
-        ",\"duration_us\":{},\"bytes_in\":{},\"bytes_out\":{}",
-        f.took.as_micros(),
-        f.head_len as u64 + c.body_in,
-        c.sent
-    );
+    out.extend_from_slice(b",\"duration_us\":");
+    push_int(out, u64::try_from(f.took.as_micros()).unwrap_or(u64::MAX));
+    out.extend_from_slice(b",\"bytes_in\":");
+    push_int(out, f.head_len as u64 + c.body_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    push_int(out, c.sent);
     if let Some(class) = f.upstream_error {
-        let _ = write!(out, ",\"upstream_error\":\"{}\"", class.as_str());
+        out.extend_from_slice(b",\"upstream_error\":\"");
+        out.extend_from_slice(class.as_str().as_bytes());
+        out.push(b'"');
     }
     out.extend_from_slice(b"}\n");
     let mut log = log.borrow_mut();
     log.line().extend_from_slice(out);
     log.commit();
+}
+
+/// Integers without `core::fmt` (this runs once per field per request).
+fn push_int(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `t` in milliseconds with three decimals (`12.345`), from its whole microseconds.
+fn push_millis(out: &mut Vec<u8>, t: Duration) {
+    let us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+    push_int(out, us / 1000);
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 fn push_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -118,14 +136,4 @@ fn push_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
         }
         None => out.extend_from_slice(b"null"),
     }
-}
-
-/// The value of header `name` in the head `out` wrote (`Name: value\r\n`, exact case).
-fn header<'o>(out: &'o [u8], name: &[u8]) -> Option<&'o [u8]> {
-    let at = out
-        .windows(name.len() + 2)
-        .position(|w| w.starts_with(name) && w.ends_with(b": "))?;
-    let rest = &out[at + name.len() + 2..];
-    let end = rest.iter().position(|&b| b == b'\r')?;
-    Some(&rest[..end])
 }

@@ -140,7 +140,7 @@ where
                     line: r.line,
                     route: r.route,
                     key_id: r.denial.key_id.as_deref(),
-                    forwarded: false,
+                    forwarded: None,
                 };
                 access::begin(shard, c, &peer_text, &begin);
                 let rid = r.request_id.as_str();
@@ -171,7 +171,7 @@ where
                     line: Some(p.line),
                     route: Some(p.route),
                     key_id: None,
-                    forwarded: true,
+                    forwarded: p.identity,
                 };
                 access::begin(shard, c, &peer_text, &begin);
                 let outcome = exchange::forward(shard, c, io, &p).await;

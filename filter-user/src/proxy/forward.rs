@@ -56,16 +56,42 @@ pub(crate) struct Forward<'a, 'b> {
     pub http10: bool,
 }
 
+/// Where the caller's identity sits in a written head: byte ranges of the
+/// `X-Edgefilter-Key-Id`, `-Tenant` and `-User` values, for the access log to copy without
+/// searching the head again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentitySpans {
+    /// `X-Edgefilter-Key-Id`'s value.
+    pub key_id: (u32, u32),
+    /// `X-Edgefilter-Tenant`'s value.
+    pub tenant: (u32, u32),
+    /// `X-Edgefilter-User`'s value.
+    pub user: (u32, u32),
+}
+
+impl IdentitySpans {
+    /// The three values, sliced from the head they were written into.
+    #[must_use]
+    pub fn values<'o>(&self, head: &'o [u8]) -> Option<[&'o [u8]; 3]> {
+        let at = |(a, b): (u32, u32)| head.get(a as usize..b as usize);
+        Some([at(self.key_id)?, at(self.tenant)?, at(self.user)?])
+    }
+}
+
 /// A field [`field`] refused to write: the header it was, e.g. `X-Edgefilter-User`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Unsafe(pub &'static str);
 
-/// Serialises the upstream request head into `out` (cleared first).
+/// Serialises the upstream request head into `out` (cleared first); returns where the
+/// identity's values are in it (when there is one).
 ///
 /// # Errors
 /// [`Unsafe`]: a field holds a byte a field may not; `out` then holds a partial head that must
 /// not be sent.
-pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<(), Unsafe> {
+pub(crate) fn write_head(
+    out: &mut Vec<u8>,
+    f: &Forward<'_, '_>,
+) -> Result<Option<IdentitySpans>, Unsafe> {
     out.clear();
     // The request line's parts come from httparse: a token and a target of visible characters.
     out.extend_from_slice(f.method.as_bytes());
@@ -114,18 +140,26 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<(), U
         f.request_id.as_bytes(),
         "X-Request-Id",
     )?;
-    if let Some(id) = f.identity {
-        let key_id = id.key_id.as_bytes();
-        field(out, b"X-Edgefilter-Key-Id", key_id, "X-Edgefilter-Key-Id")?;
-        let tenant = id.tenant.as_bytes();
-        field(out, b"X-Edgefilter-Tenant", tenant, "X-Edgefilter-Tenant")?;
-        field(
-            out,
-            b"X-Edgefilter-User",
-            id.user.as_bytes(),
-            "X-Edgefilter-User",
-        )?;
-    }
+    let spans = match f.identity {
+        Some(id) => {
+            let key_id = id.key_id.as_bytes();
+            let key_id = field(out, b"X-Edgefilter-Key-Id", key_id, "X-Edgefilter-Key-Id")?;
+            let tenant = id.tenant.as_bytes();
+            let tenant = field(out, b"X-Edgefilter-Tenant", tenant, "X-Edgefilter-Tenant")?;
+            let user = field(
+                out,
+                b"X-Edgefilter-User",
+                id.user.as_bytes(),
+                "X-Edgefilter-User",
+            )?;
+            Some(IdentitySpans {
+                key_id,
+                tenant,
+                user,
+            })
+        }
+        None => None,
+    };
     if let Some((name, value)) = &f.route.inject {
         let what = "the route's inject_header";
         field(out, name.as_bytes(), value.as_bytes(), what)?;
@@ -137,26 +171,39 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<(), U
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => field(out, b"Transfer-Encoding", b"chunked", "Transfer-Encoding")?,
+        Framing::Chunked => {
+            field(out, b"Transfer-Encoding", b"chunked", "Transfer-Encoding")?;
+        }
     }
     out.extend_from_slice(b"\r\n");
-    Ok(())
+    Ok(spans)
 }
 
-/// Writes `name: value\r\n`, or refuses (as `what`) a value with a byte a field value may not
-/// hold (RFC 9110 §5.5: CR, LF, NUL, any other control but HTAB). Names are tokens by
+/// Writes `name: value\r\n` and returns where the value is in `out`, or refuses (as `what`) a
+/// value with a byte a field value may not hold (RFC 9110 §5.5: CR, LF, NUL, any other control but HTAB). Names are tokens by
 /// construction: the parser's, the proxy's own literals, and `inject_header`'s, checked at
 /// start-up.
 #[inline]
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8], what: &'static str) -> Result<(), Unsafe> {
+fn field(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    value: &[u8],
+    what: &'static str,
+) -> Result<(u32, u32), Unsafe> {
     if has_bad_value_byte(value) {
         return Err(Unsafe(what));
     }
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
+    let start = out.len();
     out.extend_from_slice(value);
+    let end = out.len();
     out.extend_from_slice(b"\r\n");
-    Ok(())
+    // A head is capped far below 4 GiB (`limits.max_header_bytes` plus what the proxy adds).
+    Ok((
+        u32::try_from(start).unwrap_or(u32::MAX),
+        u32::try_from(end).unwrap_or(u32::MAX),
+    ))
 }
 
 /// Whether a client header goes upstream.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::forward::{self, Forward, Unsafe};
+use super::forward::{self, Forward, IdentitySpans, Unsafe};
 pub use super::headers::Framing;
 use super::headers::scan;
 use super::path;
@@ -85,6 +85,8 @@ pub struct Prepared {
     pub request_id: RequestId,
     /// The method and target in the read buffer.
     pub line: Line,
+    /// Where the caller's identity is in the forwarded head.
+    pub identity: Option<IdentitySpans>,
 }
 
 /// A request answered by the proxy itself.
@@ -255,19 +257,22 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             http10: version == 0,
         },
     );
-    if let Err(unsafe_field) = written {
-        out.clear();
-        return Step::Refuse(Box::new(Refusal {
-            head_len: Some(head_len),
-            framing,
-            keep_alive,
-            request_id,
-            route: Some(route),
-            line: Some(line),
-            denial: unsafe_denial(unsafe_field, identity),
-            rule: None,
-        }));
-    }
+    let identity_spans = match written {
+        Ok(spans) => spans,
+        Err(unsafe_field) => {
+            out.clear();
+            return Step::Refuse(Box::new(Refusal {
+                head_len: Some(head_len),
+                framing,
+                keep_alive,
+                request_id,
+                route: Some(route),
+                line: Some(line),
+                denial: unsafe_denial(unsafe_field, identity),
+                rule: None,
+            }));
+        }
+    };
     Step::Forward(Prepared {
         head_len,
         framing,
@@ -277,6 +282,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         route,
         request_id,
         line,
+        identity: identity_spans,
     })
 }
 
