@@ -1,6 +1,11 @@
-//! `edgefilter explain --key KEY`: prints the explain engine's report ([`crate::auth::explain`]):
-//! every check in order with pass/fail, the reason and the fix. Never prints the key.
+//! `edgefilter explain --key KEY|-`: prints the explain engine's report ([`crate::auth::explain`]):
+//! every check in order with pass/fail, the reason and the fix, as text or `--json`. `--key -`
+//! reads the key from stdin, so it stays out of `ps` and the shell history. Never prints the key.
+//!
+//! Exit codes: 0 when the request would be allowed, 1 when it would be denied (or the store
+//! failed), 2 on a usage or config error (no key on stdin included).
 
+use std::io::{BufRead, Read};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,25 +13,50 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::load_config;
-use super::out::out;
+use super::out::{out, outln, printable};
 use crate::auth::explain::{ExplainError, Explanation, Mark, explain};
 use crate::store;
 
 /// Arguments.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The key to explain (read from the command line; never printed).
+    /// The key to explain, or `-` to read it from stdin (one line; only its line ending is
+    /// removed). Never printed.
     #[arg(long)]
     key: String,
     /// Client address to check against the key's networks.
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
-    /// Request method.
+    /// Request method (checked as the proxy's HTTP parser reads it; routes have no method rules).
     #[arg(long, default_value = "GET")]
     method: String,
-    /// Request path (selects the route and its scopes).
+    /// Request target, path and optional query (checked by the proxy's path rules; selects the
+    /// route and its scopes).
     #[arg(long)]
     path: Option<String>,
+    /// Print the checks and the verdict as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The longest line `--key -` reads: far beyond any key, so a wrong pipe is not read forever.
+const MAX_STDIN_KEY: u64 = 4096;
+
+/// Reads the key from one line of `input`: only the line's `\n` is removed, so a key with any
+/// other whitespace (a `\r` included) is diagnosed as the proxy would see it.
+fn key_from(input: impl Read) -> Result<String, String> {
+    let mut line = Vec::new();
+    std::io::BufReader::new(input.take(MAX_STDIN_KEY))
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("reading the key from stdin: {e}"))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.is_empty() {
+        return Err("--key -: stdin holds no key".into());
+    }
+    // A key is ASCII: anything else is kept (lossily) for the format check to name.
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Runs the command: exit 0 when the request would be allowed, 1 when denied, 2 on usage.
@@ -34,6 +64,17 @@ pub struct ExplainArgs {
 /// # Errors
 /// Store failures.
 pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let key = if args.key == "-" {
+        match key_from(std::io::stdin().lock()) {
+            Ok(k) => k,
+            Err(m) => {
+                eprintln!("error: {m}");
+                return Ok(ExitCode::from(super::EXIT_USAGE));
+            }
+        }
+    } else {
+        args.key
+    };
     let cfg = match load_config(config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -42,7 +83,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let explained = match explain(
         &cfg,
         &*store,
-        &args.key,
+        &key,
         args.ip,
         &args.method,
         args.path.as_deref(),
@@ -54,7 +95,11 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         Err(ExplainError::Store(e)) => return Err(e.into()),
     };
-    out!("{}", to_text(&explained));
+    if args.json {
+        outln!("{}", explained.to_json());
+    } else {
+        out!("{}", to_text(&explained));
+    }
     Ok(if explained.verdict.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -65,28 +110,54 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
 /// The text `edgefilter explain` prints.
 #[must_use]
 pub fn to_text(e: &Explanation) -> String {
-    let mut out = format!("{}\n", e.header);
+    let mut out = format!("{}\n", printable(&e.header));
     for c in &e.checks {
         let name = c.name;
+        let detail = printable(&c.detail);
         match &c.mark {
-            Mark::Pass => out.push_str(&format!("  PASS  {name:<12} {}\n", c.detail)),
-            Mark::Skip => out.push_str(&format!("  ----  {name:<12} {}\n", c.detail)),
+            Mark::Pass => out.push_str(&format!("  PASS  {name:<12} {detail}\n")),
+            Mark::Skip => out.push_str(&format!("  ----  {name:<12} {detail}\n")),
             Mark::Fail { code, first } => {
                 let answer = if *first { "  <- the answer" } else { "" };
+                let rule = c
+                    .rule
+                    .map_or_else(String::new, |r| format!(" ({})", r.as_str()));
                 out.push_str(&format!(
-                    "  FAIL  {name:<12} {code} {}{answer}\n",
+                    "  FAIL  {name:<12} {code} {}{rule}{answer}\n",
                     code.status()
                 ));
-                out.push_str(&format!("        {:<12} {}\n", "", c.detail));
+                out.push_str(&format!("        {:<12} {detail}\n", ""));
                 if let Some(f) = &c.fix {
-                    out.push_str(&format!("        {:<12} fix: {f}\n", ""));
+                    out.push_str(&format!("        {:<12} fix: {}\n", "", printable(f)));
                 }
             }
         }
     }
     if !e.verdict_line.is_empty() {
-        out.push_str(&e.verdict_line);
+        out.push_str(&printable(&e.verdict_line));
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_from;
+
+    #[test]
+    fn stdin_loses_only_its_line_ending() {
+        assert_eq!(key_from(&b"ef_live_abc\n"[..]).unwrap(), "ef_live_abc");
+        assert_eq!(key_from(&b"ef_live_abc"[..]).unwrap(), "ef_live_abc");
+        assert_eq!(key_from(&b"ef_live_abc \n"[..]).unwrap(), "ef_live_abc ");
+        assert_eq!(
+            key_from(&b" ef_live_abc\r\n"[..]).unwrap(),
+            " ef_live_abc\r"
+        );
+        assert_eq!(
+            key_from(&b"ef_live_abc\nsecond\n"[..]).unwrap(),
+            "ef_live_abc"
+        );
+        assert!(key_from(&b"\n"[..]).is_err());
+        assert!(key_from(&b""[..]).is_err());
+    }
 }

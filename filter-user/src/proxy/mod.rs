@@ -51,7 +51,7 @@ pub mod head;
 mod headers;
 mod io;
 pub mod listen;
-mod path;
+pub(crate) mod path;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

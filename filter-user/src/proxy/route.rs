@@ -164,7 +164,7 @@ impl RouteTable {
 }
 
 /// The bytes of `path` as an upstream reads them: decoded, each segment's `;parameters` left out.
-fn upstream_reading(path: &str) -> impl Iterator<Item = u8> + '_ {
+pub(crate) fn upstream_reading(path: &str) -> impl Iterator<Item = u8> + '_ {
     let mut in_params = false;
     percent::bytes(path, Plus::Literal)
         .map(|b| b.unwrap_or(b'%'))

@@ -20,14 +20,14 @@ upstream = "http://127.0.0.1:9"
 scopes = ["ai:invoke"]
 "#;
 
-struct Env {
-    dir: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
     /// Every key this test has seen; no later output may hold one.
-    keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
 }
 
 impl Env {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ef.toml"), CONFIG).unwrap();
         Self {
@@ -36,11 +36,11 @@ impl Env {
         }
     }
 
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.path().join("ef.toml")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
             .arg("--config")
             .arg(self.config())
@@ -56,7 +56,7 @@ impl Env {
 
     /// Runs and returns (exit code, stdout + stderr), asserting no known key is in the output
     /// unless `may_print` names it.
-    fn out(&self, args: &[&str], may_print: Option<&str>) -> (i32, String) {
+    pub(crate) fn out(&self, args: &[&str], may_print: Option<&str>) -> (i32, String) {
         let o = self.run(args);
         let text = format!(
             "{}{}",
@@ -75,7 +75,7 @@ impl Env {
         (o.status.code().unwrap(), text)
     }
 
-    fn create(&mut self, extra: &[&str]) -> (String, String) {
+    pub(crate) fn create(&mut self, extra: &[&str]) -> (String, String) {
         let mut args = vec!["keys", "create", "--tenant", "acme", "--json"];
         args.extend_from_slice(extra);
         let (rc, text) = self.out(&args, None);
@@ -86,7 +86,7 @@ impl Env {
         (v["id"].as_str().unwrap().to_owned(), key)
     }
 
-    fn explain(&self, key: &str, extra: &[&str]) -> (i32, String) {
+    pub(crate) fn explain(&self, key: &str, extra: &[&str]) -> (i32, String) {
         let mut args = vec!["explain", "--key", key];
         args.extend_from_slice(extra);
         self.out(&args, None)
@@ -223,7 +223,7 @@ fn explain_names_the_check_and_the_fix_for_each_failure() {
     let (rc, text) = env.explain(&good, &["--path", "/v1/chat", "--method", "POST"]);
     assert_eq!(rc, 0, "{text}");
     assert!(text.contains(&format!("verdict: ALLOW as {good_id}")));
-    assert_eq!(text.matches("PASS").count(), 13, "{text}");
+    assert_eq!(text.matches("PASS").count(), 16, "{text}");
 
     let cases: Vec<(Vec<String>, &str, &str)> = vec![
         (
@@ -253,17 +253,24 @@ fn explain_names_the_check_and_the_fix_for_each_failure() {
         assert!(text.contains("<- the answer"));
     }
 
-    let (_, test_key) = env.create(&["--user", "tess", "--env", "test"]);
+    let (test_id, test_key) = env.create(&["--user", "tess", "--env", "test"]);
     let (rc, text) = env.explain(&test_key, &[]);
     assert_eq!(rc, 1);
-    assert!(text.contains("WRONG_ENVIRONMENT") && text.contains("keys create --env live"));
+    assert!(
+        text.contains("WRONG_ENVIRONMENT")
+            && text.contains(&format!("keys create --like {test_id} --env live")),
+        "{text}"
+    );
 
     let (exp_id, expired) = env.create(&["--user", "alice", "--expires", "2020-01-01T00:00:00Z"]);
     let (rc, text) = env.explain(&expired, &[]);
     assert_eq!(rc, 1);
     assert!(text.contains("KEY_EXPIRED") && text.contains("2020-01-01T00:00:00Z"));
+    // Made already expired: a rotation keeps its lifetime (none), so it asks for one.
     assert!(
-        text.contains(&format!("fix: edgefilter keys rotate {exp_id}")),
+        text.contains(&format!(
+            "fix: edgefilter keys create --like {exp_id} --expires DURATION"
+        )),
         "{text}"
     );
 
