@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::names::{NameError, NameKind};
-use crate::store::Actor;
+use crate::store::{Actor, KeyView};
 
 /// The request header in which a caller may say on whose behalf it acts (the CLI sends its
 /// local user, e.g. `cli:alice`); recorded after the authenticated actor, as its claim.
@@ -157,27 +157,31 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// `POST /v1/keys`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// `POST /v1/keys`. With `like`, every field it leaves out is copied from that key
+/// ([`CreateKeyRequest::inherit`]); without it `tenant` and `user` are required (a body without
+/// them is refused as it is parsed). `like` may hold a full key: `Debug` redacts it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// Tenant name (created if new).
-    pub tenant: String,
-    /// User name within the tenant (created if new).
-    pub user: String,
-    /// Scopes granted.
+    /// Tenant name (created if new); required unless `like` names a key.
     #[serde(default)]
-    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    /// User name within the tenant (created if new); required unless `like` names a key.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Scopes granted; left out: none, or `like`'s.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
     /// Expiry: a duration from now (`90d`, `12h`) or RFC 3339.
     #[serde(default)]
     pub expires: Option<String>,
     /// Not valid before: a duration from now or RFC 3339.
     #[serde(default)]
     pub not_before: Option<String>,
-    /// Client CIDRs allowed (empty = any).
+    /// Client CIDRs allowed (empty = any); left out: any, or `like`'s.
     #[serde(default)]
-    pub allowed_cidrs: Vec<IpNet>,
-    /// Requests per second (token-bucket refill); none = unlimited.
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// Requests per second (token-bucket refill); none = unlimited, or `like`'s.
     #[serde(default)]
     pub rate: Option<u64>,
     /// Token-bucket size.
@@ -186,9 +190,70 @@ pub struct CreateKeyRequest {
     /// Create as `pending` (needs approval).
     #[serde(default)]
     pub pending: bool,
-    /// Environment (`live`, `test`, ...); default: the edge's `keys.environment`.
+    /// Environment (`live`, `test`, ...); default: `like`'s, else the edge's `keys.environment`.
     #[serde(default)]
     pub env: Option<String>,
+    /// A key (`key_…` or the full key) whose tenant, user, scopes, networks, limit and
+    /// environment the new key copies, where the request leaves them out.
+    #[serde(default)]
+    pub like: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for CreateKeyRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The derived (`remote = "Self"`) parser, then the rule across fields.
+        let r = Self::deserialize(d)?;
+        if r.like.is_none() && (r.tenant.is_none() || r.user.is_none()) {
+            return Err(serde::de::Error::custom(
+                "`tenant` and `user` are required unless `like` names a key",
+            ));
+        }
+        Ok(r)
+    }
+}
+
+impl CreateKeyRequest {
+    /// Copies from `from` every field this request leaves out: tenant, user, scopes, allowed
+    /// networks, rate and burst (a request with `burst` alone keeps `from`'s rate), and the
+    /// environment. Validity times, approval and credentials are never copied.
+    pub fn inherit(&mut self, from: &KeyView) {
+        let k = &from.key;
+        self.tenant.get_or_insert_with(|| from.user.tenant.clone());
+        self.user.get_or_insert_with(|| from.user.name.clone());
+        self.scopes.get_or_insert_with(|| k.scopes.clone());
+        self.allowed_cidrs
+            .get_or_insert_with(|| k.allow_cidrs.clone());
+        self.env.get_or_insert_with(|| k.env.clone());
+        if let (None, Some(r)) = (self.rate, k.rate) {
+            self.rate = Some(u64::from(r.per_sec));
+            self.burst.get_or_insert(u64::from(r.burst));
+        }
+    }
+}
+
+impl std::fmt::Debug for CreateKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let like = self.like.as_deref().map(|l| {
+            if crate::store::ids::is_key_id(l) {
+                l
+            } else {
+                "(a key)"
+            }
+        });
+        f.debug_struct("CreateKeyRequest")
+            .field("tenant", &self.tenant)
+            .field("user", &self.user)
+            .field("scopes", &self.scopes)
+            .field("expires", &self.expires)
+            .field("not_before", &self.not_before)
+            .field("allowed_cidrs", &self.allowed_cidrs)
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .field("pending", &self.pending)
+            .field("env", &self.env)
+            .field("like", &like)
+            .finish()
+    }
 }
 
 /// `GET /v1/keys?tenant=T`.

@@ -30,12 +30,18 @@ pub enum AllowCmd {
         /// e.g. 203.0.113.0/24, 2001:db8::/32, 198.51.100.7
         #[arg(value_parser = parse_cidr)]
         cidr: IpNet,
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Remove a CIDR from the allowlist (config entries are masked, not deleted from the file).
     Remove {
         /// A CIDR currently in the allowlist.
         #[arg(value_parser = parse_cidr)]
         cidr: IpNet,
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// List the allowlist: each CIDR, where it comes from, and whether the live filter has it.
     List {
@@ -61,7 +67,7 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
     let pins = PinDir::from_env();
     let daemon = daemon_api::discover(&cfg);
     match cmd {
-        AllowCmd::Add { cidr } => {
+        AllowCmd::Add { cidr, json } => {
             let net = cidr.trunc();
             let added = match &daemon {
                 Some(c) => {
@@ -84,14 +90,21 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                     added?
                 }
             };
-            if added {
-                outln!("added {net} (saved in {})", path.display());
+            if json.json {
+                outln!(
+                    "{}",
+                    change_json(Action::AllowAdd, net, added, &path, &pins)
+                );
             } else {
-                outln!("{net} is already allowed");
+                if added {
+                    outln!("added {net} (saved in {})", path.display());
+                } else {
+                    outln!("{net} is already allowed");
+                }
+                say_live(&pins);
             }
-            say_live(&pins);
         }
-        AllowCmd::Remove { cidr } => {
+        AllowCmd::Remove { cidr, json } => {
             let net = cidr.trunc();
             let removed = match &daemon {
                 Some(c) => {
@@ -115,8 +128,15 @@ pub fn run(config: &Path, cmd: AllowCmd) -> anyhow::Result<ExitCode> {
                 eprintln!("{net} is not in the allowlist (see `edgefilter allow list`)");
                 return Ok(ExitCode::FAILURE);
             }
-            outln!("removed {net} (saved in {})", path.display());
-            say_live(&pins);
+            if json.json {
+                outln!(
+                    "{}",
+                    change_json(Action::AllowRemove, net, true, &path, &pins)
+                );
+            } else {
+                outln!("removed {net} (saved in {})", path.display());
+                say_live(&pins);
+            }
         }
         AllowCmd::List { json } => {
             let effective = match &daemon {
@@ -139,6 +159,22 @@ fn record(cfg: &Config, action: Action, net: IpNet, outcome: &anyhow::Result<boo
         Err(e) => Err(format!("ERROR: {e:#}")),
     };
     audit::record_local(cfg, action, &net.to_string(), outcome);
+}
+
+/// The `--json` of `allow add|remove`: the action (as the audit trail names it), the CIDR,
+/// whether the list changed (an add of a CIDR already allowed does not), the file it is saved
+/// in, and whether a pinned filter took it at once.
+fn change_json(
+    action: Action,
+    net: IpNet,
+    changed: bool,
+    file: &std::path::Path,
+    pins: &PinDir,
+) -> Value {
+    json!({
+        "action": action.as_str(), "cidr": net.to_string(), "changed": changed,
+        "saved_in": file.display().to_string(), "live": pins.has_maps(),
+    })
 }
 
 /// The body of `POST|DELETE /v1/allowlist`.

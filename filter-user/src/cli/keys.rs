@@ -48,11 +48,17 @@ pub enum KeysCmd {
     Revoke {
         /// `key_…` or the full key.
         id: String,
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Approve a pending key.
     Approve {
         /// `key_…` or the full key.
         id: String,
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Replace a key; the old one keeps working until the grace period ends.
     Rotate {
@@ -71,11 +77,15 @@ pub enum KeysCmd {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Tenant (created if new): 1 to 128 of A-Z a-z 0-9 . _ @ + -, starting with a letter or digit.
-    #[arg(long, value_parser = name_arg::<TenantName>())]
-    tenant: TenantName,
+    #[arg(long, value_parser = name_arg::<TenantName>(), required_unless_present = "like")]
+    tenant: Option<TenantName>,
     /// User (created if new), e.g. an e-mail address: the same rule as --tenant.
-    #[arg(long, value_parser = name_arg::<UserName>())]
-    user: UserName,
+    #[arg(long, value_parser = name_arg::<UserName>(), required_unless_present = "like")]
+    user: Option<UserName>,
+    /// Copy another key's tenant, user, scopes, networks, limit and environment (`key_…` or
+    /// the full key); the options given here replace what they name.
+    #[arg(long, value_name = "ID")]
+    like: Option<String>,
     /// Scope granted (repeatable): printable ASCII without space, `"` or `\`.
     #[arg(long = "scope", value_parser = name_arg::<Scope>())]
     scopes: Vec<Scope>,
@@ -208,12 +218,28 @@ fn print_created(mut c: CreatedKeyJson, json: bool, extra: Option<(&str, Value)>
     }
 }
 
-fn print_revoked(v: &KeyJson) {
+/// The `--json` of a key change: the action (as the audit trail names it), the key's id, its
+/// stored status and state after the change, and the whole key (never its secret).
+fn change_json(action: Action, v: &KeyJson) -> Value {
+    json!({
+        "action": action.as_str(), "id": v.id, "status": v.status, "state": v.state, "key": v,
+    })
+}
+
+fn print_revoked(v: &KeyJson, json: bool) {
+    if json {
+        outln!("{}", change_json(Action::KeyRevoke, v));
+        return;
+    }
     let at = v.revoked_at.as_deref().unwrap_or_default();
     outln!("{} revoked at {}", printable(&v.id), printable(at));
 }
 
-fn print_approved(v: &KeyJson) {
+fn print_approved(v: &KeyJson, json: bool) {
+    if json {
+        outln!("{}", change_json(Action::KeyApprove, v));
+        return;
+    }
     outln!(
         "{} approved (tenant {}, user {})",
         printable(&v.id),
@@ -241,15 +267,27 @@ fn from_api<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("the daemon answered a key in an unexpected shape: {e}"))
 }
 
-/// The admin API request for `keys create`.
-fn create_body(a: &CreateArgs, new: &NewKey) -> Value {
+/// The admin API request for `keys create`: what the options give; with `--like` the daemon
+/// copies the rest from that key (so a list left empty is sent as "not given").
+fn create_body(a: &CreateArgs, checked: &Checked, default_env: &str) -> Value {
+    let given = |empty: bool| !empty || a.like.is_none();
     let scopes: Vec<&str> = a.scopes.iter().map(Scope::as_str).collect();
+    let cidrs: Vec<String> = a
+        .allow_cidrs
+        .iter()
+        .map(|n| n.trunc().to_string())
+        .collect();
+    let env = a
+        .env
+        .clone()
+        .or_else(|| a.like.is_none().then(|| default_env.to_owned()));
     json!({
-        "tenant": a.tenant.as_str(), "user": a.user.as_str(), "scopes": scopes,
+        "tenant": a.tenant.as_deref(), "user": a.user.as_deref(),
+        "scopes": given(scopes.is_empty()).then_some(scopes),
         "expires": a.expires, "not_before": a.not_before,
-        "allowed_cidrs": new.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "rate": new.rate.map(|r| r.per_sec), "burst": new.rate.map(|r| r.burst),
-        "pending": a.pending, "env": new.env,
+        "allowed_cidrs": given(cidrs.is_empty()).then_some(cidrs),
+        "rate": checked.rate, "burst": a.burst,
+        "pending": a.pending, "env": env, "like": a.like,
     })
 }
 
@@ -281,23 +319,29 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
     };
     match cmd {
         KeysCmd::Create(a) => {
-            let new = match new_key(&a, &cfg.keys.environment, now) {
-                Ok(n) => n,
+            let checked = match Checked::of(&a, now) {
+                Ok(c) => c,
                 Err(m) => return Ok(usage(&m)),
             };
             if let Some(c) = &api {
-                let v = daemon_api::call(c, "POST", "/v1/keys", Some(&create_body(&a, &new)))?;
+                let body = create_body(&a, &checked, &cfg.keys.environment);
+                let v = daemon_api::call(c, "POST", "/v1/keys", Some(&body))?;
                 print_created(from_api(&v)?, a.json.json, None);
             } else {
+                let mut st = store::open(&cfg)?;
+                let from = match &a.like {
+                    Some(like) => Some(find_like(&mut *st, like, now)?),
+                    None => None,
+                };
+                let new = match new_key(&a, &checked, from.as_ref(), &cfg.keys.environment) {
+                    Ok(n) => n,
+                    Err(m) => return Ok(usage(&m)),
+                };
                 let named = new_key_object(&new.tenant, &new.user);
                 let object = |_: &dyn KeyStore| named.clone();
-                let created = audit::change(
-                    &mut *store::open(&cfg)?,
-                    Action::KeyCreate,
-                    &object,
-                    now,
-                    |s| s.create_keys(std::slice::from_ref(&new), now),
-                )?;
+                let created = audit::change(&mut *st, Action::KeyCreate, &object, now, |s| {
+                    s.create_keys(std::slice::from_ref(&new), now)
+                })?;
                 for c in &created {
                     print_created(CreatedKeyJson::from_created(c, now), a.json.json, None);
                 }
@@ -316,22 +360,22 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 print_view(&v, now);
             }
         }
-        KeysCmd::Revoke { id } => match change(api.as_ref(), &id, "revoke", None)? {
-            Some(r) => print_revoked(&from_api(&r["key"])?),
+        KeysCmd::Revoke { id, json } => match change(api.as_ref(), &id, "revoke", None)? {
+            Some(r) => print_revoked(&from_api(&r["key"])?, json.json),
             None => {
                 let v = direct(&cfg, Action::KeyRevoke, &id, now, |s, key| {
                     s.revoke(key, now)
                 })?;
-                print_revoked(&KeyJson::from_view(&v, now));
+                print_revoked(&KeyJson::from_view(&v, now), json.json);
             }
         },
-        KeysCmd::Approve { id } => match change(api.as_ref(), &id, "approve", None)? {
-            Some(r) => print_approved(&from_api(&r["key"])?),
+        KeysCmd::Approve { id, json } => match change(api.as_ref(), &id, "approve", None)? {
+            Some(r) => print_approved(&from_api(&r["key"])?, json.json),
             None => {
                 let v = direct(&cfg, Action::KeyApprove, &id, now, |s, key| {
                     s.approve(key, now)
                 })?;
-                print_approved(&KeyJson::from_view(&v, now));
+                print_approved(&KeyJson::from_view(&v, now), json.json);
             }
         },
         KeysCmd::Rotate { id, grace, json } => {
@@ -388,43 +432,80 @@ fn list(st: &dyn KeyStore, tenant: Option<&str>, json: JsonFlag, now: i64) -> an
         outln!("{}", json!(arr));
         return Ok(());
     }
-    // Every value comes from the store: printed through `printable`.
-    let row = |cols: [&str; 8]| {
-        let c = cols.map(printable);
-        outln!(
-            "{:<17} {:<14} {:<14} {:<14} {:<6} {:<22} {:<21} {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            c[6],
-            c[7]
-        );
-    };
-    row([
+    let header = [
         "ID", "TENANT", "USER", "STATE", "ENV", "SCOPES", "EXPIRES", "CREATED",
-    ]);
-    for v in &keys {
-        let scopes = if v.key.scopes.is_empty() {
-            "-".to_owned()
-        } else {
-            v.key.scopes.join(",")
-        };
-        let expires = v.key.expires_at.map_or_else(|| "never".to_owned(), rfc3339);
-        row([
-            &v.key.id,
-            &v.user.tenant,
-            &v.user.name,
-            key_state(v, now),
-            &v.key.env,
-            &scopes,
-            &expires,
-            &rfc3339(v.key.created_at),
-        ]);
+    ];
+    let rows: Vec<[String; 8]> = keys
+        .iter()
+        .map(|v| {
+            let scopes = if v.key.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                v.key.scopes.join(",")
+            };
+            [
+                v.key.id.clone(),
+                v.user.tenant.clone(),
+                v.user.name.clone(),
+                key_state(v, now).to_owned(),
+                v.key.env.clone(),
+                scopes,
+                v.key.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
+                rfc3339(v.key.created_at),
+            ]
+        })
+        .collect();
+    for line in table(header, &rows) {
+        outln!("{line}");
     }
     Ok(())
+}
+
+/// The widest a `keys list` column grows; a longer value is cut with `…` (`--json` and
+/// `keys show` keep it whole).
+const MAX_COLUMN: usize = 32;
+
+/// `value` cut to `width` characters, its last one `…` when cut.
+fn fit(value: &str, width: usize) -> String {
+    if value.chars().count() <= width {
+        return value.to_owned();
+    }
+    let mut cut: String = value.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The lines of a table: each column as wide as its widest cell (at most [`MAX_COLUMN`]),
+/// two spaces apart, the last one unpadded. Every cell comes from the store, so each goes
+/// through [`printable`] first.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let shown: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.each_ref().map(|c| printable(c).into_owned()))
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &shown {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count().min(MAX_COLUMN));
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            let c = fit(c, w);
+            if i + 1 == N {
+                out.push_str(&c);
+            } else {
+                let pad = w - c.chars().count();
+                out.push_str(&c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out
+    };
+    std::iter::once(line(header))
+        .chain(shown.iter().map(|r| line(r.each_ref().map(String::as_str))))
+        .collect()
 }
 
 /// ` key_…` for an id; nothing for a full key (never echo it).
@@ -436,31 +517,104 @@ fn id_suffix(arg: &str) -> String {
     }
 }
 
-fn new_key(a: &CreateArgs, default_env: &str, now: i64) -> Result<NewKey, String> {
-    let rate = match &a.rate {
-        Some(r) => {
-            let per_sec = parse_rate(r)?;
-            Some(RateLimit {
-                per_sec,
-                burst: a.burst.unwrap_or(per_sec).max(1),
-            })
+/// The options of `keys create` that are checked before anything is asked of the store or the
+/// daemon: the rate, and the times (read at `now`).
+struct Checked {
+    rate: Option<u32>,
+    not_before: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+impl Checked {
+    fn of(a: &CreateArgs, now: i64) -> Result<Self, String> {
+        let rate = a.rate.as_deref().map(parse_rate).transpose()?;
+        if rate.is_none() && a.burst.is_some() && a.like.is_none() {
+            return Err("--burst needs --rate".into());
         }
-        None if a.burst.is_some() => return Err("--burst needs --rate".into()),
-        None => None,
+        let when = |s: &Option<String>, flag: &str| {
+            s.as_deref()
+                .map(|s| parse_when(s, now).map_err(|m| format!("{flag}: {m}")))
+                .transpose()
+        };
+        Ok(Self {
+            rate,
+            not_before: when(&a.not_before, "--not-before")?,
+            expires_at: when(&a.expires, "--expires")?,
+        })
+    }
+}
+
+/// The key `--like` names (by id or full key, never echoed); a key that is not there is a
+/// refused `key.create` in the audit trail.
+fn find_like(st: &mut dyn KeyStore, like: &str, now: i64) -> anyhow::Result<KeyView> {
+    if let Some(v) = st.find_key(KeyRef::from_arg(like))? {
+        return Ok(v);
+    }
+    let object = |s: &dyn KeyStore| key_object(s, like);
+    audit::change(st, Action::KeyCreate, &object, now, |_| {
+        Err(store::StoreError::NoSuchKey(format!(
+            "to copy (--like){}",
+            id_suffix(like)
+        )))
+    })?;
+    anyhow::bail!("no such key to copy (--like){}", id_suffix(like))
+}
+
+/// The key to create: the options given, and (with `--like`) what they leave out copied from
+/// `from`: tenant, user, scopes, networks, limit and environment.
+fn new_key(
+    a: &CreateArgs,
+    checked: &Checked,
+    from: Option<&KeyView>,
+    default_env: &str,
+) -> Result<NewKey, String> {
+    let copied = |f: fn(&KeyView) -> String| from.map(f);
+    let tenant = a
+        .tenant
+        .as_deref()
+        .map(str::to_owned)
+        .or_else(|| copied(|v| v.user.tenant.clone()))
+        .ok_or("--tenant is needed (or --like)")?;
+    let user = a
+        .user
+        .as_deref()
+        .map(str::to_owned)
+        .or_else(|| copied(|v| v.user.name.clone()))
+        .ok_or("--user is needed (or --like)")?;
+    let rate = match (checked.rate, a.burst, from.and_then(|v| v.key.rate)) {
+        (Some(per_sec), burst, _) => Some(RateLimit {
+            per_sec,
+            burst: burst.unwrap_or(per_sec).max(1),
+        }),
+        (None, None, copied) => copied,
+        (None, Some(burst), Some(r)) => Some(RateLimit {
+            per_sec: r.per_sec,
+            burst: burst.max(1),
+        }),
+        (None, Some(_), None) => return Err("--burst needs --rate".into()),
     };
-    let when = |s: &Option<String>, flag: &str| {
-        s.as_deref()
-            .map(|s| parse_when(s, now).map_err(|m| format!("{flag}: {m}")))
-            .transpose()
+    let scopes = if a.scopes.is_empty() {
+        from.map(|v| v.key.scopes.clone()).unwrap_or_default()
+    } else {
+        a.scopes.iter().map(ToString::to_string).collect()
+    };
+    let allow_cidrs = if a.allow_cidrs.is_empty() {
+        from.map(|v| v.key.allow_cidrs.clone()).unwrap_or_default()
+    } else {
+        a.allow_cidrs.iter().map(IpNet::trunc).collect()
     };
     Ok(NewKey {
-        tenant: a.tenant.to_string(),
-        user: a.user.to_string(),
-        env: a.env.clone().unwrap_or_else(|| default_env.to_owned()),
-        scopes: a.scopes.iter().map(ToString::to_string).collect(),
-        not_before: when(&a.not_before, "--not-before")?,
-        expires_at: when(&a.expires, "--expires")?,
-        allow_cidrs: a.allow_cidrs.iter().map(IpNet::trunc).collect(),
+        tenant,
+        user,
+        env: a
+            .env
+            .clone()
+            .or_else(|| copied(|v| v.key.env.clone()))
+            .unwrap_or_else(|| default_env.to_owned()),
+        scopes,
+        not_before: checked.not_before,
+        expires_at: checked.expires_at,
+        allow_cidrs,
         rate,
         pending: a.pending,
     })

@@ -453,9 +453,15 @@ impl ControlPlane {
     }
 
     fn new_key(&self, r: CreateKeyRequest, now: i64) -> Result<NewKey, ApiError> {
-        let tenant = TenantName::parse(&r.tenant).map_err(|e| ApiError::invalid_name(&e))?;
-        let user = UserName::parse(&r.user).map_err(|e| ApiError::invalid_name(&e))?;
-        for s in &r.scopes {
+        let needed = |what: &str| {
+            ApiError::bad_request(format!("`{what}` is required (or `like`, naming a key)"))
+        };
+        let tenant = r.tenant.ok_or_else(|| needed("tenant"))?;
+        let user = r.user.ok_or_else(|| needed("user"))?;
+        let tenant = TenantName::parse(&tenant).map_err(|e| ApiError::invalid_name(&e))?;
+        let user = UserName::parse(&user).map_err(|e| ApiError::invalid_name(&e))?;
+        let scopes = r.scopes.unwrap_or_default();
+        for s in &scopes {
             Scope::parse(s).map_err(|e| ApiError::invalid_name(&e))?;
         }
         let small = |n: u64, what: &str| {
@@ -481,10 +487,10 @@ impl ControlPlane {
             tenant: tenant.into(),
             user: user.into(),
             env: r.env.unwrap_or_else(|| self.cfg().keys.environment.clone()),
-            scopes: r.scopes,
+            scopes,
             not_before: when(r.not_before, "not_before")?,
             expires_at: when(r.expires, "expires")?,
-            allow_cidrs: r.allowed_cidrs.iter().map(IpNet::trunc).collect(),
+            allow_cidrs: r.allowed_cidrs.iter().flatten().map(IpNet::trunc).collect(),
             rate,
             pending: r.pending,
         })
@@ -672,12 +678,28 @@ fn to_value(v: &impl serde::Serialize) -> Result<Value, ApiError> {
 }
 
 impl AdminOps for ControlPlane {
-    fn create_key(&self, by: Actor, req: CreateKeyRequest) -> OpFuture<'_> {
+    fn create_key(&self, by: Actor, mut req: CreateKeyRequest) -> OpFuture<'_> {
         boxed(async move {
             let now = store::unix_now();
-            let named = new_key_object(&req.tenant, &req.user);
-            let object = |_: &dyn KeyStore| named.clone();
             let action = Action::KeyCreate;
+            if let Some(like) = req.like.clone() {
+                let found = self
+                    .lock()
+                    .store
+                    .find_key(key_ref(&like))
+                    .map_err(store_error)?;
+                let Some(from) = found else {
+                    let object = |st: &dyn KeyStore| key_object(st, &like);
+                    let e = ApiError::not_found("No such key to copy (`like`).");
+                    return Err(self.refused(&by, action, &object, e));
+                };
+                req.inherit(&from);
+            }
+            let named = new_key_object(
+                req.tenant.as_deref().unwrap_or("-"),
+                req.user.as_deref().unwrap_or("-"),
+            );
+            let object = |_: &dyn KeyStore| named.clone();
             let new = self
                 .new_key(req, now)
                 .map_err(|e| self.refused(&by, action, &object, e))?;

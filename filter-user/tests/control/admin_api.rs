@@ -78,7 +78,11 @@ impl AdminOps for Fake {
     fn create_key(&self, by: Actor, req: CreateKeyRequest) -> OpFuture<'_> {
         self.by(&by);
         self.answer(
-            format!("create_key {} {}", req.tenant, req.user),
+            format!(
+                "create_key {} {}",
+                req.tenant.unwrap_or_default(),
+                req.user.unwrap_or_default()
+            ),
             created("key_0123456789ab"),
         )
     }
@@ -154,10 +158,17 @@ impl AdminOps for Fake {
         self.answer(format!("denylist_remove {}", req.source), json!([]))
     }
     fn explain(&self, req: ExplainRequest) -> OpFuture<'_> {
-        let v = json!({"decision": "deny", "code": "KEY_REVOKED", "key_id": "key_0123456789ab",
+        let v = json!({"decision": "deny", "code": "KEY_REVOKED", "status": 401, "rule": null,
+        "key_id": "key_0123456789ab", "verdict": "verdict: DENY KEY_REVOKED 401",
+        "request": {"method": "GET", "path": null, "ip": "198.18.0.1",
+            "at": "2026-11-28T00:00:00Z", "environment": "live", "route": null},
         "checks": [
-            {"check": "format", "passed": true, "detail": "well-formed", "fix": null},
-            {"check": "revoked", "passed": false, "detail": "revoked", "fix": "edgefilter keys rotate key_0123456789ab"}
+            {"check": "format", "result": "pass", "passed": true, "code": null, "status": null,
+             "answer": false, "rule": null, "detail": "well-formed", "fix": null, "command": null},
+            {"check": "revoked", "result": "fail", "passed": false, "code": "KEY_REVOKED",
+             "status": 401, "answer": true, "rule": null, "detail": "revoked",
+             "fix": "edgefilter keys create --like key_0123456789ab",
+             "command": "edgefilter keys create --like key_0123456789ab"}
         ]});
         self.answer(format!("explain {:?}", req.ip), v)
     }
