@@ -18,6 +18,7 @@ mod denylist;
 mod durability;
 mod metrics;
 mod names;
+mod operator;
 mod reload;
 mod revoke_load;
 mod stats;

@@ -11,5 +11,6 @@ mod config_cli;
 mod decide;
 mod leak_scan;
 mod names;
+mod operator;
 mod ratelimit;
 mod store;
