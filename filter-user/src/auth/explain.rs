@@ -7,7 +7,7 @@
 //! Before the key, the request itself goes through what the proxy does before it reads a key:
 //! the request line through the proxy's HTTP parser (a method that is not an HTTP token is
 //! `BAD_REQUEST` `head_syntax`), the path through the proxy's own path rules
-//! ([`crate::proxy::path`]: traversal, encoded NUL, … are `BAD_REQUEST` with the rule), and the
+//! (`proxy::path`: traversal, encoded NUL, … are `BAD_REQUEST` with the rule), and the
 //! route chosen as the proxy chooses it (on the path as the upstream reads it). Routes have no
 //! method rules, so the method changes nothing else.
 //!
