@@ -99,6 +99,17 @@ pub struct Limits {
     /// Upstream connect / response timeout.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// Open client connections, all shards together; at the limit the proxy stops accepting
+    /// (new connections wait in the kernel's queue). `None`: derived from `RLIMIT_NOFILE` by
+    /// the proxy at start (see docs/proxy.md).
+    pub max_connections: Option<usize>,
+    /// Open client connections from one source (an IPv4 address, an IPv6 `/autoblock.ipv6_prefix`
+    /// network); a new one over it is closed at once. `None`: a tenth of `max_connections`;
+    /// `Some(0)`: no per-source limit.
+    pub max_connections_per_source: Option<usize>,
+    /// How long `SIGTERM` (or a hand-over) lets in-flight requests run before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -108,6 +119,9 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             client_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(30),
+            max_connections: None,
+            max_connections_per_source: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

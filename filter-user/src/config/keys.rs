@@ -54,6 +54,9 @@ pub const KEYS: &[Key] = &[
     applied("limits.max_body_bytes"),
     applied("limits.client_timeout"),
     applied("limits.upstream_timeout"),
+    applied("limits.max_connections"),
+    applied("limits.max_connections_per_source"),
+    applied("limits.drain_timeout"),
     restart("xdp.enabled"),
     restart("xdp.interfaces"),
     applied("xdp.mode"),
@@ -263,6 +266,9 @@ max_header_bytes = 2048
 max_body_bytes = 10
 client_timeout = "1s"
 upstream_timeout = "2s"
+max_connections = 100
+max_connections_per_source = 0
+drain_timeout = "3s"
 [xdp]
 enabled = false
 interfaces = ["lo"]

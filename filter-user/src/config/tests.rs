@@ -153,6 +153,10 @@ fn cross_field_checks() {
         ("[store]\nkind = \"postgres\"\n", "needs store.url"),
         ("[limits]\nmax_header_bytes = 10\n", "max_header_bytes"),
         (
+            "[limits]\nmax_connections = 0\n",
+            "limits.max_connections must be more than 0",
+        ),
+        (
             "[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n[[route]]\nprefix = \"/a\"\nupstream = \"http://h:1\"\n",
             "appears twice",
         ),
@@ -315,4 +319,26 @@ values = ["Bearer x"]
             "{problems:?}"
         );
     }
+}
+
+#[test]
+fn connection_limits_and_drain_timeout_parse_with_their_defaults() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.limits.max_connections, None, "derived at start");
+    assert_eq!(
+        cfg.limits.max_connections_per_source, None,
+        "a tenth of the limit"
+    );
+    assert_eq!(cfg.limits.drain_timeout, Duration::from_secs(10));
+    let cfg = parse(
+        "[limits]\nmax_connections = 5000\nmax_connections_per_source = 0\ndrain_timeout = \"2500ms\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.limits.max_connections, Some(5000));
+    assert_eq!(
+        cfg.limits.max_connections_per_source,
+        Some(0),
+        "0: no per-source limit"
+    );
+    assert_eq!(cfg.limits.drain_timeout, Duration::from_millis(2500));
 }

@@ -276,6 +276,13 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             "limits.max_header_bytes must be between 1024 and 1048576".into(),
         );
     }
+    if l.max_connections == Some(0) {
+        bad(
+            "limits",
+            span_at(root, &["limits", "max_connections"]),
+            "limits.max_connections must be more than 0 (leave it out to derive it from the open-file limit)".into(),
+        );
+    }
     for (name, d) in [
         ("client_timeout", l.client_timeout),
         ("upstream_timeout", l.upstream_timeout),

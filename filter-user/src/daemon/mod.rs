@@ -229,8 +229,9 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     let successor = match end {
         End::Stop => {
             notify::notify("STOPPING=1");
-            tracing::info!("draining in-flight requests");
-            proxy.shutdown(DRAIN_DEADLINE)?;
+            let within = proxy.drain_timeout();
+            tracing::info!(drain_timeout = ?within, "draining in-flight requests");
+            proxy.shutdown(within)?;
             None
         }
         End::HandedOver(session) => {
@@ -241,7 +242,8 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
                 pid,
                 "handed over: draining; each open connection gets one last answer"
             );
-            proxy.hand_over(DRAIN_DEADLINE)?;
+            let within = proxy.drain_timeout();
+            proxy.hand_over(within)?;
             Some(session)
         }
     };
@@ -283,6 +285,8 @@ fn finish_takeover(
         .serving()
         .with_context(|| format!("taking over from pid {old_pid}"))?;
     claims.took_over();
+    // The replaced daemon drains with its own limits.drain_timeout; this one's is the guess.
+    let drain = proxy.drain_timeout().max(DRAIN_DEADLINE);
     tracing::info!(
         old_pid,
         "took over: serving; the replaced daemon drains and exits"
@@ -290,7 +294,7 @@ fn finish_takeover(
     std::thread::Builder::new()
         .name("replaced-daemon".into())
         .spawn(move || {
-            if old.wait_exit(DRAIN_DEADLINE + Duration::from_secs(30)) {
+            if old.wait_exit(drain + Duration::from_secs(30)) {
                 tracing::info!(pid = old.pid(), "the replaced daemon exited");
             } else {
                 tracing::warn!(pid = old.pid(), "the replaced daemon is still running");

@@ -1,4 +1,5 @@
-//! Request metrics kept per shard and summed when `/metrics` is scraped.
+//! Request metrics kept per shard and summed when `/metrics` is scraped, and the proxy's
+//! connection counts.
 //!
 //! Each shard owns one [`ShardMetrics`] and is its only writer: a count is bumped with a plain
 //! load and store (no locked instruction, no cache line written by another core), and the
@@ -7,13 +8,14 @@
 //! encodes the sums with `prometheus-client`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::codes::{ErrorCode, UpstreamErrorClass};
 use crate::config::Config;
@@ -149,6 +151,12 @@ pub struct ShardMetrics {
     upstream_errors: Box<[Count]>,
     request_duration: Histogram,
     upstream_duration: Histogram,
+    /// Connections closed at accept because their source had its limit open.
+    refused_per_source: Count,
+    /// Times accepting paused because `limits.max_connections` were open.
+    paused_at_limit: Count,
+    /// Times `accept` failed for want of descriptors or memory (and accepting paused).
+    paused_starved: Count,
 }
 
 impl ShardMetrics {
@@ -162,6 +170,9 @@ impl ShardMetrics {
             upstream_errors: (0..rows * CLASS_SLOTS).map(|_| Count::default()).collect(),
             request_duration: Histogram::default(),
             upstream_duration: Histogram::default(),
+            refused_per_source: Count::default(),
+            paused_at_limit: Count::default(),
+            paused_starved: Count::default(),
         }
     }
 
@@ -188,6 +199,21 @@ impl ShardMetrics {
     pub fn upstream_error(&self, route: usize, class: UpstreamErrorClass) {
         self.upstream_errors[self.row(Some(route)) * CLASS_SLOTS + class as usize].add(1);
     }
+
+    /// A connection closed at accept: its source had `limits.max_connections_per_source` open.
+    pub fn refused_per_source(&self) {
+        self.refused_per_source.add(1);
+    }
+
+    /// Accepting paused: `limits.max_connections` connections were open.
+    pub fn paused_at_limit(&self) {
+        self.paused_at_limit.add(1);
+    }
+
+    /// Accepting paused: `accept` failed for want of descriptors or memory.
+    pub fn paused_starved(&self) {
+        self.paused_starved.add(1);
+    }
 }
 
 /// Every shard's metrics and the route names, for the scrape.
@@ -195,6 +221,9 @@ impl ShardMetrics {
 pub struct RequestMetrics {
     routes: Vec<String>,
     shards: Vec<Arc<ShardMetrics>>,
+    /// Open client connections, every shard together: the proxy counts them here (at accept
+    /// and close), and checks `limits.max_connections` against this count.
+    open_connections: AtomicUsize,
 }
 
 /// Request counts summed over shards, keyed by route name and code (for `stats` and tests).
@@ -208,6 +237,12 @@ pub struct RequestSums {
     pub request_duration: HistogramSums,
     /// Upstream durations.
     pub upstream_duration: HistogramSums,
+    /// Connections closed at accept, their source over its limit.
+    pub refused_per_source: u64,
+    /// Times accepting paused at `limits.max_connections`.
+    pub paused_at_limit: u64,
+    /// Times accepting paused because `accept` failed for want of descriptors or memory.
+    pub paused_starved: u64,
 }
 
 impl RequestMetrics {
@@ -220,7 +255,14 @@ impl RequestMetrics {
             shards: (0..shards)
                 .map(|_| Arc::new(ShardMetrics::new(n)))
                 .collect(),
+            open_connections: AtomicUsize::new(0),
         })
+    }
+
+    /// The open-connection count (the proxy's admission adds and subtracts; read as a gauge).
+    #[must_use]
+    pub fn open_connections(&self) -> &AtomicUsize {
+        &self.open_connections
     }
 
     /// Blocks for the config's shards and routes (named by their prefixes, in config order:
@@ -283,6 +325,9 @@ impl RequestMetrics {
         for s in &self.shards {
             s.request_duration.add_into(&mut out.request_duration);
             s.upstream_duration.add_into(&mut out.upstream_duration);
+            out.refused_per_source += s.refused_per_source.get();
+            out.paused_at_limit += s.paused_at_limit.get();
+            out.paused_starved += s.paused_starved.get();
         }
         out
     }
@@ -334,7 +379,37 @@ impl Collector for RequestMetrics {
             &mut encoder,
             "edgefilter_upstream_duration_seconds",
             "From sending a request upstream to its response head.",
-        )
+        )?;
+        let open = i64::try_from(self.open_connections.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(open).encode(encoder.encode_descriptor(
+            "edgefilter_connections_open",
+            "Client connections open, every shard together.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_connections_refused",
+                "Client connections closed at accept, by reason (per_source: their source had limits.max_connections_per_source open).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(sums.refused_per_source)
+                .encode(family.encode_family(&[("reason", "per_source")])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "edgefilter_accept_paused",
+            "Times the proxy stopped accepting for a while, by reason (max_connections: the limit was open; starved: accept failed for want of descriptors or memory).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("max_connections", sums.paused_at_limit),
+            ("starved", sums.paused_starved),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
     }
 }
 

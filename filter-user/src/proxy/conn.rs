@@ -5,18 +5,22 @@
 //! connection whose source was banned since its accept (without XDP) is closed at its next
 //! request.
 
+use std::cell::Cell;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Buf;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::access;
 use super::exchange;
 use super::head::{self, HeadCtx, Prepared, Step};
 use super::headers::Framing;
-use super::io::{Conn, Flow, spare, write_refusal};
+use super::io::{Conn, Flow, ReadReady, spare, write_refusal};
 use super::settings::Settings;
 use super::state::ShardState;
 use super::upstream_error::UpstreamError;
@@ -28,15 +32,19 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Serves a client connection until it closes, errs, times out, or the shard drains.
-pub(crate) async fn serve<S>(shard: &ShardState, mut io: S, peer: SocketAddr, tls: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub(crate) async fn serve<S: ReadReady>(
+    shard: &ShardState,
+    mut io: S,
+    peer: SocketAddr,
+    tls: bool,
+) {
     let mut c = Conn::new(peer, tls);
     let flow = run(shard, &mut c, &mut io).await;
     if let Some((i, s)) = c.up.take() {
         shard.pool.borrow_mut().put(i, s);
     }
+    c.buf.clear();
+    c.shed(&mut shard.buffers.borrow_mut());
     let _ = timeout(LINGER, io.shutdown()).await;
     if flow == Flow::Linger {
         linger(&mut io).await;
@@ -44,7 +52,8 @@ where
 }
 
 async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
-    let mut sink = [0u8; 8192];
+    // On the heap: an array here would sit in every connection task, idle ones too.
+    let mut sink = vec![0u8; 8192];
     let mut seen = 0;
     let deadline = Instant::now() + LINGER;
     while seen < LINGER_BYTES {
@@ -55,10 +64,84 @@ async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
     }
 }
 
-async fn run<S>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Counts a connection as idle (in `ShardState::idle`) while it lives.
+struct IdleMark<'a>(&'a Cell<usize>);
+
+impl<'a> IdleMark<'a> {
+    fn new(idle: &'a Cell<usize>) -> Self {
+        idle.set(idle.get() + 1);
+        Self(idle)
+    }
+}
+
+impl Drop for IdleMark<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// One read into `buf` if it completes without waiting; `None` when it would wait.
+async fn read_now<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+) -> Option<std::io::Result<usize>> {
+    let mut read = pin!(io.read_buf(buf));
+    poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Waits, without buffers, for the first bytes of the next request and reads them: the read's
+/// result, or `None` when the connection is to close (its client timeout passed, or the shard
+/// drains).
+async fn read_when_idle<S: ReadReady>(
+    shard: &ShardState,
+    c: &mut Conn,
+    io: &mut S,
+    deadline: Instant,
+) -> Option<std::io::Result<usize>> {
+    let _idle = IdleMark::new(&shard.idle);
+    // A readiness that finds nothing (left from the last read) is looked at again once;
+    // should it recur, the read waits with its buffer as any other.
+    let mut false_alarms = 0;
+    loop {
+        c.shed(&mut shard.buffers.borrow_mut());
+        // Leave when the shard drains (at once, or when a hand-over's grace ends; a request
+        // arriving before is answered, as the last).
+        loop {
+            let notified = shard.notify.notified();
+            let until = shard.idle_deadline(deadline)?;
+            tokio::select! {
+                biased;
+                r = timeout_at(until, io.read_ready()) => match r {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => return Some(Err(e)),
+                    Err(_) => return None,
+                },
+                () = notified => {}
+            }
+        }
+        c.equip(&mut shard.buffers.borrow_mut());
+        spare(&mut c.buf, 4096);
+        if false_alarms > 0 {
+            let notified = shard.notify.notified();
+            let until = shard.idle_deadline(deadline)?;
+            return tokio::select! {
+                biased;
+                r = timeout_at(until, io.read_buf(&mut c.buf)) => r.ok(),
+                () = notified => None,
+            };
+        }
+        match read_now(io, &mut c.buf).await {
+            Some(r) => return Some(r),
+            None => false_alarms += 1,
+        }
+    }
+}
+
+async fn run<S: ReadReady>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow {
     let peer_ip = c.peer.ip();
     let peer_text = peer_ip.to_string();
     // The first request's source was checked against the bans at accept.
@@ -102,26 +185,14 @@ where
                     break step;
                 }
             }
-            spare(&mut c.buf, 4096);
             let read = if c.buf.is_empty() {
-                // Idle between requests: leave when the shard drains (at once, or when a
-                // hand-over's grace ends; a request arriving before is answered, as the last).
-                loop {
-                    let notified = shard.notify.notified();
-                    let Some(until) = shard.idle_deadline(deadline) else {
-                        return Flow::Close;
-                    };
-                    tokio::select! {
-                        biased;
-                        r = timeout_at(until, io.read_buf(&mut c.buf)) => break r,
-                        () = notified => {}
-                    }
-                }
+                read_when_idle(shard, c, io, deadline).await
             } else {
-                timeout_at(deadline, io.read_buf(&mut c.buf)).await
+                spare(&mut c.buf, 4096);
+                timeout_at(deadline, io.read_buf(&mut c.buf)).await.ok()
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {
+                Some(Ok(n)) if n > 0 => {
                     began.get_or_insert_with(Instant::now);
                 }
                 // EOF, error, or idle/slow client past `client_timeout`.

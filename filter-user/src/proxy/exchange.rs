@@ -16,7 +16,8 @@ use tokio::time::timeout;
 use super::body::{BodyError, BodyState, Chunked};
 use super::forward;
 use super::head::Prepared;
-use super::io::{Conn, Flow, READ_CHUNK, refuse_code, spare, write_client};
+use super::io::{Conn, Flow, READ_CHUNK, spare, write_client, write_refusal};
+use super::respond;
 use super::response::{self, RespFraming, RespHead, RespStep};
 use super::route::CompiledRoute;
 use super::settings::Settings;
@@ -24,6 +25,7 @@ use super::state::ShardState;
 use super::upstream;
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
 use crate::codes::{ErrorCode, Rule};
+use crate::gate::Denial;
 
 /// What became of one forwarded request.
 #[derive(Debug)]
@@ -67,8 +69,12 @@ async fn refused<S>(
 where
     S: AsyncWrite + Unpin,
 {
+    let mut denial = Denial::new(code);
+    if code == ErrorCode::PayloadTooLarge {
+        denial.hint = Some(respond::body_limit_hint(st.max_body_bytes));
+    }
     Outcome {
-        flow: refuse_code(c, io, st, code, rule, request_id, close).await,
+        flow: write_refusal(c, io, st, &denial, rule, request_id, close).await,
         upstream_error: None,
         answered: Some(code),
         status: None,
@@ -431,6 +437,7 @@ mod tests {
             routes,
             crate::obs::Telemetry::for_config(&cfg),
             crate::autoblock::Autoblock::new(&cfg, 1),
+            1000,
         )));
         ShardState::new(0, settings, Box::new(AllowAll))
     }

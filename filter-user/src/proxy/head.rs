@@ -17,6 +17,7 @@ pub use super::headers::Framing;
 use super::headers::scan;
 use super::path;
 use super::reqid::{IdGen, RequestId};
+use super::respond;
 use super::route::RouteTable;
 use crate::codes::{ErrorCode, Rule};
 use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
@@ -151,12 +152,12 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n <= ctx.max_header_bytes => n,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            return refuse(ctx, ErrorCode::HeadersTooLarge, None);
+            return refuse_head_too_large(ctx);
         }
         Ok(httparse::Status::Partial) if buf.len() < ctx.max_header_bytes => {
             return Step::Partial;
         }
-        Ok(httparse::Status::Partial) => return refuse(ctx, ErrorCode::HeadersTooLarge, None),
+        Ok(httparse::Status::Partial) => return refuse_head_too_large(ctx),
         Err(_) => return refuse(ctx, ErrorCode::BadRequest, Some(Rule::HeadSyntax)),
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
@@ -184,7 +185,12 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
+    let max_body_bytes = ctx.max_body_bytes;
     let refuse_here = |code, rule| {
+        let mut denial = Denial::new(code);
+        if code == ErrorCode::PayloadTooLarge {
+            denial.hint = Some(respond::body_limit_hint(max_body_bytes));
+        }
         Step::Refuse(Box::new(Refusal {
             head_len: Some(head_len),
             framing,
@@ -192,7 +198,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             request_id,
             route: None,
             line: Some(line),
-            denial: Denial::new(code),
+            denial,
             rule,
         }))
     };
@@ -289,6 +295,15 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
 /// A refusal before the head was understood: the connection closes after it.
 fn refuse(ctx: &mut HeadCtx<'_>, code: ErrorCode, rule: Option<Rule>) -> Step {
     refuse_id(ctx.ids.next_id(), code, rule)
+}
+
+/// `HEADERS_TOO_LARGE`, its hint stating the limits; the connection closes after it.
+fn refuse_head_too_large(ctx: &mut HeadCtx<'_>) -> Step {
+    let Step::Refuse(mut r) = refuse(ctx, ErrorCode::HeadersTooLarge, None) else {
+        unreachable!("refuse always refuses")
+    };
+    r.denial.hint = Some(respond::head_limit_hint(ctx.max_header_bytes, MAX_HEADERS));
+    Step::Refuse(r)
 }
 
 /// A `BAD_REQUEST` for `rule` whose framing cannot be trusted: the connection closes after it.

@@ -1,18 +1,23 @@
 //! Client-side I/O shared by the connection loop ([`super::conn`]) and the forwarding of one
 //! request ([`super::exchange`]): the per-connection buffers, whether the connection goes on
 //! ([`Flow`]), bounded writes to the client, and writing the proxy's own error answers.
+//!
+//! A connection holds its buffers only while a request is under way: an idle one (before its
+//! first request, or between two) has none, and waits for the client's bytes with
+//! [`ReadReady`] rather than a read into a buffer. Buffers go back to the shard's
+//! [`BufferPool`] when the connection goes idle, and come from it when bytes arrive.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::respond;
 use super::settings::Settings;
-use crate::codes::{ErrorCode, Rule};
+use crate::codes::Rule;
 use crate::gate::Denial;
 
 /// Read-buffer size for heads and bodies.
@@ -29,7 +34,16 @@ pub(crate) enum Flow {
     Linger,
 }
 
-/// Per-connection buffers, reused across requests.
+/// Head buffers (`out`, `rout`) are made with this capacity.
+const HEAD_CHUNK: usize = 4096;
+
+/// Buffer sets a shard keeps for its connections' next requests.
+const POOLED_SETS: usize = 64;
+
+/// A buffer grown past this is freed rather than pooled.
+const POOLED_MAX: usize = 4 * READ_CHUNK;
+
+/// Per-connection buffers, held while a request is under way (empty while idle).
 pub(crate) struct Conn {
     /// Client bytes (heads, bodies, pipelined requests).
     pub buf: BytesMut,
@@ -52,23 +66,132 @@ pub(crate) struct Conn {
     /// The current request's access-log line while it is answered (empty when the log is off;
     /// allocated on the first logged request).
     pub log: Vec<u8>,
+    /// The buffers above came from [`Conn::equip`] and go back with [`Conn::shed`].
+    equipped: bool,
 }
 
 impl Conn {
-    /// Fresh buffers for a client at `peer`.
+    /// A client at `peer`, without buffers yet ([`Conn::equip`] gives them).
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
         Self {
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(4096),
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            rout: Vec::with_capacity(4096),
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            rbuf: BytesMut::new(),
+            rout: Vec::new(),
             up: None,
             peer,
             tls,
             body_in: 0,
             sent: 0,
             log: Vec::new(),
+            equipped: false,
         }
+    }
+
+    /// Takes buffers from `pool` (or new ones) unless the connection has them.
+    pub fn equip(&mut self, pool: &mut BufferPool) {
+        if self.equipped {
+            return;
+        }
+        self.equipped = true;
+        let set = pool.sets.pop().unwrap_or_else(BufferSet::new);
+        self.buf = set.buf;
+        self.out = set.out;
+        self.rbuf = set.rbuf;
+        self.rout = set.rout;
+        self.log = set.log;
+    }
+
+    /// Gives the buffers back to `pool` (or frees them) while the connection is idle; keeps
+    /// them when unread client bytes are in `buf` (a pipelined request).
+    pub fn shed(&mut self, pool: &mut BufferPool) {
+        if !self.buf.is_empty() || !self.equipped {
+            return;
+        }
+        self.equipped = false;
+        let mut set = BufferSet {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            rbuf: std::mem::take(&mut self.rbuf),
+            rout: std::mem::take(&mut self.rout),
+            log: std::mem::take(&mut self.log),
+        };
+        if pool.sets.len() < POOLED_SETS && set.reusable() {
+            set.clear();
+            pool.sets.push(set);
+        }
+    }
+}
+
+/// One connection's buffers.
+struct BufferSet {
+    buf: BytesMut,
+    out: Vec<u8>,
+    rbuf: BytesMut,
+    rout: Vec<u8>,
+    log: Vec<u8>,
+}
+
+impl BufferSet {
+    fn new() -> Self {
+        Self {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(HEAD_CHUNK),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            rout: Vec::with_capacity(HEAD_CHUNK),
+            log: Vec::new(),
+        }
+    }
+
+    /// Worth keeping: none grew large (a set used by a large head or answer is freed).
+    fn reusable(&self) -> bool {
+        [
+            self.buf.capacity(),
+            self.out.capacity(),
+            self.rbuf.capacity(),
+            self.rout.capacity(),
+            self.log.capacity(),
+        ]
+        .iter()
+        .all(|&c| c <= POOLED_MAX)
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.out.clear();
+        self.rbuf.clear();
+        self.rout.clear();
+        self.log.clear();
+    }
+}
+
+/// A shard's spare buffer sets (at most [`POOLED_SETS`]): a busy keep-alive connection going
+/// idle and waking again takes and gives back a set without allocating.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    sets: Vec<BufferSet>,
+}
+
+/// A client stream that can wait until a read would find something, without a buffer.
+pub(crate) trait ReadReady: AsyncRead + AsyncWrite + Unpin {
+    /// Returns when a read may make progress (bytes, end of stream, or an error to report).
+    fn read_ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn read_ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.readable()
+    }
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn read_ready(&mut self) -> std::io::Result<()> {
+        let (tcp, session) = self.get_ref();
+        // Plaintext already decrypted (or the peer's close) is read at once.
+        if !session.wants_read() {
+            return Ok(());
+        }
+        tcp.readable().await
     }
 }
 
@@ -100,22 +223,6 @@ where
         return Flow::Close;
     }
     if close { Flow::Linger } else { Flow::Continue }
-}
-
-/// A refusal built from a bare code (and the rule a `BAD_REQUEST` broke).
-pub(crate) async fn refuse_code<S>(
-    c: &mut Conn,
-    io: &mut S,
-    st: &Settings,
-    code: ErrorCode,
-    rule: Option<Rule>,
-    request_id: &str,
-    close: bool,
-) -> Flow
-where
-    S: AsyncWrite + Unpin,
-{
-    write_refusal(c, io, st, &Denial::new(code), rule, request_id, close).await
 }
 
 /// Writes and flushes to the client (flush matters for TLS), within `limit`.

@@ -12,16 +12,17 @@
 //! Every `use super::…` edge between the submodules points down this list, never up or
 //! sideways within a row:
 //!
-//! 1. leaves: `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
+//! 1. leaves: `admit` (connection counts and limits, shared by the shards), `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
 //!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `path` (the
 //!    path shapes upstreams would normalise, refused), `upstream_error` (why an upstream
-//!    failed, classified);
+//!    failed, classified), `trim` (freed memory back to the kernel after a mass close);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
 //!    `forward` (what of the client's head and trailers goes upstream);
 //! 3. `head` (parse, check, route, gate, then `forward`);
-//! 4. `state` (one shard's own state: gate, ids, pool, drain flag);
-//! 5. `io` (client buffers, `Flow`, client writes and refusals);
+//! 4. `io` (client buffers and their pool, waiting for bytes without one, `Flow`, client
+//!    writes and refusals);
+//! 5. `state` (one shard's own state: gate, ids, pools, connection counts, drain flag);
 //! 6. `exchange` (one forwarded request and its `Outcome`);
 //! 7. `conn` (one client connection's loop);
 //! 8. `shard` (the thread, its runtime and accept loops);
@@ -42,6 +43,7 @@ use crate::obs::Telemetry;
 use crate::obs::metrics::RequestMetrics;
 
 mod access;
+pub mod admit;
 pub mod affinity;
 pub(crate) mod body;
 mod conn;
@@ -60,10 +62,12 @@ mod settings;
 mod shard;
 mod state;
 pub mod tls;
+mod trim;
 mod upstream;
 pub mod upstream_error;
 
-/// How long SIGTERM waits for in-flight requests before the shards are torn down.
+/// How long SIGTERM waits for in-flight requests before the shards are torn down, unless
+/// `limits.drain_timeout` says otherwise (its default).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// While handing over, how long an idle keep-alive connection stays open for its next request
@@ -147,7 +151,8 @@ pub struct ProxyHandle {
     sockets: Vec<ListenSocket>,
     /// Inherited sockets that no configured address wanted (closed with the handle).
     unused: Vec<ListenSocket>,
-    threads: Vec<JoinHandle<()>>,
+    /// Each shard's thread; it returns how many requests the drain deadline cut.
+    threads: Vec<JoinHandle<usize>>,
     certs: Option<Arc<tls::CertStore>>,
     metrics: Arc<RequestMetrics>,
     settings: Arc<settings::Published>,
@@ -230,6 +235,18 @@ impl ProxyHandle {
         self.certs.is_some()
     }
 
+    /// `limits.drain_timeout` in force (a reload may have changed it).
+    #[must_use]
+    pub fn drain_timeout(&self) -> Duration {
+        self.settings.current().drain_timeout
+    }
+
+    /// Client connections open now, every shard together.
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
+        self.settings.current().admission.open_now()
+    }
+
     /// Puts `cfg`'s `[limits]`, `keys.errors` and `keys.trusted_proxies` in force: each
     /// shard serves its next request with them (routes and listeners stay as started).
     pub fn retune(&self, cfg: &Config) {
@@ -237,7 +254,8 @@ impl ProxyHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
-    /// Idle keep-alive connections are closed at once.
+    /// Idle keep-alive connections are closed at once; requests still running at the deadline
+    /// are cut (their connections closed) and counted in one warning.
     ///
     /// # Errors
     /// When a shard thread panicked.
@@ -269,10 +287,19 @@ impl ProxyHandle {
         self.unused.clear();
         self.stop.send_replace(Some(drain));
         let mut result = Ok(());
+        let mut cut = 0;
         for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                result = Err(ProxyError::Panicked);
+            match t.join() {
+                Ok(n) => cut += n,
+                Err(_) => result = Err(ProxyError::Panicked),
             }
+        }
+        if cut > 0 {
+            tracing::warn!(
+                cut,
+                drain_timeout = ?drain.within,
+                "drain deadline passed: {cut} request(s) still running were cut"
+            );
         }
         result
     }
@@ -338,14 +365,18 @@ pub fn start_opts(
         (None, false) => return Err(ProxyError::Tls(tls::TlsError::MissingSection)),
     };
     let shards = cfg.shard_count().max(1);
+    let nofile = admit::raise_nofile();
+    let derived = nofile.map_or(usize::MAX, admit::derived_max_connections);
     let bound = listen::bind_all(&cfg.listen.http, &cfg.listen.https, shards, opts.inherited)?;
     let sockets = listen::duplicates(&bound.per_shard).map_err(ProxyError::Lend)?;
     let (stop, stop_rx) = watch::channel(None);
     let (accepting, accepting_rx) = watch::channel(!opts.paused);
     let cores = affinity::usable_cpus();
     let settings = Arc::new(settings::Published::new(settings::Settings::new(
-        cfg, routes, telemetry, autoblock,
+        cfg, routes, telemetry, autoblock, derived,
     )));
+    log_connection_limits(cfg, nofile, &settings.current());
+    trim::spawn(&metrics).map_err(|source| ProxyError::Shard { shard: 0, source })?;
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);
     let (ready, started) = mpsc::channel();
     // Dropped on any early return: stops and joins the shards started so far.
@@ -392,6 +423,22 @@ pub fn start_opts(
         }
     }
     Ok(handle)
+}
+
+/// One line at start: the connection limits in force and where they come from.
+fn log_connection_limits(cfg: &Config, nofile: Option<u64>, st: &settings::Settings) {
+    let from = if cfg.limits.max_connections.is_some() {
+        "limits.max_connections"
+    } else {
+        "derived from RLIMIT_NOFILE: (open-file limit - reserve) / 2"
+    };
+    tracing::info!(
+        max_connections = st.max_connections,
+        max_connections_per_source = st.max_per_source,
+        open_file_limit = nofile,
+        fd_reserve = admit::FD_RESERVE,
+        "connection limits ({from})"
+    );
 }
 
 #[cfg(test)]

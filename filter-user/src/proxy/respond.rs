@@ -117,6 +117,21 @@ pub fn write_error_response(
     buf.extend_from_slice(&body);
 }
 
+/// The hint of a `HEADERS_TOO_LARGE` (431): the limits a request head broke.
+#[must_use]
+pub fn head_limit_hint(max_header_bytes: usize, max_fields: usize) -> String {
+    format!(
+        "the limit is {max_header_bytes} bytes for the request line and headers \
+         (limits.max_header_bytes), and {max_fields} header fields"
+    )
+}
+
+/// The hint of a `PAYLOAD_TOO_LARGE` (413): the body limit.
+#[must_use]
+pub fn body_limit_hint(max_body_bytes: u64) -> String {
+    format!("the limit is {max_body_bytes} bytes for the request body (limits.max_body_bytes)")
+}
+
 /// Standard reason phrase for the statuses edgefilter answers itself.
 #[must_use]
 pub fn reason(status: u16) -> &'static str {
@@ -248,6 +263,29 @@ mod tests {
             write_error_response(&mut buf, &d, Some(rule), "r", false, false);
             assert_eq!(split(&buf).1["error"]["rule"], rule.as_str());
         }
+    }
+
+    #[test]
+    fn size_limits_state_the_limit_in_opaque_mode_too() {
+        let mut d = Denial::new(ErrorCode::PayloadTooLarge);
+        d.hint = Some(body_limit_hint(1000));
+        let mut buf = Vec::new();
+        write_error_response(&mut buf, &d, None, "r", true, true);
+        let (head, v) = split(&buf);
+        assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+        assert_eq!(
+            v["error"]["hint"],
+            "the limit is 1000 bytes for the request body (limits.max_body_bytes)"
+        );
+        let mut d = Denial::new(ErrorCode::HeadersTooLarge);
+        d.hint = Some(head_limit_hint(2048, 100));
+        buf.clear();
+        write_error_response(&mut buf, &d, None, "r", true, true);
+        let hint = split(&buf).1["error"]["hint"].as_str().unwrap().to_owned();
+        assert!(
+            hint.contains("2048 bytes") && hint.contains("limits.max_header_bytes"),
+            "{hint}"
+        );
     }
 
     #[test]

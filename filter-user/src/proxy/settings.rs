@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use super::admit::{self, Admission};
 use super::route::RouteTable;
 use crate::autoblock::Autoblock;
 use crate::config::{Config, ErrorDetail};
@@ -30,6 +31,18 @@ pub(crate) struct Settings {
     pub max_body_bytes: u64,
     pub client_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// `limits.max_connections`, or the figure derived from `RLIMIT_NOFILE`.
+    pub max_connections: usize,
+    /// `limits.max_connections_per_source`, or its default (0: no per-source limit).
+    pub max_per_source: usize,
+    /// IPv6 sources are counted per network of this prefix (`autoblock.ipv6_prefix`).
+    pub v6_prefix: u8,
+    /// `limits.drain_timeout`.
+    pub drain_timeout: Duration,
+    /// `limits.max_connections` when the config leaves it out (derived at start).
+    pub derived_max_connections: usize,
+    /// The connection counts every shard shares.
+    pub admission: Arc<Admission>,
     pub opaque: bool,
     pub trusted_proxies: Vec<IpNet>,
     /// Every shard's request metrics (each shard writes only its own block).
@@ -43,18 +56,27 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// `derived_max_connections`: `limits.max_connections` when the config leaves it out.
     pub fn new(
         cfg: &Config,
         routes: Arc<RouteTable>,
         telemetry: Telemetry,
         autoblock: Arc<Autoblock>,
+        derived_max_connections: usize,
     ) -> Self {
+        let (max_connections, max_per_source) = connection_limits(cfg, derived_max_connections);
         Self {
             routes,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
             max_body_bytes: cfg.limits.max_body_bytes,
             client_timeout: cfg.limits.client_timeout,
             upstream_timeout: cfg.limits.upstream_timeout,
+            max_connections,
+            max_per_source,
+            v6_prefix: cfg.autoblock.ipv6_prefix,
+            drain_timeout: cfg.limits.drain_timeout,
+            derived_max_connections,
+            admission: Arc::new(Admission::new(Arc::clone(&telemetry.requests))),
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
             metrics: telemetry.requests,
@@ -69,16 +91,38 @@ impl Settings {
     /// These settings with `cfg`'s limits, error detail and trusted proxies.
     #[must_use]
     pub fn retuned(&self, cfg: &Config) -> Self {
+        let (max_connections, max_per_source) =
+            connection_limits(cfg, self.derived_max_connections);
         Self {
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
             max_body_bytes: cfg.limits.max_body_bytes,
             client_timeout: cfg.limits.client_timeout,
             upstream_timeout: cfg.limits.upstream_timeout,
+            max_connections,
+            max_per_source,
+            v6_prefix: cfg.autoblock.ipv6_prefix,
+            drain_timeout: cfg.limits.drain_timeout,
             opaque: cfg.keys.errors == ErrorDetail::Opaque,
             trusted_proxies: cfg.keys.trusted_proxies.clone(),
             ..self.clone()
         }
     }
+}
+
+/// `(max_connections, max_connections_per_source)` in force for `cfg`: the configured values,
+/// or the derived limit and a tenth of the limit (0 per source: none).
+#[must_use]
+pub fn connection_limits(cfg: &Config, derived_max_connections: usize) -> (usize, usize) {
+    let max = cfg
+        .limits
+        .max_connections
+        .unwrap_or(derived_max_connections)
+        .max(1);
+    let per_source = cfg
+        .limits
+        .max_connections_per_source
+        .unwrap_or_else(|| admit::default_per_source(max));
+    (max, per_source)
 }
 
 /// The settings in force, replaced whole by a reload; every shard copies them when the
@@ -107,6 +151,11 @@ impl Published {
     #[inline]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The settings in force now (for the handle: the drain timeout).
+    pub fn current(&self) -> Arc<Settings> {
+        self.current.load_full()
     }
 
     /// Puts `cfg`'s limits, error detail and trusted proxies in force.

@@ -1,7 +1,12 @@
 //! One shard: a thread pinned to its share of the cores (see [`affinity::cores_for`]) running a
 //! current-thread tokio runtime with its own listeners, gate (built here, on the shard's thread),
 //! request-id maker and upstream pool. Its state is `Rc`/`Cell` — nothing crosses threads
-//! except the start-up report and the stop signal.
+//! except the start-up report, the stop signal and the connection counts ([`admit`]).
+//!
+//! The accept loops keep `limits.max_connections` (at the limit they stop accepting until a
+//! connection closes), close a connection whose source is over its limit at once, and back off
+//! when `accept` fails for want of descriptors or memory (50 ms, doubling to 1 s), each with at
+//! most one warning per [`admit::WARN_EVERY`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -13,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::Drain;
+use super::admit::{self, Refusal, Ticket};
 use super::affinity;
 use super::conn;
 use super::listen::ShardListeners;
@@ -41,8 +47,13 @@ pub(crate) struct Spec {
     pub ready: mpsc::Sender<(usize, std::io::Result<()>)>,
 }
 
-/// The shard thread's body: pin, build the runtime and the gate, report, serve.
-pub(crate) fn run(spec: Spec) {
+/// How long an accept loop parked at the connection limit waits before it looks at the limit
+/// again (a reload may have raised it); a connection closing wakes it before.
+const LIMIT_RECHECK: Duration = Duration::from_secs(1);
+
+/// The shard thread's body: pin, build the runtime and the gate, report, serve. Returns how
+/// many requests the drain deadline cut.
+pub(crate) fn run(spec: Spec) -> usize {
     let Spec {
         n,
         cores,
@@ -63,7 +74,7 @@ pub(crate) fn run(spec: Spec) {
         Err(e) => {
             tracing::error!(shard = n, "cannot build the shard runtime: {e}");
             let _ = ready.send((n, Err(e)));
-            return;
+            return 0;
         }
     };
     // Built after pinning, so the gate's index is first touched by the core that uses it.
@@ -73,7 +84,10 @@ pub(crate) fn run(spec: Spec) {
     drop(ready);
     let local = tokio::task::LocalSet::new();
     let signals = Signals { stop, accepting };
-    local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, signals));
+    let cut = local.block_on(&rt, shard_main(n, listeners, gate, settings, tls, signals));
+    // The connections still open (cut by the deadline) close here, with the tasks.
+    drop(local);
+    cut
 }
 
 /// What the proxy handle tells a shard: stop (and how to drain), and pause or resume accepting.
@@ -89,7 +103,7 @@ async fn shard_main(
     settings: Arc<Published>,
     tls: Option<Arc<rustls::ServerConfig>>,
     signals: Signals,
-) {
+) -> usize {
     let Signals {
         mut stop,
         accepting,
@@ -132,6 +146,9 @@ async fn shard_main(
     while shard.active.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Connections still open and not idle between requests: a request (or a TLS handshake)
+    // is under way, and is cut now.
+    shard.active.get().saturating_sub(shard.idle.get())
 }
 
 /// Applies gate changes as soon as they are published, even when no request arrives (busy
@@ -155,12 +172,27 @@ async fn apply_when_idle(shard: Rc<ShardState>, signal: Arc<Notify>) {
     }
 }
 
-/// Decrements the open-connection count when a connection task ends (or is dropped).
-struct Active(Rc<ShardState>);
+/// A connection counted open (in the shard and in [`admit::Admission`]) until its task ends
+/// or is dropped.
+struct Active {
+    shard: Rc<ShardState>,
+    ticket: Ticket,
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get().saturating_sub(1));
+        let shard = &self.shard;
+        shard.active.set(shard.active.get().saturating_sub(1));
+        shard.admission.release(&self.ticket);
+    }
+}
+
+/// `", N more held back"` for a throttled warning, or nothing.
+fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more since the last warning)")
     }
 }
 
@@ -170,6 +202,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     mut accepting: watch::Receiver<bool>,
 ) {
+    let mut backoff = admit::BACKOFF_MIN;
     loop {
         let notified = shard.notify.notified();
         if shard.stopping.get() {
@@ -184,6 +217,24 @@ async fn accept_loop(
             }
             continue;
         }
+        let max = shard.settings().max_connections;
+        if !shard.admission.below(max) {
+            // At the limit: leave the connections in the kernel's queue until one closes.
+            shard.metrics.paused_at_limit();
+            if let Some(n) = shard.admission.at_limit.due() {
+                tracing::warn!(
+                    max_connections = max,
+                    "connection limit reached: new connections wait in the listen queue until one closes{}",
+                    held_back(n)
+                );
+            }
+            tokio::select! {
+                biased;
+                () = notified => return,
+                () = shard.admission.wait_below(max, LIMIT_RECHECK) => {}
+            }
+            continue;
+        }
         let (sock, peer) = tokio::select! {
             biased;
             () = notified => return,
@@ -195,38 +246,88 @@ async fn accept_loop(
             }
             r = listener.accept() => match r {
                 Ok(x) => x,
+                Err(e) if admit::starved(&e) => {
+                    // EMFILE and friends: the connection stays queued; retrying at once would
+                    // spin. Pause, longer each time in a row.
+                    shard.metrics.paused_starved();
+                    if let Some(n) = shard.admission.accept_errors.due() {
+                        tracing::warn!(
+                            "accept failed: {e}; pausing accepts for {backoff:?} (doubling up to {:?} while it lasts){}",
+                            admit::BACKOFF_MAX,
+                            held_back(n)
+                        );
+                    }
+                    let notified = shard.notify.notified();
+                    if shard.stopping.get() {
+                        return;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = notified => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(admit::BACKOFF_MAX);
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // A connection that failed before it was taken (reset, aborted).
+                    tracing::debug!("accept failed: {e}");
                     continue;
                 }
             },
         };
+        backoff = admit::BACKOFF_MIN;
         // Without XDP, a banned source is refused here (closed before a byte is read).
         if shard.failures.refuses(peer.ip()) {
             drop(sock);
             continue;
         }
+        let ticket = {
+            let st = shard.settings();
+            match shard
+                .admission
+                .admit(peer.ip(), st.max_per_source, st.v6_prefix)
+            {
+                Ok(t) => t,
+                Err(Refusal::PerSource) => {
+                    // Closed with a reset: nothing is read or kept (no TIME_WAIT here).
+                    shard.metrics.refused_per_source();
+                    let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                    drop(sock);
+                    continue;
+                }
+            }
+        };
         let _ = sock.set_nodelay(true);
         shard.active.set(shard.active.get() + 1);
-        let guard = Active(Rc::clone(&shard));
-        tokio::task::spawn_local(connection(guard, sock, peer, tls.clone()));
+        let guard = Active {
+            shard: Rc::clone(&shard),
+            ticket,
+        };
+        // Two task shapes: a plain connection's task does not carry a TLS session's room.
+        match &tls {
+            None => drop(tokio::task::spawn_local(plain(guard, sock, peer))),
+            Some(acc) => drop(tokio::task::spawn_local(secure(
+                guard,
+                sock,
+                peer,
+                acc.clone(),
+            ))),
+        }
     }
 }
 
-async fn connection(guard: Active, sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
-    let shard = &guard.0;
-    match tls {
-        None => conn::serve(shard, sock, peer, false).await,
-        Some(acc) => {
-            let timeout = shard.settings().client_timeout;
-            match tokio::time::timeout(timeout, acc.accept(sock)).await {
-                Ok(Ok(stream)) => conn::serve(shard, stream, peer, true).await,
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        }
+async fn plain(guard: Active, sock: TcpStream, peer: SocketAddr) {
+    conn::serve(&guard.shard, sock, peer, false).await;
+}
+
+async fn secure(guard: Active, sock: TcpStream, peer: SocketAddr, acc: TlsAcceptor) {
+    let shard = &guard.shard;
+    let timeout = shard.settings().client_timeout;
+    match tokio::time::timeout(timeout, acc.accept(sock)).await {
+        Ok(Ok(stream)) => conn::serve(shard, stream, peer, true).await,
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 

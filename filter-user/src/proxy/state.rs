@@ -11,6 +11,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::admit::Admission;
+use super::io::BufferPool;
 use super::reqid::IdGen;
 use super::settings::{Published, Settings};
 use super::upstream::Pool;
@@ -29,6 +31,8 @@ pub(crate) struct ShardState {
     pub gate: RefCell<Box<dyn Gate>>,
     pub ids: RefCell<IdGen>,
     pub pool: RefCell<Pool>,
+    /// Spare client buffers, for connections waking from idle.
+    pub buffers: RefCell<BufferPool>,
     /// Set once draining starts.
     pub stopping: Cell<bool>,
     /// Woken when draining starts (idle connections and accept loops leave).
@@ -38,6 +42,10 @@ pub(crate) struct ShardState {
     pub idle_until: Cell<Option<Instant>>,
     /// Open client connections.
     pub active: Cell<usize>,
+    /// Of those, the ones idle between requests (waiting for a request's first byte).
+    pub idle: Cell<usize>,
+    /// The connection counts every shard shares.
+    pub admission: Arc<Admission>,
     /// This shard's request metrics (it is their only writer).
     pub metrics: Arc<ShardMetrics>,
     /// This shard's side of the access log, when it is on.
@@ -65,15 +73,18 @@ impl ShardState {
             n,
             denials: settings.denials.shard(n),
             failures: settings.autoblock.shard(),
+            admission: Arc::clone(&settings.admission),
             settings: RefCell::new((settings, generation)),
             published,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
             pool: RefCell::new(Pool::new(upstreams)),
+            buffers: RefCell::new(BufferPool::default()),
             stopping: Cell::new(false),
             notify: Notify::new(),
             idle_until: Cell::new(None),
             active: Cell::new(0),
+            idle: Cell::new(0),
         }
     }
 
