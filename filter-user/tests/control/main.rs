@@ -3,7 +3,8 @@
 //! revocation under load, `stats`, auto-block with the denylist without XDP, what a config
 //! reload (SIGHUP) does with every key, one daemon per address and store with
 //! `run --takeover` replacing it under load, and a store file deleted, replaced, corrupted,
-//! read-only or on a full disk.
+//! read-only or on a full disk; and the connection limits (20,000 idle connections from one
+//! source, the memory they cost, the open-file limit, the drain timeout).
 
 #[allow(
     dead_code,
@@ -14,6 +15,7 @@ mod support;
 
 mod admin_api;
 mod admin_real;
+mod conn_limits;
 mod denylist;
 mod durability;
 mod metrics;

@@ -151,6 +151,15 @@ fn oversized_heads_are_431_and_bodies_413() {
     let r = env.connect().call(&big);
     assert_eq!(r.status, 431);
     assert_eq!(r.json()["error"]["code"], "HEADERS_TOO_LARGE");
+    // The hint states the limit (SPEC §5), with the key that sets it.
+    let hint = r.json()["error"]["hint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        hint.contains("2048 bytes") && hint.contains("limits.max_header_bytes"),
+        "{hint}"
+    );
     // A head that never ends is cut at the limit, not buffered forever.
     let mut c = env.connect();
     c.send(b"GET / HTTP/1.1\r\nHost: h\r\n");
@@ -174,12 +183,16 @@ fn oversized_heads_are_431_and_bodies_413() {
         .call("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n");
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "PAYLOAD_TOO_LARGE");
+    let body_hint = "the limit is 1000 bytes for the request body (limits.max_body_bytes)";
+    assert_eq!(r.json()["error"]["hint"], body_hint);
     let chunk = "a".repeat(600);
     let r = env.connect().call(&format!(
         "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
          258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
     ));
     assert_eq!(r.status, 413);
+    // Found too large while streaming, the answer states the limit as well.
+    assert_eq!(r.json()["error"]["hint"], body_hint);
 }
 
 #[test]
