@@ -12,8 +12,9 @@
 //!
 //! At the total limit an accept loop stops calling `accept` (the connections wait in the
 //! kernel's queue) and parks until a connection closes ([`Admission::wait_below`]). Shards
-//! check the count before they accept, so together they may go over it by at most one
-//! connection per accept loop.
+//! check the count before they accept, and the connection that reaches the limit wakes the
+//! loops waiting in `accept` to check again: only two loops accepting in the same instant can
+//! take the count over the limit (by one connection per loop at most).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -89,6 +90,9 @@ pub(crate) struct Admission {
     waiting: AtomicUsize,
     /// Woken when a connection closes while an accept loop is parked.
     freed: Notify,
+    /// Woken when a connection taken reaches the limit: the other accept loops, waiting in
+    /// `accept`, look at the count again before they take one more.
+    pub full: Notify,
     /// Per-source counts, in [`STRIPES`] parts.
     sources: Box<[Mutex<HashMap<IpNet, u32>>]>,
     hasher: ahash::RandomState,
@@ -111,6 +115,7 @@ impl Admission {
             metrics,
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
+            full: Notify::new(),
             sources: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: ahash::RandomState::new(),
             accept_errors: Throttled::default(),
@@ -147,8 +152,15 @@ impl Admission {
     }
 
     /// Counts a connection accepted from `peer`; refused (not counted) when its source has
-    /// `per_source` open already (0: no per-source limit, nothing kept per source).
-    pub fn admit(&self, peer: IpAddr, per_source: usize, v6_prefix: u8) -> Result<Ticket, Refusal> {
+    /// `per_source` open already (0: no per-source limit, nothing kept per source). The one
+    /// that reaches `max` wakes the accept loops ([`Admission::full`]).
+    pub fn admit(
+        &self,
+        peer: IpAddr,
+        max: usize,
+        per_source: usize,
+        v6_prefix: u8,
+    ) -> Result<Ticket, Refusal> {
         let source = if per_source == 0 {
             None
         } else {
@@ -161,7 +173,9 @@ impl Admission {
             *n += 1;
             Some(key)
         };
-        self.open().fetch_add(1, Ordering::SeqCst);
+        if self.open().fetch_add(1, Ordering::SeqCst) + 1 >= max {
+            self.full.notify_waiters();
+        }
         Ok(Ticket { source })
     }
 
@@ -258,14 +272,19 @@ mod tests {
     fn a_source_over_its_limit_is_refused_until_one_of_its_connections_closes() {
         let a = admission();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let t1 = a.admit(ip, 2, 64).unwrap();
-        let _t2 = a.admit(ip, 2, 64).unwrap();
-        assert_eq!(a.admit(ip, 2, 64).unwrap_err(), Refusal::PerSource);
+        let t1 = a.admit(ip, usize::MAX, 2, 64).unwrap();
+        let _t2 = a.admit(ip, usize::MAX, 2, 64).unwrap();
+        assert_eq!(
+            a.admit(ip, usize::MAX, 2, 64).unwrap_err(),
+            Refusal::PerSource
+        );
         // Another source is not held back.
-        let other = a.admit("192.0.2.2".parse().unwrap(), 2, 64).unwrap();
+        let other = a
+            .admit("192.0.2.2".parse().unwrap(), usize::MAX, 2, 64)
+            .unwrap();
         assert_eq!(a.open_now(), 3);
         a.release(&t1);
-        let _t3 = a.admit(ip, 2, 64).unwrap();
+        let _t3 = a.admit(ip, usize::MAX, 2, 64).unwrap();
         a.release(&other);
         assert_eq!(a.sources(), 1, "a source without connections is forgotten");
     }
@@ -273,16 +292,26 @@ mod tests {
     #[test]
     fn ipv6_sources_are_counted_by_their_prefix() {
         let a = admission();
-        let _t = a.admit("fd00:ef::1".parse().unwrap(), 1, 64).unwrap();
-        assert!(a.admit("fd00:ef::2".parse().unwrap(), 1, 64).is_err());
-        assert!(a.admit("fd00:ef:0:1::2".parse().unwrap(), 1, 64).is_ok());
+        let _t = a
+            .admit("fd00:ef::1".parse().unwrap(), usize::MAX, 1, 64)
+            .unwrap();
+        assert!(
+            a.admit("fd00:ef::2".parse().unwrap(), usize::MAX, 1, 64)
+                .is_err()
+        );
+        assert!(
+            a.admit("fd00:ef:0:1::2".parse().unwrap(), usize::MAX, 1, 64)
+                .is_ok()
+        );
     }
 
     #[test]
     fn no_per_source_limit_keeps_nothing_per_source() {
         let a = admission();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let tickets: Vec<_> = (0..100).map(|_| a.admit(ip, 0, 64).unwrap()).collect();
+        let tickets: Vec<_> = (0..100)
+            .map(|_| a.admit(ip, usize::MAX, 0, 64).unwrap())
+            .collect();
         assert_eq!((a.open_now(), a.sources()), (100, 0));
         for t in &tickets {
             a.release(t);
@@ -311,7 +340,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_parked_accept_loop_wakes_when_a_connection_closes() {
         let a = Arc::new(admission());
-        let t = a.admit("192.0.2.1".parse().unwrap(), 0, 64).unwrap();
+        let t = a
+            .admit("192.0.2.1".parse().unwrap(), usize::MAX, 0, 64)
+            .unwrap();
         let waiter = {
             let a = Arc::clone(&a);
             tokio::spawn(async move {

@@ -9,6 +9,7 @@
 //! most one warning per [`admit::WARN_EVERY`].
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -187,7 +188,7 @@ impl Drop for Active {
     }
 }
 
-/// `", N more held back"` for a throttled warning, or nothing.
+/// `" (N more since the last warning)"` for a throttled warning, or nothing.
 fn held_back(n: u64) -> String {
     if n == 0 {
         String::new()
@@ -218,6 +219,10 @@ async fn accept_loop(
             continue;
         }
         let max = shard.settings().max_connections;
+        // Registered before the count is read: another shard taking the last connection wakes
+        // this loop out of `accept`, so it does not take one more.
+        let mut full = pin!(shard.admission.full.notified());
+        full.as_mut().enable();
         if !shard.admission.below(max) {
             // At the limit: leave the connections in the kernel's queue until one closes.
             shard.metrics.paused_at_limit();
@@ -244,6 +249,7 @@ async fn accept_loop(
                 }
                 continue;
             }
+            () = &mut full => continue,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if admit::starved(&e) => {
@@ -284,10 +290,12 @@ async fn accept_loop(
         }
         let ticket = {
             let st = shard.settings();
-            match shard
-                .admission
-                .admit(peer.ip(), st.max_per_source, st.v6_prefix)
-            {
+            match shard.admission.admit(
+                peer.ip(),
+                st.max_connections,
+                st.max_per_source,
+                st.v6_prefix,
+            ) {
                 Ok(t) => t,
                 Err(Refusal::PerSource) => {
                     // Closed with a reset: nothing is read or kept (no TIME_WAIT here).

@@ -44,6 +44,9 @@ const ROWS: &[(&str, &str, After)] = &[
     ("limits.max_body_bytes",    "proxy::limits::oversized_heads_are_431_and_bodies_413; here",        After::Behaves),
     ("limits.client_timeout",    "proxy::limits::slow_and_idle_clients_time_out; here",                After::Behaves),
     ("limits.upstream_timeout",  "proxy::limits::upstream_failures_are_502_and_504; here",             After::Behaves),
+    ("limits.max_connections",   "control::conn_limits::at_max_connections_new_connections_wait_in_the_queue_and_are_served_once_others_close; here", After::Behaves),
+    ("limits.max_connections_per_source", "control::conn_limits::twenty_thousand_idle_connections_from_one_source_do_not_hold_up_another; here", After::Behaves),
+    ("limits.drain_timeout",     "control::conn_limits::drain_timeout_cuts_a_slow_request_on_sigterm_and_counts_it; here (SIGTERM at the end)", After::Behaves),
     ("xdp.enabled",              "xdp::netns::*, the start-up warning in control::denylist",           After::NeedsRestart),
     ("xdp.interfaces",           "xdp::netns::restart_leaves_filtering_in_place",                      After::NeedsRestart),
     ("xdp.mode",                 "xdp::netns::monitor_mode_passes_and_counts; xdp::caps (reload)",     After::InTheXdpMaps),
@@ -152,6 +155,9 @@ max_header_bytes = 1024
 max_body_bytes = 10
 client_timeout = "1s"
 upstream_timeout = "1s"
+max_connections = 3
+max_connections_per_source = 2
+drain_timeout = "300ms"
 [xdp]
 enabled = true
 interfaces = ["lo"]
@@ -202,9 +208,21 @@ upstream = "http://{up}"
     )
 }
 
+/// A connection from `source` (an address of 127.0.0.0/8) to `to`.
+fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
 /// One request on a fresh connection: (status, body).
 fn call(to: SocketAddr, head: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(to).unwrap();
+    call_on(TcpStream::connect(to).unwrap(), head, body)
+}
+
+/// One request on the connection `s`: (status, body).
+fn call_on(mut s: TcpStream, head: &str, body: &str) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!(
         "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -429,6 +447,34 @@ fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
             .unwrap()
             .contains("applied=[]")
     );
+
+    // limits.drain_timeout: SIGTERM cuts a request (its upstream answers after 3 s, the
+    // upstream timeout is 1 s) at the reloaded 300 ms.
+    let mut slow = TcpStream::connect(p.http).unwrap();
+    slow.write_all(get("/v1/slow", &p.key, "\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(d.pid().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        d.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        d.log()
+            .contains("drain deadline passed: 1 request(s) still running were cut"),
+        "{}",
+        d.log()
+    );
 }
 
 /// The behaviour of one applied key after the reload.
@@ -458,6 +504,49 @@ fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
                 t.elapsed()
             );
         }
+        "limits.max_connections_per_source" => {
+            // Earlier requests' connections are gone first.
+            std::thread::sleep(Duration::from_millis(200));
+            let held: Vec<TcpStream> = (0..2)
+                .map(|_| TcpStream::connect(p.http).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut third = TcpStream::connect(p.http).unwrap();
+            third
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let t = Instant::now();
+            let closed = third.read(&mut [0u8; 16]);
+            // The held ones close at the 1 s client timeout; the third is reset at accept.
+            assert!(
+                matches!(closed, Ok(0) | Err(_)) && t.elapsed() < Duration::from_millis(700),
+                "{closed:?} after {:?}",
+                t.elapsed()
+            );
+            drop(held);
+        }
+        "limits.max_connections" => {
+            std::thread::sleep(Duration::from_millis(200));
+            let held = [
+                TcpStream::connect(p.http).unwrap(),
+                TcpStream::connect(p.http).unwrap(),
+                connect_from([127, 0, 0, 2], p.http),
+            ];
+            std::thread::sleep(Duration::from_millis(100));
+            // The fourth waits in the queue until a held one closes (1 s client timeout).
+            let t = Instant::now();
+            let (s, _) = call_on(
+                connect_from([127, 0, 0, 2], p.http),
+                &get("/v1/echo", &p.key, ""),
+                "",
+            );
+            let waited = t.elapsed();
+            assert_eq!(s, 200);
+            assert!(waited >= Duration::from_millis(600), "{waited:?}");
+            drop(held);
+        }
+        // Seen at the end of the test, on SIGTERM.
+        "limits.drain_timeout" => {}
         "keys.errors" => assert_eq!(p.bad_key_code(), "INVALID_CREDENTIALS"),
         "keys.trusted_proxies" => assert_eq!(p.behind_a_proxy().0, 200),
         "tls.cert" | "tls.key" => {
