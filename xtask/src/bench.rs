@@ -4,6 +4,8 @@
 //! I/O floor (`relay_floor`: a lock-step byte relay with edgefilter's threading and no HTTP work,
 //! the most a proxy built on tokio like edgefilter reaches here). Prints a markdown
 //! table with requests/s, p50, p99, and the ratios edgefilter/peer per round and overall.
+//! Then revocation propagation ([`crate::propagation`]) and, last, a banned source flooding the
+//! proxy ([`crate::flood`], alone with `--flood-only`).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,12 @@ pub struct BenchArgs {
     /// --only "edgefilter, access log on"`); every one by default.
     #[arg(long, value_name = "TARGET")]
     pub only: Vec<String>,
+    /// Only the banned-source flood step (XDP, network namespaces; needs root).
+    #[arg(long)]
+    pub flood_only: bool,
+    /// Fixed flood rates (packets/s) of the flood step, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,300000")]
+    pub flood_rates: Vec<u64>,
 }
 
 /// The load targets, in table order.
@@ -54,12 +62,12 @@ const TARGETS: [&str; 8] = [
 ];
 
 /// One measured target.
-struct Row {
-    name: &'static str,
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: u64,
+pub(crate) struct Row {
+    pub(crate) name: &'static str,
+    pub(crate) rps: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) errors: u64,
 }
 
 /// A child process killed when dropped, so a failed bench leaves nothing running.
@@ -101,6 +109,28 @@ impl Proc {
         Ok(Self { name, child })
     }
 
+    /// Like [`Proc::spawn`], with stdout and stderr appended to `log`.
+    pub(crate) fn spawn_logging(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Self { name, child })
+    }
+
+    /// Its name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its exit status if it has exited.
+    pub(crate) fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Waits until `addr` accepts connections (10 s at most).
     pub(crate) fn ready(mut self, addr: SocketAddr) -> Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -120,8 +150,22 @@ impl Proc {
 /// Runs the benches.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let root = root();
-    // The load generator and the peers (not needed by the tests, so not installed by .ci/run).
-    crate::util::ensure_packages(&["wrk", "nginx", "haproxy", "xdp-tools", "curl"])?;
+    if args.flood_only {
+        crate::util::ensure_packages(&["wrk", "netsniff-ng", "curl"])?;
+        build_bench_upstream(&root)?;
+        build_edgefilter(&root)?;
+        return crate::flood::run(&root, args);
+    }
+    // The load generator, the peers and the flooder (not needed by the tests, so not installed
+    // by .ci/run).
+    crate::util::ensure_packages(&[
+        "wrk",
+        "nginx",
+        "haproxy",
+        "xdp-tools",
+        "curl",
+        "netsniff-ng",
+    ])?;
     if !args.proxy_only && !args.propagation_only {
         xdp_cost(&root)?;
         key_benches(&root)?;
@@ -168,7 +212,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     print_rounds(&samples);
     let rows: Vec<Row> = samples.into_iter().map(median).collect();
     print_table(&rows, args);
-    propagation(&root, &dir, up, args)
+    propagation(&root, &dir, up, args)?;
+    // Last: it installs a Ctrl-C handler (to delete its namespaces) that stays for the process.
+    if !args.proxy_only {
+        crate::flood::run(&root, args)?;
+    }
+    Ok(())
+}
+
+/// Builds the bench upstream alone (what the flood step needs of `benches`).
+fn build_bench_upstream(root: &Path) -> Result<()> {
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "benches",
+        "--bin",
+        "bench_upstream",
+    ]))
+    .context("building bench_upstream")
 }
 
 /// The load targets `--only` names (all of them when it names none), in table order.
@@ -296,13 +358,19 @@ fn run_target(
 fn bench_key(root: &Path, dir: &Path, up: SocketAddr, shards: usize) -> Result<String> {
     let _ = std::fs::remove_file(dir.join("keys.db"));
     let conf = fill(root, "edgefilter.toml", dir, free_addr()?, up, shards)?;
-    let out = output(
+    create_key(
         Command::new(root.join("target/release/edgefilter"))
-            .args([
-                "keys", "create", "--tenant", "bench", "--user", "bench", "--json", "--config",
-            ])
+            .arg("--config")
             .arg(&conf),
     )
+}
+
+/// Creates a key with `edgefilter` (the command given, its config already chosen) and returns
+/// it; never printed.
+pub(crate) fn create_key(edgefilter: &mut Command) -> Result<String> {
+    let out = output(edgefilter.args([
+        "keys", "create", "--tenant", "bench", "--user", "bench", "--json",
+    ]))
     .context("creating the bench key")?;
     out.split('"')
         .skip_while(|f| *f != "key")
@@ -437,7 +505,7 @@ fn measure(name: &'static str, addr: SocketAddr, key: &str, args: &BenchArgs) ->
     Ok(row)
 }
 
-fn parse_wrk(name: &'static str, out: &str) -> Result<Row> {
+pub(crate) fn parse_wrk(name: &'static str, out: &str) -> Result<Row> {
     let mut rps = None;
     let (mut p50, mut p99) = (None, None);
     let mut errors = 0;

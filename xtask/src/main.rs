@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod flood;
 mod fuzz;
 mod propagation;
 mod setup;
@@ -45,7 +46,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: XDP per-packet cost, decision benches, proxy load vs peers.
+    /// Benchmarks: XDP per-packet cost, decision benches, proxy load vs peers, revocation
+    /// propagation, a banned source flooding the proxy (`--flood-only`).
     Bench(bench::BenchArgs),
     /// Soak: 10 minutes at half the peak load with a revocation every second; checks every
     /// answer, the daemon's RSS, and that no revoked key is let through.
