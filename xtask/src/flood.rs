@@ -9,9 +9,9 @@
 //! wrk run each, interleaved over the rounds:
 //!
 //! - quiet: no flood;
-//! - control: the same flood into a sink namespace (`efb-sink`) whose veth drops it before IP
-//!   (the frames are addressed to another MAC): what generating and receiving it costs the
-//!   cores, with nothing reaching the proxy's namespace;
+//! - control: the same flood into a sink namespace (`efb-sink`) whose kernel drops it as not
+//!   for this host (the frames are addressed to another MAC): what sending and receiving it
+//!   costs the cores, with nothing reaching the proxy's namespace;
 //! - banned: the flood from 198.18.2.2 to the proxy's port after `edgefilter deny add`, dropped
 //!   by the XDP program as `denylisted`;
 //! - unbanned: the same flood with the ban lifted, through to the TCP stack (SYN cookies,
@@ -722,6 +722,19 @@ fn print_table(rows: &[(Case, u64, &[Sample])], duration: u64, rounds: usize) {
         return;
     };
     let q = med(quiet, |x| x.rps);
+    println!();
+    // Requests/s each case lost against the quiet run per 10,000 flood packets/s it carried:
+    // comparable across cases even when a flood's own cost kept trafgen below the rate asked.
+    for (case, rate, s) in rows.iter().filter(|(c, ..)| *c != Case::Quiet) {
+        let pps = med(s, |x| x.sent_pps);
+        if pps > 0.0 {
+            println!(
+                "{} at {rate} pps: {:.0} requests/s lost per 10k flood packets/s",
+                case.label(),
+                (q - med(s, |x| x.rps)) / (pps / 10_000.0)
+            );
+        }
+    }
     println!();
     let rates: Vec<u64> = rows.iter().map(|r| r.1).filter(|&r| r > 0).collect();
     let mut seen = Vec::new();
