@@ -195,6 +195,9 @@ pub enum FormatError {
         /// Characters a key for this environment has.
         want: usize,
     },
+    /// Two different values were sent where one key belongs (two `Authorization: Bearer`
+    /// headers): which one is the key is not guessed.
+    TwoKeys,
 }
 
 impl fmt::Display for FormatError {
@@ -216,6 +219,9 @@ impl fmt::Display for FormatError {
             Self::WrongLength { got, want } => {
                 write!(f, "the key is {got} characters long, expected {want}")
             }
+            Self::TwoKeys => f.write_str(
+                "two `Authorization: Bearer` headers hold different values; send the key in one",
+            ),
         }
     }
 }

@@ -333,6 +333,7 @@ fn chain<'a>(
     let raw = match found {
         Extracted::Missing => return Err(Refusal::Missing),
         Extracted::WrongPlace(p) => return Err(Refusal::WrongPlace(p)),
+        Extracted::Refused(e) => return Err(Refusal::Malformed(e)),
         Extracted::Key { raw, .. } => raw,
         Extracted::Decoded(q) => {
             decoded = q;

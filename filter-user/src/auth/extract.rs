@@ -1,5 +1,11 @@
 //! Where the key is: looks in the route's accepted places in order, borrowing from the request.
 //!
+//! `Authorization: Bearer <key>` is read as RFC 7235 writes it, the scheme case-insensitive,
+//! and, leniently, with one or more spaces or tabs before the key (what follows them is the key,
+//! checked as sent). Every `Authorization` header is looked at: a `Bearer` one is found behind
+//! a `Basic` one; the same key twice is that key; two different `Bearer` values are refused
+//! ([`FormatError::TwoKeys`], `MALFORMED_KEY`) rather than one guessed at.
+//!
 //! A `?api_key=` value is form-encoded: `%XX` is a byte and `+` a space. A value holding
 //! neither is borrowed as it is (the common case); otherwise it is decoded into a small buffer
 //! on the stack ([`QueryKey`]), never the heap. Only the value is decoded, never the name: the
@@ -31,6 +37,9 @@ pub enum Extracted<'a> {
     },
     /// A candidate key from the accepted `?api_key=`, which had to be percent-decoded.
     Decoded(QueryKey),
+    /// An accepted place holds no single key: e.g. two `Authorization: Bearer` headers with
+    /// different values ([`FormatError::TwoKeys`]).
+    Refused(FormatError),
 }
 
 impl std::fmt::Debug for Extracted<'_> {
@@ -44,6 +53,7 @@ impl std::fmt::Debug for Extracted<'_> {
                 .field("place", place)
                 .finish_non_exhaustive(),
             Self::Decoded(q) => q.fmt(f),
+            Self::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
         }
     }
 }
@@ -148,32 +158,74 @@ impl std::fmt::Debug for QueryKey {
     }
 }
 
-/// The raw value at `place`, if any.
+/// The raw value at `place`, if any (an error when the place holds two different ones).
 fn find<'a>(
     place: Place,
     headers: &[httparse::Header<'a>],
     query: Option<&'a str>,
-) -> Option<&'a str> {
+) -> Option<Result<&'a str, FormatError>> {
     match place {
-        Place::Bearer | Place::AuthorizationNoScheme => {
-            let v = header(headers, "authorization")?;
-            let bearer = v.len() >= 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ");
-            match (place, bearer) {
-                (Place::Bearer, true) => Some(&v[7..]),
-                (Place::AuthorizationNoScheme, false) if v.starts_with("ef_") => Some(v),
-                _ => None,
-            }
-        }
-        Place::XApiKey => header(headers, "x-api-key"),
-        Place::Query => query?.split('&').find_map(|kv| kv.strip_prefix("api_key=")),
+        Place::Bearer => bearer(headers),
+        Place::AuthorizationNoScheme => authorizations(headers)
+            .find(|v| after_bearer(v).is_none() && v.starts_with(b"ef_"))
+            .map(|v| Ok(text(v))),
+        Place::XApiKey => header(headers, "x-api-key").map(Ok),
+        Place::Query => query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("api_key="))
+            .map(Ok),
     }
+}
+
+/// The values of every `Authorization` header, in order.
+fn authorizations<'h, 'a>(
+    headers: &'h [httparse::Header<'a>],
+) -> impl Iterator<Item = &'a [u8]> + 'h {
+    headers
+        .iter()
+        .filter(|h| h.name.len() == 13 && h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| h.value)
+}
+
+/// The key of the `Authorization: Bearer` headers: the one value they hold, or
+/// [`FormatError::TwoKeys`] when they hold different ones.
+fn bearer<'a>(headers: &[httparse::Header<'a>]) -> Option<Result<&'a str, FormatError>> {
+    let mut found: Option<&'a [u8]> = None;
+    for token in authorizations(headers).filter_map(after_bearer) {
+        match found {
+            None => found = Some(token),
+            Some(first) if first == token => {}
+            Some(_) => return Some(Err(FormatError::TwoKeys)),
+        }
+    }
+    found.map(|t| Ok(text(t)))
+}
+
+/// What follows `Bearer` and one or more spaces or tabs (the scheme case-insensitive), or
+/// `None` for another scheme.
+fn after_bearer(v: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let rest = v
+        .get(..SCHEME.len())
+        .filter(|s| s.eq_ignore_ascii_case(SCHEME))
+        .map(|_| &v[SCHEME.len()..])?;
+    let gap = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    (gap > 0).then(|| &rest[gap..])
+}
+
+/// A header value as text; one that is not UTF-8 reads as U+FFFD (a malformed key).
+fn text(v: &[u8]) -> &str {
+    std::str::from_utf8(v).unwrap_or("\u{fffd}")
 }
 
 fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
+        .map(|h| text(h.value))
 }
 
 /// Finds the key per `route`: the first accepted place holding one wins (a query value with
@@ -186,7 +238,11 @@ pub fn extract<'a>(
     query: Option<&'a str>,
 ) -> Extracted<'a> {
     for &place in &*route.accepted {
-        if let Some(raw) = find(place, headers, query) {
+        if let Some(found) = find(place, headers, query) {
+            let raw = match found {
+                Ok(raw) => raw,
+                Err(e) => return Extracted::Refused(e),
+            };
             if place == Place::Query && raw.bytes().any(|b| b == b'%' || b == b'+') {
                 return Extracted::Decoded(QueryKey::decode(raw));
             }
@@ -269,6 +325,88 @@ mod tests {
             Extracted::Missing
         );
         assert_eq!(extract(&def, &[], Some("a=1")), Extracted::Missing);
+    }
+
+    #[test]
+    fn bearer_takes_one_or_more_spaces_or_tabs() {
+        let def = route(&[Place::Bearer, Place::XApiKey]);
+        for v in [
+            "Bearer K",
+            "bearer K",
+            "BEARER\tK",
+            "Bearer  K",
+            "Bearer \t K",
+        ] {
+            assert_eq!(
+                extract(&def, &[h("Authorization", v)], None),
+                Extracted::Key {
+                    raw: "K",
+                    place: Place::Bearer
+                },
+                "{v:?}"
+            );
+        }
+        // No gap: another scheme (and a key with no scheme is in the wrong place).
+        for v in ["BearerK", "Bearer", "Bearers K"] {
+            assert_eq!(
+                extract(&def, &[h("Authorization", v)], None),
+                Extracted::Missing,
+                "{v:?}"
+            );
+        }
+        // What follows the gap is the key as sent: its own whitespace stays malformed.
+        assert_eq!(
+            extract(&def, &[h("Authorization", "Bearer K ")], None),
+            Extracted::Key {
+                raw: "K ",
+                place: Place::Bearer
+            }
+        );
+    }
+
+    #[test]
+    fn every_authorization_header_is_looked_at() {
+        let def = route(&[Place::Bearer]);
+        let hs = [
+            h("Authorization", "Basic Zm9vOmJhcg=="),
+            h("Authorization", "Bearer K"),
+        ];
+        assert_eq!(
+            extract(&def, &hs, None),
+            Extracted::Key {
+                raw: "K",
+                place: Place::Bearer
+            }
+        );
+        let same = [
+            h("Authorization", "Bearer K"),
+            h("authorization", "bearer\tK"),
+        ];
+        assert_eq!(
+            extract(&def, &same, None),
+            Extracted::Key {
+                raw: "K",
+                place: Place::Bearer
+            }
+        );
+        let two = [
+            h("Authorization", "Bearer K"),
+            h("Authorization", "Basic x"),
+            h("Authorization", "Bearer L"),
+        ];
+        assert_eq!(
+            extract(&def, &two, None),
+            Extracted::Refused(FormatError::TwoKeys)
+        );
+        // A key with no scheme behind a `Basic` one is still found (in the wrong place here).
+        let bare = [
+            h("Authorization", "Basic x"),
+            h("Authorization", "ef_live_x"),
+        ];
+        assert_eq!(
+            extract(&def, &bare, None),
+            Extracted::WrongPlace(Place::AuthorizationNoScheme)
+        );
     }
 
     /// What `extract` finds in `?query` on a route that accepts only the query.
