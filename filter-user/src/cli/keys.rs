@@ -536,10 +536,13 @@ impl Checked {
                 .map(|s| parse_when(s, now).map_err(|m| format!("{flag}: {m}")))
                 .transpose()
         };
+        let not_before = when(&a.not_before, "--not-before")?;
+        let expires_at = when(&a.expires, "--expires")?;
+        store::timefmt::check_validity(not_before, expires_at, now, ("--expires", "--not-before"))?;
         Ok(Self {
             rate,
-            not_before: when(&a.not_before, "--not-before")?,
-            expires_at: when(&a.expires, "--expires")?,
+            not_before,
+            expires_at,
         })
     }
 }

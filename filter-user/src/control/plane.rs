@@ -45,7 +45,7 @@ use crate::obs::recent::{RecentDenials, unix_ms};
 use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::bans::source_text;
 use crate::store::postgres::FollowerStatus;
-use crate::store::timefmt::parse_when;
+use crate::store::timefmt::{check_validity, parse_when};
 use crate::store::{
     self, Action, Actor, AuditEntry, BanReason, KeyRef, KeyStore, NewKey, RateLimit, StoreError,
     StoreFault, UserStatus,
@@ -483,13 +483,17 @@ impl ControlPlane {
             })
             .transpose()
         };
+        let not_before = when(r.not_before, "not_before")?;
+        let expires_at = when(r.expires, "expires")?;
+        check_validity(not_before, expires_at, now, ("`expires`", "`not_before`"))
+            .map_err(ApiError::bad_request)?;
         Ok(NewKey {
             tenant: tenant.into(),
             user: user.into(),
             env: r.env.unwrap_or_else(|| self.cfg().keys.environment.clone()),
             scopes,
-            not_before: when(r.not_before, "not_before")?,
-            expires_at: when(r.expires, "expires")?,
+            not_before,
+            expires_at,
             allow_cidrs: r.allowed_cidrs.iter().flatten().map(IpNet::trunc).collect(),
             rate,
             pending: r.pending,

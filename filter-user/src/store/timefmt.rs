@@ -34,6 +34,40 @@ pub fn parse_when(s: &str, now: i64) -> Result<i64, String> {
     }
 }
 
+/// A new key's validity: an expiry must be after `now` and after the key's `not_before` (a key
+/// born expired is a mistake, never what was meant). `names` are the expiry's and not-before's
+/// names as the caller knows them (`--expires` and `--not-before`, or `expires` and
+/// `not_before`).
+///
+/// # Errors
+/// A sentence naming the expiry, the time it is, and what it must be after.
+pub fn check_validity(
+    not_before: Option<i64>,
+    expires_at: Option<i64>,
+    now: i64,
+    names: (&str, &str),
+) -> Result<(), String> {
+    let (expires, not_before_name) = names;
+    let Some(e) = expires_at else { return Ok(()) };
+    if e <= now {
+        return Err(format!(
+            "{expires} is {}, which is not in the future (now is {}): the key would be expired \
+             from the start; give a time ahead or a duration such as 90d",
+            rfc3339(e),
+            rfc3339(now)
+        ));
+    }
+    if let Some(nb) = not_before.filter(|&nb| e <= nb) {
+        return Err(format!(
+            "{expires} is {}, which is not after {not_before_name} ({}): the key would never be \
+             valid",
+            rfc3339(e),
+            rfc3339(nb)
+        ));
+    }
+    Ok(())
+}
+
 /// `--since 1h` (the last hour) or `--since 2027-01-31T00:00:00Z` → unix seconds.
 ///
 /// # Errors
@@ -75,5 +109,20 @@ mod tests {
         assert_eq!(parse_since("1h", 10).unwrap(), 0);
         assert_eq!(parse_since("1970-01-01T00:01:00Z", 0).unwrap(), 60);
         assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn an_expiry_must_be_ahead_and_after_not_before() {
+        let names = ("--expires", "--not-before");
+        assert!(check_validity(None, None, 100, names).is_ok());
+        assert!(check_validity(None, Some(101), 100, names).is_ok());
+        assert!(check_validity(Some(200), Some(201), 100, names).is_ok());
+        let past = check_validity(None, Some(100), 100, names).unwrap_err();
+        assert!(
+            past.starts_with("--expires is 1970-01-01T00:01:40Z"),
+            "{past}"
+        );
+        let before = check_validity(Some(300), Some(200), 100, names).unwrap_err();
+        assert!(before.contains("not after --not-before"), "{before}");
     }
 }
