@@ -483,10 +483,39 @@ pub type LayerCheck = fn(&Config) -> Vec<ValueProblem>;
 /// A problem with one config value, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueProblem {
-    /// Where the value is, e.g. `["store", "url"]` (its first part is the section).
+    /// Where the value is, e.g. `["store", "url"]` (its first part is the section); for a
+    /// `[[route]]` field, `["route", "<field>"]` with [`Self::route`] saying which route.
     pub key: &'static [&'static str],
+    /// The index of the `[[route]]` the value is in (`None` outside the routes).
+    pub route: Option<usize>,
     /// What is wrong.
     pub message: String,
+}
+
+impl ValueProblem {
+    /// A problem with the value at `key`.
+    #[must_use]
+    pub fn at(key: &'static [&'static str], message: impl Into<String>) -> Self {
+        Self {
+            key,
+            route: None,
+            message: message.into(),
+        }
+    }
+
+    /// A problem with field `key[1]` of the `index`-th `[[route]]` (`key` = `["route", field]`).
+    #[must_use]
+    pub fn in_route(
+        index: usize,
+        key: &'static [&'static str],
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            key,
+            route: Some(index),
+            message: message.into(),
+        }
+    }
 }
 
 /// One config problem, with the 1-based line it was found on (0 when not tied to a line).
@@ -578,9 +607,7 @@ impl Config {
         base_dir: &Path,
         checks: &[LayerCheck],
     ) -> Result<Self, Vec<ConfigProblem>> {
-        let mut cfg = validate::parse(text, checks)?;
-        cfg.base_dir = base_dir.to_path_buf();
-        Ok(cfg)
+        validate::parse(text, base_dir, checks)
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -613,6 +640,23 @@ impl Config {
         }
         if self.store.url.is_some() && self.store.kind == StoreKind::Sqlite {
             out.push("store.url is not used: store.kind = \"sqlite\"".to_owned());
+        }
+        out
+    }
+
+    /// Values that are valid but risky, each as a sentence saying why (`check-config` prints
+    /// them, the daemon logs them at start): an `admin.listen` other than a loopback address
+    /// puts the admin API and `/metrics` on the network.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let admin = self.admin.listen;
+        if !admin.ip().to_canonical().is_loopback() {
+            out.push(format!(
+                "admin.listen = \"{admin}\" is not a loopback address: the admin API (guarded \
+                 only by the token in admin.token_file) and /metrics (no token) are reachable \
+                 from the network; prefer 127.0.0.1 or ::1, or firewall the port"
+            ));
         }
         out
     }

@@ -22,6 +22,6 @@ pub use ops::{
     ACTOR_HEADER, AdminOps, AllowlistRequest, ApiError, AuditQuery, CreateKeyRequest,
     DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
 };
-pub use server::{AdminHandle, AdminServer, PAUSE_GRACE, ServerError};
+pub use server::{AdminHandle, AdminServer, PAUSE_GRACE, ReloadHook, ServerError};
 pub use stats_json::StatsJson;
 pub use token::{AdminToken, TokenError};

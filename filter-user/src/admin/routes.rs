@@ -45,6 +45,8 @@ pub enum Route {
     Audit,
     /// `GET /v1/stats`.
     Stats,
+    /// `POST /v1/reload` (as `SIGHUP`).
+    Reload,
 }
 
 impl Route {
@@ -118,6 +120,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         ["v1", "explain"] => only(&Method::POST, "POST", Route::Explain),
         ["v1", "audit"] => only(&Method::GET, "GET", Route::Audit),
         ["v1", "stats"] => only(&Method::GET, "GET", Route::Stats),
+        ["v1", "reload"] => only(&Method::POST, "POST", Route::Reload),
         _ => Err(not_found()),
     }
 }
@@ -182,6 +185,8 @@ mod tests {
         assert_eq!(route(&p, "/v1/audit").map_err(|e| e.status), Err(405));
         assert_eq!(route(&g, "/v1/stats"), Ok(Route::Stats));
         assert_eq!(route(&p, "/v1/stats").map_err(|e| e.status), Err(405));
+        assert_eq!(route(&p, "/v1/reload"), Ok(Route::Reload));
+        assert_eq!(route(&g, "/v1/reload").map_err(|e| e.status), Err(405));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! A change is made by the token's holder at the caller's address ([`Actor::admin`]), which the
 //! operation records in the audit trail.
 //!
+//! `POST /v1/reload` is served by a hook the daemon installs ([`AdminServer::on_reload`]): the
+//! reload is the daemon's to run (it owns the proxy it retunes), one at a time with `SIGHUP`'s.
+//!
 //! For a hand-over to another daemon (`run --takeover`) the running server pauses: it stops
 //! accepting (callers wait in the socket's queue for the next daemon), answers each open
 //! connection's next request (one already on its way, say) with `Connection: close`, closes the
@@ -15,8 +18,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +31,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::ops::{ACTOR_HEADER, AdminOps, ApiError, AuditQuery, ListKeysQuery, Readiness};
+use super::ops::{
+    ACTOR_HEADER, AdminOps, ApiError, AuditQuery, ListKeysQuery, OpFuture, Readiness,
+};
 use super::routes::{Route, decode_component, route};
 use super::token::{AdminToken, TokenError};
 use crate::config::Config;
@@ -61,10 +66,16 @@ pub enum ServerError {
     Runtime(std::io::Error),
 }
 
+/// What serves `POST /v1/reload`: reloads the config on behalf of the actor and answers what
+/// was applied, what needs a restart and what was refused (see [`AdminServer::on_reload`]).
+pub type ReloadHook = Arc<dyn Fn(Actor) -> OpFuture<'static> + Send + Sync>;
+
 struct State {
     token: AdminToken,
     ops: Arc<dyn AdminOps>,
     ready: Arc<Readiness>,
+    /// `POST /v1/reload`, once the daemon installed it.
+    reload: OnceLock<ReloadHook>,
     /// Open connections.
     open: AtomicUsize,
     /// Paused for a hand-over: every answer closes its connection.
@@ -189,11 +200,20 @@ impl AdminServer {
                 token,
                 ops,
                 ready,
+                reload: OnceLock::new(),
                 open: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
             }),
             accepting: tokio::sync::watch::Sender::new(true),
         }
+    }
+
+    /// Serves `POST /v1/reload` with `hook` (without one it answers 503 `RELOAD_UNAVAILABLE`).
+    /// A second hook is ignored.
+    #[must_use]
+    pub fn on_reload(self, hook: ReloadHook) -> Self {
+        let _ = self.state.reload.set(hook);
+        self
     }
 
     /// Starts paused: [`AdminHandle::resume`] starts accepting.
@@ -442,6 +462,16 @@ async fn dispatch(
         Route::Explain => ops.explain(json_body(req).await?).await?,
         Route::Audit => ops.audit(audit_query(req.uri().query())?).await?,
         Route::Stats => ops.stats().await?,
+        Route::Reload => match state.reload.get() {
+            Some(hook) => hook(by).await?,
+            None => {
+                return Err(ApiError::new(
+                    503,
+                    "RELOAD_UNAVAILABLE",
+                    "This server cannot reload a config.",
+                ));
+            }
+        },
     };
     Ok(json_response(200, &value))
 }
@@ -547,8 +577,8 @@ async fn optional_json_body<T: DeserializeOwned + Default>(
 }
 
 /// Parses a JSON body; the error says what is wrong without echoing any value (a body may
-/// hold a key).
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// hold a key). (Crate-visible for the `admin_json` fuzz target.)
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let msg = e.to_string();
         let echoes_value = ["invalid type", "invalid value", "ef_"]

@@ -1,4 +1,7 @@
-//! `edgefilter check-config`: validate and report every problem with its line.
+//! `edgefilter check-config`: every check `run` makes of the config before it starts (the
+//! config's own and [`super::RUN_CHECKS`]: `${ENV}` set, files readable, the TLS key matching its
+//! certificate, at least one route, ...), every problem reported with its line; exit 2 on any.
+//! Risky values that are valid are printed as warnings, keys nothing reads as notes.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,8 +12,11 @@ use crate::config::Config;
 /// Runs `check-config`.
 #[must_use]
 pub fn run(path: &Path) -> ExitCode {
-    match Config::load_with(path, super::CONFIG_CHECKS) {
+    match Config::load_with(path, super::RUN_CHECKS) {
         Ok(cfg) => {
+            for warning in cfg.warnings() {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             outln!(
                 "{}: ok ({} route(s), {} shard(s), xdp {})",
                 path.display(),

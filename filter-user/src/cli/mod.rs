@@ -85,12 +85,26 @@ pub struct JsonFlag {
 /// The checks the layers above `config` add to its validation.
 pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = crate::daemon::CONFIG_CHECKS;
 
+/// What `run` checks before it starts, `check-config` checks too.
+pub const RUN_CHECKS: &[crate::config::LayerCheck] = crate::daemon::RUN_CHECKS;
+
 /// Loads the config or prints every problem and returns the usage exit code.
 ///
 /// # Errors
 /// The exit code to use when the config cannot be loaded.
 pub fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load_with(path, CONFIG_CHECKS).map_err(|e| {
+    load_config_with(path, CONFIG_CHECKS)
+}
+
+/// [`load_config`] with `checks` ([`RUN_CHECKS`] for `run`).
+///
+/// # Errors
+/// The exit code to use when the config cannot be loaded (2, SPEC §3).
+pub fn load_config_with(
+    path: &std::path::Path,
+    checks: &[crate::config::LayerCheck],
+) -> Result<Config, ExitCode> {
+    Config::load_with(path, checks).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EXIT_USAGE)
     })
@@ -102,7 +116,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig => return check::run(&cli.config),
         Command::Run { no_xdp, takeover } => {
-            let cfg = match load_config(&cli.config) {
+            let cfg = match load_config_with(&cli.config, RUN_CHECKS) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::path::Path;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -11,8 +12,13 @@ use super::{Config, ConfigProblem, LayerCheck, StoreKind, line_of};
 use crate::names::{self, NameKind};
 
 /// Parses `text` section by section so one bad section does not hide the others; then runs the
-/// cross-field checks and the `layers`' checks.
-pub(super) fn parse(text: &str, layers: &[LayerCheck]) -> Result<Config, Vec<ConfigProblem>> {
+/// cross-field checks and the `layers`' checks (with relative paths resolving against
+/// `base_dir`).
+pub(super) fn parse(
+    text: &str,
+    base_dir: &Path,
+    layers: &[LayerCheck],
+) -> Result<Config, Vec<ConfigProblem>> {
     let (root, syntax) = DeTable::parse_recoverable(text);
     let at = |span: Option<Range<usize>>| span.map_or(0, |s| line_of(text, s.start));
     if !syntax.is_empty() {
@@ -59,28 +65,42 @@ pub(super) fn parse(text: &str, layers: &[LayerCheck]) -> Result<Config, Vec<Con
     }
     // Cross-field checks run on the sections that parsed, so one bad section hides nothing else;
     // a check about a section that failed to parse would only repeat its error, so it is skipped.
-    let cfg = from_table(good, root_span).map_err(|e| {
+    let mut cfg = from_table(good, root_span).map_err(|e| {
         vec![ConfigProblem {
             line: at(e.span()),
             message: clean(e.message()),
         }]
     })?;
-    let layer_problems = layers.iter().flat_map(|c| c(&cfg)).map(|p| {
-        let section = p.key.first().copied().unwrap_or_default();
-        let line = span_at(&root, p.key).map_or(0, |s| line_of(text, s.start));
-        (
-            section,
-            ConfigProblem {
-                line,
-                message: p.message,
-            },
-        )
-    });
+    cfg.base_dir = base_dir.to_path_buf();
+    let own = check(&cfg, &root, text);
+    // A layer's check of a route this module already found at fault would mostly repeat it
+    // (an upstream it cannot use, a header value it cannot send): that route's are left out.
+    let routes_at_fault: Vec<usize> = own.iter().filter_map(|(at, _)| at.route).collect();
+    let layer_problems = layers
+        .iter()
+        .flat_map(|c| c(&cfg))
+        .filter(|p| p.route.is_none_or(|i| !routes_at_fault.contains(&i)))
+        .map(|p| {
+            let section = p.key.first().copied().unwrap_or_default();
+            let span = match (p.route, p.key) {
+                (Some(i), [_, field, ..]) => route_span(&root, i, field),
+                _ => span_at(&root, p.key),
+            };
+            (
+                Where {
+                    section,
+                    route: p.route,
+                },
+                ConfigProblem {
+                    line: span.map_or(0, |s| line_of(text, s.start)),
+                    message: p.message,
+                },
+            )
+        });
     problems.extend(
-        check(&cfg, &root, text)
-            .into_iter()
+        own.into_iter()
             .chain(layer_problems)
-            .filter(|(section, _)| !failed.iter().any(|f| f == section))
+            .filter(|(at, _)| !failed.iter().any(|f| f == at.section))
             .map(|(_, p)| p),
     );
     problems.sort_by_key(|p| p.line);
@@ -222,13 +242,22 @@ fn route_span(root: &DeTable<'_>, index: usize, field: &str) -> Option<Range<usi
     }
 }
 
+/// What a problem is about: its top-level section, and for a `[[route]]` which one.
+struct Where {
+    section: &'static str,
+    route: Option<usize>,
+}
+
 /// Cross-field checks that serde cannot express.
-/// Each problem is tagged with the top-level section it is about.
-fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, ConfigProblem)> {
+/// Each problem is tagged with the top-level section (and route) it is about.
+fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(Where, ConfigProblem)> {
     let mut out = Vec::new();
     let mut bad = |section: &'static str, span: Option<Range<usize>>, message: String| {
         out.push((
-            section,
+            Where {
+                section,
+                route: None,
+            },
             ConfigProblem {
                 line: span.map_or(0, |s| line_of(text, s.start)),
                 message,
@@ -372,25 +401,44 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             "log.access_log must be \"stdout\", \"off\" or a file path".into(),
         );
     }
+    out.extend(check_routes(cfg, root, text));
+    out
+}
+
+/// The `[[route]]` checks; each problem tagged with its route.
+fn check_routes(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(Where, ConfigProblem)> {
+    let mut out = Vec::new();
+    let mut bad = |i: usize, span: Option<Range<usize>>, message: String| {
+        out.push((
+            Where {
+                section: "route",
+                route: Some(i),
+            },
+            ConfigProblem {
+                line: span.map_or(0, |s| line_of(text, s.start)),
+                message,
+            },
+        ));
+    };
     let mut prefixes = std::collections::HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         if !r.prefix.starts_with('/') {
             bad(
-                "route",
+                i,
                 route_span(root, i, "prefix"),
                 format!("route prefix `{}` must start with /", r.prefix),
             );
         }
         if !prefixes.insert(r.prefix.as_str()) {
             bad(
-                "route",
+                i,
                 route_span(root, i, "prefix"),
                 format!("route prefix `{}` appears twice", r.prefix),
             );
         }
         if let Err(why) = check_upstream(&r.upstream) {
             bad(
-                "route",
+                i,
                 route_span(root, i, "upstream"),
                 format!("route `{}`: upstream `{}` {why}", r.prefix, r.upstream),
             );
@@ -402,7 +450,7 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             .filter_map(|(n, s)| names::check(NameKind::Scope, s).err().map(|e| (n, e)))
         {
             bad(
-                "route",
+                i,
                 route_span(root, i, "scopes"),
                 format!("route `{}`: scopes[{n}]: {e}", r.prefix),
             );
@@ -410,7 +458,7 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
         for place in r.key_in.iter().flatten() {
             if !matches!(place.as_str(), "authorization" | "x-api-key" | "query") {
                 bad(
-                    "route",
+                    i,
                     route_span(root, i, "key_in"),
                     format!(
                         "route `{}`: key_in `{place}` is not one of authorization, x-api-key, query",
@@ -427,7 +475,7 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             {
                 bad(
-                    "route",
+                    i,
                     route_span(root, i, "inject_header"),
                     format!(
                         "route `{}`: inject_header name `{}` is not a header name",
@@ -437,7 +485,7 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(&'static str, Con
             }
             if let Err(why) = check_template(&h.value) {
                 bad(
-                    "route",
+                    i,
                     route_span(root, i, "inject_header"),
                     format!("route `{}`: inject_header value {why}", r.prefix),
                 );
@@ -468,8 +516,27 @@ fn check_upstream(u: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `${NAME}` references must be closed and name an environment variable.
+/// `${NAME}` references must be closed and name an environment variable, and the text itself
+/// must be sendable in a header: no CR, LF, NUL or other control byte but a tab (RFC 9110 §5.5).
+/// (What `${NAME}` and `@/path` stand for is checked where it is read: `edgefilter run` and
+/// `check-config`.)
 fn check_template(v: &str) -> Result<(), String> {
+    if let Some((at, b)) = v
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        let name = match b {
+            b'\r' => "a CR (\\r)".to_owned(),
+            b'\n' => "an LF (\\n)".to_owned(),
+            0 => "a NUL".to_owned(),
+            _ => format!("the control byte 0x{b:02x}"),
+        };
+        return Err(format!(
+            "holds {name} at byte {at}: a header value cannot hold one (it would split the \
+             request sent upstream)"
+        ));
+    }
     let mut rest = v;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];

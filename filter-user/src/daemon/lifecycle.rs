@@ -1,5 +1,5 @@
 //! What a serving daemon waits for, and what it does meanwhile: SIGTERM/SIGINT (drain and
-//! stop), SIGHUP (reload the config: [`Reloader`]), SIGUSR2 (start this binary's path again with `run --takeover`, the
+//! stop), SIGHUP and `POST /v1/reload` (reload the config, one at a time: [`Reloader`]), SIGUSR2 (start this binary's path again with `run --takeover`, the
 //! upgrade under a service manager), and a daemon taking over, served by the takeover desk's
 //! thread on the daemon's takeover socket.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::handover::{self, Item};
-use super::reload::Reloader;
+use super::reload::{ReloadAsk, Reloader};
 use crate::admin::AdminHandle;
 use crate::control::ControlPlane;
 use crate::proxy::ProxyHandle;
@@ -92,6 +92,8 @@ pub(super) struct Serving<'a> {
     pub admin: &'a AdminHandle,
     pub plane: &'a ControlPlane,
     pub reloader: Reloader,
+    /// `POST /v1/reload` requests from the admin API.
+    pub reloads: UnboundedReceiver<ReloadAsk>,
     pub upgrade: &'a Upgrade,
 }
 
@@ -135,7 +137,8 @@ impl Serving<'_> {
                 tokio::select! {
                     _ = term.recv() => return Ok(End::Stop),
                     _ = int.recv() => return Ok(End::Stop),
-                    _ = hup.recv() => self.reloader.reload(self.proxy),
+                    _ = hup.recv() => self.reloader.on_signal(self.proxy),
+                    Some(ask) = self.reloads.recv() => self.reloader.on_request(self.proxy, ask),
                     _ = usr2.recv() => self.upgrade.spawn(),
                     Some(event) = events.recv() => match event {
                         Event::Ready { reply } => {

@@ -6,14 +6,16 @@
 //! # Layering
 //!
 //! `claim` (locks, using `holder` to name a foreign listener), `handover` (the takeover
-//! protocol, using `claim`'s names), `notify`, `reload`, `lifecycle` (the main loop and the
-//! desk, using `handover` and `reload`), then this module.
+//! protocol, using `claim`'s names), `notify`, `preflight` (what `run` checks of a config),
+//! `reload`, `lifecycle` (the main loop and the desk, using `handover` and `reload`), then this
+//! module.
 
 mod claim;
 mod handover;
 mod holder;
 mod lifecycle;
 mod notify;
+pub mod preflight;
 mod reload;
 
 use std::fs::File;
@@ -40,9 +42,18 @@ use crate::control::{AutoblockTicker, ControlPlane};
 use crate::gate::{Gate, GateFactory};
 use crate::proxy::{DRAIN_DEADLINE, ListenSocket, StartOptions};
 
-/// The checks the layers above `config` add to its validation (at start, by `check-config`,
-/// and at each reload).
+/// The checks the layers above `config` add to its validation, for every command that reads
+/// the config.
 pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
+
+/// [`CONFIG_CHECKS`] plus what `run` needs to start ([`preflight`]: routes, TLS files, the
+/// access log's directory): at start, by `check-config`, and at each reload.
+pub const RUN_CHECKS: &[crate::config::LayerCheck] = &[
+    crate::store::check_config,
+    preflight::routes,
+    preflight::tls,
+    preflight::access_log,
+];
 
 /// How often the daemon looks for store changes made by other processes (the CLI without the
 /// admin API, or another host).
@@ -77,6 +88,9 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     for note in cfg.unused() {
         tracing::warn!("config: {note}");
+    }
+    for warning in cfg.warnings() {
+        tracing::warn!("config: {warning}");
     }
     let upgrade = Upgrade {
         // Resolved now: once an upgrade replaced the file, /proc/self/exe names the old one.
@@ -157,11 +171,12 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
     let reloader = reload::Reloader {
         path: opts.config.clone(),
-        checks: CONFIG_CHECKS,
+        checks: RUN_CHECKS,
         running: Arc::clone(&cfg),
         plane: Arc::clone(&plane),
         access_log: access_log.clone(),
     };
+    let (reload_asks, reloads) = tokio::sync::mpsc::unbounded_channel();
     let admin_server = match inherited.admin.take() {
         Some((addr, socket)) if addr == cfg.admin.listen => {
             AdminServer::from_config_on(&cfg, socket, Arc::clone(&plane) as _, Arc::clone(&ready))?
@@ -173,6 +188,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
             AdminServer::from_config(&cfg, Arc::clone(&plane) as _, Arc::clone(&ready))?
         }
     };
+    let admin_server = admin_server.on_reload(reload::hook(reload_asks));
     let paused = taking.is_some();
     let admin = if paused {
         admin_server.paused()
@@ -222,6 +238,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         admin: &admin,
         plane: &plane,
         reloader,
+        reloads,
         upgrade: &upgrade,
     };
     let end = serving.wait_for_end(events)?;

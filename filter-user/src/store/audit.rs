@@ -61,11 +61,13 @@ pub enum Action {
     DenyAdd,
     /// `deny remove`.
     DenyRemove,
+    /// `POST /v1/reload` or `SIGHUP`: the config file read again (the object is its path).
+    ConfigReload,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::KeyCreate,
         Self::KeyRevoke,
         Self::KeyRotate,
@@ -77,6 +79,7 @@ impl Action {
         Self::AllowRemove,
         Self::DenyAdd,
         Self::DenyRemove,
+        Self::ConfigReload,
     ];
 
     /// The stored and printed name, `object.verb`.
@@ -94,6 +97,7 @@ impl Action {
             Self::AllowRemove => "allow.remove",
             Self::DenyAdd => "deny.add",
             Self::DenyRemove => "deny.remove",
+            Self::ConfigReload => "config.reload",
         }
     }
 
@@ -144,6 +148,12 @@ impl Actor {
     #[must_use]
     pub fn autoblock() -> Self {
         Self("autoblock".to_owned())
+    }
+
+    /// Whoever sent the daemon `signal` (`SIGHUP`): the signal does not say who.
+    #[must_use]
+    pub fn signal(signal: &str) -> Self {
+        Self(format!("signal:{signal}"))
     }
 
     /// A local user of the CLI: `cli:<user>`, and `cli:root (sudo alice)` under sudo.

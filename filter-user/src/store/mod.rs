@@ -63,6 +63,15 @@ pub enum StoreError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The store at `path` could not be opened (for a failure whose own text does not name
+    /// the file, such as [`Self::TooNew`]).
+    #[error("key store {}: {source}", path.display())]
+    Open {
+        /// The store's file.
+        path: PathBuf,
+        /// What failed.
+        source: Box<StoreError>,
+    },
     /// The database was written by a newer edgefilter.
     #[error("store schema version {found} is newer than this edgefilter knows ({known})")]
     TooNew {
@@ -313,10 +322,7 @@ pub fn check_config(cfg: &Config) -> Vec<ValueProblem> {
         Some("store.url must start with postgres:// or postgresql://".into())
     };
     problem
-        .map(|message| ValueProblem {
-            key: &["store", "url"],
-            message,
-        })
+        .map(|message| ValueProblem::at(&["store", "url"], message))
         .into_iter()
         .collect()
 }

@@ -441,7 +441,12 @@ impl SqliteStore {
             let e = match connect(path) {
                 Ok(conn) => break conn,
                 Err(StoreError::Db(e)) => e,
-                Err(other) => return Err(other),
+                Err(other) => {
+                    return Err(StoreError::Open {
+                        path: path.to_path_buf(),
+                        source: Box::new(other),
+                    });
+                }
             };
             let Some(fault) = classify(path, &e) else {
                 return Err(StoreError::Sqlite {
