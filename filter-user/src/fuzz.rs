@@ -1,6 +1,7 @@
 //! Fuzz entry points for the parsers that read untrusted bytes: client request heads (through
-//! the real `proxy::head::process`, gate included), upstream response heads, chunked bodies, and
-//! API keys as they arrive in a header or a query string. Each one runs the parser on arbitrary
+//! the real `proxy::head::process`, gate included), upstream response heads, chunked bodies, API
+//! keys as they arrive in a header or a query string, the admin API's JSON bodies; and the
+//! config parser with its validation. Each one runs the parser on arbitrary
 //! bytes and checks the invariants the proxy relies on, panicking when one breaks.
 //!
 //! Two drivers use them: `fuzz/` (cargo-fuzz, coverage-guided, `cargo xtask fuzz`) and
@@ -298,6 +299,98 @@ pub fn api_key(data: &[u8]) {
             let _ = apikey::parse(plain);
         } else {
             assert!(text.len() > crate::auth::extract::QUERY_KEY_CAP);
+        }
+    }
+}
+
+/// A check of the layers above `config` that finds fault with every route's `upstream` and with
+/// `listen.https`, so the `config` target exercises how their problems are placed on lines.
+fn every_route_at_fault(cfg: &Config) -> Vec<crate::config::ValueProblem> {
+    use crate::config::ValueProblem;
+    let mut out: Vec<ValueProblem> = (0..cfg.routes.len())
+        .map(|i| ValueProblem::in_route(i, &["route", "upstream"], "fuzz: at fault"))
+        .collect();
+    out.push(ValueProblem::at(&["listen", "https"], "fuzz: at fault"));
+    out
+}
+
+/// The config parser and validation, from bytes (text that is not UTF-8 is no config).
+/// Invariants: no panic; every problem has a message and a line inside the text (or 0); a
+/// config that is valid is written out (`toml`) and reads back the same, key for key; and a
+/// layer's problems (one per route here) come back among the others on lines inside the text.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines = text.lines().count() + 1;
+    let base = std::path::Path::new("/nonexistent-fuzz-base");
+    let check_lines = |problems: &[crate::config::ConfigProblem]| {
+        for p in problems {
+            assert!(!p.message.trim().is_empty(), "a problem without a message");
+            assert!(p.line <= lines, "line {} of {lines}: {}", p.line, p.message);
+        }
+    };
+    match Config::parse_with(text, base, crate::daemon::CONFIG_CHECKS) {
+        Err(problems) => {
+            assert!(!problems.is_empty(), "refused without a problem");
+            check_lines(&problems);
+        }
+        Ok(cfg) => {
+            let written = toml::to_string(&cfg)
+                .unwrap_or_else(|e| panic!("a valid config cannot be written out: {e}"));
+            let again = Config::parse_with(&written, base, crate::daemon::CONFIG_CHECKS)
+                .unwrap_or_else(|p| panic!("a config written out does not read back: {p:?}"));
+            assert_eq!(
+                crate::config::keys::leaves(&cfg),
+                crate::config::keys::leaves(&again),
+                "a config written out reads back different"
+            );
+            let problems = Config::parse_with(text, base, &[every_route_at_fault])
+                .expect_err("the layer's problems are reported");
+            check_lines(&problems);
+            assert!(
+                problems.len() > cfg.routes.len(),
+                "a layer's problem went missing"
+            );
+        }
+    }
+}
+
+/// Every admin API JSON body type, parsed from the same bytes as the server parses them.
+/// Invariants: no panic; a refusal is a 400 whose message and hint never repeat a key from the
+/// body (anything starting `ef_`) and stay short; an explain request's `Debug` never shows its key.
+pub fn admin_json(data: &[u8]) {
+    use crate::admin::server::parse_json;
+    use crate::admin::{
+        AllowlistRequest, ApiError, CreateKeyRequest, DenylistRequest, ExplainRequest,
+        RotateRequest,
+    };
+    let refused = |e: ApiError| {
+        assert_eq!(e.status, 400, "{e}");
+        let said = format!("{} {}", e.message, e.hint.unwrap_or_default());
+        assert!(!said.contains("ef_"), "a refusal repeats a key: {said}");
+        assert!(said.len() < 600, "a refusal of {} bytes", said.len());
+    };
+    if let Err(e) = parse_json::<CreateKeyRequest>(data) {
+        refused(e);
+    }
+    if let Err(e) = parse_json::<RotateRequest>(data) {
+        refused(e);
+    }
+    if let Err(e) = parse_json::<AllowlistRequest>(data) {
+        refused(e);
+    }
+    if let Err(e) = parse_json::<DenylistRequest>(data) {
+        refused(e);
+    }
+    match parse_json::<ExplainRequest>(data) {
+        Err(e) => refused(e),
+        Ok(req) => {
+            let shown = format!("{req:?}");
+            let elsewhere = format!("{:?} {:?} {:?}", req.ip, req.method, req.path);
+            if req.key.len() >= 8 && !elsewhere.contains(&req.key) {
+                assert!(!shown.contains(&req.key), "Debug shows the key");
+            }
         }
     }
 }

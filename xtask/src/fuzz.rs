@@ -1,4 +1,5 @@
-//! `cargo xtask fuzz`: coverage-guided fuzzing of the parsers that read untrusted bytes
+//! `cargo xtask fuzz`: coverage-guided fuzzing of the parsers that read untrusted bytes (and of
+//! the config parser and the admin API's JSON bodies)
 //! (`fuzz/`, entry points in `filter-user/src/fuzz.rs`) with cargo-fuzz on nightly. cargo-fuzz
 //! is installed into `target/tools/` when missing. Each target runs for a bounded time from the
 //! checked-in seeds (`fuzz/corpus/<target>/`, read only) plus a working corpus of its own
@@ -13,7 +14,14 @@ use anyhow::{Context, Result, bail};
 use crate::util::{root, run as run_cmd};
 
 /// The targets, as named in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 4] = ["request_head", "response_head", "chunked_body", "api_key"];
+pub const TARGETS: [&str; 6] = [
+    "request_head",
+    "response_head",
+    "chunked_body",
+    "api_key",
+    "config",
+    "admin_json",
+];
 
 /// The cargo-fuzz release that builds with the nightly toolchain here.
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.1";

@@ -10,8 +10,12 @@ use rand::{Rng, SeedableRng};
 
 use edgefilter::proxy::head::Framing;
 
-/// Mutations per corpus input.
+/// Mutations per corpus input of the byte-level parsers.
 const MUTATIONS: usize = 10_000;
+
+/// Mutations per corpus input of the heavier targets (a whole config parsed, written out and
+/// read back; five JSON body types).
+const FEWER_MUTATIONS: usize = 1_000;
 
 /// Fragments the mutator splices in: the bytes where HTTP framing bugs live.
 const TOKENS: &[&[u8]] = &[
@@ -45,16 +49,33 @@ const TOKENS: &[&[u8]] = &[
     b"ffffffffffffffff",
     b"\xff\xfe",
     b"\x00",
+    b"\n[[route]]\n",
+    b"\n[listen]\n",
+    b"\n[tls]\n",
+    b" = \"",
+    b"\"",
+    b"${",
+    b"}",
+    b"[",
+    b"]",
+    b"{",
+    b"\"30s\"",
+    b"\"http://127.0.0.1:9\"",
+    b"\"ef_live_",
+    b"null",
 ];
 
 type Target = fn(&[u8]);
 
-fn targets() -> [(&'static str, Target); 4] {
+/// Every target, with how many mutations of each corpus input it runs.
+fn targets() -> [(&'static str, Target, usize); 6] {
     [
-        ("request_head", edgefilter::fuzz::request_head),
-        ("response_head", edgefilter::fuzz::response_head),
-        ("chunked_body", edgefilter::fuzz::chunked_body),
-        ("api_key", edgefilter::fuzz::api_key),
+        ("request_head", edgefilter::fuzz::request_head, MUTATIONS),
+        ("response_head", edgefilter::fuzz::response_head, MUTATIONS),
+        ("chunked_body", edgefilter::fuzz::chunked_body, MUTATIONS),
+        ("api_key", edgefilter::fuzz::api_key, MUTATIONS),
+        ("config", edgefilter::fuzz::config, FEWER_MUTATIONS),
+        ("admin_json", edgefilter::fuzz::admin_json, FEWER_MUTATIONS),
     ]
 }
 
@@ -125,7 +146,7 @@ fn run(name: &str, seed: &Path, f: Target, data: &[u8]) {
 
 #[test]
 fn corpus_inputs_keep_every_invariant() {
-    for (name, f) in targets() {
+    for (name, f, _) in targets() {
         let inputs = corpus(name);
         assert!(!inputs.is_empty(), "no corpus for {name}");
         for (path, data) in &inputs {
@@ -136,12 +157,12 @@ fn corpus_inputs_keep_every_invariant() {
 
 #[test]
 fn seeded_mutations_keep_every_invariant() {
-    for (t, (name, f)) in targets().into_iter().enumerate() {
+    for (t, (name, f, mutations)) in targets().into_iter().enumerate() {
         for (i, (path, seed)) in corpus(name).iter().enumerate() {
             // A fixed seed per (target, input): a failure reproduces on every run.
             let mut rng = StdRng::seed_from_u64(((t as u64) << 32) | i as u64);
             let mut data = seed.clone();
-            for _ in 0..MUTATIONS {
+            for _ in 0..mutations {
                 for _ in 0..rng.random_range(1..=4) {
                     mutate(&mut rng, &mut data);
                 }
