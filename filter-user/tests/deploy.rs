@@ -2,7 +2,8 @@
 //! rules` and `promtool test rules` for the alert rules and their unit tests (and for the
 //! dashboard's queries, as recording rules), `systemd-analyze verify` for the unit (a copy whose
 //! `ExecStart` is the binary under test), and `edgefilter check-config` for the sample config,
-//! run on the file as shipped (check-config does not need the paths it names to exist). Every
+//! run on the file as shipped with the unit's environment file's variable set (check-config does
+//! not need the store, token and log paths it names to exist). Every
 //! metric name in an alert or a dashboard panel must be one of SPEC §8's, the unit and the
 //! config must agree on where the state, the log and the pins live, and every runbook link
 //! must name a section of docs/deploy.md.
@@ -311,7 +312,9 @@ fn the_sample_config_passes_check_config_and_keeps_state_in_the_units_directorie
     let out = run(Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .arg("--config")
         .arg(&config)
-        .arg("check-config"));
+        .arg("check-config")
+        // What the unit's EnvironmentFile= gives the daemon (docs/deploy.md).
+        .env("UPSTREAM_API_KEY", "sk-deploy-test"));
     assert!(out.status.success(), "check-config: {}", show(&out));
 
     let cfg = edgefilter::config::Config::load(&config).expect("the sample config loads");

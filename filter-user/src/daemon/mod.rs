@@ -46,13 +46,12 @@ use crate::proxy::{DRAIN_DEADLINE, ListenSocket, StartOptions};
 /// the config.
 pub const CONFIG_CHECKS: &[crate::config::LayerCheck] = &[crate::store::check_config];
 
-/// [`CONFIG_CHECKS`] plus what `run` needs to start ([`preflight`]: routes, TLS files, the
-/// access log's directory): at start, by `check-config`, and at each reload.
+/// [`CONFIG_CHECKS`] plus what `run` needs to start ([`preflight`]: the routes and the TLS
+/// files): at start, by `check-config`, and at each reload.
 pub const RUN_CHECKS: &[crate::config::LayerCheck] = &[
     crate::store::check_config,
     preflight::routes,
     preflight::tls,
-    preflight::access_log,
 ];
 
 /// How often the daemon looks for store changes made by other processes (the CLI without the

@@ -1,14 +1,15 @@
 //! What `edgefilter run` needs of a config beyond its shape, checked before anything starts: the
 //! routes compiled exactly as the proxy compiles them (every `${ENV}` set, every `@/path`
 //! readable, the injected header sendable, the upstream resolving), at least one route, the TLS
-//! certificate and key read and matched as the proxy reads them, and the access log's directory.
-//! Each problem is reported among the others on the line of the value it names
+//! certificate and key read and matched as the proxy reads them. Each problem is reported among the others on the line of the value it names
 //! ([`crate::config::LayerCheck`]), so `check-config`, `run` and a reload (`SIGHUP`,
 //! `POST /v1/reload`) refuse the same configs with the same messages.
 //!
 //! These read the environment and files of the process that runs them: `check-config` answers
 //! for a daemon started with its environment. The other commands (`keys`, `users`, ...) do not
-//! run them, so an operator's shell needs no upstream secret.
+//! run them, so an operator's shell needs no upstream secret. What only the moment of starting
+//! can tell (an address in use, a directory the service manager creates, such as the access
+//! log's under systemd's `LogsDirectory=`) is left to `run`.
 
 use std::path::Path;
 
@@ -98,25 +99,4 @@ fn read_key(path: &Path) -> Result<(), String> {
     PrivateKeyDer::from_pem_file(path)
         .map(drop)
         .map_err(|e| e.to_string())
-}
-
-/// A `log.access_log` file's directory exists (the daemon creates the file, not directories).
-#[must_use]
-pub fn access_log(cfg: &Config) -> Vec<ValueProblem> {
-    let value = cfg.log.access_log.as_str();
-    if matches!(value, "off" | "stdout" | "") {
-        return Vec::new();
-    }
-    let path = cfg.resolve(Path::new(value));
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => vec![ValueProblem::at(
-            &["log", "access_log"],
-            format!(
-                "log.access_log: the directory {} does not exist (the daemon creates the file, \
-                 not its directory)",
-                dir.display()
-            ),
-        )],
-        _ => Vec::new(),
-    }
 }

@@ -22,6 +22,7 @@ mod metrics;
 mod names;
 mod operator;
 mod reload;
+mod reload_api;
 mod revoke_load;
 mod stats;
 mod store_safety;

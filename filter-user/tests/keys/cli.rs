@@ -262,15 +262,22 @@ fn explain_names_the_check_and_the_fix_for_each_failure() {
         "{text}"
     );
 
-    let (exp_id, expired) = env.create(&["--user", "alice", "--expires", "2020-01-01T00:00:00Z"]);
+    // A key cannot be made expired (an expiry in the past is refused): one that expires in a
+    // second, a little later.
+    let (exp_id, expired) = env.create(&["--user", "alice", "--expires", "1s"]);
+    let (_, shown) = env.out(&["keys", "show", &exp_id, "--json"], None);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    let until = shown["expires_at"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let (rc, text) = env.explain(&expired, &[]);
     assert_eq!(rc, 1);
-    assert!(text.contains("KEY_EXPIRED") && text.contains("2020-01-01T00:00:00Z"));
-    // Made already expired: a rotation keeps its lifetime (none), so it asks for one.
     assert!(
-        text.contains(&format!(
-            "fix: edgefilter keys create --like {exp_id} --expires DURATION"
-        )),
+        text.contains("KEY_EXPIRED") && text.contains(&until),
+        "{text}"
+    );
+    // It had a lifetime (a second): a rotation gives a new key with one.
+    assert!(
+        text.contains(&format!("fix: edgefilter keys rotate {exp_id}")),
         "{text}"
     );
 

@@ -6,6 +6,11 @@ use std::process::Command;
 use crate::support::ports;
 
 fn check_config(text: &str) -> (i32, String, String) {
+    check_config_with(text, &[])
+}
+
+/// `check-config` on `text` with `env` set (as the daemon would have it).
+fn check_config_with(text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edgefilter.toml");
     std::fs::write(&path, text).expect("write config");
@@ -13,6 +18,7 @@ fn check_config(text: &str) -> (i32, String, String) {
         .arg("check-config")
         .arg("--config")
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .expect("run edgefilter");
     crate::support::leaks::scan_cli(&["check-config"], &out);
@@ -25,8 +31,12 @@ fn check_config(text: &str) -> (i32, String, String) {
 
 #[test]
 fn valid_config_exits_zero() {
-    let (code, stdout, _) = check_config(include_str!("../../../examples/edgefilter.toml"));
-    assert_eq!(code, 0);
+    // The example's route injects `${DEMO_UPSTREAM_KEY}`, which `cargo xtask run` sets.
+    let (code, stdout, stderr) = check_config_with(
+        include_str!("../../../examples/edgefilter.toml"),
+        &[("DEMO_UPSTREAM_KEY", "demo")],
+    );
+    assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ok"), "{stdout}");
     assert!(
         !stdout.contains("note:"),
@@ -40,7 +50,8 @@ fn valid_config_exits_zero() {
 fn a_set_key_that_nothing_reads_is_noted() {
     let (code, stdout, stderr) = check_config(
         "[xdp]\ninterfaces = [\"lo\"]\nallow = [\"127.0.0.0/8\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
-         [store]\nkind = \"sqlite\"\nurl = \"postgres://edge@db/keys\"\n",
+         [store]\nkind = \"sqlite\"\nurl = \"postgres://edge@db/keys\"\n\
+         [[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n",
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -99,7 +110,11 @@ fn missing_config_is_a_config_error() {
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("e.toml");
-    std::fs::write(&path, "[xdp]\nenabled = false\n").expect("write config");
+    std::fs::write(
+        &path,
+        "[xdp]\nenabled = false\n[[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .expect("write config");
     let out = Command::new(env!("CARGO_BIN_EXE_edgefilter"))
         .arg("check-config")
         .env("EDGEFILTER_CONFIG", &path)

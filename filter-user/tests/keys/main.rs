@@ -6,9 +6,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod check_config;
 mod cli;
 mod config_cli;
 mod decide;
+mod expiry;
 mod leak_scan;
 mod names;
 mod operator;

@@ -147,6 +147,20 @@ fn bearer(key: &str) -> String {
     format!("Authorization: Bearer {key}")
 }
 
+/// The RFC 3339 expiry `keys show` gives key `id`.
+fn expiry_of(edge: &Edge, id: &str) -> String {
+    let v: Value = serde_json::from_str(&edge.cli(&["keys", "show", id, "--json"])).unwrap();
+    v["expires_at"].as_str().expect("an expiry").to_owned()
+}
+
+/// Waits until a key made at `made` with `--expires 1s` has expired (expiry is kept in whole
+/// seconds: two of them are past it).
+fn wait_until_expired(made: Instant) {
+    if let Some(left) = Duration::from_millis(2100).checked_sub(made.elapsed()) {
+        std::thread::sleep(left);
+    }
+}
+
 /// Asserts the SPEC §5 shape of a refusal.
 fn assert_refusal(edge: &Edge, a: &Answer, status: u16, code: &str, key_id: Option<&str>) {
     assert_eq!((a.status, a.code()), (status, code), "{}", a.raw);
@@ -191,10 +205,11 @@ fn assert_refusal(edge: &Edge, a: &Answer, status: u16, code: &str, key_id: Opti
 fn every_code_through_the_real_proxy() {
     let mut edge = Edge::new("detailed");
     let (ok_id, ok) = edge.create("alice", &["--scope", "ai:invoke"]);
-    let (exp_id, expired) = edge.create(
-        "alice",
-        &["--scope", "ai:invoke", "--expires", "2020-01-01T00:00:00Z"],
-    );
+    // An expiry in the past is refused: this key expires a second from now (and has by the
+    // time the daemon is asked, see the wait before `start`).
+    let (exp_id, expired) = edge.create("alice", &["--scope", "ai:invoke", "--expires", "1s"]);
+    let made_expiring = Instant::now();
+    let expired_at = expiry_of(&edge, &exp_id);
     let (nyv_id, not_yet) = edge.create("alice", &["--scope", "ai:invoke", "--not-before", "30d"]);
     let (rev_id, revoked) = edge.create("alice", &["--scope", "ai:invoke"]);
     edge.cli(&["keys", "revoke", &rev_id]);
@@ -230,6 +245,7 @@ fn every_code_through_the_real_proxy() {
     let (_, stranger) = other.create("zed", &[]);
     edge.keys.push(stranger.clone());
 
+    wait_until_expired(made_expiring);
     edge.start();
     let d = &edge.daemon;
 
@@ -428,7 +444,7 @@ fn every_code_through_the_real_proxy() {
     let t = curl(d, p, &["-H", &bearer(&format!("{ok}\t "))]);
     assert_eq!(t.status, 200, "{}", t.raw);
     assert!(
-        hint(11).contains("2020-01-01T00:00:00Z") && hint(11).contains("keys rotate"),
+        hint(11).contains(&expired_at) && hint(11).contains("keys rotate"),
         "{}",
         hint(11)
     );
@@ -474,8 +490,10 @@ fn every_code_through_the_real_proxy() {
 #[test]
 fn opaque_mode_hides_the_precise_401_code() {
     let mut edge = Edge::new("opaque");
-    let (_, expired) = edge.create("alice", &["--expires", "2020-01-01T00:00:00Z"]);
+    let (_, expired) = edge.create("alice", &["--expires", "1s"]);
+    let made_expiring = Instant::now();
     let (_, unscoped) = edge.create("alice", &["--scope", "ai:read"]);
+    wait_until_expired(made_expiring);
     edge.start();
     let d = &edge.daemon;
     let a = curl(d, "/v1/x", &["-H", &bearer(&expired)]);

@@ -12,6 +12,7 @@ mod support;
 
 mod access_log;
 mod alloc;
+mod authorization;
 mod drain;
 mod e2e_codes;
 #[cfg(feature = "fuzzing")]
