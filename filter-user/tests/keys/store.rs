@@ -173,11 +173,14 @@ fn reopening_keeps_every_reported_write_and_the_schema_version() {
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    // A database from a newer edgefilter is refused, not damaged.
+    // A database from a newer edgefilter is refused, not damaged, and the error names it.
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(
-        SqliteStore::open(&path).unwrap_err(),
-        StoreError::TooNew { found: 99, .. }
-    ));
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert!(
+        matches!(&e, StoreError::Open { source, .. }
+            if matches!(**source, StoreError::TooNew { found: 99, .. })),
+        "{e:?}"
+    );
 }
