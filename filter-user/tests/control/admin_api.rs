@@ -221,6 +221,18 @@ fn start() -> Running {
         Arc::clone(&ready),
     )
     .expect("bind");
+    // `POST /v1/reload` is the daemon's to serve: here a hook that records it on the fake.
+    let reloads = Arc::clone(&fake);
+    let server = server.on_reload(Arc::new(move |by: Actor| {
+        reloads.by(&by);
+        reloads.record("reload".to_owned());
+        Box::pin(async move {
+            Ok(
+                json!({"reloaded": true, "config": "/etc/edgefilter/edgefilter.toml",
+                "applied": ["keys.errors"], "needs_restart": [], "tls": "not served"}),
+            )
+        })
+    }));
     let handle = server.spawn().expect("spawn");
     let secret = token.expose().to_string();
     let client = AdminClient::new(handle.local_addr(), token);
@@ -305,7 +317,7 @@ fn every_documented_endpoint_answers_as_documented() {
     run.ready.set_store(true);
     run.ready.set_shards(true);
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 21, "SPEC §7 has 21 operations so far: {ops:?}");
+    assert_eq!(ops.len(), 22, "SPEC §7 has 22 operations so far: {ops:?}");
     for (path, method) in &ops {
         let body = sample_body(path, method);
         let before = run.fake.calls().len();
@@ -342,12 +354,13 @@ fn every_documented_endpoint_answers_as_documented() {
         "explain Some(198.18.0.1)",
         "audit None None",
         "stats",
+        "reload",
     ] {
         assert!(calls.iter().any(|c| c == want), "{want} not in {calls:?}");
     }
     // Every change was handed its actor: the token's holder at the caller's address.
     let actors = run.fake.actors();
-    assert_eq!(actors.len(), 11, "{actors:?}");
+    assert_eq!(actors.len(), 12, "{actors:?}");
     assert!(actors.iter().all(|a| a == "admin@127.0.0.1"), "{actors:?}");
     let (_, metrics) = run.client.call("GET", "/metrics", None).expect("metrics");
     assert!(metrics.as_str().is_some_and(|m| m.contains("later issue")));

@@ -454,27 +454,30 @@ fn a_takeover_under_load_fails_no_request_and_hands_everything_over() {
 #[test]
 fn a_takeover_that_cannot_start_leaves_the_running_daemon_serving() {
     let up = Upstream::start();
-    // The route injects a credential from the environment: the daemon taking over is started
-    // without it, so it fails after connecting, with the sockets in hand.
-    let tables = default_tables(up.addr).replace(
-        "scopes = [\"ai:invoke\"]",
-        "scopes = [\"ai:invoke\"]\ninject_header = { name = \"Authorization\", value = \"Bearer ${TAKEOVER_TEST_SECRET}\" }",
-    );
-    let mut d = Daemon::configure(&tables).with_env("TAKEOVER_TEST_SECRET", "s3cret");
+    // The access log is a file in a directory of its own, replaced by a plain file once the
+    // daemon has the log open: the daemon taking over passes the config checks and connects,
+    // then cannot open the log, so it fails with the sockets in hand.
+    let tables =
+        default_tables(up.addr).replace("access_log = \"off\"", "access_log = \"logs/access.log\"");
+    let mut d = Daemon::configure(&tables);
+    std::fs::create_dir(d.dir.path().join("logs")).unwrap();
     d.restart();
     let (_, key) = d.create_key("alice");
     let pid = d.pid().unwrap();
     let config = d.config();
-    let mut failed = d.spawn_run(&config, &["--takeover"], &["TAKEOVER_TEST_SECRET"]);
+    std::fs::remove_dir_all(d.dir.path().join("logs")).unwrap();
+    std::fs::write(d.dir.path().join("logs"), "not a directory").unwrap();
+    let mut failed = d.spawn_run(&config, &["--takeover"], &[]);
     let st = failed
         .wait_for(Duration::from_secs(30))
         .expect("the failed takeover exits");
     assert_eq!(st.code(), Some(1), "{}", failed.log());
     assert!(
-        failed.log().contains("TAKEOVER_TEST_SECRET"),
+        failed.log().contains("log.access_log") && failed.log().contains("taking over"),
         "{}",
         failed.log()
     );
+    std::fs::remove_file(d.dir.path().join("logs")).unwrap();
     // The running daemon goes on: proxy and admin API accept again.
     for _ in 0..10 {
         assert_eq!(once(d.http, &key).unwrap(), 200);
