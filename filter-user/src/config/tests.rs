@@ -203,6 +203,25 @@ fn a_failed_section_does_not_produce_follow_on_errors() {
     assert_eq!(problems[0].0, 3);
 }
 
+/// Every bad value of a section is reported, not only the first serde meets.
+#[test]
+fn every_bad_value_of_a_section_is_reported() {
+    let problems = parse(&format!(
+        "{MINIMAL}[limits]\nclient_timeout = \"30 parsecs\"\nmax_body_bytes = \"big\"\n\
+         upstream_timeout = \"1s\"\nbogus = 1\n\
+         [[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nscopes = \"a\"\n\
+         strip_key = 3\n"
+    ))
+    .expect_err("bad values");
+    let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+    assert_eq!(lines, [5, 6, 8, 12, 13], "{problems:?}");
+    assert!(problems[0].1.contains("parsecs"), "{problems:?}");
+    assert!(
+        problems[2].1.contains("unknown field `bogus`"),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn durations() {
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

@@ -47,14 +47,27 @@ pub(super) fn parse(
         let before = problems.len();
         for mut part in parts {
             refuse_not_yet(name, &mut part, text, &mut problems);
-            let mut one = DeTable::default();
-            one.insert(key.clone(), part);
-            if let Err(e) = from_table(one, root_span.clone()) {
-                let line = at(e.span().or_else(|| Some(key.span())));
+            // serde stops at a section's first bad value: the value it names is taken out and
+            // the rest read again, so every bad value of the section is reported.
+            let mut seen: Vec<String> = Vec::new();
+            loop {
+                let mut one = DeTable::default();
+                one.insert(key.clone(), part.clone());
+                let Err(e) = from_table(one, root_span.clone()) else {
+                    break;
+                };
+                let message = clean(e.message());
+                if seen.contains(&message) {
+                    break;
+                }
+                seen.push(message.clone());
                 problems.push(ConfigProblem {
-                    line,
-                    message: clean(e.message()),
+                    line: at(e.span().or_else(|| Some(key.span()))),
+                    message,
                 });
+                if !e.span().is_some_and(|at| take_out_value_at(&mut part, &at)) {
+                    break;
+                }
             }
         }
         if problems.len() == before {
@@ -178,6 +191,25 @@ fn refuse_not_yet(
             }
         }
     }
+}
+
+/// Removes from a section (or the one `[[route]]` of `part`) the key whose name or value holds
+/// `at`; whether there was one.
+fn take_out_value_at(part: &mut Spanned<DeValue<'_>>, at: &Range<usize>) -> bool {
+    let table = match part.get_mut() {
+        DeValue::Table(t) => t,
+        DeValue::Array(items) => match items.first_mut().map(Spanned::get_mut) {
+            Some(DeValue::Table(t)) => t,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    let holds = |s: Range<usize>| s.start <= at.start && at.start < s.end.max(s.start + 1);
+    let found = table
+        .iter()
+        .find(|(k, v)| holds(k.span()) || holds(v.span()))
+        .map(|(k, _)| k.clone());
+    found.is_some_and(|k| table.remove(k.get_ref().ref_str()).is_some())
 }
 
 trait RefStr {

@@ -193,6 +193,7 @@ fn every_problem_of_a_config_is_reported() {
     let c = Case::new(
         "[tls]\ncert = \"missing-cert.pem\"\nkey = \"missing-key.pem\"\n\
          [limits]\nclient_timeout = \"0s\"\n\
+         [autoblock]\nwindow = \"10 parsecs\"\nban = \"forever\"\n\
          [[route]]\nprefix = \"/a/\"\nupstream = \"http://127.0.0.1:9\"\n\
          inject_header = { name = \"Authorization\", value = \"Bearer ${EF_TEST_SURELY_UNSET_2}\" }\n\
          [[route]]\nprefix = \"/b/\"\nupstream = \"http://127.0.0.1:9\"\n\
@@ -210,6 +211,9 @@ fn every_problem_of_a_config_is_reported() {
             "client_timeout",
             "limits.client_timeout must be more than 0",
         ),
+        // Two bad values in one section: both.
+        ("window", "unknown unit `parsecs`"),
+        ("ban = ", "`forever` is not a duration"),
         (
             "EF_TEST_SURELY_UNSET_2",
             "EF_TEST_SURELY_UNSET_2, which is not set",
