@@ -11,7 +11,7 @@
 //!
 //! 0. [`names`] — tenant and user names and scopes: one type each, valid by construction
 //! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
-//! 2. [`obs`] — logging, per-shard request metrics and recent denials, the access log
+//! 2. [`path`], [`obs`] — the request-path rules the proxy and `explain` share; logging, per-shard request metrics and recent denials, the access log
 //! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
 //! 4. [`fanout`], [`autoblock`] — the lock-free change fan-out from one writer to every shard;
 //!    auto-block's per-shard failure counts and the ban snapshot the shards read
@@ -38,6 +38,7 @@ pub mod config;
 pub mod percent;
 
 pub mod obs;
+pub mod path;
 
 pub mod store;
 

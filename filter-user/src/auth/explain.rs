@@ -7,7 +7,7 @@
 //! Before the key, the request itself goes through what the proxy does before it reads a key:
 //! the request line through the proxy's HTTP parser (a method that is not an HTTP token is
 //! `BAD_REQUEST` `head_syntax`), the path through the proxy's own path rules
-//! (`proxy::path`: traversal, encoded NUL, … are `BAD_REQUEST` with the rule), and the
+//! (`path`: traversal, encoded NUL, … are `BAD_REQUEST` with the rule), and the
 //! route chosen as the proxy chooses it (on the path as the upstream reads it). Routes have no
 //! method rules, so the method changes nothing else.
 //!
@@ -438,11 +438,11 @@ fn parses(method: &str, target: &str) -> bool {
         && req.path == Some(target)
 }
 
-/// The route the proxy takes for `path` (which passed [`crate::proxy::path::check`]): the
+/// The route the proxy takes for `path` (which passed [`crate::path::check`]): the
 /// longest prefix, both read as the upstream reads them (decoded, `;parameters` dropped); among
-/// equally long ones the first configured, as [`crate::proxy::route::RouteTable::find`] does.
+/// equally long ones the first configured, as the proxy's route table does.
 fn proxy_route(rules: &AuthRules, path: &str) -> Option<usize> {
-    use crate::proxy::route::upstream_reading;
+    use crate::path::upstream_reading;
     let mut best: Option<(usize, usize)> = None;
     for (i, r) in rules.routes.iter().enumerate() {
         let prefix: Vec<u8> = upstream_reading(&r.prefix).collect();
@@ -520,7 +520,7 @@ fn request_checks(
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    if let Err(rule) = crate::proxy::path::check(path, query) {
+    if let Err(rule) = crate::path::check(path, query) {
         checks.push(bad(
             "path",
             rule,

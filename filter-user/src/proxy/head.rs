@@ -1,6 +1,6 @@
 //! Request heads: parsed with httparse straight out of the connection's read buffer into a stack
 //! array of borrowed headers, checked for smuggling shapes and for paths an upstream would
-//! normalise (`proxy::path`), routed on the path as the upstream reads it, passed to the
+//! normalise (`crate::path`), routed on the path as the upstream reads it, passed to the
 //! shard's gate, and serialised for the upstream into a reused buffer — without a heap
 //! allocation.
 //!
@@ -15,12 +15,12 @@ use ipnet::IpNet;
 use super::forward::{self, Forward, IdentitySpans, Unsafe};
 pub use super::headers::Framing;
 use super::headers::scan;
-use super::path;
 use super::reqid::{IdGen, RequestId};
 use super::respond;
 use super::route::RouteTable;
 use crate::codes::{ErrorCode, Rule};
 use crate::gate::{Denial, Gate, GateRequest, Identity, Verdict};
+use crate::path;
 
 /// Most request headers accepted (431 above).
 pub const MAX_HEADERS: usize = 100;

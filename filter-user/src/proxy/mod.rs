@@ -13,8 +13,7 @@
 //! sideways within a row:
 //!
 //! 1. leaves: `admit` (connection counts and limits, shared by the shards), `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
-//!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `path` (the
-//!    path shapes upstreams would normalise, refused), `upstream_error` (why an upstream
+//!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `upstream_error` (why an upstream
 //!    failed, classified), `trim` (freed memory back to the kernel after a mass close);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
@@ -53,7 +52,6 @@ pub mod head;
 mod headers;
 mod io;
 pub mod listen;
-pub(crate) mod path;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::percent::{self, Plus};
+use crate::path::upstream_reading;
 
 /// A route or its injected header cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +147,7 @@ impl RouteTable {
     /// The route whose prefix is the longest one `path` starts with, read as the upstream will
     /// read it: percent-decoded, and without each segment's `;parameters` (which Tomcat, Jetty
     /// and Spring drop), so `/%61dmin/x` and `/admin;x/y` take the `/admin/` route. `path` has
-    /// passed the path checks (`proxy::path`).
+    /// passed the path checks (`crate::path`).
     #[must_use]
     pub fn find(&self, path: &str) -> Option<usize> {
         let plain = !path.as_bytes().iter().any(|&b| b == b'%' || b == b';');
@@ -161,24 +161,6 @@ impl RouteTable {
             }
         })
     }
-}
-
-/// The bytes of `path` as an upstream reads them: decoded, each segment's `;parameters` left out.
-pub(crate) fn upstream_reading(path: &str) -> impl Iterator<Item = u8> + '_ {
-    let mut in_params = false;
-    percent::bytes(path, Plus::Literal)
-        .map(|b| b.unwrap_or(b'%'))
-        .filter(move |&b| match b {
-            b'/' => {
-                in_params = false;
-                true
-            }
-            b';' => {
-                in_params = true;
-                false
-            }
-            _ => !in_params,
-        })
 }
 
 fn parse_upstream(prefix: &str, upstream: &str) -> Result<Upstream, RouteError> {

@@ -19,7 +19,8 @@
 //!   ([`Rule::PathEmptySegment`]: `//`, and `/;x/`, which reads as `//`);
 //! - a segment, its `;parameters` left out, is `.` or `..` ([`Rule::PathDotSegment`]).
 //!
-//! Routes are then matched on that decoded path ([`super::route::RouteTable::find`]).
+//! Routes are then matched on that decoded path ([`upstream_reading`]), by the proxy and by
+//! `explain` alike.
 
 use crate::codes::Rule;
 use crate::percent::{self, Plus};
@@ -180,6 +181,24 @@ impl Utf8 {
             Err(Rule::PathNotUtf8)
         }
     }
+}
+
+/// The bytes of `path` as an upstream reads them: decoded, each segment's `;parameters` left out.
+pub fn upstream_reading(path: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut in_params = false;
+    percent::bytes(path, Plus::Literal)
+        .map(|b| b.unwrap_or(b'%'))
+        .filter(move |&b| match b {
+            b'/' => {
+                in_params = false;
+                true
+            }
+            b';' => {
+                in_params = true;
+                false
+            }
+            _ => !in_params,
+        })
 }
 
 #[cfg(test)]
