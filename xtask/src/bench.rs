@@ -357,7 +357,11 @@ fn run_target(
 
 /// Creates the key every bench request carries, in the bench store edgefilter will load.
 fn bench_key(root: &Path, dir: &Path, up: SocketAddr, shards: usize) -> Result<String> {
-    let _ = std::fs::remove_file(dir.join("keys.db"));
+    // A fresh store: the database and what lives beside it (its reserve file, which makes a
+    // missing database an error rather than a new empty store, and SQLite's journal).
+    for file in ["keys.db", "keys.db.reserve", "keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
     let conf = fill(root, "edgefilter.toml", dir, free_addr()?, up, shards)?;
     create_key(
         Command::new(root.join("target/release/edgefilter"))
