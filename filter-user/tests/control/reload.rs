@@ -216,6 +216,17 @@ fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
     s.into()
 }
 
+/// Waits (up to 5 s) until the daemon has counted the connections just closed here: until
+/// then a new one from the same source may still be over `max_connections_per_source`.
+fn until_closes_counted(p: &Probe) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.bad_key_code().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The probe's own connection is counted closed a moment after its answer.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// One request on a fresh connection: (status, body).
 fn call(to: SocketAddr, head: &str, body: &str) -> (u16, String) {
     call_on(TcpStream::connect(to).unwrap(), head, body)
@@ -524,6 +535,7 @@ fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
                 t.elapsed()
             );
             drop(held);
+            until_closes_counted(p);
         }
         "limits.max_connections" => {
             std::thread::sleep(Duration::from_millis(200));
@@ -544,6 +556,7 @@ fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
             assert_eq!(s, 200);
             assert!(waited >= Duration::from_millis(600), "{waited:?}");
             drop(held);
+            until_closes_counted(p);
         }
         // Seen at the end of the test, on SIGTERM.
         "limits.drain_timeout" => {}
