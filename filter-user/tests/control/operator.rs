@@ -17,21 +17,12 @@ use crate::support::upstream::Upstream;
 /// `/admin/` (`admin`).
 fn start(up: SocketAddr) -> Daemon {
     let mut d = Daemon::configure(&format!(
-        r#"
-[keys]
-environment = "live"
-[log]
-format = "text"
-access_log = "off"
-[[route]]
-prefix = "/v1/"
-upstream = "http://{up}"
-scopes = ["ai:invoke"]
-[[route]]
+        r#"{}[[route]]
 prefix = "/admin/"
 upstream = "http://{up}"
 scopes = ["admin"]
-"#
+"#,
+        crate::support::daemon::default_tables(up)
     ));
     d.restart();
     d
