@@ -51,6 +51,8 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// Upstream too slow.
     UpstreamTimeout,
+    /// Every provider credential of the route rests (rate-limited or refused by the provider).
+    UpstreamCredentialsExhausted,
     /// The edge could not build a valid request for the upstream (e.g. a value it adds holds a
     /// control byte); nothing was forwarded.
     Internal,
@@ -58,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in SPEC order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::MissingKey,
         Self::KeyInWrongPlace,
         Self::MalformedKey,
@@ -81,6 +83,7 @@ impl ErrorCode {
         Self::HeadersTooLarge,
         Self::UpstreamUnavailable,
         Self::UpstreamTimeout,
+        Self::UpstreamCredentialsExhausted,
         Self::Internal,
     ];
 
@@ -108,6 +111,7 @@ impl ErrorCode {
             Self::Internal => 500,
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
+            Self::UpstreamCredentialsExhausted => 503,
         }
     }
 
@@ -137,6 +141,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::UpstreamCredentialsExhausted => "UPSTREAM_CREDENTIALS_EXHAUSTED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -169,6 +174,9 @@ impl ErrorCode {
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::UpstreamUnavailable => "The upstream service is unavailable.",
             Self::UpstreamTimeout => "The upstream service did not answer in time.",
+            Self::UpstreamCredentialsExhausted => {
+                "Every upstream credential of this route is resting; try again later."
+            }
             Self::Internal => "The edge could not forward this request.",
         }
     }

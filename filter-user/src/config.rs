@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod keys;
+pub mod upstream;
 mod validate;
 
 /// The default config path, overridden by `--config` or `EDGEFILTER_CONFIG`.
@@ -341,8 +342,23 @@ pub enum LogFormat {
 pub struct Route {
     /// Path prefix; longest match wins.
     pub prefix: String,
-    /// `http://host:port` of the upstream.
-    pub upstream: String,
+    /// The upstream target, or a list of them (`http://`, `https://`, `unix:`).
+    pub upstream: upstream::Upstreams,
+    /// `https` targets: verify against this PEM CA file instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PathBuf>,
+    /// `https` targets: the name to send (SNI) and verify, instead of each target's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_sni: Option<String>,
+    /// `https` targets: a client certificate chain (PEM) for mTLS, with `upstream_client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_client_key: Option<PathBuf>,
+    /// Host names of the targets are re-resolved this often (and after a connect failure).
+    #[serde(with = "humantime_serde", default = "default_resolve_interval")]
+    pub resolve_interval: Duration,
     /// Scopes a key needs for this route.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -358,6 +374,30 @@ pub struct Route {
     /// Credential injected towards the upstream (`${ENV}` expanded, `@/path` read from a file).
     #[serde(default)]
     pub inject_header: Option<InjectHeader>,
+    /// A pool of provider credentials for one header, instead of `inject_header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// `[route.credentials]`: several values for one header; a value the provider refuses rests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Header name, e.g. `Authorization`.
+    pub name: String,
+    /// Each value a template as `inject_header`'s: `${ENV}` expanded, or `@/path` read.
+    pub values: Vec<String>,
+    /// How long a value rests after a 429 that carries no `Retry-After`.
+    #[serde(with = "humantime_serde", default = "default_credential_cooldown")]
+    pub cooldown: Duration,
+}
+
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_credential_cooldown() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `inject_header = { name = ..., value = ... }`.

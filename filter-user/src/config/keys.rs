@@ -88,6 +88,12 @@ pub const KEYS: &[Key] = &[
     restart("route.key_in"),
     restart("route.strip_key"),
     restart("route.inject_header"),
+    restart("route.upstream_ca"),
+    restart("route.upstream_sni"),
+    restart("route.upstream_client_cert"),
+    restart("route.upstream_client_key"),
+    restart("route.resolve_interval"),
+    restart("route.credentials"),
 ];
 
 /// The entry of [`KEYS`] for `path`.
@@ -193,6 +199,15 @@ key_in_query = true
 key_in = ["x-api-key"]
 strip_key = false
 inject_header = { name = "A", value = "b" }
+[[route]]
+prefix = "/ai/"
+upstream = ["https://a.example:8443", "https://b.example:8443"]
+upstream_ca = "ca.pem"
+upstream_sni = "gw.example"
+upstream_client_cert = "c.pem"
+upstream_client_key = "c.key"
+resolve_interval = "5s"
+credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], cooldown = "30s" }
 "#;
 
     #[test]
@@ -228,6 +243,12 @@ inject_header = { name = "A", value = "b" }
                 "route.key_in",
                 "route.strip_key",
                 "route.inject_header",
+                "route.upstream_ca",
+                "route.upstream_sni",
+                "route.upstream_client_cert",
+                "route.upstream_client_key",
+                "route.resolve_interval",
+                "route.credentials",
             ]
         );
         // The defaults written out are the defaults: absent and explicit compare equal.
@@ -239,7 +260,14 @@ inject_header = { name = "A", value = "b" }
         let no_tls = parse(
             "[[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9000\"\nscopes = [\"a\"]\n\
              key_in_query = true\nkey_in = [\"x-api-key\"]\nstrip_key = false\n\
-             inject_header = { name = \"A\", value = \"b\" }\n[listen]\nhttp = [\"127.0.0.1:8080\"]\n",
+             inject_header = { name = \"A\", value = \"b\" }\n\
+             [[route]]\nprefix = \"/ai/\"\n\
+             upstream = [\"https://a.example:8443\", \"https://b.example:8443\"]\n\
+             upstream_ca = \"ca.pem\"\nupstream_sni = \"gw.example\"\n\
+             upstream_client_cert = \"c.pem\"\nupstream_client_key = \"c.key\"\n\
+             resolve_interval = \"5s\"\ncredentials = { name = \"Authorization\", \
+             values = [\"Bearer a\", \"Bearer b\"], cooldown = \"30s\" }\n\
+             [listen]\nhttp = [\"127.0.0.1:8080\"]\n",
         );
         let paths: Vec<&str> = changed(&old, &no_tls).iter().map(|k| k.path).collect();
         assert_eq!(paths, ["listen.https", "tls.cert", "tls.key"]);

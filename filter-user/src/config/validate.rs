@@ -129,19 +129,9 @@ pub(super) fn parse(
 pub(super) const NOT_YET: &[(&str, &str, &str)] = &[
     ("xdp", "syn_rate", "per-source SYN limits"),
     ("xdp", "syn_burst", "per-source SYN limits"),
-    ("route", "upstream_ca", "TLS to upstreams"),
-    ("route", "upstream_sni", "TLS to upstreams"),
-    ("route", "upstream_client_cert", "TLS to upstreams"),
-    ("route", "upstream_client_key", "TLS to upstreams"),
-    (
-        "route",
-        "resolve_interval",
-        "re-resolving upstream host names",
-    ),
     ("route", "cost", "credits per request"),
     ("route", "ai", "LLM token counting"),
     ("route", "websocket", "WebSocket upgrades"),
-    ("route", "credentials", "pools of provider credentials"),
 ];
 
 /// Takes the [`NOT_YET`] keys out of one section (or one `[[route]]`), each reported on its
@@ -175,19 +165,6 @@ fn refuse_not_yet(
         for &(_, key, what) in NOT_YET.iter().filter(|(s, _, _)| *s == section) {
             if let Some((k, _)) = table.remove_entry(key) {
                 problems.push(not_yet(line_of(text, k.span().start), key, what));
-            }
-        }
-        if section == "route"
-            && let Some(up) = table.get_mut("upstream")
-            && let DeValue::Array(targets) = up.get_ref()
-        {
-            problems.push(not_yet(
-                line_of(text, up.span().start),
-                "upstream",
-                "a list of upstream targets; give one http://host:port",
-            ));
-            if let Some(first) = targets.first().cloned() {
-                *up = first;
             }
         }
     }
@@ -468,11 +445,11 @@ fn check_routes(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(Where, Con
                 format!("route prefix `{}` appears twice", r.prefix),
             );
         }
-        if let Err(why) = check_upstream(&r.upstream) {
+        for why in check_upstreams(r) {
             bad(
                 i,
-                route_span(root, i, "upstream"),
-                format!("route `{}`: upstream `{}` {why}", r.prefix, r.upstream),
+                route_span(root, i, why.0),
+                format!("route `{}`: {}", r.prefix, why.1),
             );
         }
         for (n, e) in r
@@ -527,25 +504,91 @@ fn check_routes(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(Where, Con
     out
 }
 
-/// `http://host:port[/]` only: edgefilter speaks plain HTTP/1.1 to upstreams.
-fn check_upstream(u: &str) -> Result<(), &'static str> {
-    if u.starts_with("https://") || u.starts_with("unix:") {
-        return Err(
-            "is an https:// or unix: upstream: in SPEC §6 but not implemented in this version of \
-             edgefilter (plain http://host:port only)",
-        );
+/// Each target parses (`http://`, `https://`, `unix:`), the list is not empty, the TLS keys
+/// come with an `https` target (the client certificate with its key), `resolve_interval` is at
+/// least a second, and a credential pool has a header name and values and no `inject_header`
+/// beside it. Each problem: the field it is about and the message.
+fn check_upstreams(r: &super::Route) -> Vec<(&'static str, String)> {
+    use super::upstream::{Endpoint, Scheme};
+    let mut out = Vec::new();
+    let targets = r.upstream.targets();
+    if targets.is_empty() {
+        out.push((
+            "upstream",
+            "upstream is an empty list: give at least one target".into(),
+        ));
     }
-    let rest = u.strip_prefix("http://").ok_or("must start with http://")?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains('/') {
-        return Err("must be http://host:port with no path");
+    let mut https = false;
+    for t in targets {
+        match Endpoint::parse(t) {
+            Ok(e) => https |= e.scheme == Scheme::Https,
+            Err(why) => out.push(("upstream", format!("upstream `{t}` {why}"))),
+        }
     }
-    let port = authority
-        .rsplit_once(':')
-        .map(|(_, p)| p)
-        .ok_or("needs a :port")?;
-    port.parse::<u16>().map_err(|_| "has a bad port")?;
-    Ok(())
+    let tls_keys = [
+        ("upstream_ca", r.upstream_ca.is_some()),
+        ("upstream_sni", r.upstream_sni.is_some()),
+        ("upstream_client_cert", r.upstream_client_cert.is_some()),
+        ("upstream_client_key", r.upstream_client_key.is_some()),
+    ];
+    for (key, set) in tls_keys {
+        if set && !https {
+            out.push((
+                key,
+                format!("{key} is set but no upstream target is https://"),
+            ));
+        }
+    }
+    if r.upstream_client_cert.is_some() != r.upstream_client_key.is_some() {
+        out.push((
+            "upstream_client_cert",
+            "upstream_client_cert and upstream_client_key go together: set both or neither".into(),
+        ));
+    }
+    if let Some(sni) = &r.upstream_sni
+        && rustls_pki_types::ServerName::try_from(sni.as_str()).is_err()
+    {
+        out.push((
+            "upstream_sni",
+            format!("upstream_sni `{sni}` is not a DNS name or address"),
+        ));
+    }
+    if r.resolve_interval < std::time::Duration::from_secs(1) {
+        out.push((
+            "resolve_interval",
+            "resolve_interval must be at least 1s".into(),
+        ));
+    }
+    if let Some(c) = &r.credentials {
+        if r.inject_header.is_some() {
+            out.push((
+                "credentials",
+                "has both inject_header and [route.credentials]: keep one (a pool of one value \
+                 is an inject_header)"
+                    .into(),
+            ));
+        }
+        if c.name.is_empty()
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            out.push((
+                "credentials",
+                format!("credentials name `{}` is not a header name", c.name),
+            ));
+        }
+        if c.values.is_empty() {
+            out.push(("credentials", "credentials values is empty".into()));
+        }
+        for (n, v) in c.values.iter().enumerate() {
+            if let Err(why) = check_template(v) {
+                out.push(("credentials", format!("credentials values[{n}] {why}")));
+            }
+        }
+    }
+    out
 }
 
 /// `${NAME}` references must be closed and name an environment variable, and the text itself

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::fanout::Propagation;
 use crate::obs::metrics::{RequestMetrics, Shared};
+use crate::obs::upstreams::{CredentialState, UpstreamBoard, now_ms};
 use crate::store::rules::KEY_STATES;
 use crate::xdp::{PinDir, open_pinned};
 
@@ -24,6 +25,8 @@ use crate::xdp::{PinDir, open_pinned};
 pub struct Sources {
     /// The shards' request counters (absent until the proxy starts).
     pub requests: Option<Arc<RequestMetrics>>,
+    /// Upstream targets and credentials (absent until the proxy starts).
+    pub upstreams: Option<Arc<UpstreamBoard>>,
     /// Store commit → last shard applied.
     pub propagation: Arc<Propagation>,
     /// The XDP program's pins, when XDP runs.
@@ -46,6 +49,9 @@ pub fn render(src: &Sources) -> String {
     let mut reg = Registry::default();
     if let Some(r) = &src.requests {
         reg.register_collector(Box::new(Shared(Arc::clone(r))));
+    }
+    if let Some(u) = &src.upstreams {
+        reg.register_collector(Box::new(UpstreamCollector(Arc::clone(u))));
     }
     reg.register_collector(Box::new(PropagationCollector(Arc::clone(&src.propagation))));
     reg.register_collector(Box::new(StoreCollector(src.revision)));
@@ -208,6 +214,76 @@ impl Collector for XdpCollector {
                 let n = counters.packets(a, r);
                 let labels = [("action", a.label()), ("reason", r.label())];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Upstream targets (addresses, resolve failures, ejection) and pooled credentials (state).
+#[derive(Debug)]
+struct UpstreamCollector(Arc<UpstreamBoard>);
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let targets = self.0.targets();
+        let credentials = self.0.credentials();
+        if !targets.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_upstream_addresses",
+                "Addresses each upstream target resolves to now (0 for a Unix socket).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for t in targets.iter() {
+                let labels = [("route", t.route.as_str()), ("target", t.target.as_str())];
+                let n = i64::try_from(t.addresses.load(Relaxed)).unwrap_or(i64::MAX);
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_upstream_resolve_failures",
+                "Times re-resolving a target's host name failed (its last good addresses kept).",
+                None,
+                MetricType::Counter,
+            )?;
+            for t in targets.iter() {
+                let labels = [("route", t.route.as_str()), ("target", t.target.as_str())];
+                ConstCounter::new(t.resolve_failures.load(Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_upstream_ejected",
+                "1 while a target rests after consecutive failures (passive health).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for t in targets.iter() {
+                let labels = [("route", t.route.as_str()), ("target", t.target.as_str())];
+                let ejected = i64::from(t.ejected_until(now).is_some());
+                ConstGauge::new(ejected).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if !credentials.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_upstream_credential_state",
+                "1 for the state each pooled provider credential is in (by index; never the value).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in credentials.iter() {
+                let index = c.index.to_string();
+                let now_state = c.state(now);
+                for s in CredentialState::ALL {
+                    let labels = [
+                        ("route", c.route.as_str()),
+                        ("index", index.as_str()),
+                        ("state", s.label()),
+                    ];
+                    ConstGauge::new(i64::from(s == now_state))
+                        .encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())

@@ -42,6 +42,7 @@ use crate::names::{Scope, TenantName, UserName};
 use crate::obs::access_log::AccessLog;
 use crate::obs::metrics::RequestMetrics;
 use crate::obs::recent::{RecentDenials, unix_ms};
+use crate::obs::upstreams::UpstreamBoard;
 use crate::store::audit::{self, key_object, new_key_object};
 use crate::store::bans::source_text;
 use crate::store::postgres::FollowerStatus;
@@ -74,6 +75,8 @@ pub struct ControlPlane {
     timeout: Duration,
     /// The shards' request counters, once the proxy has them (for `/metrics`).
     requests: OnceLock<Arc<RequestMetrics>>,
+    /// Upstream targets' and credentials' state, once the proxy has them (for `/metrics`).
+    upstreams: OnceLock<Arc<UpstreamBoard>>,
     /// The XDP program's pins, once XDP runs (for `/metrics`).
     xdp: OnceLock<PinDir>,
     /// The access log, when it is on (for `/metrics`).
@@ -120,6 +123,7 @@ impl ControlPlane {
             cfg: arc_swap::ArcSwap::new(cfg),
             timeout: APPLY_TIMEOUT,
             requests: OnceLock::new(),
+            upstreams: OnceLock::new(),
             xdp: OnceLock::new(),
             access_log: OnceLock::new(),
             denials: OnceLock::new(),
@@ -235,6 +239,11 @@ impl ControlPlane {
     /// `/metrics` shows these request counters (the ones the proxy counts into) from now on.
     pub fn show_requests(&self, metrics: Arc<RequestMetrics>) {
         let _ = self.requests.set(metrics);
+    }
+
+    /// `/metrics` shows the upstream targets and credentials listed on `board` from now on.
+    pub fn show_upstreams(&self, board: Arc<UpstreamBoard>) {
+        let _ = self.upstreams.set(board);
     }
 
     /// Bans are published to `hub` (the shards refuse them at accept when it says so), and
@@ -969,6 +978,7 @@ impl AdminOps for ControlPlane {
                 StoreKind::Postgres => self.listener.get().map(FollowerStatus::lag),
             },
             requests: self.requests.get().cloned(),
+            upstreams: self.upstreams.get().cloned(),
             propagation: Arc::clone(&self.propagation),
             xdp: self.xdp.get().cloned(),
             access_log_dropped: self.access_log.get().map(|l| l.dropped()),

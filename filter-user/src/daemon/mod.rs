@@ -141,6 +141,8 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     plane.show_readiness(Arc::clone(&ready));
     let requests = crate::obs::metrics::RequestMetrics::for_config(&cfg);
     plane.show_requests(Arc::clone(&requests));
+    let upstreams = Arc::new(crate::obs::upstreams::UpstreamBoard::default());
+    plane.show_upstreams(Arc::clone(&upstreams));
     let denials = crate::obs::recent::RecentDenials::for_config(&cfg);
     plane.show_denials(Arc::clone(&denials));
     let autoblock = Autoblock::new(&cfg, cfg.shard_count());
@@ -199,6 +201,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         requests,
         denials,
         access_log: access_log.clone(),
+        upstreams: Arc::clone(&upstreams),
     };
     let proxy = crate::proxy::start_opts(
         &cfg,

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use crate::config::upstream::Upstreams;
 use crate::config::{Config, Route, ValueProblem};
 use crate::proxy::route::{RouteError, RouteTable};
 use crate::proxy::tls::{CertStore, TlsError};
@@ -40,15 +41,19 @@ pub fn routes(cfg: &Config) -> Vec<ValueProblem> {
     for (i, r) in cfg.routes.iter().enumerate() {
         let Some(e) = build(r) else { continue };
         let upstream_failed = matches!(e, RouteError::Upstream { .. });
-        out.push(ValueProblem::in_route(i, route_field(&e), e.to_string()));
-        // The upstream is checked first: check the injected header on its own as well.
-        if upstream_failed && r.inject_header.is_some() {
+        out.push(ValueProblem::in_route(i, route_field(r, &e), e.to_string()));
+        // The upstream is checked first: check the injected credential on its own as well.
+        if upstream_failed && (r.inject_header.is_some() || r.credentials.is_some()) {
             let probe = Route {
-                upstream: PROBE_UPSTREAM.to_owned(),
+                upstream: Upstreams::One(PROBE_UPSTREAM.to_owned()),
+                upstream_ca: None,
+                upstream_sni: None,
+                upstream_client_cert: None,
+                upstream_client_key: None,
                 ..r.clone()
             };
             if let Some(e) = build(&probe).filter(|e| !matches!(e, RouteError::Upstream { .. })) {
-                out.push(ValueProblem::in_route(i, route_field(&e), e.to_string()));
+                out.push(ValueProblem::in_route(i, route_field(r, &e), e.to_string()));
             }
         }
     }
@@ -56,10 +61,17 @@ pub fn routes(cfg: &Config) -> Vec<ValueProblem> {
 }
 
 /// The `[[route]]` field a route error is about.
-fn route_field(e: &RouteError) -> &'static [&'static str] {
+fn route_field(r: &Route, e: &RouteError) -> &'static [&'static str] {
     match e {
         RouteError::Upstream { .. } => &["route", "upstream"],
         RouteError::BadPrefix { .. } => &["route", "prefix"],
+        RouteError::MissingEnv { .. }
+        | RouteError::SecretFile { .. }
+        | RouteError::BadHeader { .. }
+            if r.inject_header.is_none() =>
+        {
+            &["route", "credentials"]
+        }
         RouteError::MissingEnv { .. }
         | RouteError::SecretFile { .. }
         | RouteError::BadHeader { .. } => &["route", "inject_header"],

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod logging;
 pub mod metrics;
 pub mod recent;
+pub mod upstreams;
 
 pub use logging::init_logging;
 
@@ -22,6 +23,8 @@ pub struct Telemetry {
     pub denials: Arc<recent::RecentDenials>,
     /// The access log, when `log.access_log` is not `"off"`.
     pub access_log: Option<Arc<access_log::AccessLog>>,
+    /// Upstream targets' and credentials' shared state (`/metrics`).
+    pub upstreams: Arc<upstreams::UpstreamBoard>,
 }
 
 impl Telemetry {
@@ -32,6 +35,7 @@ impl Telemetry {
             requests: metrics::RequestMetrics::for_config(cfg),
             denials: recent::RecentDenials::for_config(cfg),
             access_log: None,
+            upstreams: Arc::default(),
         }
     }
 }

@@ -1,19 +1,31 @@
-//! One forwarded request: send the prepared head (with whatever body is already buffered),
-//! stream the rest of the body with bounded buffers (a chunked body's trailer section parsed and
-//! filtered by [`forward::write_trailers`], never passed verbatim), read the upstream's answer
-//! and stream it back as it arrives. A reused upstream connection found dead before any answer byte is
-//! retried once on a fresh one when the whole request is still in hand. The [`Outcome`] says
-//! whether the client connection goes on and, when the upstream failed, why (classified once,
-//! by [`UpstreamError`]).
+//! One forwarded request: pick a target and a credential, send the prepared head (with whatever
+//! body is already buffered), stream the rest of the body with bounded buffers (a chunked
+//! body's trailer section parsed and filtered by [`forward::write_trailers`], never passed
+//! verbatim), read the upstream's answer and stream it back as it arrives.
+//!
+//! A request is sent again only when that cannot make an upstream act twice:
+//! - a connect that failed (nothing was sent) moves to another target of the route;
+//! - a reused pooled connection found closed before any answer byte is retried once on a fresh
+//!   one, when the whole request is still in hand;
+//! - a target that closed or reset the connection before any answer byte is left for another
+//!   target only when the whole request is held (body at most 64 KiB) and its method is
+//!   idempotent (a timeout never: the target may be acting on it);
+//! - a provider that answers 429, 401 or 403 to a pooled credential did not act: the request
+//!   goes again with the next credential (when held whole), and the value rests.
+//!
+//! The [`Outcome`] says whether the client connection goes on and, when the upstream failed,
+//! why (classified once, by [`UpstreamError`]); the client's 502/504 carries the key id and a
+//! hint naming the stage that failed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::body::{BodyError, BodyState, Chunked};
+use super::credentials::Exhausted;
 use super::forward;
 use super::head::Prepared;
 use super::io::{Conn, Flow, READ_CHUNK, spare, write_client, write_refusal};
@@ -22,10 +34,11 @@ use super::response::{self, RespFraming, RespHead, RespStep};
 use super::route::CompiledRoute;
 use super::settings::Settings;
 use super::state::ShardState;
-use super::upstream;
+use super::upstream::{Target, UpKey, UpStream};
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
 use crate::codes::{ErrorCode, Rule};
 use crate::gate::Denial;
+use crate::obs::upstreams::now_ms;
 
 /// What became of one forwarded request.
 #[derive(Debug)]
@@ -95,6 +108,7 @@ where
     let settings = shard.settings();
     let st = &*settings;
     let rid = p.request_id.as_str();
+    let key_id = KeyIdCopy::new(&c.out, p.identity);
     c.buf.advance(p.head_len);
     let mut body = BodyState::new(p.framing, st.max_body_bytes);
     if p.expect_continue && !body.done() && c.buf.is_empty() {
@@ -122,120 +136,428 @@ where
         c.buf.advance(n);
         c.body_in += n as u64;
     }
-    // The whole request is in `c.out`: a stale pooled connection can be retried safely.
+    // The whole request is in `c.out` when `whole`: it can be sent again.
     let whole = body.done();
-    let up_idx = st.routes.routes[p.route].upstream;
-    let (mut up, mut reused) = match take_upstream(shard, c, up_idx).await {
-        Ok(x) => x,
-        Err(e) => {
-            let close = !whole || !p.keep_alive;
-            return failed(c, io, st, connect_code(&e), e, rid, close).await;
+    let mut att = Attempt::new(p, whole, c.out.len());
+    let mut in_flight: Option<InFlight<'_>> = None;
+    let mut fresh_only = false;
+    let (up, head, took, key) = loop {
+        let t = &route.targets.all()[att.target];
+        if route.targets.all().len() > 1 {
+            in_flight = Some(InFlight::new(t));
         }
-    };
-    let mut retried = false;
-    loop {
-        let Err(e) = send(&mut up, &c.out, st.upstream_timeout).await else {
-            break;
+        let key = UpKey {
+            table: Arc::as_ptr(&st.routes) as usize,
+            slot: t.slot,
         };
-        if reused && whole && !retried {
-            // A pooled connection found dead: not the upstream's failure, try a fresh one.
-            retried = true;
-            match fresh(st, up_idx).await {
-                Ok(s) => (up, reused) = (s, false),
-                Err(e) => return failed(c, io, st, connect_code(&e), e, rid, !p.keep_alive).await,
+        let (mut up, reused) = match take_upstream(shard, c, key, t, st, fresh_only).await {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing was sent: any other target may take it.
+                t.health.failed(now_ms());
+                if att.next_target(route, &mut c.out) {
+                    continue;
+                }
+                let close = !whole || !p.keep_alive;
+                let why = Why {
+                    code: connect_code(&e),
+                    stage: stage_of(&e, Stage::Connect),
+                    error: e,
+                    key_id: &key_id,
+                    target: t.label(),
+                };
+                return failed(c, io, st, why, rid, close).await;
             }
+        };
+        fresh_only = false;
+        let rt = round_trip(shard, st, c, io, &mut up, &mut body, p, route).await;
+        let fail = match rt {
+            Trip::Answered(head, took) => {
+                if let (Some(creds), Some(ci)) = (&route.credentials, att.credential)
+                    && creds.answered(ci, head.status, head.retry_after)
+                    && whole
+                {
+                    // The provider did not act on it: send it again with another value.
+                    let _ = up.shutdown().await;
+                    match att.next_credential(creds, &mut c.out) {
+                        Ok(()) => continue,
+                        Err(exhausted) => {
+                            return credentials_exhausted(c, io, st, &key_id, exhausted, p).await;
+                        }
+                    }
+                }
+                t.health.succeeded();
+                break (up, head, took, key);
+            }
+            Trip::Done(outcome) => return outcome,
+            Trip::Failed(fail) => fail,
+        };
+        if reused && whole && fail.unanswered && !att.retried_fresh {
+            // A pooled connection found dead: not the target's failure; a fresh one.
+            att.retried_fresh = true;
+            fresh_only = true;
             continue;
         }
-        let close = !whole || !p.keep_alive;
-        return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, close).await;
+        t.health.failed(now_ms());
+        // Reached the target, which answered nothing: another may take it only when the whole
+        // request is held and sending it twice cannot act twice.
+        if fail.unanswered && att.replayable && att.next_target(route, &mut c.out) {
+            continue;
+        }
+        let close = !whole || !p.keep_alive || fail.close_client;
+        let why = Why {
+            code: fail.code,
+            stage: fail.stage,
+            error: fail.error,
+            key_id: &key_id,
+            target: t.label(),
+        };
+        return failed(c, io, st, why, rid, close).await;
+    };
+    drop(in_flight);
+    let mut outcome = relay_response(st, c, io, up, key, &head).await;
+    outcome.status = Some(head.status);
+    outcome.upstream_took = Some(took);
+    outcome
+}
+
+/// What one attempt left: an answer head, an outcome already written (a client-side end), or
+/// an upstream failure.
+enum Trip {
+    Answered(RespHead, Duration),
+    Done(Outcome),
+    Failed(Failure),
+}
+
+/// An attempt that failed upstream.
+struct Failure {
+    error: UpstreamError,
+    code: ErrorCode,
+    stage: Stage,
+    /// Closed or reset before any answer byte (a timeout is not: the target may be acting).
+    unanswered: bool,
+    /// The client connection must close (part of an answer or of the body went).
+    close_client: bool,
+}
+
+/// Where an upstream exchange failed, named in the error's hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Connect,
+    Tls,
+    /// Sending the request or waiting for the response head.
+    ResponseHead,
+    /// The upstream stopped reading the request body.
+    Idle,
+}
+
+impl Stage {
+    fn words(self) -> &'static str {
+        match self {
+            Self::Connect => "connecting to the upstream",
+            Self::Tls => "the TLS handshake with the upstream",
+            Self::ResponseHead => "waiting for the upstream's response head",
+            Self::Idle => "sending the request body (the upstream stopped reading)",
+        }
+    }
+}
+
+/// A connect failure's stage: `tls` for a failed handshake.
+fn stage_of(e: &UpstreamError, otherwise: Stage) -> Stage {
+    if e.class == UpstreamErrorClass::Tls {
+        Stage::Tls
+    } else {
+        otherwise
+    }
+}
+
+/// The state of a request's attempts: which target and credential now, which were tried, and
+/// where the head's rewritable values are.
+struct Attempt {
+    target: usize,
+    credential: Option<usize>,
+    tried_targets: u64,
+    tried_credentials: u64,
+    written: forward::Written,
+    /// The whole request is held and small enough, and its method safe to send twice.
+    replayable: bool,
+    retried_fresh: bool,
+}
+
+impl Attempt {
+    fn new(p: &Prepared, whole: bool, held: usize) -> Self {
+        let body = held.saturating_sub(p.written.len as usize);
+        let bit = |i: usize| if i < 64 { 1u64 << i } else { 0 };
+        Self {
+            target: p.target,
+            credential: p.credential,
+            tried_targets: bit(p.target),
+            tried_credentials: p.credential.map_or(0, bit),
+            written: p.written,
+            replayable: whole && body <= RETRY_BODY_MAX && p.idempotent,
+            retried_fresh: false,
+        }
+    }
+
+    /// Moves to an untried target (rewriting `Host` in `out`); whether there was one.
+    fn next_target(&mut self, route: &CompiledRoute, out: &mut Vec<u8>) -> bool {
+        let Some((i, t)) = route.targets.pick(self.tried_targets) else {
+            return false;
+        };
+        self.tried_targets |= if i < 64 { 1 << i } else { 0 };
+        self.target = i;
+        let authority = t.endpoint.authority.as_bytes();
+        match forward::replace_value(out, self.written.host, authority, "Host") {
+            Ok(moved) => self.shift_after(self.written.host.0, moved, authority.len()),
+            Err(_) => return false,
+        }
+        self.retried_fresh = false;
+        true
+    }
+
+    /// Moves to another credential value (rewriting it in `out`).
+    fn next_credential(
+        &mut self,
+        creds: &super::credentials::Credentials,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Exhausted> {
+        let i = creds.pick(self.tried_credentials)?;
+        self.tried_credentials |= if i < 64 { 1 << i } else { 0 };
+        self.credential = Some(i);
+        let Some(span) = self.written.credential else {
+            return Ok(());
+        };
+        let value = creds.value(i).as_bytes();
+        if let Ok(moved) = forward::replace_value(out, span, value, "credential") {
+            self.shift_after(span.0, moved, value.len());
+        }
+        self.retried_fresh = false;
+        Ok(())
+    }
+
+    /// The value at `at` now has `len` bytes and everything after it moved by `moved`.
+    fn shift_after(&mut self, at: u32, moved: i64, len: usize) {
+        let shift = |v: u32| u32::try_from(i64::from(v) + moved).unwrap_or(v);
+        let w = &mut self.written;
+        let end = at + u32::try_from(len).unwrap_or(0);
+        if w.host.0 == at {
+            w.host.1 = end;
+        } else if w.host.0 > at {
+            w.host = (shift(w.host.0), shift(w.host.1));
+        }
+        if let Some(c) = &mut w.credential {
+            if c.0 == at {
+                c.1 = end;
+            } else if c.0 > at {
+                *c = (shift(c.0), shift(c.1));
+            }
+        }
+        w.len = shift(w.len);
+    }
+}
+
+/// Bodies up to this size are held for a retry on another target.
+const RETRY_BODY_MAX: usize = 64 * 1024;
+
+/// A request counted on a target (least-outstanding balancing) until dropped.
+struct InFlight<'a>(&'a Target);
+
+impl<'a> InFlight<'a> {
+    fn new(t: &'a Target) -> Self {
+        t.health.begin();
+        Self(t)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.health.end();
+    }
+}
+
+/// Sends the request in `c.out`, streams the rest of the body, and reads the answer's head
+/// (interim answers passed on or dropped).
+#[allow(clippy::too_many_arguments)]
+async fn round_trip<S>(
+    shard: &ShardState,
+    st: &Settings,
+    c: &mut Conn,
+    io: &mut S,
+    up: &mut UpStream,
+    body: &mut BodyState,
+    p: &Prepared,
+    route: &CompiledRoute,
+) -> Trip
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let rid = p.request_id.as_str();
+    let upstream_failure = |error: UpstreamError, stage: Stage, unanswered: bool| {
+        let code = match error.class {
+            UpstreamErrorClass::Timeout => ErrorCode::UpstreamTimeout,
+            _ => ErrorCode::UpstreamUnavailable,
+        };
+        Trip::Failed(Failure {
+            error,
+            code,
+            stage,
+            unanswered,
+            close_client: false,
+        })
+    };
+    if let Err(e) = send(up, &c.out, st.upstream_timeout).await {
+        let unanswered = e.class != UpstreamErrorClass::Timeout;
+        return upstream_failure(e, Stage::ResponseHead, unanswered);
     }
     // Stream the rest of the request body, one bounded buffer at a time. The head has gone:
     // `c.out` only carries a filtered trailer section from here on (no retry needs it, as the
     // request was not whole).
     while !body.done() {
         c.out.clear();
-        let piece = match next_piece(&mut body, &c.buf, route, &mut c.out) {
+        let piece = match next_piece(body, &c.buf, route, &mut c.out) {
             Ok(piece) => piece,
-            Err(why) => return refused(c, io, st, why, rid, true).await,
+            Err(why) => return Trip::Done(refused(c, io, st, why, rid, true).await),
         };
         let (data, n) = match piece {
             Piece::Nothing => {
                 spare(&mut c.buf, READ_CHUNK);
                 match timeout(st.client_timeout, io.read_buf(&mut c.buf)).await {
                     Ok(Ok(n)) if n > 0 => continue,
-                    _ => return Flow::Close.into(),
+                    _ => return Trip::Done(Flow::Close.into()),
                 }
             }
             Piece::Verbatim(n) => (&c.buf[..n], n),
             Piece::Trailers(n) => (&c.out[..], n),
         };
-        if let Err(e) = send(&mut up, data, st.upstream_timeout).await {
-            return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
+        if let Err(e) = send(up, data, st.upstream_timeout).await {
+            let stage = if e.class == UpstreamErrorClass::Timeout {
+                Stage::Idle
+            } else {
+                Stage::ResponseHead
+            };
+            let mut f = upstream_failure(e, stage, false);
+            if let Trip::Failed(f) = &mut f {
+                f.close_client = true;
+            }
+            return f;
         }
         c.buf.advance(n);
         c.body_in += n as u64;
     }
-    // Read the response head; interim (1xx) answers are passed on or dropped.
     let sent = Instant::now();
     c.rbuf.clear();
-    let head = loop {
+    let mut passed_interim = false;
+    loop {
         // Decided late so a drain that starts while we wait still closes this connection.
         let close_client = !p.keep_alive || shard.stopping.get();
         match response::process(&c.rbuf, p.is_head, &p.request_id, close_client, &mut c.rout) {
             RespStep::Final(h) => {
                 let took = sent.elapsed();
                 shard.metrics.upstream(took);
-                break (h, took);
+                return Trip::Answered(h, took);
             }
             RespStep::Interim(n) => {
-                if !c.rout.is_empty() && write_client(io, &c.rout, st.client_timeout).await.is_err()
-                {
-                    return Flow::Close.into();
+                if !c.rout.is_empty() {
+                    passed_interim = true;
+                    if write_client(io, &c.rout, st.client_timeout).await.is_err() {
+                        return Trip::Done(Flow::Close.into());
+                    }
                 }
                 c.rbuf.advance(n);
                 continue;
             }
             RespStep::Bad => {
                 let e = UpstreamError::bad_response("unparsable, oversized or unsupported head");
-                return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
+                let mut f = upstream_failure(e, Stage::ResponseHead, false);
+                if let Trip::Failed(f) = &mut f {
+                    f.close_client = true;
+                }
+                return f;
             }
             RespStep::Partial => {}
         }
         spare(&mut c.rbuf, READ_CHUNK);
         match timeout(st.upstream_timeout, up.read_buf(&mut c.rbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            Ok(_) if reused && whole && !retried && c.rbuf.is_empty() => {
-                // The pooled connection was closed under us before answering: retry once.
-                retried = true;
-                match fresh(st, up_idx).await {
-                    Ok(s) => (up, reused) = (s, false),
-                    Err(e) => {
-                        return failed(c, io, st, connect_code(&e), e, rid, close_client).await;
-                    }
-                }
-                if let Err(e) = send(&mut up, &c.out, st.upstream_timeout).await {
-                    let code = ErrorCode::UpstreamUnavailable;
-                    return failed(c, io, st, code, e, rid, close_client).await;
-                }
-            }
             Ok(read) => {
                 // Closed or broken before a complete head.
+                let unanswered = c.rbuf.is_empty() && !passed_interim;
                 let e = read.map_or_else(UpstreamError::io, |_| UpstreamError::closed_early());
-                let code = ErrorCode::UpstreamUnavailable;
-                return failed(c, io, st, code, e, rid, close_client).await;
+                let mut f = upstream_failure(e, Stage::ResponseHead, unanswered);
+                if let Trip::Failed(f) = &mut f {
+                    f.close_client = !unanswered;
+                }
+                return f;
             }
             Err(_) => {
-                let (code, e) = (ErrorCode::UpstreamTimeout, UpstreamError::timeout());
-                return failed(c, io, st, code, e, rid, close_client).await;
+                return upstream_failure(UpstreamError::timeout(), Stage::ResponseHead, false);
             }
         }
-    };
-    let _ = reused;
-    let (head, took) = head;
-    let mut outcome = relay_response(st, c, io, up, up_idx, &head).await;
-    outcome.status = Some(head.status);
-    outcome.upstream_took = Some(took);
-    outcome
+    }
+}
+
+/// Every credential of the route rests: `UPSTREAM_CREDENTIALS_EXHAUSTED` with `Retry-After`.
+async fn credentials_exhausted<S>(
+    c: &mut Conn,
+    io: &mut S,
+    st: &Settings,
+    key_id: &KeyIdCopy,
+    exhausted: Exhausted,
+    p: &Prepared,
+) -> Outcome
+where
+    S: AsyncWrite + Unpin,
+{
+    let code = ErrorCode::UpstreamCredentialsExhausted;
+    let mut denial = Denial::new(code);
+    denial.hint = Some(format!(
+        "every provider credential of this route is resting after the provider refused or \
+         rate-limited it; the first is back in {}s",
+        exhausted.retry_after
+    ));
+    denial.key_id = key_id.get().map(Arc::from);
+    denial.rate = Some(crate::gate::RateInfo {
+        limit: 0,
+        remaining: 0,
+        reset_secs: exhausted.retry_after,
+    });
+    let rid = p.request_id.as_str();
+    Outcome {
+        flow: write_refusal(c, io, st, &denial, None, rid, !p.keep_alive).await,
+        upstream_error: None,
+        answered: Some(code),
+        status: None,
+        upstream_took: None,
+    }
+}
+
+/// The caller's key id, copied from the forwarded head before anything rewrites it (an error
+/// answer carries it).
+pub(crate) struct KeyIdCopy {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl KeyIdCopy {
+    fn new(out: &[u8], identity: Option<forward::IdentitySpans>) -> Self {
+        let mut copy = Self {
+            bytes: [0; 64],
+            len: 0,
+        };
+        if let Some(v) = identity.and_then(|i| i.values(out)).map(|[k, _, _]| k)
+            && v.len() <= copy.bytes.len()
+        {
+            copy.bytes[..v.len()].copy_from_slice(v);
+            copy.len = u8::try_from(v.len()).unwrap_or(0);
+        }
+        copy
+    }
+
+    fn get(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// Sends the response head and streams its body to the client as it arrives.
@@ -243,8 +565,8 @@ async fn relay_response<S>(
     st: &Settings,
     c: &mut Conn,
     io: &mut S,
-    mut up: TcpStream,
-    up_idx: usize,
+    mut up: UpStream,
+    key: UpKey,
     head: &RespHead,
 ) -> Outcome
 where
@@ -296,7 +618,7 @@ where
         c.rbuf.advance(n);
     }
     if head.reusable && c.rbuf.is_empty() {
-        c.up = Some((up_idx, up));
+        c.up = Some((key, up));
     } else {
         let _ = up.shutdown().await;
     }
@@ -307,28 +629,61 @@ where
     }
 }
 
-/// Answers the client for a failed upstream with `code` and keeps `error` for the caller.
+/// Why an upstream exchange failed, for the answer and the caller's outcome.
+struct Why<'a> {
+    code: ErrorCode,
+    stage: Stage,
+    error: UpstreamError,
+    key_id: &'a KeyIdCopy,
+    /// The target as written (named in the hint unless `keys.errors = "opaque"`).
+    target: &'a str,
+}
+
+/// Answers the client for a failed upstream (502/504 with the key id and a hint naming the
+/// failing stage) and keeps the error for the caller.
 async fn failed<S>(
     c: &mut Conn,
     io: &mut S,
     st: &Settings,
-    code: ErrorCode,
-    error: UpstreamError,
-    request_id: &str,
+    why: Why<'_>,
+    rid: &str,
     close: bool,
 ) -> Outcome
 where
     S: AsyncWrite + Unpin,
 {
+    let mut denial = Denial::new(why.code);
+    denial.key_id = why.key_id.get().map(Arc::from);
+    denial.hint = Some(if st.opaque {
+        format!(
+            "{} failed; the edge operator's logs have the cause",
+            why.stage.words()
+        )
+    } else {
+        format!(
+            "{} failed ({}: {}) at upstream {}",
+            why.stage.words(),
+            why.error.class,
+            why.error.source,
+            why.target
+        )
+    });
     Outcome {
-        upstream_error: Some(error),
-        ..refused(c, io, st, (code, None), request_id, close).await
+        flow: write_refusal(c, io, st, &denial, None, rid, close).await,
+        upstream_error: Some(why.error),
+        answered: Some(why.code),
+        status: None,
+        upstream_took: None,
     }
 }
 
-/// Writes all of `data` upstream within `limit`.
-async fn send(up: &mut TcpStream, data: &[u8], limit: Duration) -> Result<(), UpstreamError> {
-    match timeout(limit, up.write_all(data)).await {
+/// Writes all of `data` upstream within `limit` (and flushes what TLS holds back).
+async fn send(up: &mut UpStream, data: &[u8], limit: Duration) -> Result<(), UpstreamError> {
+    let write = async {
+        up.write_all(data).await?;
+        up.flush().await
+    };
+    match timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(UpstreamError::io(e)),
         Err(_) => Err(UpstreamError::timeout()),
@@ -343,25 +698,26 @@ fn connect_code(e: &UpstreamError) -> ErrorCode {
     }
 }
 
-/// The connection kept from the last request, a pooled one, or a new one. `true` = reused.
+/// The connection kept from the last request, a pooled one, or a new one (only a new one when
+/// `fresh_only`). `true` = reused.
 async fn take_upstream(
     shard: &ShardState,
     c: &mut Conn,
-    up_idx: usize,
-) -> Result<(TcpStream, bool), UpstreamError> {
+    key: UpKey,
+    t: &Target,
+    st: &Settings,
+    fresh_only: bool,
+) -> Result<(UpStream, bool), UpstreamError> {
     match c.up.take() {
-        Some((i, s)) if i == up_idx => return Ok((s, true)),
-        Some((i, s)) => shard.pool.borrow_mut().put(i, s),
+        Some((k, s)) if k == key && !fresh_only => return Ok((s, true)),
+        Some((k, s)) => shard.pool.borrow_mut().put(k, s),
         None => {}
     }
-    if let Some(s) = shard.pool.borrow_mut().take(up_idx) {
+    if !fresh_only && let Some(s) = shard.pool.borrow_mut().take(key) {
         return Ok((s, true));
     }
-    fresh(&shard.settings(), up_idx).await.map(|s| (s, false))
-}
-
-async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError> {
-    upstream::connect(st.routes.upstreams[up_idx].addr, st.upstream_timeout).await
+    let deadline = tokio::time::Instant::now() + st.upstream_timeout;
+    t.connect(deadline).await.map(|s| (s, false))
 }
 
 /// What the next bytes of a request body are.

@@ -45,6 +45,8 @@ pub(crate) struct Forward<'a, 'b> {
     pub scan: &'a Scan<'b>,
     pub route: &'a CompiledRoute,
     pub authority: &'a str,
+    /// The credential to inject (`name`, `value`) for this attempt; never logged.
+    pub credential: Option<(&'a str, &'a str)>,
     pub peer: &'a str,
     pub trusted: bool,
     pub tls: bool,
@@ -88,10 +90,7 @@ pub(crate) struct Unsafe(pub &'static str);
 /// # Errors
 /// [`Unsafe`]: a field holds a byte a field may not; `out` then holds a partial head that must
 /// not be sent.
-pub(crate) fn write_head(
-    out: &mut Vec<u8>,
-    f: &Forward<'_, '_>,
-) -> Result<Option<IdentitySpans>, Unsafe> {
+pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<Written, Unsafe> {
     out.clear();
     // The request line's parts come from httparse: a token and a target of visible characters.
     out.extend_from_slice(f.method.as_bytes());
@@ -110,7 +109,7 @@ pub(crate) fn write_head(
             field(out, h.name.as_bytes(), h.value, "a client header")?;
         }
     }
-    field(out, b"Host", f.authority.as_bytes(), "Host")?;
+    let host = field(out, b"Host", f.authority.as_bytes(), "Host")?;
     if let Some(host) = f.scan.host {
         field(
             out,
@@ -160,10 +159,13 @@ pub(crate) fn write_head(
         }
         None => None,
     };
-    if let Some((name, value)) = &f.route.inject {
-        let what = "the route's inject_header";
-        field(out, name.as_bytes(), value.as_bytes(), what)?;
-    }
+    let credential = match f.credential {
+        Some((name, value)) => {
+            let what = "the route's upstream credential";
+            Some(field(out, name.as_bytes(), value.as_bytes(), what)?)
+        }
+        None => None,
+    };
     match f.framing {
         Framing::Empty => {}
         Framing::Length(n) => {
@@ -176,7 +178,45 @@ pub(crate) fn write_head(
         }
     }
     out.extend_from_slice(b"\r\n");
-    Ok(spans)
+    Ok(Written {
+        identity: spans,
+        host,
+        credential,
+        len: u32::try_from(out.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Where the values of a written head are, so the access log copies them and a retry on
+/// another target or with another credential rewrites them in place ([`replace_value`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The caller's identity, when there is one.
+    pub identity: Option<IdentitySpans>,
+    /// `Host`'s value.
+    pub host: (u32, u32),
+    /// The injected credential's value.
+    pub credential: Option<(u32, u32)>,
+    /// The head's length.
+    pub len: u32,
+}
+
+/// Replaces the value at `span` in `out` with `value`; returns how far everything after it
+/// moved (what the caller adds to the spans after `span`).
+///
+/// # Errors
+/// [`Unsafe`] when `value` holds a byte a field may not (nothing is changed).
+pub(crate) fn replace_value(
+    out: &mut Vec<u8>,
+    span: (u32, u32),
+    value: &[u8],
+    what: &'static str,
+) -> Result<i64, Unsafe> {
+    if has_bad_value_byte(value) {
+        return Err(Unsafe(what));
+    }
+    let (a, b) = (span.0 as usize, span.1 as usize);
+    out.splice(a..b, value.iter().copied());
+    Ok(value.len() as i64 - (b - a) as i64)
 }
 
 /// Writes `name: value\r\n` and returns where the value is in `out`, or refuses (as `what`) a
@@ -242,9 +282,8 @@ fn owned(name: &str, route: &CompiledRoute, strip_key: bool) -> bool {
     fixed
         || (x && (reads_as_prefix(name, "x-edgefilter-") || reads_as_prefix(name, "x-forwarded-")))
         || route
-            .inject
-            .as_ref()
-            .is_some_and(|(inject, _)| reads_as(name, inject))
+            .credential_header()
+            .is_some_and(|inject| reads_as(name, inject))
         || (strip_key && route.key_headers.iter().any(|k| reads_as(name, k)))
 }
 
@@ -328,6 +367,11 @@ fn write_query(out: &mut Vec<u8>, q: &str, strip_key: bool) {
 mod tests {
     use super::*;
     use crate::names::{TenantName, UserName};
+    use crate::proxy::credentials::Credentials;
+    use crate::proxy::upstream::Target;
+    use crate::proxy::upstream::balance::Targets;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn query_key_is_removed_and_the_rest_kept() {
@@ -346,11 +390,24 @@ mod tests {
         CompiledRoute {
             prefix: "/v1/".into(),
             prefix_read: b"/v1/".to_vec(),
-            upstream: 0,
+            targets: Targets::new(vec![Arc::new(
+                Target::new(
+                    0,
+                    "/v1/",
+                    "http://127.0.0.1:9000",
+                    None,
+                    None,
+                    Duration::from_secs(30),
+                )
+                .unwrap(),
+            )]),
             strip_key: true,
             key_in_query: false,
             key_headers: vec!["x-tenant-key".into()],
-            inject: Some(("X-Upstream-Key".into(), "sk-upstream".into())),
+            credentials: Some(Credentials::fixed(
+                "X-Upstream-Key".into(),
+                "sk-upstream".into(),
+            )),
         }
     }
 
@@ -373,6 +430,7 @@ mod tests {
                 scan: &scan,
                 route: &route,
                 authority: "up:9000",
+                credential: Some(("X-Upstream-Key", "sk-upstream")),
                 peer: "203.0.113.7",
                 trusted: false,
                 tls: false,

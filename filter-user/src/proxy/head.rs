@@ -88,6 +88,14 @@ pub struct Prepared {
     pub line: Line,
     /// Where the caller's identity is in the forwarded head.
     pub identity: Option<IdentitySpans>,
+    /// The route's target for the first attempt (its index in the route's targets).
+    pub target: usize,
+    /// The pooled credential value for the first attempt.
+    pub credential: Option<usize>,
+    /// Where the forwarded head's values are (a retry rewrites `Host` and the credential).
+    pub written: forward::Written,
+    /// The method is idempotent (RFC 9110 §9.2.2): sending it twice acts once.
+    pub idempotent: bool,
 }
 
 /// A request answered by the proxy itself.
@@ -244,6 +252,35 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         }
     };
     let r = &ctx.routes.routes[route];
+    let target = r.targets.pick(0).map_or(0, |(i, _)| i);
+    let credential = match r.credentials.as_ref().map(|c| c.pick(0)) {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(exhausted)) => {
+            let mut denial = Denial::new(ErrorCode::UpstreamCredentialsExhausted);
+            denial.hint = Some(format!(
+                "every provider credential of this route is resting after the provider refused \
+                 or rate-limited it; the first is back in {}s",
+                exhausted.retry_after
+            ));
+            denial.key_id = identity.map(|id| std::sync::Arc::from(id.key_id));
+            denial.rate = Some(crate::gate::RateInfo {
+                limit: 0,
+                remaining: 0,
+                reset_secs: exhausted.retry_after,
+            });
+            return Step::Refuse(Box::new(Refusal {
+                head_len: Some(head_len),
+                framing,
+                keep_alive,
+                request_id,
+                route: Some(route),
+                line: Some(line),
+                denial,
+                rule: None,
+            }));
+        }
+    };
     let written = forward::write_head(
         out,
         &Forward {
@@ -253,7 +290,12 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             headers: req.headers,
             scan: &scan,
             route: r,
-            authority: &ctx.routes.upstreams[r.upstream].authority,
+            authority: &r.targets.all()[target].endpoint.authority,
+            credential: r
+                .credentials
+                .as_ref()
+                .zip(credential)
+                .map(|(c, i)| (c.name.as_str(), c.value(i))),
             peer: ctx.peer_text,
             trusted,
             tls: ctx.tls,
@@ -263,8 +305,8 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             http10: version == 0,
         },
     );
-    let identity_spans = match written {
-        Ok(spans) => spans,
+    let written = match written {
+        Ok(written) => written,
         Err(unsafe_field) => {
             out.clear();
             return Step::Refuse(Box::new(Refusal {
@@ -288,7 +330,14 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         route,
         request_id,
         line,
-        identity: identity_spans,
+        identity: written.identity,
+        target,
+        credential,
+        written,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
     })
 }
 

@@ -17,6 +17,7 @@ use tokio::time::timeout;
 
 use super::respond;
 use super::settings::Settings;
+use super::upstream::{UpKey, UpStream};
 use crate::codes::Rule;
 use crate::gate::Denial;
 
@@ -53,8 +54,8 @@ pub(crate) struct Conn {
     pub rbuf: BytesMut,
     /// The client response head (and any body bytes sent with it).
     pub rout: Vec<u8>,
-    /// The upstream connection kept between requests: `(upstream index, stream)`.
-    pub up: Option<(usize, TcpStream)>,
+    /// The upstream connection kept between requests, and the target it goes to.
+    pub up: Option<(UpKey, UpStream)>,
     /// The client address.
     pub peer: SocketAddr,
     /// The client connection is TLS.

@@ -46,6 +46,7 @@ pub mod admit;
 pub mod affinity;
 pub(crate) mod body;
 mod conn;
+mod credentials;
 mod exchange;
 mod forward;
 pub mod head;
@@ -61,7 +62,7 @@ mod shard;
 mod state;
 pub mod tls;
 mod trim;
-mod upstream;
+pub mod upstream;
 pub mod upstream_error;
 
 /// How long SIGTERM waits for in-flight requests before the shards are torn down, unless
@@ -370,9 +371,14 @@ pub fn start_opts(
     let (stop, stop_rx) = watch::channel(None);
     let (accepting, accepting_rx) = watch::channel(!opts.paused);
     let cores = affinity::usable_cpus();
+    routes.publish(&telemetry.upstreams);
     let settings = Arc::new(settings::Published::new(settings::Settings::new(
         cfg, routes, telemetry, autoblock, derived,
     )));
+    upstream::resolve::spawn(Arc::downgrade(&settings), |p: &settings::Published| {
+        p.current().routes.targets.clone()
+    })
+    .map_err(|source| ProxyError::Shard { shard: 0, source })?;
     log_connection_limits(cfg, nofile, &settings.current());
     trim::spawn(&metrics).map_err(|source| ProxyError::Shard { shard: 0, source })?;
     let gates: Arc<shard::SharedGateFactory> = Arc::from(gates);

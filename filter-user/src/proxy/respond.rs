@@ -106,6 +106,12 @@ pub fn write_error_response(
             buf.extend_from_slice(b"\r\n");
         }
     }
+    if code == ErrorCode::UpstreamCredentialsExhausted {
+        let retry = denial.rate.map_or(1, |r| r.reset_secs.max(1));
+        buf.extend_from_slice(b"Retry-After: ");
+        buf.extend_from_slice(num.format(retry).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
     if close {
         buf.extend_from_slice(b"Connection: close\r\n");
     }

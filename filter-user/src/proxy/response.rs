@@ -30,6 +30,8 @@ pub(crate) struct RespHead {
     pub reusable: bool,
     /// The client connection must close after this response.
     pub close_client: bool,
+    /// `Retry-After` in seconds, when it is given as a number (a provider's 429).
+    pub retry_after: Option<u64>,
 }
 
 /// What the bytes read so far hold.
@@ -73,6 +75,7 @@ pub(crate) fn process(
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
     let mut connection: Option<&str> = None;
+    let mut retry_after: Option<u64> = None;
     for h in resp.headers.iter() {
         match h.name.len() {
             10 if is(h.name, "connection") => {
@@ -94,6 +97,11 @@ pub(crate) fn process(
                     return RespStep::Bad;
                 }
                 length = Some(n);
+            }
+            11 if is(h.name, "retry-after") => {
+                retry_after = std::str::from_utf8(trim(h.value))
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
             }
             17 if is(h.name, "transfer-encoding") => {
                 let last = trim(h.value).rsplit(|&b| b == b',').next().map(trim);
@@ -162,6 +170,7 @@ pub(crate) fn process(
         framing,
         reusable: !conn_close && framing != RespFraming::UntilClose,
         close_client,
+        retry_after,
     })
 }
 

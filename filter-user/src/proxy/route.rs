@@ -1,17 +1,23 @@
 //! Routes compiled for the hot path: longest-prefix match on the path as the upstream will read
-//! it, resolved upstream addresses, and the injected upstream credential (`${ENV}` expanded,
-//! `@/path` read) resolved once at start-up.
+//! it, each route's targets ([`Targets`]: addresses, TLS, health) and its upstream credential
+//! ([`Credentials`]: `${ENV}` expanded, `@/path` read), resolved when the config is loaded (at
+//! start and on reload).
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::config::Config;
+use super::credentials::Credentials;
+use super::upstream::Target;
+use super::upstream::balance::Targets;
+use crate::config::upstream::{Endpoint, Scheme};
+use crate::config::{Config, Route};
+use crate::obs::upstreams::UpstreamBoard;
 use crate::path::upstream_reading;
 
 /// A route or its injected header cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    /// The upstream is not `http://host:port`.
+    /// A target cannot be used (its form, its name, its TLS files).
     #[error("route {prefix}: upstream `{upstream}` {why}")]
     Upstream {
         /// Route prefix.
@@ -52,41 +58,40 @@ pub enum RouteError {
     BadPrefix { prefix: String },
 }
 
-/// One upstream origin.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Resolved address.
-    pub addr: SocketAddr,
-    /// `host:port` as written, sent as `Host`.
-    pub authority: String,
-}
-
 /// A route ready for the hot path.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CompiledRoute {
     /// Path prefix, as configured.
     pub prefix: String,
     /// The prefix read as paths are read for matching (decoded, no `;parameters`).
     pub prefix_read: Vec<u8>,
-    /// Index into [`RouteTable::upstreams`].
-    pub upstream: usize,
+    /// Where requests go.
+    pub targets: Targets,
     /// Remove the client's key (headers, `api_key` query parameter) before forwarding.
     pub strip_key: bool,
     /// `?api_key=` is accepted on this route.
     pub key_in_query: bool,
     /// Extra header names that may carry the key (lower case, from `key_in`).
     pub key_headers: Vec<String>,
-    /// Resolved `(name, value)` to inject; never logged.
-    pub inject: Option<(String, String)>,
+    /// The credential injected towards the upstream; never logged.
+    pub credentials: Option<Credentials>,
 }
 
-/// Every route, plus the distinct upstreams they point at.
-#[derive(Debug, Clone, Default)]
+impl CompiledRoute {
+    /// The header the route injects its credential in, if it does.
+    #[must_use]
+    pub fn credential_header(&self) -> Option<&str> {
+        self.credentials.as_ref().map(|c| c.name.as_str())
+    }
+}
+
+/// Every route, plus every route's targets.
+#[derive(Debug, Default)]
 pub struct RouteTable {
     /// Routes in config order (so indices match `Config::routes`).
     pub routes: Vec<CompiledRoute>,
-    /// Distinct upstream origins.
-    pub upstreams: Vec<Upstream>,
+    /// Every target of every route, by slot (the pools' index).
+    pub targets: Vec<Arc<Target>>,
     /// Route indices sorted by prefix length, longest first.
     by_len: Vec<usize>,
 }
@@ -97,6 +102,15 @@ impl RouteTable {
     /// # Errors
     /// An unusable upstream, prefix, or injected header (naming the variable or file).
     pub fn build(cfg: &Config) -> Result<Self, RouteError> {
+        Self::build_after(cfg, None)
+    }
+
+    /// Compiles `cfg.routes` to replace `old`: a pooled credential value that `old` had for
+    /// the same route keeps its state (a refused one keeps resting until its value changes).
+    ///
+    /// # Errors
+    /// As [`RouteTable::build`].
+    pub fn build_after(cfg: &Config, old: Option<&RouteTable>) -> Result<Self, RouteError> {
         let mut table = RouteTable::default();
         for r in &cfg.routes {
             if !r.prefix.starts_with('/') {
@@ -104,22 +118,15 @@ impl RouteTable {
                     prefix: r.prefix.clone(),
                 });
             }
-            let up = parse_upstream(&r.prefix, &r.upstream)?;
-            let upstream = match table
-                .upstreams
-                .iter()
-                .position(|u| u.authority == up.authority)
-            {
-                Some(i) => i,
-                None => {
-                    table.upstreams.push(up);
-                    table.upstreams.len() - 1
-                }
-            };
-            let inject = match &r.inject_header {
-                Some(h) => Some(resolve_inject(cfg, &r.prefix, &h.name, &h.value)?),
-                None => None,
-            };
+            let targets = build_targets(cfg, r, &mut table.targets)?;
+            let credentials = resolve_credentials(cfg, r)?;
+            if let (Some(new), Some(old)) = (
+                &credentials,
+                old.and_then(|o| o.routes.iter().find(|o| o.prefix == r.prefix))
+                    .and_then(|o| o.credentials.as_ref()),
+            ) {
+                new.carry_over(old);
+            }
             let key_headers = r
                 .key_in
                 .iter()
@@ -130,11 +137,11 @@ impl RouteTable {
             table.routes.push(CompiledRoute {
                 prefix: r.prefix.clone(),
                 prefix_read: upstream_reading(&r.prefix).collect(),
-                upstream,
+                targets,
                 strip_key: r.strip_key,
                 key_in_query: r.key_in_query,
                 key_headers,
-                inject,
+                credentials,
             });
         }
         table.by_len = (0..table.routes.len()).collect();
@@ -142,6 +149,18 @@ impl RouteTable {
             .by_len
             .sort_by_key(|&i| std::cmp::Reverse(table.routes[i].prefix_read.len()));
         Ok(table)
+    }
+
+    /// Lists every target and pooled credential on `board` (what `/metrics` shows).
+    pub fn publish(&self, board: &UpstreamBoard) {
+        let targets = self.targets.iter().map(|t| Arc::clone(&t.health)).collect();
+        let credentials = self
+            .routes
+            .iter()
+            .filter_map(|r| r.credentials.as_ref())
+            .flat_map(|c| c.health().iter().cloned())
+            .collect();
+        board.publish(targets, credentials);
     }
 
     /// The route whose prefix is the longest one `path` starts with, read as the upstream will
@@ -163,35 +182,68 @@ impl RouteTable {
     }
 }
 
-fn parse_upstream(prefix: &str, upstream: &str) -> Result<Upstream, RouteError> {
-    let err = |why: &str| RouteError::Upstream {
-        prefix: prefix.to_string(),
+/// The route's targets, appended to `all` (their slots are their places in it).
+fn build_targets(
+    cfg: &Config,
+    r: &Route,
+    all: &mut Vec<Arc<Target>>,
+) -> Result<Targets, RouteError> {
+    let err = |upstream: &str, why: String| RouteError::Upstream {
+        prefix: r.prefix.clone(),
         upstream: upstream.to_string(),
-        why: why.to_string(),
+        why,
     };
-    let rest = upstream
-        .strip_prefix("http://")
-        .ok_or_else(|| err("must start with http:// (TLS to upstreams is not supported)"))?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains('/') {
-        return Err(err("must be http://host:port with no path"));
+    let texts = r.upstream.targets();
+    if texts.is_empty() || texts.len() > 64 {
+        return Err(err("[]", "must list 1 to 64 targets".into()));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
-    }) {
-        authority.to_string()
+    let https = texts
+        .iter()
+        .any(|t| Endpoint::parse(t).is_ok_and(|e| e.scheme == Scheme::Https));
+    let tls = if https {
+        let config = super::upstream::tls::client_config(cfg, r)
+            .map_err(|why| err(&r.upstream.to_string(), why))?;
+        Some(config)
     } else {
-        format!("{authority}:80")
+        None
     };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| err(&format!("does not resolve: {e}")))?
-        .next()
-        .ok_or_else(|| err("resolves to no address"))?;
-    Ok(Upstream {
-        addr,
-        authority: authority.to_string(),
-    })
+    let mut list = Vec::with_capacity(texts.len());
+    for text in texts {
+        let t = Target::new(
+            all.len(),
+            &r.prefix,
+            text,
+            tls.as_ref(),
+            r.upstream_sni.as_deref(),
+            r.resolve_interval,
+        )
+        .map_err(|why| err(text, why))?;
+        let t = Arc::new(t);
+        all.push(Arc::clone(&t));
+        list.push(t);
+    }
+    Ok(Targets::new(list))
+}
+
+/// The route's `inject_header` or `[route.credentials]`, each value resolved.
+fn resolve_credentials(cfg: &Config, r: &Route) -> Result<Option<Credentials>, RouteError> {
+    if let Some(h) = &r.inject_header {
+        let (name, value) = resolve_inject(cfg, &r.prefix, &h.name, &h.value)?;
+        return Ok(Some(Credentials::fixed(name, value)));
+    }
+    let Some(c) = &r.credentials else {
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(c.values.len());
+    for v in &c.values {
+        values.push(resolve_inject(cfg, &r.prefix, &c.name, v)?.1);
+    }
+    Ok(Some(Credentials::pool(
+        &r.prefix,
+        c.name.clone(),
+        values,
+        c.cooldown,
+    )))
 }
 
 fn resolve_inject(
@@ -278,7 +330,7 @@ upstream = "http://127.0.0.1:1"
         assert_eq!(t.find("/v1/chat/completions"), Some(1));
         assert_eq!(t.find("/v1/models"), Some(2));
         assert_eq!(t.find("/other"), Some(0));
-        assert_eq!(t.upstreams.len(), 2);
+        assert_eq!(t.targets.len(), 3, "each route has its own targets");
     }
 
     #[test]
@@ -345,16 +397,26 @@ inject_header = { name = "Authorization", value = "@/nonexistent/secret.txt" }
     #[test]
     fn bad_upstreams_are_refused() {
         // check-config refuses these too; the route table must not rely on that.
-        for up in ["https://x:1", "http://127.0.0.1:1/base", "ftp://a"] {
+        for up in [
+            "http://127.0.0.1:1/base",
+            "ftp://a",
+            "https://surely-not-a-host.invalid",
+        ] {
             let mut c = cfg("");
             c.routes.push(crate::config::Route {
                 prefix: "/".into(),
-                upstream: up.into(),
+                upstream: crate::config::upstream::Upstreams::One(up.into()),
+                upstream_ca: None,
+                upstream_sni: None,
+                upstream_client_cert: None,
+                upstream_client_key: None,
+                resolve_interval: std::time::Duration::from_secs(30),
                 scopes: Vec::new(),
                 key_in_query: false,
                 key_in: None,
                 strip_key: true,
                 inject_header: None,
+                credentials: None,
             });
             assert!(RouteTable::build(&c).is_err(), "{up}");
         }

@@ -63,7 +63,6 @@ impl ShardState {
     pub fn new(n: usize, published: Arc<Published>, gate: Box<dyn Gate>) -> Self {
         let (settings, generation) = published.load();
         let settings = Rc::new((*settings).clone());
-        let upstreams = settings.routes.upstreams.len();
         Self {
             metrics: settings.metrics.shard(n),
             log: settings
@@ -78,7 +77,7 @@ impl ShardState {
             published,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
-            pool: RefCell::new(Pool::new(upstreams)),
+            pool: RefCell::new(Pool::default()),
             buffers: RefCell::new(BufferPool::default()),
             stopping: Cell::new(false),
             notify: Notify::new(),

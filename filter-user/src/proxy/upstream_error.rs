@@ -44,6 +44,15 @@ impl UpstreamError {
         Self { class, source: e }
     }
 
+    /// The TLS handshake failed: `what` says how (expired, unknown issuer, name mismatch, …).
+    #[must_use]
+    pub fn tls(what: String) -> Self {
+        Self {
+            class: UpstreamErrorClass::Tls,
+            source: io::Error::other(what),
+        }
+    }
+
     /// `limits.upstream_timeout` passed.
     #[must_use]
     pub fn timeout() -> Self {
