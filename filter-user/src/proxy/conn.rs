@@ -279,8 +279,20 @@ fn since(began: Option<Instant>) -> Duration {
 
 /// One line per failed upstream exchange: the route, the class and the cause (no key, no
 /// request bytes). Debug level: while an upstream is down every request fails, and the metrics
-/// and access log count them.
+/// and access log count them; a failed TLS handshake (expired, unknown issuer, name mismatch)
+/// is a warning.
 fn log_upstream_error(st: &Settings, p: &Prepared, e: &UpstreamError) {
+    if e.class == crate::codes::UpstreamErrorClass::Tls {
+        // A certificate that does not verify is a configuration problem to see at once.
+        tracing::warn!(
+            route = %st.routes.routes[p.route].prefix,
+            class = e.class.as_str(),
+            request_id = p.request_id.as_str(),
+            cause = %e.source,
+            "upstream TLS handshake failed"
+        );
+        return;
+    }
     tracing::debug!(
         route = %st.routes.routes[p.route].prefix,
         class = e.class.as_str(),

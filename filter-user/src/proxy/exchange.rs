@@ -149,6 +149,7 @@ where
         let key = UpKey {
             table: Arc::as_ptr(&st.routes) as usize,
             slot: t.slot,
+            generation: t.generation(),
         };
         let (mut up, reused) = match take_upstream(shard, c, key, t, st, fresh_only).await {
             Ok(x) => x,

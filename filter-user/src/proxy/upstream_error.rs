@@ -35,6 +35,14 @@ impl UpstreamError {
     /// Sending to or reading from an established connection failed with `e`.
     #[must_use]
     pub fn io(e: io::Error) -> Self {
+        // A TLS alert or error after the handshake (e.g. a client certificate refused under
+        // TLS 1.3, which the client learns on its first read) is the TLS layer's.
+        if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+            return Self {
+                class: UpstreamErrorClass::Tls,
+                source: e,
+            };
+        }
         let class = match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => UpstreamErrorClass::Timeout,
             io::ErrorKind::InvalidData => UpstreamErrorClass::BadResponse,

@@ -23,3 +23,4 @@ mod limits;
 mod names;
 mod stream;
 mod tls;
+mod upstreams;

@@ -106,6 +106,8 @@ pub struct Daemon {
     pub admin: SocketAddr,
     /// Set in the daemon's environment (not the CLI's), e.g. for `${…}` in the config.
     env: Vec<(String, String)>,
+    /// A command the daemon runs under (e.g. `unshare --mount …`), its arguments first.
+    wrap: Vec<String>,
     child: Option<Process>,
     /// Starts so far (each has its own log file).
     starts: u32,
@@ -165,6 +167,7 @@ token_file = "var/admin.token"
             http,
             admin,
             env: Vec::new(),
+            wrap: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -174,6 +177,14 @@ token_file = "var/admin.token"
     #[must_use]
     pub fn with_env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs the daemon under `wrap` (a command and its arguments, before the daemon's own
+    /// command line) from its next start on.
+    #[must_use]
+    pub fn wrapped(mut self, wrap: &[&str]) -> Self {
+        self.wrap = wrap.iter().map(|s| (*s).to_string()).collect();
         self
     }
 
@@ -206,9 +217,16 @@ token_file = "var/admin.token"
         // Each start writes a log of its own, so none is overwritten before it is scanned.
         self.starts += 1;
         let log = self.dir.path().join(format!("daemon.{}.log", self.starts));
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_edgefilter"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_edgefilter")),
+        };
         let child = Process::spawn_logging_to(
-            Command::new(env!("CARGO_BIN_EXE_edgefilter"))
-                .arg("--config")
+            cmd.arg("--config")
                 .arg(self.config())
                 .args(["run", "--no-xdp"])
                 .env_remove("EDGEFILTER_CONFIG")

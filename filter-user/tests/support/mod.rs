@@ -6,6 +6,7 @@ pub mod frames;
 pub mod leaks;
 pub mod netns;
 pub mod openapi;
+pub mod origin;
 pub mod pg;
 pub mod ports;
 pub mod proxy_env;

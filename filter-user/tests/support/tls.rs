@@ -27,7 +27,7 @@ impl Pki {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(DnType::CommonName, "edgefilter test CA");
+            .push(DnType::CommonName, format!("edgefilter test CA for {cn}"));
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let ca_pem = dir.path().join("ca.pem");
         std::fs::write(&ca_pem, ca.pem()).unwrap();
@@ -54,6 +54,27 @@ impl Pki {
         std::fs::write(&self.cert, cert.pem()).unwrap();
         std::fs::write(&self.key, key.serialize_pem()).unwrap();
         cert.der().to_vec()
+    }
+
+    /// Writes a leaf for `sans` (expired since 2021 when `expired`) as `<file>.pem` and
+    /// `<file>.key` in the PKI's directory; returns their paths.
+    pub fn issue_file(&self, file: &str, sans: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let sans: Vec<String> = sans.iter().map(|s| (*s).to_string()).collect();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, file);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
     }
 
     /// A rustls client config trusting the CA, offering `alpn`.

@@ -1,7 +1,9 @@
 //! A shard's idle upstream connections, one list per target slot of the route table in force.
-//! Connections are filed under the table they were made for ([`UpKey`]): when a reload brings
-//! a new route table, the first use under it drops the old table's connections, so a slot
-//! number never hands out a connection to another target.
+//! Connections are filed under the table they were made for and the target's address
+//! generation ([`UpKey`]): when a reload brings a new route table, the first use under it drops
+//! the old table's connections, so a slot number never hands out a connection to another
+//! target; when a target's name resolves to new addresses, its older connections are dropped
+//! as they come up.
 
 use super::stream::UpStream;
 
@@ -15,13 +17,15 @@ pub(crate) struct UpKey {
     pub table: usize,
     /// The target's slot in it.
     pub slot: usize,
+    /// The target's address generation when the connection was made.
+    pub generation: u64,
 }
 
 /// A shard's idle upstream connections.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     table: usize,
-    idle: Vec<Vec<UpStream>>,
+    idle: Vec<Vec<(u64, UpStream)>>,
 }
 
 impl Pool {
@@ -37,8 +41,8 @@ impl Pool {
     pub fn take(&mut self, key: UpKey) -> Option<UpStream> {
         self.follow(key.table);
         let list = self.idle.get_mut(key.slot)?;
-        while let Some(mut s) = list.pop() {
-            if s.idle_and_open() {
+        while let Some((generation, mut s)) = list.pop() {
+            if generation == key.generation && s.idle_and_open() {
                 return Some(s);
             }
         }
@@ -53,7 +57,7 @@ impl Pool {
         }
         let list = &mut self.idle[key.slot];
         if list.len() < MAX_IDLE {
-            list.push(s);
+            list.push((key.generation, s));
         }
     }
 }

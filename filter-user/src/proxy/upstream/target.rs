@@ -33,6 +33,8 @@ pub struct Target {
     addrs: ArcSwap<Vec<SocketAddr>>,
     /// Where the next connect starts in `addrs`.
     next_addr: AtomicUsize,
+    /// Bumped each time `addrs` changes: pooled connections made before are not reused.
+    generation: AtomicU64,
     /// A connect failed: re-resolve before the interval is up.
     resolve_soon: AtomicBool,
     /// When it was last resolved ([`now_ms`]).
@@ -89,6 +91,7 @@ impl Target {
             resolve_interval,
             addrs: ArcSwap::from_pointee(addrs),
             next_addr: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             resolve_soon: AtomicBool::new(false),
             resolved_at: AtomicU64::new(now_ms()),
             tls,
@@ -121,12 +124,20 @@ impl Target {
         self.resolve_soon.swap(false, Ordering::Relaxed) || due
     }
 
-    /// The resolver found `addrs` (not empty).
+    /// The resolver found `addrs` (not empty): new connections use them, and pooled ones
+    /// made to the old addresses are not reused.
     pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
         self.health
             .addresses
             .store(addrs.len() as u64, Ordering::Relaxed);
         self.addrs.store(Arc::new(addrs));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Which set of addresses is in force (changes when they do).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// `host:port` to look up.

@@ -115,6 +115,10 @@ pub fn describe(e: &std::io::Error) -> String {
                 format!("name mismatch: {c}")
             }
             CertificateError::Revoked => "certificate revoked".into(),
+            CertificateError::BadSignature => {
+                "bad signature: not signed by the trusted CA of that name (wrong upstream_ca?)"
+                    .into()
+            }
             other => format!("bad certificate: {other}"),
         },
         rustls::Error::AlertReceived(alert) => format!(
