@@ -87,6 +87,7 @@ pub const KEYS: &[Key] = &[
     restart("route.key_in_query"),
     restart("route.key_in"),
     restart("route.strip_key"),
+    restart("route.websocket"),
     restart("route.inject_header"),
 ];
 
@@ -192,6 +193,7 @@ scopes = ["a"]
 key_in_query = true
 key_in = ["x-api-key"]
 strip_key = false
+websocket = true
 inject_header = { name = "A", value = "b" }
 "#;
 
@@ -227,6 +229,7 @@ inject_header = { name = "A", value = "b" }
                 "route.key_in_query",
                 "route.key_in",
                 "route.strip_key",
+                "route.websocket",
                 "route.inject_header",
             ]
         );
@@ -238,7 +241,7 @@ inject_header = { name = "A", value = "b" }
         // Losing `[tls]` changes both of its keys.
         let no_tls = parse(
             "[[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9000\"\nscopes = [\"a\"]\n\
-             key_in_query = true\nkey_in = [\"x-api-key\"]\nstrip_key = false\n\
+             key_in_query = true\nkey_in = [\"x-api-key\"]\nstrip_key = false\nwebsocket = true\n\
              inject_header = { name = \"A\", value = \"b\" }\n[listen]\nhttp = [\"127.0.0.1:8080\"]\n",
         );
         let paths: Vec<&str> = changed(&old, &no_tls).iter().map(|k| k.path).collect();

@@ -67,9 +67,18 @@ prefix = "/v1/"
 upstream = "http://127.0.0.1:9000"
 scopes = ["ai:invoke"]
 key_in_query = false
+websocket = true
 inject_header = { name = "Authorization", value = "Bearer ${OPENAI_API_KEY}" }
+[[route]]
+prefix = "/v2/"
+upstream = "http://127.0.0.1:9001"
 "#;
     let cfg = parse(text).expect("SPEC §6 example parses");
+    assert!(cfg.routes[0].websocket);
+    assert!(
+        !cfg.routes[1].websocket,
+        "WebSocket upgrades are off by default"
+    );
     assert_eq!(cfg.xdp.mode, XdpMode::Monitor);
     assert_eq!(
         cfg.protected_ports(),
@@ -290,7 +299,6 @@ upstream_client_key = "c.key"
 resolve_interval = "30s"
 cost = 1
 ai = "openai"
-websocket = true
 [route.credentials]
 name = "Authorization"
 values = ["Bearer x"]
@@ -299,7 +307,7 @@ values = ["Bearer x"]
     let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
     assert_eq!(
         lines,
-        [4, 5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+        [4, 5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17],
         "{problems:#?}"
     );
     for (line, message) in &problems {
@@ -325,7 +333,7 @@ values = ["Bearer x"]
             .1
             .contains("route.upstream (a list of upstream targets")
     );
-    assert!(problems[12].1.contains("route.credentials"));
+    assert!(problems[11].1.contains("route.credentials"));
     for upstream in ["https://api.example.com", "unix:/run/gw.sock"] {
         let problems = parse(&format!(
             "{MINIMAL}[[route]]\nprefix = \"/v2/\"\nupstream = \"{upstream}\"\n"

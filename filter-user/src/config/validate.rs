@@ -140,7 +140,6 @@ pub(super) const NOT_YET: &[(&str, &str, &str)] = &[
     ),
     ("route", "cost", "credits per request"),
     ("route", "ai", "LLM token counting"),
-    ("route", "websocket", "WebSocket upgrades"),
     ("route", "credentials", "pools of provider credentials"),
 ];
 

@@ -78,6 +78,8 @@ pub struct CompiledRoute {
     pub key_headers: Vec<String>,
     /// Resolved `(name, value)` to inject; never logged.
     pub inject: Option<(String, String)>,
+    /// WebSocket upgrades are allowed (after the key check).
+    pub websocket: bool,
 }
 
 /// Every route, plus the distinct upstreams they point at.
@@ -135,6 +137,7 @@ impl RouteTable {
                 key_in_query: r.key_in_query,
                 key_headers,
                 inject,
+                websocket: r.websocket,
             });
         }
         table.by_len = (0..table.routes.len()).collect();
@@ -354,6 +357,7 @@ inject_header = { name = "Authorization", value = "@/nonexistent/secret.txt" }
                 key_in_query: false,
                 key_in: None,
                 strip_key: true,
+                websocket: false,
                 inject_header: None,
             });
             assert!(RouteTable::build(&c).is_err(), "{up}");
