@@ -2,9 +2,10 @@
 //! stream the rest of the body with bounded buffers (a chunked body's trailer section parsed and
 //! filtered by [`forward::write_trailers`], never passed verbatim), read the upstream's answer
 //! and stream it back as it arrives. A reused upstream connection found dead before any answer byte is
-//! retried once on a fresh one when the whole request is still in hand. The [`Outcome`] says
-//! whether the client connection goes on and, when the upstream failed, why (classified once,
-//! by [`UpstreamError`]).
+//! retried once on a fresh one when the whole request is still in hand. A `101` to a WebSocket
+//! upgrade is passed on and the connection becomes a [`tunnel`] until either side closes. The
+//! [`Outcome`] says whether the client connection goes on and, when the upstream failed, why
+//! (classified once, by [`UpstreamError`]).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use super::response::{self, RespFraming, RespHead, RespStep};
 use super::route::CompiledRoute;
 use super::settings::Settings;
 use super::state::ShardState;
+use super::tunnel::{self, End};
 use super::upstream;
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
 use crate::codes::{ErrorCode, Rule};
@@ -187,6 +189,12 @@ where
                 shard.metrics.upstream(took);
                 break (h, took);
             }
+            // Switching protocols is welcome only after an upgrade request.
+            RespStep::Switch(h) if p.upgrade => {
+                let took = sent.elapsed();
+                shard.metrics.upstream(took);
+                break (h, took);
+            }
             RespStep::Interim(n) => {
                 if !c.rout.is_empty() && write_client(io, &c.rout, st.client_timeout).await.is_err()
                 {
@@ -195,7 +203,7 @@ where
                 c.rbuf.advance(n);
                 continue;
             }
-            RespStep::Bad => {
+            RespStep::Bad | RespStep::Switch(_) => {
                 let e = UpstreamError::bad_response("unparsable, oversized or unsupported head");
                 return failed(c, io, st, ErrorCode::UpstreamUnavailable, e, rid, true).await;
             }
@@ -232,7 +240,12 @@ where
     };
     let _ = reused;
     let (head, took) = head;
-    let mut outcome = relay_response(st, c, io, up, up_idx, &head).await;
+    // Only a `RespStep::Switch` has status 101.
+    let mut outcome = if head.status == 101 {
+        switch(st, c, io, up, &head).await
+    } else {
+        relay_response(st, c, io, up, up_idx, &head).await
+    };
     outcome.status = Some(head.status);
     outcome.upstream_took = Some(took);
     outcome
@@ -304,6 +317,40 @@ where
         Flow::Close.into()
     } else {
         Flow::Continue.into()
+    }
+}
+
+/// Passes the `101` head on, then relays bytes both ways ([`tunnel::relay`]) until either side
+/// closes or both are silent for `limits.client_timeout`, counting them as the request's bytes
+/// in and out. The upstream connection is closed, never reused; the client's closes too.
+async fn switch<S, U>(
+    st: &Settings,
+    c: &mut Conn,
+    io: &mut S,
+    mut up: U,
+    head: &RespHead,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    c.rbuf.advance(head.head_len);
+    c.sent += c.rout.len() as u64;
+    if write_client(io, &c.rout, st.client_timeout).await.is_err() {
+        return Flow::Close.into();
+    }
+    let relayed = tunnel::relay(io, &mut up, &mut c.buf, &mut c.rbuf, st.client_timeout).await;
+    c.body_in += relayed.to_upstream;
+    c.sent += relayed.to_client;
+    c.buf.clear();
+    c.rbuf.clear();
+    let _ = timeout(st.upstream_timeout, up.shutdown()).await;
+    Outcome {
+        upstream_error: match relayed.end {
+            End::UpstreamFailed(e) => Some(UpstreamError::io(e)),
+            End::ClientClosed | End::UpstreamClosed | End::Idle | End::ClientFailed => None,
+        },
+        ..Flow::Close.into()
     }
 }
 
