@@ -239,11 +239,13 @@ pub enum Rule {
     PathEmptySegment,
     /// A `.` or `..` segment, however written (`%2e`, `..;param`).
     PathDotSegment,
+    /// A WebSocket upgrade on a route without `websocket = true`.
+    WebsocketNotAllowed,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::HeadSyntax,
         Self::HostMissing,
         Self::HostDuplicate,
@@ -264,6 +266,7 @@ impl Rule {
         Self::PathEncodedSlash,
         Self::PathEmptySegment,
         Self::PathDotSegment,
+        Self::WebsocketNotAllowed,
     ];
 
     /// The machine-readable name, e.g. `path_dot_segment`.
@@ -290,6 +293,7 @@ impl Rule {
             Self::PathEncodedSlash => "path_encoded_slash",
             Self::PathEmptySegment => "path_empty_segment",
             Self::PathDotSegment => "path_dot_segment",
+            Self::WebsocketNotAllowed => "websocket_not_allowed",
         }
     }
 
@@ -355,6 +359,11 @@ impl Rule {
             Self::PathDotSegment => {
                 "The path holds a `.` or `..` segment (also as `%2e` or `..;param`), which \
                  upstreams resolve out of the route. Send the resolved path."
+            }
+            Self::WebsocketNotAllowed => {
+                "This route does not accept WebSocket upgrades (`Connection: Upgrade`, \
+                 `Upgrade: websocket`): send the request without them, or use a route that \
+                 accepts WebSockets."
             }
         }
     }

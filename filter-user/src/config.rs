@@ -371,6 +371,9 @@ pub struct Route {
     /// Remove the key header before forwarding (default true).
     #[serde(default = "default_true")]
     pub strip_key: bool,
+    /// `Upgrade: websocket` is allowed here (after the key check); elsewhere it is refused.
+    #[serde(default)]
+    pub websocket: bool,
     /// Credential injected towards the upstream (`${ENV}` expanded, `@/path` read from a file).
     #[serde(default)]
     pub inject_header: Option<InjectHeader>,

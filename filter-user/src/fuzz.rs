@@ -208,6 +208,40 @@ pub fn response_head(data: &[u8]) {
                 assert!(h.close_client);
             }
         }
+        RespStep::Switch(h) => {
+            assert!(h.head_len <= buf.len());
+            assert_eq!(h.status, 101);
+            assert!(
+                h.close_client && !h.reusable,
+                "a switched connection kept for HTTP"
+            );
+            check_switch(&out);
+        }
+    }
+}
+
+/// Checks a rewritten `101` head: one complete head, our `X-Request-Id` once, the upstream's
+/// `Upgrade` kept, `Connection: Upgrade` alone, no body framing and no other hop-by-hop header.
+fn check_switch(out: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the head"),
+        other => panic!("rewritten 101 does not parse: {other:?}"),
+    }
+    let h = resp.headers;
+    assert_eq!(values(h, "x-request-id"), [b"fuzz-rid".as_slice()]);
+    assert_eq!(values(h, "connection"), [b"Upgrade".as_slice()]);
+    assert!(!values(h, "upgrade").is_empty(), "a 101 without Upgrade");
+    for hop in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "content-length",
+        "transfer-encoding",
+    ] {
+        assert!(values(h, hop).is_empty(), "{hop} passed on in a 101");
     }
 }
 

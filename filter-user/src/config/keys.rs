@@ -87,6 +87,7 @@ pub const KEYS: &[Key] = &[
     restart("route.key_in_query"),
     restart("route.key_in"),
     restart("route.strip_key"),
+    restart("route.websocket"),
     restart("route.inject_header"),
     restart("route.upstream_ca"),
     restart("route.upstream_sni"),
@@ -198,6 +199,7 @@ scopes = ["a"]
 key_in_query = true
 key_in = ["x-api-key"]
 strip_key = false
+websocket = true
 inject_header = { name = "A", value = "b" }
 [[route]]
 prefix = "/ai/"
@@ -242,6 +244,7 @@ credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], coold
                 "route.key_in_query",
                 "route.key_in",
                 "route.strip_key",
+                "route.websocket",
                 "route.inject_header",
                 "route.upstream_ca",
                 "route.upstream_sni",
@@ -259,7 +262,7 @@ credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], coold
         // Losing `[tls]` changes both of its keys.
         let no_tls = parse(
             "[[route]]\nprefix = \"/v1/\"\nupstream = \"http://127.0.0.1:9000\"\nscopes = [\"a\"]\n\
-             key_in_query = true\nkey_in = [\"x-api-key\"]\nstrip_key = false\n\
+             key_in_query = true\nkey_in = [\"x-api-key\"]\nstrip_key = false\nwebsocket = true\n\
              inject_header = { name = \"A\", value = \"b\" }\n\
              [[route]]\nprefix = \"/ai/\"\n\
              upstream = [\"https://a.example:8443\", \"https://b.example:8443\"]\n\

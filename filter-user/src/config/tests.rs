@@ -67,9 +67,18 @@ prefix = "/v1/"
 upstream = "http://127.0.0.1:9000"
 scopes = ["ai:invoke"]
 key_in_query = false
+websocket = true
 inject_header = { name = "Authorization", value = "Bearer ${OPENAI_API_KEY}" }
+[[route]]
+prefix = "/v2/"
+upstream = "http://127.0.0.1:9001"
 "#;
     let cfg = parse(text).expect("SPEC §6 example parses");
+    assert!(cfg.routes[0].websocket);
+    assert!(
+        !cfg.routes[1].websocket,
+        "WebSocket upgrades are off by default"
+    );
     assert_eq!(cfg.xdp.mode, XdpMode::Monitor);
     assert_eq!(
         cfg.protected_ports(),

@@ -13,6 +13,9 @@
 //! - a provider that answers 429, 401 or 403 to a pooled credential did not act: the request
 //!   goes again with the next credential (when held whole), and the value rests.
 //!
+//! A `101` to a WebSocket upgrade is passed on and the connection becomes a [`tunnel`] until
+//! either side closes.
+//!
 //! The [`Outcome`] says whether the client connection goes on and, when the upstream failed,
 //! why (classified once, by [`UpstreamError`]); the client's 502/504 carries the key id and a
 //! hint naming the stage that failed.
@@ -34,6 +37,7 @@ use super::response::{self, RespFraming, RespHead, RespStep};
 use super::route::CompiledRoute;
 use super::settings::Settings;
 use super::state::ShardState;
+use super::tunnel::{self, End};
 use super::upstream::{Target, UpKey, UpStream};
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
 use crate::codes::{ErrorCode, Rule};
@@ -215,8 +219,13 @@ where
         };
         return failed(c, io, st, why, rid, close).await;
     };
-    drop(in_flight);
-    let mut outcome = relay_response(st, c, io, up, key, &head).await;
+    // Only a `RespStep::Switch` has status 101.
+    let mut outcome = if head.status == 101 {
+        switch(st, c, io, up, &head).await
+    } else {
+        drop(in_flight);
+        relay_response(st, c, io, up, key, &head).await
+    };
     outcome.status = Some(head.status);
     outcome.upstream_took = Some(took);
     outcome
@@ -457,6 +466,12 @@ where
                 shard.metrics.upstream(took);
                 return Trip::Answered(h, took);
             }
+            // Switching protocols is welcome only after an upgrade request.
+            RespStep::Switch(h) if p.upgrade => {
+                let took = sent.elapsed();
+                shard.metrics.upstream(took);
+                return Trip::Answered(h, took);
+            }
             RespStep::Interim(n) => {
                 if !c.rout.is_empty() {
                     passed_interim = true;
@@ -467,7 +482,7 @@ where
                 c.rbuf.advance(n);
                 continue;
             }
-            RespStep::Bad => {
+            RespStep::Bad | RespStep::Switch(_) => {
                 let e = UpstreamError::bad_response("unparsable, oversized or unsupported head");
                 let mut f = upstream_failure(e, Stage::ResponseHead, false);
                 if let Trip::Failed(f) = &mut f {
@@ -627,6 +642,40 @@ where
         Flow::Close.into()
     } else {
         Flow::Continue.into()
+    }
+}
+
+/// Passes the `101` head on, then relays bytes both ways ([`tunnel::relay`]) until either side
+/// closes or both are silent for `limits.client_timeout`, counting them as the request's bytes
+/// in and out. The upstream connection is closed, never reused; the client's closes too.
+async fn switch<S, U>(
+    st: &Settings,
+    c: &mut Conn,
+    io: &mut S,
+    mut up: U,
+    head: &RespHead,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    c.rbuf.advance(head.head_len);
+    c.sent += c.rout.len() as u64;
+    if write_client(io, &c.rout, st.client_timeout).await.is_err() {
+        return Flow::Close.into();
+    }
+    let relayed = tunnel::relay(io, &mut up, &mut c.buf, &mut c.rbuf, st.client_timeout).await;
+    c.body_in += relayed.to_upstream;
+    c.sent += relayed.to_client;
+    c.buf.clear();
+    c.rbuf.clear();
+    let _ = timeout(st.upstream_timeout, up.shutdown()).await;
+    Outcome {
+        upstream_error: match relayed.end {
+            End::UpstreamFailed(e) => Some(UpstreamError::io(e)),
+            End::ClientClosed | End::UpstreamClosed | End::Idle | End::ClientFailed => None,
+        },
+        ..Flow::Close.into()
     }
 }
 

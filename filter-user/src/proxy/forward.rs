@@ -56,6 +56,9 @@ pub(crate) struct Forward<'a, 'b> {
     pub framing: Framing,
     /// The client speaks HTTP/1.0: ask the same of the upstream so it never answers chunked.
     pub http10: bool,
+    /// A WebSocket upgrade the route allows: `Connection: Upgrade` and `Upgrade: websocket` go
+    /// upstream (the client's own are dropped as hop-by-hop, as always).
+    pub upgrade: bool,
 }
 
 /// Where the caller's identity sits in a written head: byte ranges of the
@@ -166,6 +169,9 @@ pub(crate) fn write_head(out: &mut Vec<u8>, f: &Forward<'_, '_>) -> Result<Writt
         }
         None => None,
     };
+    if f.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    }
     match f.framing {
         Framing::Empty => {}
         Framing::Length(n) => {
@@ -408,6 +414,7 @@ mod tests {
                 "X-Upstream-Key".into(),
                 "sk-upstream".into(),
             )),
+            websocket: false,
         }
     }
 
@@ -438,6 +445,7 @@ mod tests {
                 identity,
                 framing: Framing::Empty,
                 http10: false,
+                upgrade: false,
             },
         )?;
         Ok(String::from_utf8(out).unwrap())
@@ -545,6 +553,69 @@ mod tests {
         // HTAB, spaces and obs-text (UTF-8 included) are field-value bytes.
         let sent = head(&[h("X-Note", "ac\tme José Müller")], None).unwrap();
         assert!(sent.contains("X-Note: ac\tme José Müller\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn an_upgrade_goes_upstream_as_one_with_its_websocket_fields_and_without_the_key() {
+        let route = route();
+        let scan = Scan::default();
+        let rid = RequestId::from_caller(b"rid-1").unwrap();
+        let mut out = Vec::new();
+        let headers = [
+            h("Connection", "keep-alive, Upgrade"),
+            h("Upgrade", "WebSocket"),
+            h("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            h("Sec-WebSocket-Version", "13"),
+            h("Sec-WebSocket-Protocol", "realtime"),
+            h("Authorization", "Bearer ef_live_secret"),
+        ];
+        for upgrade in [true, false] {
+            write_head(
+                &mut out,
+                &Forward {
+                    method: "GET",
+                    path: "/v1/realtime",
+                    query: None,
+                    headers: &headers,
+                    scan: &scan,
+                    route: &route,
+                    authority: "up:9000",
+                    credential: None,
+                    peer: "203.0.113.7",
+                    trusted: false,
+                    tls: false,
+                    request_id: &rid,
+                    identity: None,
+                    framing: Framing::Empty,
+                    http10: false,
+                    upgrade,
+                },
+            )
+            .unwrap();
+            let sent = String::from_utf8(out.clone()).unwrap();
+            assert!(
+                sent.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+                    && sent.contains("Sec-WebSocket-Version: 13\r\n")
+                    && sent.contains("Sec-WebSocket-Protocol: realtime\r\n"),
+                "{sent}"
+            );
+            assert!(
+                !sent.contains("ef_live") && !sent.contains("keep-alive"),
+                "{sent}"
+            );
+            let hop = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+            assert_eq!(
+                sent.matches("Connection").count(),
+                usize::from(upgrade),
+                "{sent}"
+            );
+            assert_eq!(
+                sent.matches("Upgrade: ").count(),
+                usize::from(upgrade),
+                "{sent}"
+            );
+            assert_eq!(sent.contains(hop), upgrade, "{sent}");
+        }
     }
 
     /// The trailer section as forwarded, or the refusal.

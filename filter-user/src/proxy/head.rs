@@ -80,6 +80,9 @@ pub struct Prepared {
     pub expect_continue: bool,
     /// `HEAD` request (no response body).
     pub is_head: bool,
+    /// A WebSocket upgrade (on a route that allows it), forwarded as one: a `101` answer
+    /// turns the connection into a tunnel.
+    pub upgrade: bool,
     /// Matched route index.
     pub route: usize,
     /// The request's id.
@@ -121,6 +124,11 @@ pub struct Refusal {
 
 /// What to do with the bytes read so far.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and matched at once; boxing `Prepared` would put a heap \
+              allocation on the hot path, which allocates nothing"
+)]
 pub enum Step {
     /// The head is incomplete: read more.
     Partial,
@@ -226,6 +234,22 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     let Some(route) = ctx.routes.find(path) else {
         return refuse_here(ErrorCode::NoRoute, None);
     };
+    // A WebSocket opening handshake (RFC 6455 §4.1); any other `Upgrade` is dropped as
+    // hop-by-hop and the request forwarded as plain HTTP.
+    let upgrade =
+        method == "GET" && version == 1 && scan.connection_upgrade && scan.upgrade_websocket;
+    if upgrade && !ctx.routes.routes[route].websocket {
+        return Step::Refuse(Box::new(Refusal {
+            head_len: Some(head_len),
+            framing,
+            keep_alive,
+            request_id,
+            route: Some(route),
+            line: Some(line),
+            denial: Denial::new(ErrorCode::BadRequest),
+            rule: Some(Rule::WebsocketNotAllowed),
+        }));
+    }
     let trusted = ctx.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
     let peer = client_ip(ctx.peer, trusted, scan.xff);
     let verdict = ctx.gate.check(&GateRequest {
@@ -303,6 +327,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             identity,
             framing,
             http10: version == 0,
+            upgrade,
         },
     );
     let written = match written {
@@ -327,6 +352,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         keep_alive,
         expect_continue: scan.expect_continue,
         is_head: method == "HEAD",
+        upgrade,
         route,
         request_id,
         line,

@@ -26,6 +26,10 @@ pub(crate) struct Scan<'b> {
     pub close: bool,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// `Connection` names `upgrade`.
+    pub connection_upgrade: bool,
+    /// An `Upgrade` header offers `websocket`.
+    pub upgrade_websocket: bool,
     pub host: Option<&'b str>,
     pub request_id: Option<&'b [u8]>,
     pub xff: Option<&'b str>,
@@ -105,6 +109,8 @@ pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, Rul
                         s.close = true;
                     } else if tok.eq_ignore_ascii_case("keep-alive") {
                         s.keep_alive = true;
+                    } else if tok.eq_ignore_ascii_case("upgrade") {
+                        s.connection_upgrade = true;
                     }
                 }
                 if s.n_connection < s.connection.len() {
@@ -114,6 +120,7 @@ pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, Rul
                     return Err(Rule::ConnectionHeaders);
                 }
             }
+            7 if is(name, "upgrade") => s.upgrade_websocket |= offers_websocket(value),
             12 if is(name, "x-request-id") => s.request_id = Some(value),
             14 if is(name, "content-length") => {
                 let n = parse_length(value).map_err(|()| Rule::ContentLength)?;
@@ -135,6 +142,14 @@ pub(crate) fn scan<'b>(headers: &[httparse::Header<'b>]) -> Result<Scan<'b>, Rul
         }
     }
     Ok(s)
+}
+
+/// Whether an `Upgrade` value lists `websocket` (case-insensitive, RFC 6455 §4.2.1) among its
+/// protocols.
+fn offers_websocket(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|p| trim(p).eq_ignore_ascii_case(b"websocket"))
 }
 
 /// `Content-Length`: 1 to 19 ASCII digits, nothing else.
@@ -174,6 +189,24 @@ mod tests {
         assert!(reads_as_prefix("X_EDGEFILTER_Anything", "x-edgefilter-"));
         assert!(!reads_as_prefix("X_Edgefilter_", "x-edgefilter-"));
         assert!(!is("Content_Length", "content-length"));
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_found_in_connection_and_upgrade() {
+        let h = |name, value: &'static str| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        };
+        let s = scan(&[
+            h("Connection", "keep-alive, Upgrade"),
+            h("Upgrade", "h2c, WebSocket"),
+        ])
+        .unwrap();
+        assert!(s.connection_upgrade && s.upgrade_websocket);
+        let s = scan(&[h("Connection", "close"), h("Upgrade", "websocket/13x")]).unwrap();
+        assert!(!s.connection_upgrade && !s.upgrade_websocket);
+        let s = scan(&[h("Upgrade", "h2c")]).unwrap();
+        assert!(!s.upgrade_websocket);
     }
 
     #[test]

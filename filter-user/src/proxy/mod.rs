@@ -14,7 +14,8 @@
 //!
 //! 1. leaves: `admit` (connection counts and limits, shared by the shards), `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
 //!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `upstream_error` (why an upstream
-//!    failed, classified), `trim` (freed memory back to the kernel after a mass close);
+//!    failed, classified), `trim` (freed memory back to the kernel after a mass close), `tunnel`
+//!    (the byte relay of a switched connection);
 //! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
 //!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
 //!    `forward` (what of the client's head and trailers goes upstream);
@@ -62,6 +63,7 @@ mod shard;
 mod state;
 pub mod tls;
 mod trim;
+mod tunnel;
 pub mod upstream;
 pub mod upstream_error;
 

@@ -1,5 +1,7 @@
 //! Upstream response heads: parsed in place, framing decided (HEAD, 1xx, 204 and 304 have no
-//! body), hop-by-hop headers removed, `X-Request-Id` set, and rewritten into a reused buffer.
+//! body), hop-by-hop headers removed, `X-Request-Id` set, and rewritten into a reused buffer. A
+//! `101 Switching Protocols` keeps its `Upgrade` and says `Connection: Upgrade`; whether it is
+//! welcome (only after a WebSocket upgrade request) is the caller's call.
 
 use std::mem::MaybeUninit;
 
@@ -42,7 +44,10 @@ pub(crate) enum RespStep {
     /// it is not passed on (`100 Continue`, which the proxy answers itself).
     Interim(usize),
     Final(RespHead),
-    /// Unparseable, oversized, or a shape we do not pass (`101`).
+    /// `101 Switching Protocols` with an `Upgrade` header: what follows its head is the new
+    /// protocol's.
+    Switch(RespHead),
+    /// Unparseable, oversized, or a shape we do not pass (a `101` without `Upgrade`).
     Bad,
 }
 
@@ -76,6 +81,7 @@ pub(crate) fn process(
     let mut te: Option<bool> = None;
     let mut connection: Option<&str> = None;
     let mut retry_after: Option<u64> = None;
+    let mut upgrade = false;
     for h in resp.headers.iter() {
         match h.name.len() {
             10 if is(h.name, "connection") => {
@@ -107,16 +113,18 @@ pub(crate) fn process(
                 let last = trim(h.value).rsplit(|&b| b == b',').next().map(trim);
                 te = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
             }
+            7 if is(h.name, "upgrade") => upgrade = true,
             _ => {}
         }
     }
-    let interim = (100..200).contains(&code);
+    let switch = code == 101;
+    let interim = (100..200).contains(&code) && !switch;
     // httparse takes any three digits; "004" would be re-sent as an unreadable "4" (found by
     // fuzzing). Codes below 100 do not exist.
-    if code == 101 || code < 100 {
+    if (switch && !upgrade) || code < 100 {
         return RespStep::Bad;
     }
-    let framing = if interim || is_head || code == 204 || code == 304 {
+    let framing = if switch || interim || is_head || code == 204 || code == 304 {
         RespFraming::Empty
     } else {
         match (te, length) {
@@ -136,16 +144,20 @@ pub(crate) fn process(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
+        // A switch keeps its `Upgrade` (the protocol switched to) and has no body framing.
+        let kept_upgrade = switch && is(h.name, "upgrade");
         let drop = match h.name.len() {
             2 => is(h.name, "te"),
-            7 => is(h.name, "upgrade") || is(h.name, "trailer"),
+            7 => is(h.name, "trailer") || (is(h.name, "upgrade") && !kept_upgrade),
             10 => is(h.name, "connection") || is(h.name, "keep-alive"),
             12 => is(h.name, "x-request-id"),
-            14 => te.is_some() && is(h.name, "content-length"),
+            14 => (te.is_some() || switch) && is(h.name, "content-length"),
             16 => is(h.name, "proxy-connection"),
+            17 => switch && is(h.name, "transfer-encoding"),
             _ => false,
-        } || connection
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(h.name)));
+        } || (!kept_upgrade
+            && connection
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(h.name))));
         if !drop {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
@@ -159,6 +171,17 @@ pub(crate) fn process(
     if interim {
         out.extend_from_slice(b"\r\n");
         return RespStep::Interim(head_len);
+    }
+    if switch {
+        out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+        return RespStep::Switch(RespHead {
+            status: code,
+            head_len,
+            framing,
+            reusable: false,
+            close_client: true,
+            retry_after: None,
+        });
     }
     if close_client {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -244,6 +267,30 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             false,
         );
+        assert!(matches!(s, RespStep::Bad));
+    }
+
+    #[test]
+    fn a_switch_keeps_its_upgrade_and_drops_other_hop_by_hop_headers() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+              Content-Length: 0\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
+        let (s, out) = run(raw, false);
+        let RespStep::Switch(h) = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!((h.status, h.framing), (101, RespFraming::Empty));
+        assert!(!h.reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Request-Id: rid\r\n\
+             Connection: Upgrade\r\n\r\n"
+        );
+        // The frame after the head is not part of it.
+        assert_eq!(h.head_len, raw.len() - 4);
+        // A switch to nothing named is not passed on.
+        let (s, _) = run(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false);
         assert!(matches!(s, RespStep::Bad));
     }
 }

@@ -75,6 +75,8 @@ pub struct CompiledRoute {
     pub key_headers: Vec<String>,
     /// The credential injected towards the upstream; never logged.
     pub credentials: Option<Credentials>,
+    /// WebSocket upgrades are allowed (after the key check).
+    pub websocket: bool,
 }
 
 impl CompiledRoute {
@@ -142,6 +144,7 @@ impl RouteTable {
                 key_in_query: r.key_in_query,
                 key_headers,
                 credentials,
+                websocket: r.websocket,
             });
         }
         table.by_len = (0..table.routes.len()).collect();
@@ -415,6 +418,7 @@ inject_header = { name = "Authorization", value = "@/nonexistent/secret.txt" }
                 key_in_query: false,
                 key_in: None,
                 strip_key: true,
+                websocket: false,
                 inject_header: None,
                 credentials: None,
             });

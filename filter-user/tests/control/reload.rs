@@ -77,6 +77,7 @@ const ROWS: &[(&str, &str, After)] = &[
     ("route.key_in_query",       "keys::decide::a_query_key_is_percent_decoded_before_it_is_checked",  After::NeedsRestart),
     ("route.key_in",             "keys::decide::missing_wrong_place_malformed_checksum_environment_unknown", After::NeedsRestart),
     ("route.strip_key",          "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
+    ("route.websocket",          "proxy::websocket::*",                                                After::NeedsRestart),
     ("route.inject_header",      "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
 ];
 

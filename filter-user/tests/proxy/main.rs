@@ -1,7 +1,7 @@
 //! The proxy, one test binary: HTTP/1.1 semantics, limits, streaming, TLS and draining through
-//! the in-process proxy; every answer code, and stored names that break their rule, through the
-//! real daemon; the allocation-free hot path; and (with the `fuzzing` feature) the fuzz corpus
-//! replay.
+//! the in-process proxy; every answer code, stored names that break their rule, and WebSockets,
+//! through the real daemon; the allocation-free hot path; and (with the `fuzzing` feature) the
+//! fuzz corpus replay.
 
 #[allow(
     dead_code,
@@ -24,3 +24,4 @@ mod names;
 mod stream;
 mod tls;
 mod upstreams;
+mod websocket;
