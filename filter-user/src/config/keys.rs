@@ -81,13 +81,13 @@ pub const KEYS: &[Key] = &[
     applied("autoblock.exempt"),
     restart("log.format"),
     restart("log.access_log"),
-    restart("route.prefix"),
-    restart("route.upstream"),
-    restart("route.scopes"),
-    restart("route.key_in_query"),
-    restart("route.key_in"),
-    restart("route.strip_key"),
-    restart("route.inject_header"),
+    applied("route.prefix"),
+    applied("route.upstream"),
+    applied("route.scopes"),
+    applied("route.key_in_query"),
+    applied("route.key_in"),
+    applied("route.strip_key"),
+    applied("route.inject_header"),
 ];
 
 /// The entry of [`KEYS`] for `path`.
@@ -121,7 +121,6 @@ pub fn running_with(old: &Config, new: &Config) -> Config {
     run.admin = old.admin.clone();
     run.keys.environment = old.keys.environment.clone();
     run.log = old.log.clone();
-    run.routes = old.routes.clone();
     run.base_dir = old.base_dir.clone();
     run
 }

@@ -82,9 +82,11 @@ where
     }
 }
 
-/// Forwards the request `p` whose upstream head is in `c.out`.
+/// Forwards the request `p` whose upstream head is in `c.out`, with the settings `st` it was
+/// routed by.
 pub(crate) async fn forward<S>(
     shard: &ShardState,
+    st: &Settings,
     c: &mut Conn,
     io: &mut S,
     p: &Prepared,
@@ -92,8 +94,6 @@ pub(crate) async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = shard.settings();
-    let st = &*settings;
     let rid = p.request_id.as_str();
     c.buf.advance(p.head_len);
     let mut body = BodyState::new(p.framing, st.max_body_bytes);
@@ -125,7 +125,7 @@ where
     // The whole request is in `c.out`: a stale pooled connection can be retried safely.
     let whole = body.done();
     let up_idx = st.routes.routes[p.route].upstream;
-    let (mut up, mut reused) = match take_upstream(shard, c, up_idx).await {
+    let (mut up, mut reused) = match take_upstream(shard, st, c, up_idx).await {
         Ok(x) => x,
         Err(e) => {
             let close = !whole || !p.keep_alive;
@@ -346,18 +346,19 @@ fn connect_code(e: &UpstreamError) -> ErrorCode {
 /// The connection kept from the last request, a pooled one, or a new one. `true` = reused.
 async fn take_upstream(
     shard: &ShardState,
+    st: &Settings,
     c: &mut Conn,
     up_idx: usize,
 ) -> Result<(TcpStream, bool), UpstreamError> {
     match c.up.take() {
         Some((i, s)) if i == up_idx => return Ok((s, true)),
-        Some((i, s)) => shard.pool.borrow_mut().put(i, s),
+        Some((i, s)) => shard.keep_pooled(&st.routes, i, s),
         None => {}
     }
-    if let Some(s) = shard.pool.borrow_mut().take(up_idx) {
+    if let Some(s) = shard.pooled(&st.routes, up_idx) {
         return Ok((s, true));
     }
-    fresh(&shard.settings(), up_idx).await.map(|s| (s, false))
+    fresh(st, up_idx).await.map(|s| (s, false))
 }
 
 async fn fresh(st: &Settings, up_idx: usize) -> Result<TcpStream, UpstreamError> {
@@ -463,6 +464,7 @@ mod tests {
                 peer_text: "127.0.0.1",
                 trusted_proxies: &st.trusted_proxies,
                 gate: &mut **gate,
+                gate_rules: None,
                 ids: &mut ids,
             };
             head::process(&c.buf, &mut ctx, &mut c.out)
@@ -470,7 +472,7 @@ mod tests {
         let Step::Forward(p) = step else {
             panic!("not forwarded: {step:?}");
         };
-        let outcome = forward(&shard, &mut c, &mut server, &p).await;
+        let outcome = forward(&shard, &shard.settings(), &mut c, &mut server, &p).await;
         drop(server);
         let mut seen = Vec::new();
         let _ = client.read_to_end(&mut seen).await;

@@ -1,5 +1,6 @@
 //! A shard's own state, shared by its connection tasks on its one thread: the settings, its
-//! gate, request-id maker, upstream pool, metrics, recent denials and auto-block failure
+//! gate, request-id maker, upstream pool (for the route table in force: a reload that brings
+//! another one closes the idle connections), metrics, recent denials and auto-block failure
 //! counter, and the drain flag. `RefCell`/`Cell` only — nothing here crosses threads, and
 //! nothing is borrowed across an `.await`.
 
@@ -8,12 +9,14 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::admit::Admission;
 use super::io::BufferPool;
 use super::reqid::IdGen;
+use super::route::RouteTable;
 use super::settings::{Published, Settings};
 use super::upstream::Pool;
 use crate::autoblock::ShardFailures;
@@ -30,7 +33,9 @@ pub(crate) struct ShardState {
     settings: RefCell<(Rc<Settings>, u64)>,
     pub gate: RefCell<Box<dyn Gate>>,
     pub ids: RefCell<IdGen>,
-    pub pool: RefCell<Pool>,
+    /// Idle upstream connections, filed by upstream index of the route table they are for
+    /// (the one in force here; see [`ShardState::pooled`]).
+    pool: RefCell<(Arc<RouteTable>, Pool)>,
     /// Spare client buffers, for connections waking from idle.
     pub buffers: RefCell<BufferPool>,
     /// Set once draining starts.
@@ -63,7 +68,10 @@ impl ShardState {
     pub fn new(n: usize, published: Arc<Published>, gate: Box<dyn Gate>) -> Self {
         let (settings, generation) = published.load();
         let settings = Rc::new((*settings).clone());
-        let upstreams = settings.routes.upstreams.len();
+        let pool = (
+            Arc::clone(&settings.routes),
+            Pool::new(settings.routes.upstreams.len()),
+        );
         Self {
             metrics: settings.metrics.shard(n),
             log: settings
@@ -78,7 +86,7 @@ impl ShardState {
             published,
             gate: RefCell::new(gate),
             ids: RefCell::new(IdGen::new(n)),
-            pool: RefCell::new(Pool::new(upstreams)),
+            pool: RefCell::new(pool),
             buffers: RefCell::new(BufferPool::default()),
             stopping: Cell::new(false),
             notify: Notify::new(),
@@ -107,9 +115,39 @@ impl ShardState {
         let mut mine = self.settings.borrow_mut();
         if mine.1 != generation {
             let (settings, generation) = self.published.load();
+            let mut pool = self.pool.borrow_mut();
+            if !Arc::ptr_eq(&pool.0, &settings.routes) {
+                // Upstream indexes mean other upstreams now: the idle connections close.
+                *pool = (
+                    Arc::clone(&settings.routes),
+                    Pool::new(settings.routes.upstreams.len()),
+                );
+            }
             *mine = (Rc::new((*settings).clone()), generation);
         }
         Rc::clone(&mine.0)
+    }
+
+    /// An idle connection to upstream `up` of `routes` (the route table of the request asking);
+    /// none when the shard serves another table now.
+    #[inline]
+    pub fn pooled(&self, routes: &Arc<RouteTable>, up: usize) -> Option<TcpStream> {
+        let mut pool = self.pool.borrow_mut();
+        if !Arc::ptr_eq(&pool.0, routes) {
+            return None;
+        }
+        pool.1.take(up)
+    }
+
+    /// Keeps `s`, a clean connection to upstream `up` of `routes`, for a later request; closes
+    /// it when the shard serves another route table now (its index would name another
+    /// upstream).
+    #[inline]
+    pub fn keep_pooled(&self, routes: &Arc<RouteTable>, up: usize, s: TcpStream) {
+        let mut pool = self.pool.borrow_mut();
+        if Arc::ptr_eq(&pool.0, routes) {
+            pool.1.put(up, s);
+        }
     }
 
     /// Records a refusal answered to `source` in this shard's recent denials (`edgefilter
