@@ -158,3 +158,82 @@ impl ShardState {
             .record(denial.code, denial.key_id.as_deref(), source);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::gate::AllowAll;
+
+    fn config(upstreams: &[&str]) -> Config {
+        let routes: String = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("[[route]]\nprefix = \"/r{i}/\"\nupstream = \"http://{u}\"\n"))
+            .collect();
+        Config::parse(
+            &format!("[xdp]\nenabled = false\n{routes}"),
+            std::path::Path::new("/"),
+        )
+        .expect("config parses")
+    }
+
+    /// Upstream 0 of one route table is another upstream in the next: a connection pooled
+    /// under the first is never handed to a request of the second, and one returned late by a
+    /// request of the first is closed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pool_serves_one_route_table() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = || TcpStream::connect(addr);
+        let cfg = config(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let published = Arc::new(Published::new(Settings::new(
+            &cfg,
+            Arc::new(RouteTable::build(&cfg).unwrap()),
+            crate::obs::Telemetry::for_config(&cfg),
+            crate::autoblock::Autoblock::new(&cfg, 1),
+            1000,
+        )));
+        let shard = ShardState::new(0, Arc::clone(&published), Box::new(AllowAll));
+        let old = shard.settings();
+        shard.keep_pooled(&old.routes, 0, connect().await.unwrap());
+        let again = shard
+            .pooled(&old.routes, 0)
+            .expect("pooled for its own table");
+        shard.keep_pooled(&old.routes, 0, again);
+
+        published
+            .reconfigure(&config(&["127.0.0.1:2", "127.0.0.1:1"]), None)
+            .unwrap();
+        let new = shard.settings();
+        assert!(!Arc::ptr_eq(&old.routes, &new.routes));
+        assert!(
+            shard.pooled(&new.routes, 0).is_none(),
+            "the old pool is gone"
+        );
+        assert!(shard.pooled(&old.routes, 0).is_none());
+        // A request that began under the old table returns its connection: closed, not pooled.
+        shard.keep_pooled(&old.routes, 0, connect().await.unwrap());
+        assert!(shard.pooled(&new.routes, 0).is_none());
+        shard.keep_pooled(&new.routes, 1, connect().await.unwrap());
+        assert!(shard.pooled(&new.routes, 1).is_some());
+    }
+
+    /// A reload whose routes do not build publishes nothing.
+    #[test]
+    fn routes_that_do_not_build_change_nothing() {
+        let cfg = config(&["127.0.0.1:1"]);
+        let published = Published::new(Settings::new(
+            &cfg,
+            Arc::new(RouteTable::build(&cfg).unwrap()),
+            crate::obs::Telemetry::for_config(&cfg),
+            crate::autoblock::Autoblock::new(&cfg, 1),
+            1000,
+        ));
+        let mut bad = config(&["127.0.0.1:1", "127.0.0.1:2"]);
+        bad.routes[1].upstream = "https://127.0.0.1:2".into();
+        assert!(published.reconfigure(&bad, None).is_err());
+        assert_eq!(published.generation(), 0);
+        assert_eq!(published.current().routes.routes.len(), 1);
+    }
+}
