@@ -150,6 +150,7 @@ fn bench(c: &mut Criterion) {
         query: None,
         headers: &hs,
         route: 0,
+        rules: None,
     };
     c.bench_function("gate/check_allow_with_identity", |b| {
         b.iter(|| matches!(gate.check_at(black_box(&req), now), Verdict::Allow(Some(_))));

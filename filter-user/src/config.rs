@@ -345,16 +345,16 @@ pub struct Route {
     /// The upstream target, or a list of them (`http://`, `https://`, `unix:`).
     pub upstream: upstream::Upstreams,
     /// `https` targets: verify against this PEM CA file instead of the system roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub upstream_ca: Option<PathBuf>,
     /// `https` targets: the name to send (SNI) and verify, instead of each target's host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub upstream_sni: Option<String>,
     /// `https` targets: a client certificate chain (PEM) for mTLS, with `upstream_client_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub upstream_client_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub upstream_client_key: Option<PathBuf>,
     /// Host names of the targets are re-resolved this often (and after a connect failure).
     #[serde(with = "humantime_serde", default = "default_resolve_interval")]
@@ -378,7 +378,7 @@ pub struct Route {
     #[serde(default)]
     pub inject_header: Option<InjectHeader>,
     /// A pool of provider credentials for one header, instead of `inject_header`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub credentials: Option<Credentials>,
 }
 

@@ -57,6 +57,7 @@ fn process_head(buf: &[u8], trusted: bool, out: &mut Vec<u8>) -> Step {
         peer_text: "198.18.0.7",
         trusted_proxies: if trusted { &trusted_net } else { &[] },
         gate: &mut gate,
+        gate_rules: None,
         ids: &mut ids,
     };
     out.clear();

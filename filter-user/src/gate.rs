@@ -6,7 +6,13 @@
 //! [`Identity`] is lent from the gate's own data for as long as the proxy writes the forwarded
 //! head (synchronously, never across an `.await`), so allowing a request writes to no memory other
 //! shards read.
+//!
+//! What the checks take from the config per route (for the daemon's gate: where each route's
+//! key may be and the scopes it needs) is built with the route table from the same config and
+//! travels with it ([`GateRules`], opaque to the proxy): each request hands the gate the rules
+//! of the table that matched it, so a config reload switches both for a request at once.
 
+use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -28,7 +34,15 @@ pub struct GateRequest<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// Index of the matched route in `Config::routes`.
     pub route: usize,
+    /// The gate's rules built from the config whose routes `route` indexes ([`GateRules`]);
+    /// `None`: the rules the gate was built with.
+    pub rules: Option<&'a (dyn Any + Send + Sync)>,
 }
+
+/// A gate's per-route rules, built from one config alongside its route table and published
+/// with it (the daemon's gate reads `auth::AuthRules` here). Opaque to the proxy, which only
+/// hands them to the gate with each request ([`GateRequest::rules`]).
+pub type GateRules = Arc<dyn Any + Send + Sync>;
 
 /// Who the caller is, for an allowed request (forwarded as `X-Edgefilter-*` headers). Borrowed
 /// from the gate that allowed it: nothing is copied or reference-counted per request. The names

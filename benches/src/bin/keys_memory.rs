@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<ExitCode> {
         query: None,
         headers: &hs,
         route: 0,
+        rules: None,
     };
     for g in &mut gates {
         anyhow::ensure!(

@@ -175,13 +175,14 @@ impl std::fmt::Debug for EnvName {
     }
 }
 
-/// The outcome.
+/// The outcome: an allowed key borrowed from the cache (`'c`), a refusal that may also
+/// borrow from the route's rules (`'r`, which may be shorter-lived than the cache).
 #[derive(Debug, Clone, Copy)]
-pub enum Decision<'a> {
+pub enum Decision<'c, 'r> {
     /// Forward, as this key.
-    Allow(&'a KeyEntry),
+    Allow(&'c KeyEntry),
     /// Answer with an error.
-    Deny(Refusal<'a>),
+    Deny(Refusal<'r>),
 }
 
 /// Format and checksum (no store lookup).
@@ -300,7 +301,7 @@ pub fn check_address(e: &KeyEntry, peer: IpAddr) -> Result<(), Refusal<'_>> {
 ///
 /// # Errors
 /// `ScopeMissing` naming the first missing scope.
-pub fn check_scopes<'a>(e: &'a KeyEntry, route: &'a RouteRules) -> Result<(), Refusal<'a>> {
+pub fn check_scopes<'r>(e: &'r KeyEntry, route: &'r RouteRules) -> Result<(), Refusal<'r>> {
     match route.scopes.iter().find(|s| !e.owner().has_scope(s)) {
         Some(scope) => Err(Refusal::ScopeMissing { entry: e, scope }),
         None => Ok(()),
@@ -321,14 +322,14 @@ pub fn check_rate(e: &KeyEntry, now: Now) -> Result<(), Refusal<'_>> {
 }
 
 #[inline]
-fn chain<'a>(
-    cache: &'a ShardCache,
-    route: &'a RouteRules,
+fn chain<'c: 'r, 'r>(
+    cache: &'c ShardCache,
+    route: &'r RouteRules,
     edge_env: &str,
     found: Extracted<'_>,
     peer: IpAddr,
     now: Now,
-) -> Result<&'a KeyEntry, Refusal<'a>> {
+) -> Result<&'c KeyEntry, Refusal<'r>> {
     let decoded;
     let raw = match found {
         Extracted::Missing => return Err(Refusal::Missing),
@@ -357,14 +358,14 @@ fn chain<'a>(
 /// Runs the whole chain for one request.
 #[inline]
 #[must_use]
-pub fn decide<'a>(
-    cache: &'a ShardCache,
-    route: &'a RouteRules,
+pub fn decide<'c: 'r, 'r>(
+    cache: &'c ShardCache,
+    route: &'r RouteRules,
     edge_env: &str,
     found: Extracted<'_>,
     peer: IpAddr,
     now: Now,
-) -> Decision<'a> {
+) -> Decision<'c, 'r> {
     match chain(cache, route, edge_env, found, peer, now) {
         Ok(e) => Decision::Allow(e),
         Err(r) => Decision::Deny(r),

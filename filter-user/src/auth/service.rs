@@ -83,6 +83,12 @@ impl KeyService {
         })
     }
 
+    /// The routes' key rules the gates were built with (from the config at start).
+    #[must_use]
+    pub fn rules(&self) -> Arc<AuthRules> {
+        Arc::clone(&self.rules)
+    }
+
     /// Keys loaded at start.
     #[must_use]
     pub fn loaded_keys(&self) -> usize {

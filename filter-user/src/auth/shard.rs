@@ -66,21 +66,26 @@ impl ShardGate {
         });
     }
 
-    /// Checks a request at `now` (the [`Gate`] impl uses the system clock).
+    /// Checks a request at `now` (the [`Gate`] impl uses the system clock) by the rules it
+    /// carries ([`GateRequest::rules`], those of the config whose route table matched it), or
+    /// else the ones this gate was built with.
     pub fn check_at(&mut self, req: &GateRequest<'_>, now: Now) -> Verdict<'_> {
         self.drain_inbox();
-        let Some(route) = self.rules.routes.get(req.route) else {
+        let rules = match req.rules {
+            None => &*self.rules,
+            Some(r) => match r.downcast_ref::<AuthRules>() {
+                Some(r) => r,
+                None => {
+                    debug_assert!(false, "the gate was handed rules of another kind");
+                    &*self.rules
+                }
+            },
+        };
+        let Some(route) = rules.routes.get(req.route) else {
             return Verdict::Deny(Denial::new(ErrorCode::NoRoute));
         };
         let found = extract(route, req.headers, req.query);
-        match decide(
-            &self.cache,
-            route,
-            &self.rules.environment,
-            found,
-            req.peer,
-            now,
-        ) {
+        match decide(&self.cache, route, &rules.environment, found, req.peer, now) {
             Decision::Allow(e) => Verdict::Allow(Some(Identity {
                 key_id: e.key_id(),
                 tenant: e.owner().tenant(),
@@ -90,7 +95,7 @@ impl ShardGate {
                 &r,
                 &RenderCtx {
                     route,
-                    edge_env: &self.rules.environment,
+                    edge_env: &rules.environment,
                     peer: req.peer,
                 },
             )),

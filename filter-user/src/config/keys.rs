@@ -81,20 +81,20 @@ pub const KEYS: &[Key] = &[
     applied("autoblock.exempt"),
     restart("log.format"),
     restart("log.access_log"),
-    restart("route.prefix"),
-    restart("route.upstream"),
-    restart("route.scopes"),
-    restart("route.key_in_query"),
-    restart("route.key_in"),
-    restart("route.strip_key"),
-    restart("route.websocket"),
-    restart("route.inject_header"),
-    restart("route.upstream_ca"),
-    restart("route.upstream_sni"),
-    restart("route.upstream_client_cert"),
-    restart("route.upstream_client_key"),
-    restart("route.resolve_interval"),
-    restart("route.credentials"),
+    applied("route.prefix"),
+    applied("route.upstream"),
+    applied("route.scopes"),
+    applied("route.key_in_query"),
+    applied("route.key_in"),
+    applied("route.strip_key"),
+    applied("route.websocket"),
+    applied("route.inject_header"),
+    applied("route.upstream_ca"),
+    applied("route.upstream_sni"),
+    applied("route.upstream_client_cert"),
+    applied("route.upstream_client_key"),
+    applied("route.resolve_interval"),
+    applied("route.credentials"),
 ];
 
 /// The entry of [`KEYS`] for `path`.
@@ -128,7 +128,6 @@ pub fn running_with(old: &Config, new: &Config) -> Config {
     run.admin = old.admin.clone();
     run.keys.environment = old.keys.environment.clone();
     run.log = old.log.clone();
-    run.routes = old.routes.clone();
     run.base_dir = old.base_dir.clone();
     run
 }

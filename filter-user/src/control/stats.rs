@@ -164,14 +164,13 @@ mod tests {
     #[test]
     fn a_snapshot_holds_every_source() {
         let requests = RequestMetrics::new(vec!["/v1/".into()], 1);
+        let v1 = requests.rows_for(["/v1/"]).row(Some(0));
         requests
             .shard(0)
-            .request(Some(0), None, Duration::from_micros(80));
-        requests.shard(0).request(
-            Some(0),
-            Some(ErrorCode::KeyRevoked),
-            Duration::from_micros(80),
-        );
+            .request(v1, None, Duration::from_micros(80));
+        requests
+            .shard(0)
+            .request(v1, Some(ErrorCode::KeyRevoked), Duration::from_micros(80));
         let denials = RecentDenials::new(1);
         let now_ms = 1_800_000_000_000;
         let ip: IpAddr = "198.18.0.9".parse().unwrap();

@@ -129,6 +129,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     };
     ready.set_xdp(true);
     let gates = count_shards(keys.gate_factory(), cfg.shard_count(), Arc::clone(&ready));
+    let gate_rules: crate::gate::GateRules = keys.rules();
     // Fleet mode: LISTEN for commits so other hosts' changes arrive in milliseconds, not polls.
     let wake = match (cfg.store.kind, cfg.store.url.as_deref()) {
         (crate::config::StoreKind::Postgres, Some(url)) => Some(
@@ -211,6 +212,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         StartOptions {
             inherited: std::mem::take(&mut inherited.listeners),
             paused,
+            gate_rules: Some(gate_rules),
         },
     )?;
     for (addr, tls) in proxy.unused_inherited() {

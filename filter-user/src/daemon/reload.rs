@@ -1,8 +1,12 @@
 //! `SIGHUP` and `POST /v1/reload`: re-read the config file and put in force what a running
 //! daemon can take ([`crate::config::keys::KEYS`] says which keys those are), log every other
 //! changed key as needing a restart, reopen the access log file (logrotate) and re-read the TLS
-//! certificate and key. A config that does not load (every check `run` makes, see
-//! [`super::RUN_CHECKS`]) changes nothing but the log file and the certificate. Each reload is
+//! certificate and key. The routes are compiled anew (upstreams resolved, injected credentials
+//! read again) with the key checks' rules for them, and reach the shards in one step with the
+//! limits and error settings: each request is routed, checked and forwarded by one config, and
+//! requests in flight finish on the one they began with. A config that does not load (every
+//! check `run` makes, see [`super::RUN_CHECKS`]), or whose routes then fail to compile, changes
+//! nothing but the log file and the certificate. Each reload is
 //! written to the audit trail (`config.reload`), and its [`Outcome`] is what `POST /v1/reload`
 //! answers.
 
@@ -14,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::admin::{ApiError, ReloadHook};
+use crate::auth::AuthRules;
 use crate::config::keys::{self, OnReload};
 use crate::config::{Config, LayerCheck};
 use crate::control::ControlPlane;
@@ -97,6 +102,15 @@ pub(super) fn hook(asks: UnboundedSender<ReloadAsk>) -> ReloadHook {
     })
 }
 
+/// Compiles `cfg`'s routes and the key checks' rules for them, and publishes both to the
+/// shards with the other proxy settings in one step; on an error nothing changes.
+fn put_routes_in_force(proxy: &ProxyHandle, cfg: &Config) -> Result<(), String> {
+    let rules = AuthRules::from_config(cfg).map_err(|e| e.to_string())?;
+    proxy
+        .reconfigure(cfg, Some(Arc::new(rules)))
+        .map_err(|e| e.to_string())
+}
+
 impl Reloader {
     /// `SIGHUP`: one reload, recorded as made by the signal.
     pub fn on_signal(&mut self, proxy: &ProxyHandle) {
@@ -135,6 +149,15 @@ impl Reloader {
             .iter()
             .copied()
             .partition(|k| k.on_reload == OnReload::Applied);
+        let next = keys::running_with(&self.running, new);
+        // The routes and the gate's rules for them first: what cannot be built (a secret file
+        // gone since the checks read it) refuses the whole reload.
+        if let Err(e) = put_routes_in_force(proxy, &next) {
+            let e = format!("{}: {e}", self.path.display());
+            tracing::error!("config reload failed, the running config stays in force:\n{e}");
+            outcome.errors = vec![e];
+            return;
+        }
         for k in &restart {
             tracing::warn!(
                 key = k.path,
@@ -145,8 +168,6 @@ impl Reloader {
         for warning in new.warnings() {
             tracing::warn!("config: {warning}");
         }
-        let next = keys::running_with(&self.running, new);
-        proxy.retune(&next);
         self.running = self.plane.reconfigure(next);
         outcome.applied = applied.iter().map(|k| k.path).collect();
         outcome.needs_restart = restart.iter().map(|k| k.path).collect();

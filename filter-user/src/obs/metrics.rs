@@ -7,8 +7,8 @@
 //! yet its duration — never a torn value. [`RequestMetrics`] holds every shard's block and
 //! encodes the sums with `prometheus-client`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -132,7 +132,7 @@ impl HistogramSums {
     }
 }
 
-/// Index of a code in the per-route rows: 0 is `OK`, then [`ErrorCode::ALL`] in order.
+/// Index of a code in a route's request counts: 0 is `OK`, then [`ErrorCode::ALL`] in order.
 fn code_slot(code: Option<ErrorCode>) -> usize {
     code.map_or(0, |c| c as usize + 1)
 }
@@ -140,15 +140,71 @@ fn code_slot(code: Option<ErrorCode>) -> usize {
 const CODE_SLOTS: usize = ErrorCode::ALL.len() + 1;
 const CLASS_SLOTS: usize = UpstreamErrorClass::ALL.len();
 
-/// One shard's request metrics; only that shard writes them.
+/// The row of requests that matched no route (labelled [`NO_ROUTE`]).
+pub const NO_ROUTE_ROW: usize = 0;
+
+/// One route's counts in one shard: requests by code, upstream failures by class.
 #[derive(Debug)]
+struct RouteCounts {
+    requests: [Count; CODE_SLOTS],
+    upstream_errors: [Count; CLASS_SLOTS],
+}
+
+impl Default for RouteCounts {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| Count::default()),
+            upstream_errors: std::array::from_fn(|_| Count::default()),
+        }
+    }
+}
+
+/// Rows in the first segment of [`Rows`]; each next segment holds twice the one before.
+const FIRST_SEGMENT: usize = 8;
+/// Segments of [`Rows`]: room for `FIRST_SEGMENT * (2^SEGMENTS - 1)` rows.
+const SEGMENTS: usize = 24;
+
+/// A shard's per-route counts by row number, growing as reloads bring new routes: a row is
+/// made on its first use and never moves, so the shard counts into it without a lock while the
+/// scraper reads it. Segment `s` holds `FIRST_SEGMENT << s` rows.
+#[derive(Debug, Default)]
+struct Rows {
+    segments: [OnceLock<Box<[RouteCounts]>>; SEGMENTS],
+}
+
+impl Rows {
+    /// The segment and the offset in it of `row` (`None`: beyond the last segment).
+    fn locate(row: usize) -> Option<(usize, usize)> {
+        let q = row / FIRST_SEGMENT + 1;
+        let segment = (usize::BITS - 1 - q.leading_zeros()) as usize;
+        let offset = row - FIRST_SEGMENT * ((1 << segment) - 1);
+        (segment < SEGMENTS).then_some((segment, offset))
+    }
+
+    /// Row `row`, made (zeroed) if this is its first use.
+    #[inline]
+    fn get_or_make(&self, row: usize) -> Option<&RouteCounts> {
+        let (segment, offset) = Self::locate(row)?;
+        let rows = self.segments[segment].get_or_init(|| {
+            (0..FIRST_SEGMENT << segment)
+                .map(|_| RouteCounts::default())
+                .collect()
+        });
+        Some(&rows[offset])
+    }
+
+    /// Row `row` if it was ever used.
+    fn get(&self, row: usize) -> Option<&RouteCounts> {
+        let (segment, offset) = Self::locate(row)?;
+        Some(&self.segments[segment].get()?[offset])
+    }
+}
+
+/// One shard's request metrics; only that shard writes them.
+#[derive(Debug, Default)]
 pub struct ShardMetrics {
-    /// Routes configured; row `routes` is "no route".
-    routes: usize,
-    /// `(route, code)` request counts, `CODE_SLOTS` per row.
-    requests: Box<[Count]>,
-    /// `(route, class)` upstream error counts, `CLASS_SLOTS` per row.
-    upstream_errors: Box<[Count]>,
+    /// Per-route counts, by row ([`RouteRows`] says which row counts which route).
+    rows: Rows,
     request_duration: Histogram,
     upstream_duration: Histogram,
     /// Connections closed at accept because their source had its limit open.
@@ -160,31 +216,14 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
-    /// Counters for `routes` routes, all zero.
-    #[must_use]
-    pub fn new(routes: usize) -> Self {
-        let rows = routes + 1;
-        Self {
-            routes,
-            requests: (0..rows * CODE_SLOTS).map(|_| Count::default()).collect(),
-            upstream_errors: (0..rows * CLASS_SLOTS).map(|_| Count::default()).collect(),
-            request_duration: Histogram::default(),
-            upstream_duration: Histogram::default(),
-            refused_per_source: Count::default(),
-            paused_at_limit: Count::default(),
-            paused_starved: Count::default(),
-        }
-    }
-
-    fn row(&self, route: Option<usize>) -> usize {
-        route.filter(|&r| r < self.routes).unwrap_or(self.routes)
-    }
-
-    /// One answered request: its route (`None`: none matched), its code (`None`: forwarded,
-    /// whatever the upstream answered) and how long it took from its first byte to its last.
+    /// One answered request: the row of its route ([`RouteRows::row`]), its code (`None`:
+    /// forwarded, whatever the upstream answered) and how long it took from its first byte to
+    /// its last.
     #[inline]
-    pub fn request(&self, route: Option<usize>, code: Option<ErrorCode>, took: Duration) {
-        self.requests[self.row(route) * CODE_SLOTS + code_slot(code)].add(1);
+    pub fn request(&self, row: usize, code: Option<ErrorCode>, took: Duration) {
+        if let Some(counts) = self.rows.get_or_make(row) {
+            counts.requests[code_slot(code)].add(1);
+        }
         self.request_duration.observe(took);
     }
 
@@ -194,10 +233,12 @@ impl ShardMetrics {
         self.upstream_duration.observe(took);
     }
 
-    /// An upstream failure of `class` on `route`.
+    /// An upstream failure of `class` on the route counted in `row`.
     #[inline]
-    pub fn upstream_error(&self, route: usize, class: UpstreamErrorClass) {
-        self.upstream_errors[self.row(Some(route)) * CLASS_SLOTS + class as usize].add(1);
+    pub fn upstream_error(&self, row: usize, class: UpstreamErrorClass) {
+        if let Some(counts) = self.rows.get_or_make(row) {
+            counts.upstream_errors[class as usize].add(1);
+        }
     }
 
     /// A connection closed at accept: its source had `limits.max_connections_per_source` open.
@@ -216,10 +257,29 @@ impl ShardMetrics {
     }
 }
 
+/// Which row of the request metrics counts each route of one route table, by route index. A
+/// row belongs to a prefix (its `route` label) for the daemon's life: a reload that adds,
+/// removes or reorders routes gives a new prefix a row of its own and a kept prefix its old
+/// row, so no count moves to another label.
+#[derive(Debug, Clone)]
+pub struct RouteRows(Arc<[usize]>);
+
+impl RouteRows {
+    /// The row of route `route` (`None` or unknown: [`NO_ROUTE_ROW`]).
+    #[inline]
+    #[must_use]
+    pub fn row(&self, route: Option<usize>) -> usize {
+        route
+            .and_then(|r| self.0.get(r).copied())
+            .unwrap_or(NO_ROUTE_ROW)
+    }
+}
+
 /// Every shard's metrics and the route names, for the scrape.
 #[derive(Debug)]
 pub struct RequestMetrics {
-    routes: Vec<String>,
+    /// The `route` label of each row ([`NO_ROUTE`] first): only ever appended to.
+    labels: Mutex<Vec<String>>,
     shards: Vec<Arc<ShardMetrics>>,
     /// Open client connections, every shard together: the proxy counts them here (at accept
     /// and close), and checks `limits.max_connections` against this count.
@@ -246,17 +306,40 @@ pub struct RequestSums {
 }
 
 impl RequestMetrics {
-    /// Blocks for `shards` shards over routes named `routes` (their prefixes).
+    /// Blocks for `shards` shards, with a row for each of the routes named `routes` (their
+    /// prefixes; more come with [`RequestMetrics::rows_for`]).
     #[must_use]
     pub fn new(routes: Vec<String>, shards: usize) -> Arc<Self> {
-        let n = routes.len();
+        let mut labels = vec![NO_ROUTE.to_owned()];
+        for r in routes {
+            if !labels.contains(&r) {
+                labels.push(r);
+            }
+        }
         Arc::new(Self {
-            routes,
+            labels: Mutex::new(labels),
             shards: (0..shards)
-                .map(|_| Arc::new(ShardMetrics::new(n)))
+                .map(|_| Arc::new(ShardMetrics::default()))
                 .collect(),
             open_connections: AtomicUsize::new(0),
         })
+    }
+
+    /// The rows that count the routes named `prefixes` (a route table's, in route order): a
+    /// prefix seen before keeps its row, a new one gets the next.
+    #[must_use]
+    pub fn rows_for<'a>(&self, prefixes: impl IntoIterator<Item = &'a str>) -> RouteRows {
+        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        let rows = prefixes
+            .into_iter()
+            .map(|p| {
+                labels.iter().position(|l| l == p).unwrap_or_else(|| {
+                    labels.push(p.to_owned());
+                    labels.len() - 1
+                })
+            })
+            .collect();
+        RouteRows(rows)
     }
 
     /// The open-connection count (the proxy's admission adds and subtracts; read as a gauge).
@@ -265,8 +348,8 @@ impl RequestMetrics {
         &self.open_connections
     }
 
-    /// Blocks for the config's shards and routes (named by their prefixes, in config order:
-    /// the proxy's route index).
+    /// Blocks for the config's shards, with a row for each of its routes (named by their
+    /// prefixes).
     #[must_use]
     pub fn for_config(cfg: &Config) -> Arc<Self> {
         Self::new(
@@ -278,47 +361,39 @@ impl RequestMetrics {
     /// Shard `n`'s block (a fresh, unscraped one for a shard beyond the count).
     #[must_use]
     pub fn shard(&self, n: usize) -> Arc<ShardMetrics> {
-        self.shards
-            .get(n)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(ShardMetrics::new(self.routes.len())))
+        self.shards.get(n).cloned().unwrap_or_default()
     }
 
-    fn route_name(&self, row: usize) -> &str {
-        self.routes.get(row).map_or(NO_ROUTE, String::as_str)
-    }
-
-    /// The sums over every shard.
+    /// The sums over every shard: the routes in the order their rows were made, then requests
+    /// that matched none.
     #[must_use]
     pub fn sums(&self) -> RequestSums {
-        let rows = self.routes.len() + 1;
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut out = RequestSums::default();
-        for row in 0..rows {
+        let rows = (0..labels.len()).filter(|&r| r != NO_ROUTE_ROW);
+        for row in rows.chain(std::iter::once(NO_ROUTE_ROW)) {
+            let counts: Vec<&RouteCounts> =
+                self.shards.iter().filter_map(|s| s.rows.get(row)).collect();
             for slot in 0..CODE_SLOTS {
-                let n: u64 = self
-                    .shards
-                    .iter()
-                    .map(|s| s.requests[row * CODE_SLOTS + slot].get())
-                    .sum();
+                let n: u64 = counts.iter().map(|c| c.requests[slot].get()).sum();
                 if n > 0 {
                     let code = if slot == 0 {
                         CODE_OK
                     } else {
                         ErrorCode::ALL[slot - 1].as_str()
                     };
-                    out.requests
-                        .push((self.route_name(row).to_owned(), code, n));
+                    out.requests.push((labels[row].clone(), code, n));
                 }
             }
             for (slot, class) in UpstreamErrorClass::ALL.iter().enumerate() {
-                let n: u64 = self
-                    .shards
-                    .iter()
-                    .map(|s| s.upstream_errors[row * CLASS_SLOTS + slot].get())
-                    .sum();
+                let n: u64 = counts.iter().map(|c| c.upstream_errors[slot].get()).sum();
                 if n > 0 {
                     out.upstream_errors
-                        .push((self.route_name(row).to_owned(), class.as_str(), n));
+                        .push((labels[row].clone(), class.as_str(), n));
                 }
             }
         }
@@ -429,16 +504,21 @@ mod tests {
     #[test]
     fn counts_from_every_shard_are_summed_by_route_and_code() {
         let m = RequestMetrics::new(vec!["/v1/".into(), "/".into()], 2);
+        let rows = m.rows_for(["/v1/", "/"]);
         let (a, b) = (m.shard(0), m.shard(1));
-        a.request(Some(0), None, Duration::from_micros(40));
-        b.request(Some(0), None, Duration::from_micros(300));
+        a.request(rows.row(Some(0)), None, Duration::from_micros(40));
+        b.request(rows.row(Some(0)), None, Duration::from_micros(300));
         b.request(
-            Some(1),
+            rows.row(Some(1)),
             Some(ErrorCode::KeyRevoked),
             Duration::from_millis(2),
         );
-        a.request(None, Some(ErrorCode::NoRoute), Duration::from_secs(60));
-        a.upstream_error(0, UpstreamErrorClass::Reset);
+        a.request(
+            rows.row(None),
+            Some(ErrorCode::NoRoute),
+            Duration::from_secs(60),
+        );
+        a.upstream_error(rows.row(Some(0)), UpstreamErrorClass::Reset);
         b.upstream(Duration::from_micros(120));
         let s = m.sums();
         assert!(s.requests.contains(&("/v1/".into(), "OK", 2)));
@@ -458,7 +538,9 @@ mod tests {
     #[test]
     fn the_exposition_parses_as_prometheus_text() {
         let m = RequestMetrics::new(vec!["/v1/".into()], 1);
-        m.shard(0).request(Some(0), None, Duration::from_micros(70));
+        let rows = m.rows_for(["/v1/"]);
+        m.shard(0)
+            .request(rows.row(Some(0)), None, Duration::from_micros(70));
         let mut reg = prometheus_client::registry::Registry::default();
         reg.register_collector(Box::new(Shared(Arc::clone(&m))));
         let mut text = String::new();
@@ -475,5 +557,60 @@ mod tests {
             text.contains("# TYPE edgefilter_upstream_errors counter"),
             "{text}"
         );
+    }
+
+    /// A reload's route table counts under the prefixes' own labels: a kept prefix keeps its
+    /// row (wherever it moved), a new one gets a row of its own, a removed one keeps its
+    /// counts; and rows far beyond the first segment are made as they are used.
+    #[test]
+    fn a_new_route_table_counts_each_prefix_under_its_own_label() {
+        let m = RequestMetrics::new(vec!["/v1/".into()], 2);
+        let before = m.rows_for(["/v1/"]);
+        m.shard(0)
+            .request(before.row(Some(0)), None, Duration::from_micros(70));
+        let after = m.rows_for(["/v2/", "/v1/"]);
+        assert_eq!(
+            after.row(Some(1)),
+            before.row(Some(0)),
+            "/v1/ keeps its row"
+        );
+        assert_ne!(after.row(Some(0)), after.row(Some(1)));
+        assert_eq!(after.row(Some(7)), NO_ROUTE_ROW);
+        m.shard(1)
+            .request(after.row(Some(0)), None, Duration::from_micros(70));
+        m.shard(1)
+            .request(after.row(Some(1)), None, Duration::from_micros(70));
+        m.shard(0)
+            .upstream_error(after.row(Some(0)), UpstreamErrorClass::Connect);
+        let s = m.sums();
+        assert!(s.requests.contains(&("/v1/".into(), "OK", 2)), "{s:?}");
+        assert!(s.requests.contains(&("/v2/".into(), "OK", 1)), "{s:?}");
+        assert_eq!(s.upstream_errors, vec![("/v2/".into(), "connect", 1)]);
+        // Many reloads' worth of prefixes: each is counted in a row of its own.
+        let many: Vec<String> = (0..1000).map(|i| format!("/r{i}/")).collect();
+        let rows = m.rows_for(many.iter().map(String::as_str));
+        for i in 0..many.len() {
+            m.shard(0).request(rows.row(Some(i)), None, Duration::ZERO);
+        }
+        let s = m.sums();
+        for p in &many {
+            assert!(s.requests.contains(&(p.clone(), "OK", 1)), "{p}");
+        }
+        assert_eq!(s.requests.len(), many.len() + 2);
+    }
+
+    #[test]
+    fn rows_are_laid_out_in_doubling_segments() {
+        assert_eq!(Rows::locate(0), Some((0, 0)));
+        assert_eq!(Rows::locate(7), Some((0, 7)));
+        assert_eq!(Rows::locate(8), Some((1, 0)));
+        assert_eq!(Rows::locate(23), Some((1, 15)));
+        assert_eq!(Rows::locate(24), Some((2, 0)));
+        let last = FIRST_SEGMENT * ((1 << SEGMENTS) - 1);
+        assert_eq!(
+            Rows::locate(last - 1),
+            Some((SEGMENTS - 1, (FIRST_SEGMENT << (SEGMENTS - 1)) - 1))
+        );
+        assert_eq!(Rows::locate(last), None);
     }
 }

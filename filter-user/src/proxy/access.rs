@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::forward::IdentitySpans;
 use super::head::Line;
 use super::io::Conn;
+use super::settings::Settings;
 use super::state::ShardState;
 use crate::codes::{ErrorCode, UpstreamErrorClass};
 use crate::obs::access_log::{push_json_str, push_target};
@@ -35,7 +36,7 @@ pub(crate) struct Finish {
 }
 
 /// Starts the line of the request whose head is at the front of `c.buf`.
-pub(crate) fn begin(shard: &ShardState, c: &mut Conn, peer: &str, b: &Begin<'_>) {
+pub(crate) fn begin(shard: &ShardState, st: &Settings, c: &mut Conn, peer: &str, b: &Begin<'_>) {
     let Some(log) = &shard.log else { return };
     c.body_in = 0;
     c.sent = 0;
@@ -59,10 +60,9 @@ pub(crate) fn begin(shard: &ShardState, c: &mut Conn, peer: &str, b: &Begin<'_>)
         None => out.extend_from_slice(b"null,\"path\":null"),
     }
     out.extend_from_slice(b",\"route\":");
-    let settings = shard.settings();
     let route = b
         .route
-        .and_then(|r| settings.routes.routes.get(r))
+        .and_then(|r| st.routes.routes.get(r))
         .map(|r| r.prefix.as_bytes());
     push_opt(out, route);
     let (mut key_id, mut tenant, mut user) = (b.key_id.map(str::as_bytes), None, None);

@@ -9,6 +9,8 @@ use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -39,9 +41,10 @@ pub(crate) async fn serve<S: ReadReady>(
     tls: bool,
 ) {
     let mut c = Conn::new(peer, tls);
-    let flow = run(shard, &mut c, &mut io).await;
-    if let Some((i, s)) = c.up.take() {
-        shard.pool.borrow_mut().put(i, s);
+    let mut last = None;
+    let flow = run(shard, &mut c, &mut io, &mut last).await;
+    if let (Some((i, s)), Some(st)) = (c.up.take(), last) {
+        shard.keep_pooled(&st.routes, i, s);
     }
     c.buf.clear();
     c.shed(&mut shard.buffers.borrow_mut());
@@ -141,14 +144,28 @@ async fn read_when_idle<S: ReadReady>(
     }
 }
 
-async fn run<S: ReadReady>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow {
+/// Serves requests on `c` until it is to close; `last` ends as the settings of the last request
+/// (whose route table `c.up`'s upstream index belongs to).
+async fn run<S: ReadReady>(
+    shard: &ShardState,
+    c: &mut Conn,
+    io: &mut S,
+    last: &mut Option<Rc<Settings>>,
+) -> Flow {
     let peer_ip = c.peer.ip();
     let peer_text = peer_ip.to_string();
     // The first request's source was checked against the bans at accept.
     let mut first = true;
     loop {
-        // The settings in force for this request (a reload may have replaced them).
+        // The settings in force for this request (a reload may have replaced them): its route,
+        // gate rules, upstream and metrics row all come from them.
         let settings = shard.settings();
+        if let Some(before) = last.replace(Rc::clone(&settings))
+            && !Arc::ptr_eq(&before.routes, &settings.routes)
+        {
+            // The upstream kept from the last request is indexed in the old route table.
+            c.up = None;
+        }
         let st = &*settings;
         let deadline = Instant::now() + st.client_timeout;
         // When this request's first byte was here: now for a pipelined one, else at its read.
@@ -177,6 +194,7 @@ async fn run<S: ReadReady>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
                         peer_text: &peer_text,
                         trusted_proxies: &st.trusted_proxies,
                         gate: &mut **gate,
+                        gate_rules: st.gate_rules.as_deref(),
                         ids: &mut ids,
                     };
                     head::process(&c.buf, &mut ctx, &mut c.out)
@@ -213,13 +231,15 @@ async fn run<S: ReadReady>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
                     key_id: r.denial.key_id.as_deref(),
                     forwarded: None,
                 };
-                access::begin(shard, c, &peer_text, &begin);
+                access::begin(shard, st, c, &peer_text, &begin);
                 let rid = r.request_id.as_str();
                 let flow = write_refusal(c, io, st, &r.denial, r.rule, rid, close).await;
                 shard.record_denial(&r.denial, peer_ip);
                 shard.failures.note(peer_ip, r.denial.code);
                 let took = since(began);
-                shard.metrics.request(r.route, Some(r.denial.code), took);
+                shard
+                    .metrics
+                    .request(st.route_rows.row(r.route), Some(r.denial.code), took);
                 let finish = access::Finish {
                     status: r.denial.code.status(),
                     code: Some(r.denial.code),
@@ -244,14 +264,15 @@ async fn run<S: ReadReady>(shard: &ShardState, c: &mut Conn, io: &mut S) -> Flow
                     key_id: None,
                     forwarded: p.identity,
                 };
-                access::begin(shard, c, &peer_text, &begin);
-                let outcome = exchange::forward(shard, c, io, &p).await;
+                access::begin(shard, st, c, &peer_text, &begin);
+                let outcome = exchange::forward(shard, st, c, io, &p).await;
+                let row = st.route_rows.row(Some(p.route));
                 if let Some(e) = &outcome.upstream_error {
-                    shard.metrics.upstream_error(p.route, e.class);
+                    shard.metrics.upstream_error(row, e.class);
                     log_upstream_error(st, &p, e);
                 }
                 let took = since(began);
-                shard.metrics.request(Some(p.route), outcome.answered, took);
+                shard.metrics.request(row, outcome.answered, took);
                 let finish = access::Finish {
                     status: outcome
                         .answered

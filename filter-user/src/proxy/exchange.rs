@@ -99,9 +99,11 @@ where
     }
 }
 
-/// Forwards the request `p` whose upstream head is in `c.out`.
+/// Forwards the request `p` whose upstream head is in `c.out`, with the settings `st` it was
+/// routed by.
 pub(crate) async fn forward<S>(
     shard: &ShardState,
+    st: &Settings,
     c: &mut Conn,
     io: &mut S,
     p: &Prepared,
@@ -109,8 +111,6 @@ pub(crate) async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = shard.settings();
-    let st = &*settings;
     let rid = p.request_id.as_str();
     let key_id = KeyIdCopy::new(&c.out, p.identity);
     c.buf.advance(p.head_len);
@@ -151,7 +151,6 @@ where
             in_flight = Some(InFlight::new(t));
         }
         let key = UpKey {
-            table: Arc::as_ptr(&st.routes) as usize,
             slot: t.slot,
             generation: t.generation(),
         };
@@ -760,10 +759,10 @@ async fn take_upstream(
 ) -> Result<(UpStream, bool), UpstreamError> {
     match c.up.take() {
         Some((k, s)) if k == key && !fresh_only => return Ok((s, true)),
-        Some((k, s)) => shard.pool.borrow_mut().put(k, s),
+        Some((k, s)) => shard.keep_pooled(&st.routes, k, s),
         None => {}
     }
-    if !fresh_only && let Some(s) = shard.pool.borrow_mut().take(key) {
+    if !fresh_only && let Some(s) = shard.pooled(&st.routes, key) {
         return Ok((s, true));
     }
     let deadline = tokio::time::Instant::now() + st.upstream_timeout;
@@ -869,6 +868,7 @@ mod tests {
                 peer_text: "127.0.0.1",
                 trusted_proxies: &st.trusted_proxies,
                 gate: &mut **gate,
+                gate_rules: None,
                 ids: &mut ids,
             };
             head::process(&c.buf, &mut ctx, &mut c.out)
@@ -876,7 +876,7 @@ mod tests {
         let Step::Forward(p) = step else {
             panic!("not forwarded: {step:?}");
         };
-        let outcome = forward(&shard, &mut c, &mut server, &p).await;
+        let outcome = forward(&shard, &shard.settings(), &mut c, &mut server, &p).await;
         drop(server);
         let mut seen = Vec::new();
         let _ = client.read_to_end(&mut seen).await;

@@ -7,6 +7,7 @@
 //! [`process`] is the whole per-request hot path before any I/O; it is public so the
 //! counting-allocator test and the benches can drive it in isolation.
 
+use std::any::Any;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
@@ -156,6 +157,8 @@ pub struct HeadCtx<'a> {
     pub trusted_proxies: &'a [IpNet],
     /// The shard's gate.
     pub gate: &'a mut dyn Gate,
+    /// The gate's rules for `routes` (`None`: the gate's own).
+    pub gate_rules: Option<&'a (dyn Any + Send + Sync)>,
     /// The shard's id maker.
     pub ids: &'a mut IdGen,
 }
@@ -259,6 +262,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         query,
         headers: req.headers,
         route,
+        rules: ctx.gate_rules,
     });
     let identity = match verdict {
         Verdict::Allow(id) => id,

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::autoblock::Autoblock;
 use crate::config::Config;
-use crate::gate::GateFactory;
+use crate::gate::{GateFactory, GateRules};
 use crate::obs::Telemetry;
 use crate::obs::metrics::RequestMetrics;
 
@@ -96,6 +96,10 @@ pub struct StartOptions {
     pub inherited: Vec<ListenSocket>,
     /// Start with accepting paused (until [`ProxyHandle::resume`]).
     pub paused: bool,
+    /// The gates' rules for `cfg`'s routes, handed to the gate with each request; `None`: each
+    /// gate uses the rules it was built with (then [`ProxyHandle::reconfigure`] must not
+    /// change the routes).
+    pub gate_rules: Option<GateRules>,
 }
 
 /// Why the proxy could not start (or reload).
@@ -248,10 +252,20 @@ impl ProxyHandle {
         self.settings.current().admission.open_now()
     }
 
-    /// Puts `cfg`'s `[limits]`, `keys.errors` and `keys.trusted_proxies` in force: each
-    /// shard serves its next request with them (routes and listeners stay as started).
-    pub fn retune(&self, cfg: &Config) {
-        self.settings.retune(cfg);
+    /// Puts `cfg`'s routes (checked by the gate with `gate_rules`, built from `cfg` too),
+    /// `[limits]`, `keys.errors` and `keys.trusted_proxies` in force together: each shard
+    /// serves its next request with them, requests in flight finish with the ones they began
+    /// with (listeners and shards stay as started).
+    ///
+    /// # Errors
+    /// A route that does not compile (an upstream that does not resolve, an injected header
+    /// whose variable is unset or whose file cannot be read): nothing changed.
+    pub fn reconfigure(
+        &self,
+        cfg: &Config,
+        gate_rules: Option<GateRules>,
+    ) -> Result<(), ProxyError> {
+        Ok(self.settings.reconfigure(cfg, gate_rules)?)
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then joins the shards.
@@ -374,9 +388,10 @@ pub fn start_opts(
     let (accepting, accepting_rx) = watch::channel(!opts.paused);
     let cores = affinity::usable_cpus();
     routes.publish(&telemetry.upstreams);
-    let settings = Arc::new(settings::Published::new(settings::Settings::new(
-        cfg, routes, telemetry, autoblock, derived,
-    )));
+    let settings = Arc::new(settings::Published::new(settings::Settings {
+        gate_rules: opts.gate_rules,
+        ..settings::Settings::new(cfg, routes, telemetry, autoblock, derived)
+    }));
     upstream::resolve::spawn(Arc::downgrade(&settings), |p: &settings::Published| {
         p.current().routes.targets.clone()
     })

@@ -2,10 +2,12 @@
 //! compiled routes, size and time limits, error detail and the trusted proxies, the request
 //! metrics, the rings of recent denials and auto-block's hub.
 //!
-//! A config reload publishes a new [`Settings`] ([`Published::retune`]: limits, `keys.errors`,
-//! `keys.trusted_proxies`; routes stay until a restart). Each shard keeps its own `Rc` copy and
-//! takes the new one at its next request, when one atomic load shows the generation moved: no
-//! lock, and no reference count shared between cores, on the request path.
+//! A config reload publishes a new [`Settings`] ([`Published::reconfigure`]: the routes and
+//! the gate's rules built from the same config, limits, `keys.errors`, `keys.trusted_proxies`).
+//! Each shard keeps its own `Rc` copy and takes the new one at its next request, when one
+//! atomic load shows the generation moved: no lock, and no reference count shared between
+//! cores, on the request path. A request keeps the copy it began with to its end, so its route
+//! index, its gate rules, its upstream and its metrics row all come from one config.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,18 +17,24 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::admit::{self, Admission};
-use super::route::RouteTable;
+use super::route::{RouteError, RouteTable};
 use crate::autoblock::Autoblock;
 use crate::config::{Config, ErrorDetail};
+use crate::gate::GateRules;
 use crate::obs::Telemetry;
 use crate::obs::access_log::AccessLog;
-use crate::obs::metrics::RequestMetrics;
+use crate::obs::metrics::{RequestMetrics, RouteRows};
 use crate::obs::recent::RecentDenials;
+use crate::obs::upstreams::UpstreamBoard;
 
 /// Read-only settings shared by every shard.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub routes: Arc<RouteTable>,
+    /// The gate's rules for `routes` (built from the same config); `None`: the gate's own.
+    pub gate_rules: Option<GateRules>,
+    /// The metrics row of each route of `routes`.
+    pub route_rows: RouteRows,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub client_timeout: Duration,
@@ -53,6 +61,8 @@ pub(crate) struct Settings {
     pub denials: Arc<RecentDenials>,
     /// Auto-block: where each shard's failure counter reports, and the bans refused at accept.
     pub autoblock: Arc<Autoblock>,
+    /// The routes' targets and credentials as `/metrics` shows them.
+    pub upstreams: Arc<UpstreamBoard>,
 }
 
 impl Settings {
@@ -66,7 +76,9 @@ impl Settings {
     ) -> Self {
         let (max_connections, max_per_source) = connection_limits(cfg, derived_max_connections);
         Self {
+            route_rows: rows_of(&telemetry.requests, &routes),
             routes,
+            gate_rules: None,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
             max_body_bytes: cfg.limits.max_body_bytes,
             client_timeout: cfg.limits.client_timeout,
@@ -82,18 +94,28 @@ impl Settings {
             metrics: telemetry.requests,
             denials: telemetry.denials,
             access_log: telemetry.access_log,
+            upstreams: telemetry.upstreams,
             autoblock,
         }
     }
 }
 
 impl Settings {
-    /// These settings with `cfg`'s limits, error detail and trusted proxies.
+    /// These settings with `cfg`'s routes (compiled as `routes`, with the gate's rules for
+    /// them), limits, error detail and trusted proxies.
     #[must_use]
-    pub fn retuned(&self, cfg: &Config) -> Self {
+    pub fn reconfigured(
+        &self,
+        cfg: &Config,
+        routes: Arc<RouteTable>,
+        gate_rules: Option<GateRules>,
+    ) -> Self {
         let (max_connections, max_per_source) =
             connection_limits(cfg, self.derived_max_connections);
         Self {
+            route_rows: rows_of(&self.metrics, &routes),
+            routes,
+            gate_rules,
             max_header_bytes: cfg.limits.max_header_bytes.max(256),
             max_body_bytes: cfg.limits.max_body_bytes,
             client_timeout: cfg.limits.client_timeout,
@@ -107,6 +129,11 @@ impl Settings {
             ..self.clone()
         }
     }
+}
+
+/// The metrics rows of `routes`' routes (each counted under its prefix).
+fn rows_of(metrics: &RequestMetrics, routes: &RouteTable) -> RouteRows {
+    metrics.rows_for(routes.routes.iter().map(|r| r.prefix.as_str()))
 }
 
 /// `(max_connections, max_connections_per_source)` in force for `cfg`: the configured values,
@@ -158,10 +185,24 @@ impl Published {
         self.current.load_full()
     }
 
-    /// Puts `cfg`'s limits, error detail and trusted proxies in force.
-    pub fn retune(&self, cfg: &Config) {
-        let next = self.current.load().retuned(cfg);
+    /// Puts `cfg`'s routes (with `gate_rules`, the gate's rules built from `cfg`), limits,
+    /// error detail and trusted proxies in force, all in one step. The routes are compiled
+    /// first (upstreams resolved, injected credentials read anew): when that fails nothing
+    /// changes.
+    ///
+    /// # Errors
+    /// A route that does not compile.
+    pub fn reconfigure(
+        &self,
+        cfg: &Config,
+        gate_rules: Option<GateRules>,
+    ) -> Result<(), RouteError> {
+        let current = self.current.load();
+        let routes = Arc::new(RouteTable::build_after(cfg, Some(&current.routes))?);
+        routes.publish(&current.upstreams);
+        let next = current.reconfigured(cfg, routes, gate_rules);
         self.current.store(Arc::new(next));
         self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 }

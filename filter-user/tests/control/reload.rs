@@ -28,6 +28,9 @@ enum After {
     InTheXdpMaps,
     /// Applied to auto-block; checked by the test named in the row.
     InAutoblock,
+    /// Applied with the rest of the route table (rebuilt whole on reload, so no field of a
+    /// route can lag behind another); checked by the test named in the row.
+    WithTheRoutes,
     /// Logged as needing a restart; the running value stays (checked below).
     NeedsRestart,
 }
@@ -71,15 +74,30 @@ const ROWS: &[(&str, &str, After)] = &[
     ("autoblock.exempt",         "control::denylist::failures_ban_…; a_reload_puts_a_new_autoblock_in_force", After::InAutoblock),
     ("log.format",               "every daemon test (text); here: no colour codes in a file",          After::NeedsRestart),
     ("log.access_log",           "proxy::access_log::one_line_per_request_with_the_precise_code_and_no_key", After::NeedsRestart),
-    ("route.prefix",             "proxy::http, proxy::e2e_codes (NO_ROUTE)",                           After::NeedsRestart),
-    ("route.upstream",           "proxy::http::forwards_with_forwarding_headers_and_request_ids",      After::NeedsRestart),
-    ("route.scopes",             "control::denylist (403 SCOPE_MISSING), keys::decide",                After::NeedsRestart),
-    ("route.key_in_query",       "keys::decide::a_query_key_is_percent_decoded_before_it_is_checked",  After::NeedsRestart),
-    ("route.key_in",             "keys::decide::missing_wrong_place_malformed_checksum_environment_unknown", After::NeedsRestart),
-    ("route.strip_key",          "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
-    ("route.websocket",          "proxy::websocket::*",                                                After::NeedsRestart),
-    ("route.inject_header",      "proxy::http::keys_are_stripped_and_the_upstream_credential_injected", After::NeedsRestart),
+    ("route.prefix",             "proxy::http, proxy::e2e_codes (NO_ROUTE); here; routes_reload_under_traffic_…", After::Behaves),
+    ("route.upstream",           "proxy::http::forwards_with_forwarding_headers_and_request_ids; here; routes_reload_under_traffic_…", After::Behaves),
+    ("route.scopes",             "control::denylist (403 SCOPE_MISSING), keys::decide; here",          After::Behaves),
+    ("route.key_in_query",       "keys::decide::a_query_key_is_percent_decoded_before_it_is_checked; here", After::Behaves),
+    ("route.key_in",             "keys::decide::missing_wrong_place_malformed_checksum_environment_unknown; here", After::Behaves),
+    ("route.strip_key",          "proxy::http::keys_are_stripped_and_the_upstream_credential_injected; here", After::Behaves),
+    ("route.websocket",          "proxy::websocket::*",                                                After::WithTheRoutes),
+    ("route.inject_header",      "proxy::http::keys_are_stripped_and_the_upstream_credential_injected; here", After::Behaves),
+    ("route.upstream_ca",        "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed", After::WithTheRoutes),
+    ("route.upstream_sni",       "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed", After::WithTheRoutes),
+    ("route.upstream_client_cert", "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed (mTLS)", After::WithTheRoutes),
+    ("route.upstream_client_key", "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed (mTLS)", After::WithTheRoutes),
+    ("route.resolve_interval",   "proxy::upstreams::a_host_name_whose_address_changes_is_followed_without_a_restart", After::WithTheRoutes),
+    ("route.credentials",        "proxy::upstreams::a_credential_pool_routes_around_429s_and_401s",    After::WithTheRoutes),
 ];
+
+/// Keeps the test that loads the proxy with traffic apart from the one that times a drain.
+static APART: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn apart() -> std::sync::MutexGuard<'static, ()> {
+    APART
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 const BAD_KEY: &str = "ef_live_0123456789abcdefghijABCDEFGHIJ01000000";
 
@@ -287,15 +305,19 @@ fn wait_for_log(d: &Daemon, needle: &str, times: usize) -> String {
 }
 
 /// What the running daemon does with the settings of [`before`].
-struct Probe {
+struct Probe<'a> {
     http: SocketAddr,
     https: SocketAddr,
     key: String,
     /// A key that may only be used from 198.18.0.0/24.
     fenced: String,
+    /// A key with the scope `other` (of the route `/v2/` that [`after`] adds) only.
+    other: String,
+    /// The origin of `/v2/` after the reload.
+    other_up: &'a upstream::Upstream,
 }
 
-impl Probe {
+impl Probe<'_> {
     fn big_header(&self) -> u16 {
         let pad = "a".repeat(1500);
         call(
@@ -330,6 +352,7 @@ impl Probe {
 
 #[test]
 fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
+    let _apart = apart();
     let up = upstream::Upstream::start();
     let other_up = upstream::Upstream::start();
     let pki = Pki::new("before");
@@ -352,11 +375,17 @@ fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
         "--json",
     ]);
     let fenced: Value = serde_json::from_str(fenced.trim()).unwrap();
+    let other = d.cli_ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "carol", "--scope", "other", "--json",
+    ]);
+    let other: Value = serde_json::from_str(other.trim()).unwrap();
     let p = Probe {
         http: d.http,
         https,
         key,
         fenced: fenced["key"].as_str().unwrap().to_owned(),
+        other: other["key"].as_str().unwrap().to_owned(),
+        other_up: &other_up,
     };
 
     // Before: the defaults at work.
@@ -398,7 +427,7 @@ fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
                 assert!(log.contains(&restart_line), "{key}: {log}");
                 continue;
             }
-            After::Behaves | After::InTheXdpMaps | After::InAutoblock => {
+            After::Behaves | After::InTheXdpMaps | After::InAutoblock | After::WithTheRoutes => {
                 assert!(!log.contains(&restart_line), "{key}: {log}");
                 assert!(
                     reloaded.contains(&format!("\"{key}\"")),
@@ -417,12 +446,10 @@ fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
         .collect();
     assert_eq!(checked, behaves);
 
-    // What needs a restart keeps its running value: the old listeners, route, environment,
-    // store, admin API and token; the log stays text.
+    // What needs a restart keeps its running value: the old listeners, environment, store,
+    // admin API and token; the log stays text.
     let (s, _) = call(p.http, &get("/v1/echo", &p.key, ""), "");
-    assert_eq!(s, 200, "the old listener, route, store and environment");
-    let (s, _) = call(p.http, &get("/v2/echo", &p.key, ""), "");
-    assert_eq!(s, 404, "no new route before a restart");
+    assert_eq!(s, 200, "the old listener, store and environment");
     assert_eq!(
         raw_http(d.admin, "GET", "/v1/keys", Some(&d.token()), None)
             .unwrap()
@@ -489,9 +516,59 @@ fn every_config_key_takes_effect_on_sighup_or_is_logged_as_needing_a_restart() {
     );
 }
 
+/// `GET /v2/echo` (a route of [`after`] only) with `auth`, `?query`: (status, the echoed head
+/// the origin of `/v2/` received, when it did).
+fn on_v2(p: &Probe<'_>, query: &str, auth: &str) -> (u16, Option<String>) {
+    let before = p.other_up.heads().len();
+    let (s, body) = call(
+        p.http,
+        &format!("GET /v2/echo{query} HTTP/1.1\r\nHost: t\r\n{auth}"),
+        "",
+    );
+    let reached = p.other_up.heads().len() > before;
+    (s, reached.then_some(body))
+}
+
 /// The behaviour of one applied key after the reload.
-fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
+fn check_applied(key: &str, p: &Probe<'_>, pki: &Pki, new_leaf: &[u8]) {
+    let other_in_header = format!("X-API-Key: {}\r\n", p.other);
     match key {
+        "route.prefix" | "route.upstream" => {
+            let (s, echoed) = on_v2(p, "", &other_in_header);
+            assert_eq!(s, 200, "{key}");
+            assert!(echoed.is_some(), "{key}: the new route's origin answers");
+        }
+        "route.scopes" => {
+            let (s, echoed) = on_v2(p, "", &format!("X-API-Key: {}\r\n", p.key));
+            assert_eq!((s, echoed), (403, None), "the key lacks the scope `other`");
+        }
+        "route.key_in_query" => {
+            let (s, echoed) = on_v2(p, &format!("?api_key={}", p.other), "");
+            assert_eq!(s, 200);
+            assert!(echoed.is_some());
+        }
+        "route.key_in" => {
+            let (s, echoed) = on_v2(p, "", &format!("Authorization: Bearer {}\r\n", p.other));
+            assert_eq!(
+                (s, echoed),
+                (401, None),
+                "only X-API-Key and the query are read"
+            );
+        }
+        "route.strip_key" => {
+            let (_, echoed) = on_v2(p, "", &other_in_header);
+            let echoed = echoed.expect("forwarded").to_ascii_lowercase();
+            assert!(echoed.contains("\r\nx-api-key: "), "the key is kept");
+        }
+        "route.inject_header" => {
+            let (_, echoed) = on_v2(p, "", &other_in_header);
+            assert!(
+                echoed
+                    .expect("forwarded")
+                    .contains("X-Upstream: secret\r\n"),
+                "the credential is injected"
+            );
+        }
         "limits.max_header_bytes" => assert_eq!(p.big_header(), 431),
         "limits.max_body_bytes" => assert_eq!(p.body_of_100(), 413),
         "limits.client_timeout" => {
@@ -569,4 +646,212 @@ fn check_applied(key: &str, p: &Probe, pki: &Pki, new_leaf: &[u8]) {
         }
         other => panic!("no check for {other}"),
     }
+}
+
+/// `GET /metrics`' count of forwarded requests on `route`.
+fn forwarded_on(d: &Daemon, route: &str) -> u64 {
+    let (s, body) = d.admin_call("GET", "/metrics", None, None);
+    assert_eq!(s, 200, "{body}");
+    let text = body.as_str().unwrap_or_default().to_owned();
+    let needle = format!("edgefilter_requests_total{{route=\"{route}\",code=\"OK\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// How many `GET {path}` heads `origin` received.
+fn received(origin: &upstream::Upstream, path: &str) -> usize {
+    let line = format!("GET {path} HTTP/1.1\r\n");
+    origin
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with(&line))
+        .count()
+}
+
+/// Clients sending `GET /v1/echo` with a valid key until told to stop (at most 60 s and
+/// 50,000 requests each): one on a kept-alive connection, one on a fresh connection each time.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<u16>>>,
+}
+
+impl Traffic {
+    fn start(d: &Daemon, key: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = [true, false]
+            .into_iter()
+            .map(|kept| {
+                let (http, key, stop) = (d.http, key.to_owned(), stop.clone());
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    let mut ka = crate::support::daemon::KeepAlive::new(http);
+                    let mut statuses = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && statuses.len() < 50_000
+                        && t.elapsed() < Duration::from_secs(60)
+                    {
+                        let status = if kept {
+                            ka.get("/v1/echo", &key).map_or(0, |a| a.status)
+                        } else {
+                            TcpStream::connect(http)
+                                .map_or(0, |s| call_on(s, &get("/v1/echo", &key, ""), "").0)
+                        };
+                        statuses.push(status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the clients; every status they got.
+    fn stop(self) -> Vec<u16> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    }
+}
+
+/// Routes reload under traffic: a reload that adds `/v2/` (to a second origin, ahead of `/v1/`
+/// in the file, so every route index moves) and points `/v1/` at a third origin is in force for
+/// the next request on every connection, kept-alive ones too, while the request in flight
+/// finishes on the first origin; no answer fails meanwhile (a request judged by the key rules of
+/// one config and routed by another would be `NO_ROUTE`, or reach the wrong origin), and the new
+/// route is counted under its own label. A config whose routes do not build (a bad upstream, an
+/// unset variable for `inject_header`) is refused, with the problems in the answer and the log,
+/// and the traffic does not notice.
+#[test]
+fn routes_reload_under_traffic_and_a_broken_route_is_refused() {
+    let _apart = apart();
+    let (first, second, third) = (
+        upstream::Upstream::start(),
+        upstream::Upstream::start(),
+        upstream::Upstream::start(),
+    );
+    let d = Daemon::start(first.addr);
+    let token = d.token();
+    let (_, key) = d.create_key("alice");
+    let base = std::fs::read_to_string(d.config()).unwrap();
+    let old_route = format!(
+        "[[route]]\nprefix = \"/v1/\"\nupstream = \"http://{}\"\n",
+        first.addr
+    );
+    assert!(base.contains(&old_route), "{base}");
+    let moved = base.replace(
+        &old_route,
+        &format!(
+            "[[route]]\nprefix = \"/v2/\"\nupstream = \"http://{}\"\nscopes = [\"ai:invoke\"]\n\
+             [[route]]\nprefix = \"/v1/\"\nupstream = \"http://{}\"\n",
+            second.addr, third.addr
+        ),
+    );
+
+    // A request in flight across the reload: the first origin answers it after 3 s.
+    let slow = {
+        let (http, key) = (d.http, key.clone());
+        std::thread::spawn(move || call(http, &get("/v1/slow", &key, ""), "").0)
+    };
+    let traffic = Traffic::start(&d, &key);
+    let t = Instant::now();
+    while received(&first, "/v1/slow") == 0 || received(&first, "/v1/echo") < 200 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no traffic");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(received(&third, "/v1/echo"), 0);
+
+    std::fs::write(d.config(), &moved).unwrap();
+    let (s, v) = d.admin_call("POST", "/v1/reload", Some(&token), None);
+    assert_eq!(s, 200, "{v}");
+    let applied: Vec<&str> = v["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let routes: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.path)
+        .filter(|p| p.starts_with("route."))
+        .collect();
+    assert_eq!(applied, routes, "a route more: each of its fields changed");
+    assert_eq!(v["needs_restart"], serde_json::json!([]), "{v}");
+
+    // Once each shard has taken the new routes (at its next request), the first origin gets no
+    // more `/v1/` requests: every connection, kept-alive or new, reaches the third.
+    std::thread::sleep(Duration::from_millis(300));
+    let (on_first, on_third) = (received(&first, "/v1/echo"), received(&third, "/v1/echo"));
+    assert!(on_third > 0, "no /v1/ request reached the new origin");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        received(&first, "/v1/echo"),
+        on_first,
+        "a /v1/ request reached the old origin after the reload"
+    );
+    assert!(received(&third, "/v1/echo") > on_third);
+    let (s, body) = call(d.http, &get("/v2/echo", &key, ""), "");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(received(&second, "/v2/echo"), 1);
+    assert_eq!(slow.join().unwrap(), 200, "the request in flight finishes");
+    assert_eq!(
+        received(&third, "/v1/slow"),
+        0,
+        "on the origin it began with"
+    );
+    // Each route under its own label: /v1/ keeps its count, /v2/ starts its own.
+    assert!(forwarded_on(&d, "/v1/") > u64::try_from(on_first).unwrap());
+    assert_eq!(forwarded_on(&d, "/v2/"), 1);
+
+    // Broken routes are refused, every problem named; the running routes stay.
+    let broken = moved
+        .replace(
+            &format!("upstream = \"http://{}\"\nscopes", second.addr),
+            "upstream = \"ftp://127.0.0.1:1\"\nscopes",
+        )
+        .replace(
+            &format!("upstream = \"http://{}\"\n", third.addr),
+            &format!(
+                "upstream = \"http://{}\"\ninject_header = {{ name = \"Authorization\", value = \"Bearer ${{EF_TEST_ROUTE_RELOAD_UNSET}}\" }}\n",
+                first.addr
+            ),
+        );
+    assert_ne!(broken, moved);
+    std::fs::write(d.config(), &broken).unwrap();
+    let (s, v) = d.admin_call("POST", "/v1/reload", Some(&token), None);
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "CONFIG_INVALID", "{v}");
+    let hint = v["error"]["hint"].as_str().unwrap().to_owned();
+    assert!(
+        hint.contains("ftp://127.0.0.1:1") && hint.contains("EF_TEST_ROUTE_RELOAD_UNSET"),
+        "{hint}"
+    );
+    sighup(&d);
+    let log = wait_for_log(&d, "config reload failed", 2);
+    assert!(
+        log.contains("ftp://127.0.0.1:1") && log.contains("EF_TEST_ROUTE_RELOAD_UNSET"),
+        "{log}"
+    );
+    let before = received(&first, "/v1/echo");
+    let on_third = received(&third, "/v1/echo");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(received(&first, "/v1/echo"), before, "the refused route");
+    assert!(received(&third, "/v1/echo") > on_third, "the running route");
+    let (s, _) = call(d.http, &get("/v2/echo", &key, ""), "");
+    assert_eq!(s, 200);
+    assert_eq!(received(&second, "/v2/echo"), 2);
+
+    let statuses = traffic.stop();
+    assert!(statuses.len() > 200, "{} requests", statuses.len());
+    let failed: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        statuses.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert!(!d.log().contains("panicked"), "{}", d.log());
 }

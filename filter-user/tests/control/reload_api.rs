@@ -60,7 +60,7 @@ fn post_reload_applies_a_change_and_refuses_a_broken_config() {
     assert_eq!(s, 401, "{v}");
     assert_documented(&doc, "/v1/reload", "post", s, &v);
 
-    // An applied key (keys.errors) and one that needs a restart (a route's scopes).
+    // Applied keys (keys.errors, a route's scopes) and one that needs a restart (log.format).
     let base = std::fs::read_to_string(d.config()).unwrap();
     let tables = default_tables(up.addr);
     let changed = base.replace(
@@ -70,29 +70,34 @@ fn post_reload_applies_a_change_and_refuses_a_broken_config() {
                 "environment = \"live\"",
                 "environment = \"live\"\nerrors = \"opaque\"",
             )
-            .replace("scopes = [\"ai:invoke\"]", "scopes = [\"ai:other\"]"),
+            .replace(
+                "scopes = [\"ai:invoke\"]",
+                "scopes = [\"ai:invoke\", \"ai:other\"]",
+            )
+            .replace("format = \"text\"", "format = \"json\""),
     );
     assert_ne!(changed, base);
     std::fs::write(d.config(), &changed).unwrap();
     let (s, v) = d.admin_call("POST", "/v1/reload", Some(&token), None);
     assert_eq!(s, 200, "{v}");
     assert_documented(&doc, "/v1/reload", "post", s, &v);
-    assert_eq!(v["applied"], serde_json::json!(["keys.errors"]), "{v}");
     assert_eq!(
-        v["needs_restart"],
-        serde_json::json!(["route.scopes"]),
+        v["applied"],
+        serde_json::json!(["keys.errors", "route.scopes"]),
         "{v}"
     );
+    assert_eq!(v["needs_restart"], serde_json::json!(["log.format"]), "{v}");
     assert_eq!(v["tls"], "not served", "{v}");
-    // In force at once: a revoked key is answered opaquely; the route keeps its scopes.
+    // In force at once: a revoked key is answered opaquely, the route needs a scope the key
+    // lacks (a 403, which opaque errors leave as it is).
     assert_eq!(answer(&d, &revoked), "INVALID_CREDENTIALS");
-    assert_eq!(answer(&d, &key), "OK");
+    assert_eq!(answer(&d, &key), "SCOPE_MISSING");
 
     // A broken config: refused with every problem on its line, the running config kept.
     let broken = changed
         .replace(
-            "scopes = [\"ai:other\"]",
-            "scopes = [\"ai:other\"]\ninject_header = { name = \"Authorization\", value = \"Bearer ${EF_TEST_RELOAD_UNSET}\" }",
+            "scopes = [\"ai:invoke\", \"ai:other\"]",
+            "scopes = [\"ai:invoke\"]\ninject_header = { name = \"Authorization\", value = \"Bearer ${EF_TEST_RELOAD_UNSET}\" }",
         )
         .replace("shards = 2\n", "shards = 2000\n");
     std::fs::write(d.config(), &broken).unwrap();
@@ -113,7 +118,7 @@ fn post_reload_applies_a_change_and_refuses_a_broken_config() {
         "{hint}"
     );
     assert_eq!(answer(&d, &revoked), "INVALID_CREDENTIALS");
-    assert_eq!(answer(&d, &key), "OK");
+    assert_eq!(answer(&d, &key), "SCOPE_MISSING", "the running scopes stay");
 
     // SIGHUP reloads the same way, and every reload is in the audit trail.
     std::fs::write(d.config(), &base).unwrap();

@@ -101,6 +101,7 @@ fn check_at<'g>(
         query,
         headers: &hs,
         route,
+        rules: None,
     };
     gate.check_at(&req, Now::at_secs(now))
 }
@@ -473,6 +474,7 @@ fn store_changes_reach_every_shard_through_the_inbox() {
         query: None,
         headers: &hs,
         route: V1,
+        rules: None,
     };
     for g in &mut gates {
         assert!(allowed(&g.check(&req)));
@@ -583,6 +585,7 @@ fn the_watcher_thread_carries_a_revocation_to_running_gates() {
         query: None,
         headers: &hs,
         route: V1,
+        rules: None,
     };
     for g in &mut gates {
         assert!(allowed(&g.check(&req)));
@@ -626,6 +629,7 @@ fn a_changed_key_keeps_its_rate_budget() {
         query: None,
         headers: &hs,
         route: V1,
+        rules: None,
     };
     assert!(allowed(&gates[0].check(&req)));
     assert!(allowed(&gates[1].check(&req)));

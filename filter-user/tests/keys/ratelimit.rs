@@ -115,6 +115,7 @@ fn one_key_one_budget_across_two_shard_gates() {
         query: None,
         headers: &hs,
         route: 0,
+        rules: None,
     };
     let mut limited = [0u64; 2];
     let (mut g0, mut g1) = (svc.gate(0).unwrap(), svc.gate(1).unwrap());

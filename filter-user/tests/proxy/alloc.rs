@@ -132,6 +132,7 @@ fn head_parse_route_gate_and_forward_serialisation_allocate_nothing() {
                 peer_text: "203.0.113.7",
                 trusted_proxies: &[],
                 gate: &mut *gate,
+                gate_rules: None,
                 ids: &mut ids,
             };
             head::process(REQUEST, &mut ctx, &mut out)
@@ -185,6 +186,7 @@ fn escaped_paths_are_checked_and_routed_on_their_decoded_form_without_allocating
             peer_text: "203.0.113.7",
             trusted_proxies: &[],
             gate: &mut gate,
+            gate_rules: None,
             ids: &mut ids,
         };
         head::process(request, &mut ctx, &mut out)
@@ -231,6 +233,7 @@ fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
         query: Some(&query),
         headers: &[],
         route: 0,
+        rules: None,
     };
     let now = Now::at_secs(1_800_000_000);
     assert!(matches!(gate.check_at(&req, now), Verdict::Allow(Some(_))));
