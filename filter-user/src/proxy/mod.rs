@@ -12,21 +12,25 @@
 //! Every `use super::…` edge between the submodules points down this list, never up or
 //! sideways within a row:
 //!
-//! 1. leaves: `admit` (connection counts and limits, shared by the shards), `affinity`, `reqid`, `route` (matched on the path as the upstream reads it),
-//!    `tls`, `listen`, `headers` (framing, the header scan, name and value tests), `upstream_error` (why an upstream
-//!    failed, classified), `trim` (freed memory back to the kernel after a mass close), `tunnel`
-//!    (the byte relay of a switched connection);
-//! 2. `settings` (read-only, shared by all shards), `upstream` (pool, connect), `respond`
-//!    (error answers), `body` (body framing while streaming), `response` (upstream heads),
-//!    `forward` (what of the client's head and trailers goes upstream);
-//! 3. `head` (parse, check, route, gate, then `forward`);
-//! 4. `io` (client buffers and their pool, waiting for bytes without one, `Flow`, client
+//! 1. leaves: `admit` (connection counts and limits, shared by the shards), `affinity`, `reqid`,
+//!    `credentials` (a route's upstream credential: one value, or a pool whose values rest when
+//!    the provider refuses them), `tls`, `listen`, `headers` (framing, the header scan, name and
+//!    value tests), `upstream_error` (why an upstream failed, classified), `trim` (freed memory
+//!    back to the kernel after a mass close), `tunnel` (a switched connection relayed both ways);
+//! 2. `upstream` (targets: addresses re-resolved, TLS, health, balancing; connections and the
+//!    per-shard pool);
+//! 3. `route` (matched on the path as the upstream reads it; each route's targets and credential);
+//! 4. `settings` (read-only, shared by all shards), `respond` (error answers), `body` (body
+//!    framing while streaming), `response` (upstream heads), `forward` (what of the client's head
+//!    and trailers goes upstream);
+//! 5. `head` (parse, check, route, gate, pick the first target and credential, then `forward`);
+//! 6. `io` (client buffers and their pool, waiting for bytes without one, `Flow`, client
 //!    writes and refusals);
-//! 5. `state` (one shard's own state: gate, ids, pools, connection counts, drain flag);
-//! 6. `exchange` (one forwarded request and its `Outcome`);
-//! 7. `conn` (one client connection's loop);
-//! 8. `shard` (the thread, its runtime and accept loops);
-//! 9. this module (start, addresses, reload, drain).
+//! 7. `state` (one shard's own state: gate, ids, pools, connection counts, drain flag);
+//! 8. `exchange` (one forwarded request, its retries and its `Outcome`);
+//! 9. `conn` (one client connection's loop);
+//! 10. `shard` (the thread, its runtime and accept loops);
+//! 11. this module (start, addresses, reload, drain, the resolver thread).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
