@@ -51,10 +51,12 @@ pub struct BenchArgs {
 }
 
 /// The load targets, in table order.
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 10] = [
     "direct upstream",
     "I/O floor (byte relay)",
     "edgefilter",
+    "edgefilter, HTTPS upstream",
+    "edgefilter, Unix-socket upstream",
     "edgefilter, access log on",
     "edgefilter, allow-all gate",
     "HAProxy",
@@ -194,6 +196,34 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Command::new(root.join("target/release/bench_upstream")).arg(up.to_string()),
     )?
     .ready(up)?;
+    // The same origin over TLS (its CA written for edgefilter's upstream_ca) and on a Unix
+    // socket, for the upstream-transport rows.
+    let ups = BenchUpstreams {
+        tcp: up,
+        tls: free_addr()?,
+        ca: dir.join("upstream-ca.pem"),
+        unix: dir.join("upstream.sock"),
+    };
+    let _ = std::fs::remove_file(&ups.ca);
+    let _tls_upstream = Proc::spawn(
+        "bench_upstream (TLS)",
+        Command::new(root.join("target/release/bench_upstream"))
+            .arg(ups.tls.to_string())
+            .arg("--tls")
+            .arg(&ups.ca),
+    )?
+    .ready(ups.tls)?;
+    let _unix_upstream = Proc::spawn(
+        "bench_upstream (Unix socket)",
+        Command::new(root.join("target/release/bench_upstream"))
+            .arg(format!("unix:{}", ups.unix.display())),
+    )?;
+    for _ in 0..100 {
+        if ups.unix.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     if args.propagation_only {
         return propagation(&root, &dir, up, args);
@@ -207,7 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}", round + 1, args.rounds.max(1));
         for (i, name) in targets.iter().enumerate() {
-            samples[i].push(run_target(name, &root, &dir, up, &key, args)?);
+            samples[i].push(run_target(name, &root, &dir, &ups, &key, args)?);
         }
     }
     print_rounds(&samples);
@@ -282,15 +312,27 @@ fn propagation(root: &Path, dir: &Path, up: SocketAddr, args: &BenchArgs) -> Res
     crate::propagation::run(addr, admin, &token, args.connections)
 }
 
+/// The bench origin, over each transport an upstream can use.
+struct BenchUpstreams {
+    /// Plain HTTP over TCP.
+    tcp: SocketAddr,
+    /// HTTPS, with a certificate signed by the CA in `ca`.
+    tls: SocketAddr,
+    ca: PathBuf,
+    /// Plain HTTP over this Unix socket.
+    unix: PathBuf,
+}
+
 /// Starts one target (the upstream itself needs nothing), measures it, stops it.
 fn run_target(
     name: &'static str,
     root: &Path,
     dir: &Path,
-    up: SocketAddr,
+    ups: &BenchUpstreams,
     key: &str,
     args: &BenchArgs,
 ) -> Result<Row> {
+    let up = ups.tcp;
     if name == "direct upstream" {
         return measure(name, up, key, args);
     }
@@ -308,6 +350,28 @@ fn run_target(
             Proc::spawn(
                 name,
                 Command::new(root.join("target/release/proxy_allow_all")).arg(&conf),
+            )?
+        }
+        "edgefilter, HTTPS upstream" | "edgefilter, Unix-socket upstream" => {
+            // The same daemon; only the route's upstream differs.
+            let conf = fill(root, "edgefilter.toml", dir, addr, up, args.shards)?;
+            let upstream = if name == "edgefilter, HTTPS upstream" {
+                format!(
+                    "upstream = \"https://{}\"\nupstream_ca = \"{}\"",
+                    ups.tls,
+                    ups.ca.display()
+                )
+            } else {
+                format!("upstream = \"unix:{}\"", ups.unix.display())
+            };
+            let text = std::fs::read_to_string(&conf)?
+                .replace(&format!("upstream = \"http://{up}\""), &upstream);
+            std::fs::write(&conf, text)?;
+            Proc::spawn(
+                name,
+                Command::new(root.join("target/release/edgefilter"))
+                    .args(["run", "--no-xdp", "--config"])
+                    .arg(&conf),
             )?
         }
         "edgefilter" | "edgefilter, access log on" => {
@@ -569,6 +633,8 @@ fn print_rounds(samples: &[Vec<Row>]) {
     let pairs = [
         ("edgefilter", "I/O floor (byte relay)"),
         ("edgefilter, access log on", "edgefilter"),
+        ("edgefilter, HTTPS upstream", "edgefilter"),
+        ("edgefilter, Unix-socket upstream", "edgefilter"),
         ("edgefilter", "HAProxy"),
         ("edgefilter", "nginx"),
         ("edgefilter, allow-all gate", "HAProxy"),
@@ -614,6 +680,23 @@ fn print_table(rows: &[Row], args: &BenchArgs) {
         );
     }
     let find = |n: &str| rows.iter().find(|r| r.name == n);
+    if let Some(ef) = find("edgefilter") {
+        if let Some(tls) = find("edgefilter, HTTPS upstream") {
+            println!();
+            println!(
+                "HTTPS upstream/plain HTTP upstream: {:.2}x requests/s (target ≥ 0.75x), p99 {:.2}x",
+                tls.rps / ef.rps,
+                tls.p99_us / ef.p99_us
+            );
+        }
+        if let Some(unix) = find("edgefilter, Unix-socket upstream") {
+            println!(
+                "Unix-socket upstream/loopback TCP upstream: {:.2}x requests/s, p99 {:.2}x",
+                unix.rps / ef.rps,
+                unix.p99_us / ef.p99_us
+            );
+        }
+    }
     if let (Some(ef), Some(ha), Some(ng)) = (find("edgefilter"), find("HAProxy"), find("nginx")) {
         println!();
         println!(
