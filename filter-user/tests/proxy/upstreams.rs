@@ -480,3 +480,37 @@ fn a_host_name_whose_address_changes_is_followed_without_a_restart() {
     );
     assert!(d.log().contains("no longer resolves"), "{}", d.log());
 }
+
+#[test]
+fn upstream_errors_carry_the_key_id_and_the_stage_and_no_address_when_opaque() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (errors, shows_target) in [("detailed", true), ("opaque", false)] {
+        let tables = format!(
+            "[keys]\nenvironment = \"live\"\nerrors = \"{errors}\"\n[log]\nformat = \"text\"\n\
+             access_log = \"off\"\n[[route]]\nprefix = \"/v1/\"\nupstream = \"http://{closed}\"\n"
+        );
+        let mut d = Daemon::configure(&tables);
+        d.restart();
+        let (id, key) = d.create_key("alice");
+        let (s, text) = call(d.http, "GET", "/v1/x", &key, "down");
+        assert_eq!(s, 502, "{text}");
+        assert!(text.contains("\"UPSTREAM_UNAVAILABLE\""), "{text}");
+        assert!(
+            text.contains(&format!("\"key_id\":\"{id}\"")),
+            "{errors}: {text}"
+        );
+        assert!(
+            text.contains("connecting to the upstream"),
+            "{errors}: {text}"
+        );
+        assert_eq!(
+            text.contains(&closed.to_string()),
+            shows_target,
+            "{errors}: the target in the hint: {text}"
+        );
+    }
+}
