@@ -222,9 +222,10 @@ where
     let mut outcome = if head.status == 101 {
         switch(st, c, io, up, &head).await
     } else {
-        drop(in_flight);
         relay_response(st, c, io, up, key, &head).await
     };
+    // Outstanding on its target until the answer (a stream of tokens, a tunnel) is over.
+    drop(in_flight);
     outcome.status = Some(head.status);
     outcome.upstream_took = Some(took);
     outcome
