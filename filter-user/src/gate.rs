@@ -55,6 +55,9 @@ pub struct Identity<'a> {
     pub tenant: &'a TenantName,
     /// User name.
     pub user: &'a UserName,
+    /// The key's rate limit after this request took its token, when it has one (the
+    /// `RateLimit-Policy` and `RateLimit` fields of the answer).
+    pub rate: Option<RateInfo>,
 }
 
 /// Rate-limit state to report in `RateLimit-*` headers.

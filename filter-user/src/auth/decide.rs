@@ -179,8 +179,8 @@ impl std::fmt::Debug for EnvName {
 /// borrow from the route's rules (`'r`, which may be shorter-lived than the cache).
 #[derive(Debug, Clone, Copy)]
 pub enum Decision<'c, 'r> {
-    /// Forward, as this key.
-    Allow(&'c KeyEntry),
+    /// Forward, as this key; with what is left of its rate limit, when it has one.
+    Allow(&'c KeyEntry, Option<RateInfo>),
     /// Answer with an error.
     Deny(Refusal<'r>),
 }
@@ -308,17 +308,19 @@ pub fn check_scopes<'r>(e: &'r KeyEntry, route: &'r RouteRules) -> Result<(), Re
     }
 }
 
-/// Takes a token from the key's host-wide bucket.
+/// Takes a token from the key's host-wide bucket; what is left, when the key has a limit.
 ///
 /// # Errors
 /// `RateLimited`.
-pub fn check_rate(e: &KeyEntry, now: Now) -> Result<(), Refusal<'_>> {
-    if let Some(limit) = e.owner().limit() {
-        e.bucket()
+pub fn check_rate(e: &KeyEntry, now: Now) -> Result<Option<RateInfo>, Refusal<'_>> {
+    match e.owner().limit() {
+        Some(limit) => e
+            .bucket()
             .take(&limit, now.nanos)
-            .map_err(|rate| Refusal::RateLimited { entry: e, rate })?;
+            .map(Some)
+            .map_err(|rate| Refusal::RateLimited { entry: e, rate }),
+        None => Ok(None),
     }
-    Ok(())
 }
 
 #[inline]
@@ -329,7 +331,7 @@ fn chain<'c: 'r, 'r>(
     found: Extracted<'_>,
     peer: IpAddr,
     now: Now,
-) -> Result<&'c KeyEntry, Refusal<'r>> {
+) -> Result<(&'c KeyEntry, Option<RateInfo>), Refusal<'r>> {
     let decoded;
     let raw = match found {
         Extracted::Missing => return Err(Refusal::Missing),
@@ -351,8 +353,8 @@ fn chain<'c: 'r, 'r>(
     check_approved(e)?;
     check_address(e, peer)?;
     check_scopes(e, route)?;
-    check_rate(e, now)?;
-    Ok(e)
+    let rate = check_rate(e, now)?;
+    Ok((e, rate))
 }
 
 /// Runs the whole chain for one request.
@@ -367,7 +369,7 @@ pub fn decide<'c: 'r, 'r>(
     now: Now,
 ) -> Decision<'c, 'r> {
     match chain(cache, route, edge_env, found, peer, now) {
-        Ok(e) => Decision::Allow(e),
+        Ok((e, rate)) => Decision::Allow(e, rate),
         Err(r) => Decision::Deny(r),
     }
 }

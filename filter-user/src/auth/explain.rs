@@ -772,7 +772,7 @@ fn verdict(
     };
     let (verdict, verdict_line) =
         match decide::decide(cache, rep.ctx.route, rep.ctx.edge_env, found, asked.ip, now) {
-            Decision::Allow(e) => (
+            Decision::Allow(e, _) => (
                 Ok(e.key_id().to_string()),
                 format!(
                     "verdict: ALLOW as {} (tenant {}, user {})",

@@ -86,10 +86,11 @@ impl ShardGate {
         };
         let found = extract(route, req.headers, req.query);
         match decide(&self.cache, route, &rules.environment, found, req.peer, now) {
-            Decision::Allow(e) => Verdict::Allow(Some(Identity {
+            Decision::Allow(e, rate) => Verdict::Allow(Some(Identity {
                 key_id: e.key_id(),
                 tenant: e.owner().tenant(),
                 user: e.owner().user(),
+                rate,
             })),
             Decision::Deny(r) => Verdict::Deny(denial(
                 &r,

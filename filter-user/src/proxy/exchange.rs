@@ -218,6 +218,11 @@ where
         };
         return failed(c, io, st, why, rid, close).await;
     };
+    if let Some(rate) = &p.rate
+        && head.status != 101
+    {
+        super::ratelimit_fields::add_to_head(&mut c.rout, rate);
+    }
     // Only a `RespStep::Switch` has status 101.
     let mut outcome = if head.status == 101 {
         switch(st, c, io, up, &head).await

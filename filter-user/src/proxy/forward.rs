@@ -472,6 +472,7 @@ mod tests {
             key_id: "key_1",
             tenant: &acme,
             user: &alice_name,
+            rate: None,
         };
         let sent = head(
             &[
@@ -537,6 +538,7 @@ mod tests {
                 key_id: bad,
                 tenant: &acme,
                 user: &alice,
+                rate: None,
             };
             assert_eq!(
                 head(&[], Some(as_key)),

@@ -100,6 +100,8 @@ pub struct Prepared {
     pub written: forward::Written,
     /// The method is idempotent (RFC 9110 §9.2.2): sending it twice acts once.
     pub idempotent: bool,
+    /// The key's rate limit after this request, for the answer's `RateLimit` fields.
+    pub rate: Option<crate::gate::RateInfo>,
 }
 
 /// A request answered by the proxy itself.
@@ -368,6 +370,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
             method,
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
+        rate: identity.and_then(|id| id.rate),
     })
 }
 

@@ -58,6 +58,7 @@ pub mod head;
 mod headers;
 mod io;
 pub mod listen;
+mod ratelimit_fields;
 pub mod reqid;
 pub mod respond;
 pub(crate) mod response;

@@ -95,16 +95,16 @@ pub fn write_error_response(
             reset_secs: 1,
         });
         let retry = rate.reset_secs.max(1);
-        for (name, v) in [
-            (&b"Retry-After: "[..], retry),
-            (b"RateLimit-Limit: ", rate.limit),
-            (b"RateLimit-Remaining: ", rate.remaining),
-            (b"RateLimit-Reset: ", retry),
-        ] {
-            buf.extend_from_slice(name);
-            buf.extend_from_slice(num.format(v).as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
+        buf.extend_from_slice(b"Retry-After: ");
+        buf.extend_from_slice(num.format(retry).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        super::ratelimit_fields::write(
+            buf,
+            &crate::gate::RateInfo {
+                reset_secs: retry,
+                ..rate
+            },
+        );
     }
     if code == ErrorCode::UpstreamCredentialsExhausted {
         let retry = denial.rate.map_or(1, |r| r.reset_secs.max(1));
@@ -308,9 +308,8 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 429 "));
         for h in [
             "Retry-After: 3",
-            "RateLimit-Limit: 10",
-            "RateLimit-Remaining: 0",
-            "RateLimit-Reset: 3",
+            "RateLimit-Policy: \"key-rate\";q=10;w=1",
+            "RateLimit: \"key-rate\";r=0;t=3",
             "Connection: close",
         ] {
             assert!(head.contains(h), "{h} in {head}");

@@ -544,7 +544,7 @@ fn debug_output_never_holds_the_key() {
             Now::at_secs(NOW),
         );
         seen.push(format!("{found:?} {d:?}"));
-        if let Decision::Allow(e) = d {
+        if let Decision::Allow(e, _) = d {
             assert_eq!(&**e.key_id(), id);
         }
     }

@@ -88,6 +88,7 @@ impl Gate for WithIdentity {
             key_id: &self.key_id,
             tenant: &self.tenant,
             user: &self.user,
+            rate: None,
         }))
     }
 }

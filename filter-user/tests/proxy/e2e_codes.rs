@@ -452,17 +452,43 @@ fn every_code_through_the_real_proxy() {
     assert!(hint(16).contains("ai:invoke"), "{}", hint(16));
 
     // Rate limit: burst 1 at 1/s — the second request in a row is refused with its headers.
-    assert_eq!(curl(d, p, &["-H", &bearer(&limited)]).status, 200);
+    // Both answers carry the structured RateLimit fields (draft-ietf-httpapi-ratelimit-headers),
+    // not the dropped RateLimit-Limit/-Remaining/-Reset trio.
+    let allowed = curl(d, p, &["-H", &bearer(&limited)]);
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.header("ratelimit-policy"),
+        Some("\"key-rate\";q=1;w=1"),
+        "{}",
+        allowed.raw
+    );
+    assert_eq!(
+        allowed.header("ratelimit"),
+        Some("\"key-rate\";r=0;t=1"),
+        "{}",
+        allowed.raw
+    );
     let a = curl(d, p, &["-H", &bearer(&limited)]);
     assert_refusal(&edge, &a, 429, "RATE_LIMITED", Some(&rl_id));
-    for h in [
-        "retry-after",
-        "ratelimit-limit",
-        "ratelimit-remaining",
-        "ratelimit-reset",
-    ] {
-        assert!(a.header(h).is_some(), "429 lacks {h}: {}", a.raw);
+    assert_eq!(a.header("retry-after"), Some("1"), "{}", a.raw);
+    assert_eq!(
+        a.header("ratelimit-policy"),
+        Some("\"key-rate\";q=1;w=1"),
+        "{}",
+        a.raw
+    );
+    assert_eq!(
+        a.header("ratelimit"),
+        Some("\"key-rate\";r=0;t=1"),
+        "{}",
+        a.raw
+    );
+    for gone in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+        assert!(a.header(gone).is_none(), "429 has {gone}: {}", a.raw);
     }
+    // An unlimited key's answers carry none.
+    let free = curl(d, p, &["-H", &bearer(&ok)]);
+    assert!(free.header("ratelimit").is_none(), "{}", free.raw);
 
     // A live revocation reaches the running daemon.
     edge.cli(&["keys", "revoke", &ok_id]);

@@ -276,6 +276,7 @@ impl Gate for ByPath {
                 key_id: "key_abc",
                 tenant: &self.tenant,
                 user: &self.user,
+                rate: None,
             })),
             "/ok/echo" => Verdict::Deny(Denial::new(ErrorCode::MissingKey)),
             "/expired" => {
@@ -329,8 +330,14 @@ fn gate_verdicts_are_forwarded_or_answered_per_spec() {
     let r = c.call(&get("/limited"));
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after").as_deref(), Some("2"));
-    assert_eq!(r.header("ratelimit-limit").as_deref(), Some("5"));
-    assert_eq!(r.header("ratelimit-remaining").as_deref(), Some("0"));
+    assert_eq!(
+        r.header("ratelimit-policy").as_deref(),
+        Some("\"key-rate\";q=5;w=1")
+    );
+    assert_eq!(
+        r.header("ratelimit").as_deref(),
+        Some("\"key-rate\";r=0;t=2")
+    );
     // Denied requests never reach the origin; the connection stays usable.
     assert_eq!(env.up.heads().len(), 1);
     assert_eq!(c.call(&get("/ok/echo")).status, 401);

@@ -332,6 +332,7 @@ impl Gate for Lends {
             key_id: &self.key_id,
             tenant: &self.tenant,
             user: &self.user,
+            rate: None,
         }))
     }
 }
