@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Runs an accept loop on a current-thread tokio runtime of the calling thread, handing every
 /// connection (with `TCP_NODELAY` set) to its own local task. Returns only on an accept error.
@@ -16,11 +16,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    block_on_local(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         loop {
             let (s, _) = listener.accept().await?;
@@ -28,4 +24,34 @@ where
             tokio::task::spawn_local(handle(s));
         }
     })
+}
+
+/// As [`serve_local`], on a Unix stream socket.
+///
+/// # Errors
+/// As [`serve_local`].
+pub fn serve_local_unix<F, Fut>(
+    listener: std::os::unix::net::UnixListener,
+    handle: F,
+) -> std::io::Result<()>
+where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    listener.set_nonblocking(true)?;
+    block_on_local(async move {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        loop {
+            let (s, _) = listener.accept().await?;
+            tokio::task::spawn_local(handle(s));
+        }
+    })
+}
+
+/// Runs `work` (and the local tasks it spawns) on a current-thread runtime of this thread.
+fn block_on_local<W: Future<Output = std::io::Result<()>>>(work: W) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    tokio::task::LocalSet::new().block_on(&rt, work)
 }

@@ -19,7 +19,8 @@ fn main() -> anyhow::Result<()> {
     let first = args.first().map_or("127.0.0.1:18000", String::as_str);
     if let Some(path) = first.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
-        return Ok(serve_unix(std::os::unix::net::UnixListener::bind(path)?)?);
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        return Ok(benches::serve_local_unix(listener, serve)?);
     }
     let addr: SocketAddr = first.parse()?;
     let listener = std::net::TcpListener::bind(addr)?;
@@ -61,22 +62,6 @@ fn tls_acceptor(ca_out: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     .with_no_client_auth()
     .with_single_cert(vec![leaf.der().clone()], key)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// As [`benches::serve_local`], on a Unix socket.
-fn serve_unix(listener: std::os::unix::net::UnixListener) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = tokio::net::UnixListener::from_std(listener)?;
-        loop {
-            let (s, _) = listener.accept().await?;
-            tokio::task::spawn_local(serve(s));
-        }
-    })
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {

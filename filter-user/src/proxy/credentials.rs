@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::codes::ErrorCode;
+use crate::gate::{Denial, RateInfo};
 use crate::obs::upstreams::{CredentialHealth, CredentialState, now_ms};
 
 /// A route's upstream credential.
@@ -34,6 +36,27 @@ pub struct Credentials {
 pub struct Exhausted {
     /// Seconds until the first one is back (at least 1).
     pub retry_after: u64,
+}
+
+impl Exhausted {
+    /// The answer: `UPSTREAM_CREDENTIALS_EXHAUSTED` with `Retry-After` and a hint saying when the
+    /// first value is back, and the caller's key id when known.
+    #[must_use]
+    pub fn denial(&self, key_id: Option<&str>) -> Denial {
+        let mut denial = Denial::new(ErrorCode::UpstreamCredentialsExhausted);
+        denial.hint = Some(format!(
+            "every provider credential of this route is resting after the provider refused or \
+             rate-limited it; the first is back in {}s",
+            self.retry_after
+        ));
+        denial.key_id = key_id.map(Arc::from);
+        denial.rate = Some(RateInfo {
+            limit: 0,
+            remaining: 0,
+            reset_secs: self.retry_after,
+        });
+        denial
+    }
 }
 
 impl Credentials {

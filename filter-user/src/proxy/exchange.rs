@@ -529,19 +529,8 @@ async fn credentials_exhausted<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let code = ErrorCode::UpstreamCredentialsExhausted;
-    let mut denial = Denial::new(code);
-    denial.hint = Some(format!(
-        "every provider credential of this route is resting after the provider refused or \
-         rate-limited it; the first is back in {}s",
-        exhausted.retry_after
-    ));
-    denial.key_id = key_id.get().map(Arc::from);
-    denial.rate = Some(crate::gate::RateInfo {
-        limit: 0,
-        remaining: 0,
-        reset_secs: exhausted.retry_after,
-    });
+    let denial = exhausted.denial(key_id.get());
+    let code = denial.code;
     let rid = p.request_id.as_str();
     Outcome {
         flow: write_refusal(c, io, st, &denial, None, rid, !p.keep_alive).await,

@@ -266,20 +266,22 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         route,
         rules: ctx.gate_rules,
     });
+    // A refusal of a routed request whose head was understood (the connection may go on).
+    let refuse_routed = |request_id, denial| {
+        Step::Refuse(Box::new(Refusal {
+            head_len: Some(head_len),
+            framing,
+            keep_alive,
+            request_id,
+            route: Some(route),
+            line: Some(line),
+            denial,
+            rule: None,
+        }))
+    };
     let identity = match verdict {
         Verdict::Allow(id) => id,
-        Verdict::Deny(denial) => {
-            return Step::Refuse(Box::new(Refusal {
-                head_len: Some(head_len),
-                framing,
-                keep_alive,
-                request_id,
-                route: Some(route),
-                line: Some(line),
-                denial,
-                rule: None,
-            }));
-        }
+        Verdict::Deny(denial) => return refuse_routed(request_id, denial),
     };
     let r = &ctx.routes.routes[route];
     let target = r.targets.pick(0).map_or(0, |(i, _)| i);
@@ -287,28 +289,8 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         None => None,
         Some(Ok(i)) => Some(i),
         Some(Err(exhausted)) => {
-            let mut denial = Denial::new(ErrorCode::UpstreamCredentialsExhausted);
-            denial.hint = Some(format!(
-                "every provider credential of this route is resting after the provider refused \
-                 or rate-limited it; the first is back in {}s",
-                exhausted.retry_after
-            ));
-            denial.key_id = identity.map(|id| std::sync::Arc::from(id.key_id));
-            denial.rate = Some(crate::gate::RateInfo {
-                limit: 0,
-                remaining: 0,
-                reset_secs: exhausted.retry_after,
-            });
-            return Step::Refuse(Box::new(Refusal {
-                head_len: Some(head_len),
-                framing,
-                keep_alive,
-                request_id,
-                route: Some(route),
-                line: Some(line),
-                denial,
-                rule: None,
-            }));
+            let denial = exhausted.denial(identity.map(|id| id.key_id));
+            return refuse_routed(request_id, denial);
         }
     };
     let written = forward::write_head(
@@ -340,16 +322,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         Ok(written) => written,
         Err(unsafe_field) => {
             out.clear();
-            return Step::Refuse(Box::new(Refusal {
-                head_len: Some(head_len),
-                framing,
-                keep_alive,
-                request_id,
-                route: Some(route),
-                line: Some(line),
-                denial: unsafe_denial(unsafe_field, identity),
-                rule: None,
-            }));
+            return refuse_routed(request_id, unsafe_denial(unsafe_field, identity));
         }
     };
     Step::Forward(Prepared {
