@@ -233,3 +233,104 @@ fn lookup_now(e: &Endpoint) -> Result<Vec<SocketAddr>, String> {
     addrs.dedup();
     Ok(addrs)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Connecting through TLS to a real rustls server on loopback.
+
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A TLS echo server for 127.0.0.1 (one byte back per connection); the CA's PEM.
+    async fn tls_echo() -> (SocketAddr, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_ok() {
+                        let _ = s.write_all(&b).await;
+                        let _ = s.flush().await;
+                    }
+                });
+            }
+        });
+        (addr, ca.pem())
+    }
+
+    fn kind(s: &UpStream) -> Option<HandshakeKind> {
+        match s {
+            UpStream::Tls(s) => s.get_ref().1.handshake_kind(),
+            _ => None,
+        }
+    }
+
+    /// The second connection resumes the session the first one made (one client config per
+    /// route, its session cache shared by the shards).
+    #[tokio::test(flavor = "current_thread")]
+    async fn tls_sessions_are_resumed() {
+        let (addr, ca_pem) = tls_echo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        let cfg = crate::config::Config::parse(
+            &format!(
+                "[xdp]\nenabled = false\n[[route]]\nprefix = \"/\"\nupstream = \"https://{addr}\"\n\
+                 upstream_ca = \"{}\"\n",
+                ca.display()
+            ),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let client = tls::client_config(&cfg, &cfg.routes[0]).unwrap();
+        let target = Target::new(
+            0,
+            "/",
+            &format!("https://{addr}"),
+            Some(&client),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        let mut first = target.connect(deadline()).await.unwrap();
+        assert_eq!(kind(&first), Some(HandshakeKind::Full));
+        // An exchange takes in the session tickets the server sent after the handshake.
+        first.write_all(b"x").await.unwrap();
+        first.flush().await.unwrap();
+        let mut b = [0u8; 1];
+        first.read_exact(&mut b).await.unwrap();
+        let second = target.connect(deadline()).await.unwrap();
+        assert_eq!(kind(&second), Some(HandshakeKind::Resumed));
+    }
+}
