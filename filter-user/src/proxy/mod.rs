@@ -71,6 +71,7 @@ mod trim;
 mod tunnel;
 pub mod upstream;
 pub mod upstream_error;
+pub mod usage;
 
 /// How long SIGTERM waits for in-flight requests before the shards are torn down, unless
 /// `limits.drain_timeout` says otherwise (its default).
