@@ -380,6 +380,19 @@ pub struct Route {
     /// A pool of provider credentials for one header, instead of `inject_header`.
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// The LLM provider whose token usage the responses report (counted, logged).
+    #[serde(default)]
+    pub ai: Option<AiProvider>,
+}
+
+/// `ai = "openai"` or `"anthropic"`: whose usage report a route's responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AiProvider {
+    /// `usage.prompt_tokens`, `usage.completion_tokens` (chat completions, JSON or SSE).
+    Openai,
+    /// `usage.input_tokens`, `usage.output_tokens` (messages, JSON or SSE).
+    Anthropic,
 }
 
 /// `[route.credentials]`: several values for one header; a value the provider refuses rests.

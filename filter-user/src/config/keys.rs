@@ -95,6 +95,7 @@ pub const KEYS: &[Key] = &[
     applied("route.upstream_client_key"),
     applied("route.resolve_interval"),
     applied("route.credentials"),
+    applied("route.ai"),
 ];
 
 /// The entry of [`KEYS`] for `path`.
@@ -209,6 +210,7 @@ upstream_client_cert = "c.pem"
 upstream_client_key = "c.key"
 resolve_interval = "5s"
 credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], cooldown = "30s" }
+ai = "anthropic"
 "#;
 
     #[test]
@@ -251,6 +253,7 @@ credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], coold
                 "route.upstream_client_key",
                 "route.resolve_interval",
                 "route.credentials",
+                "route.ai",
             ]
         );
         // The defaults written out are the defaults: absent and explicit compare equal.
@@ -269,6 +272,7 @@ credentials = { name = "Authorization", values = ["Bearer a", "Bearer b"], coold
              upstream_client_cert = \"c.pem\"\nupstream_client_key = \"c.key\"\n\
              resolve_interval = \"5s\"\ncredentials = { name = \"Authorization\", \
              values = [\"Bearer a\", \"Bearer b\"], cooldown = \"30s\" }\n\
+             ai = \"anthropic\"\n\
              [listen]\nhttp = [\"127.0.0.1:8080\"]\n",
         );
         let paths: Vec<&str> = changed(&old, &no_tls).iter().map(|k| k.path).collect();

@@ -130,7 +130,6 @@ pub(super) const NOT_YET: &[(&str, &str, &str)] = &[
     ("xdp", "syn_rate", "per-source SYN limits"),
     ("xdp", "syn_burst", "per-source SYN limits"),
     ("route", "cost", "credits per request"),
-    ("route", "ai", "LLM token counting"),
 ];
 
 /// Takes the [`NOT_YET`] keys out of one section (or one `[[route]]`), each reported on its

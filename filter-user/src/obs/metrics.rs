@@ -143,11 +143,17 @@ const CLASS_SLOTS: usize = UpstreamErrorClass::ALL.len();
 /// The row of requests that matched no route (labelled [`NO_ROUTE`]).
 pub const NO_ROUTE_ROW: usize = 0;
 
-/// One route's counts in one shard: requests by code, upstream failures by class.
+/// The `kind` labels of `edgefilter_llm_tokens_total`, by slot: tokens reported as prompt
+/// (input) and completion (output), and responses that reported none.
+const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "unreported"];
+
+/// One route's counts in one shard: requests by code, upstream failures by class, LLM tokens
+/// by kind.
 #[derive(Debug)]
 struct RouteCounts {
     requests: [Count; CODE_SLOTS],
     upstream_errors: [Count; CLASS_SLOTS],
+    llm_tokens: [Count; TOKEN_KINDS.len()],
 }
 
 impl Default for RouteCounts {
@@ -155,6 +161,7 @@ impl Default for RouteCounts {
         Self {
             requests: std::array::from_fn(|_| Count::default()),
             upstream_errors: std::array::from_fn(|_| Count::default()),
+            llm_tokens: std::array::from_fn(|_| Count::default()),
         }
     }
 }
@@ -241,6 +248,21 @@ impl ShardMetrics {
         }
     }
 
+    /// The LLM token usage one response of the `ai` route counted in `row` reported:
+    /// `(prompt, completion)`, or `None` when it reported none (counted as `unreported`).
+    #[inline]
+    pub fn llm_tokens(&self, row: usize, reported: Option<(u64, u64)>) {
+        if let Some(counts) = self.rows.get_or_make(row) {
+            match reported {
+                Some((prompt, completion)) => {
+                    counts.llm_tokens[0].add(prompt);
+                    counts.llm_tokens[1].add(completion);
+                }
+                None => counts.llm_tokens[2].add(1),
+            }
+        }
+    }
+
     /// A connection closed at accept: its source had `limits.max_connections_per_source` open.
     pub fn refused_per_source(&self) {
         self.refused_per_source.add(1);
@@ -293,6 +315,9 @@ pub struct RequestSums {
     pub requests: Vec<(String, &'static str, u64)>,
     /// `(route, class, count)` for every non-zero count.
     pub upstream_errors: Vec<(String, &'static str, u64)>,
+    /// `(route, kind, count)` for every route that counted LLM tokens (all three kinds, zeros
+    /// included, once any is non-zero).
+    pub llm_tokens: Vec<(String, &'static str, u64)>,
     /// Request durations.
     pub request_duration: HistogramSums,
     /// Upstream durations.
@@ -396,6 +421,13 @@ impl RequestMetrics {
                         .push((labels[row].clone(), class.as_str(), n));
                 }
             }
+            let tokens: [u64; TOKEN_KINDS.len()] =
+                std::array::from_fn(|slot| counts.iter().map(|c| c.llm_tokens[slot].get()).sum());
+            if tokens.iter().any(|&n| n > 0) {
+                for (kind, n) in TOKEN_KINDS.iter().zip(tokens) {
+                    out.llm_tokens.push((labels[row].clone(), kind, n));
+                }
+            }
         }
         for s in &self.shards {
             s.request_duration.add_into(&mut out.request_duration);
@@ -442,6 +474,18 @@ impl Collector for RequestMetrics {
             )?;
             for (route, class, n) in &sums.upstream_errors {
                 let labels = [("route", route.as_str()), ("class", *class)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "edgefilter_llm_tokens",
+                "LLM tokens the responses of ai routes reported, by route and kind (prompt, completion); kind unreported counts responses that reported none.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (route, kind, n) in &sums.llm_tokens {
+                let labels = [("route", route.as_str()), ("kind", *kind)];
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -499,6 +543,27 @@ mod tests {
             let back = *ns as f64 / 1e9;
             assert!((back - s).abs() < 1e-12, "{ns} ns vs {s} s");
         }
+    }
+
+    #[test]
+    fn llm_tokens_are_summed_by_route_and_kind_and_unreported_counts_responses() {
+        let m = RequestMetrics::new(vec!["/ai/".into(), "/v1/".into()], 2);
+        let rows = m.rows_for(["/ai/", "/v1/"]);
+        let (a, b) = (m.shard(0), m.shard(1));
+        a.llm_tokens(rows.row(Some(0)), Some((10, 3)));
+        b.llm_tokens(rows.row(Some(0)), Some((5, 4)));
+        b.llm_tokens(rows.row(Some(0)), None);
+        b.llm_tokens(rows.row(Some(0)), None);
+        let s = m.sums();
+        assert_eq!(
+            s.llm_tokens,
+            vec![
+                ("/ai/".into(), "prompt", 15),
+                ("/ai/".into(), "completion", 7),
+                ("/ai/".into(), "unreported", 2),
+            ],
+            "a route that counted no tokens has no series"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub(crate) struct Finish {
     pub code: Option<ErrorCode>,
     pub upstream_took: Option<Duration>,
     pub upstream_error: Option<UpstreamErrorClass>,
+    /// The LLM token usage the answer reported (`prompt`, `completion`), `ai` routes only.
+    pub tokens: Option<(u64, u64)>,
     pub head_len: usize,
     pub took: Duration,
 }
@@ -102,6 +104,12 @@ pub(crate) fn finish(shard: &ShardState, c: &mut Conn, f: &Finish) {
         out.extend_from_slice(b",\"upstream_error\":\"");
         out.extend_from_slice(class.as_str().as_bytes());
         out.push(b'"');
+    }
+    if let Some((prompt, completion)) = f.tokens {
+        out.extend_from_slice(b",\"prompt_tokens\":");
+        push_int(out, prompt);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        push_int(out, completion);
     }
     out.extend_from_slice(b"}\n");
     let mut log = log.borrow_mut();

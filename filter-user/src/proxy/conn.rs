@@ -26,6 +26,7 @@ use super::io::{Conn, Flow, ReadReady, spare, write_refusal};
 use super::settings::Settings;
 use super::state::ShardState;
 use super::upstream_error::UpstreamError;
+use super::usage::Tokens;
 use crate::codes::ErrorCode;
 
 /// How long a closing connection keeps reading (and discarding) so the client sees our answer
@@ -245,6 +246,7 @@ async fn run<S: ReadReady>(
                     code: Some(r.denial.code),
                     upstream_took: None,
                     upstream_error: None,
+                    tokens: None,
                     head_len: r.head_len.unwrap_or(0),
                     took,
                 };
@@ -271,6 +273,13 @@ async fn run<S: ReadReady>(
                     shard.metrics.upstream_error(row, e.class);
                     log_upstream_error(st, &p, e);
                 }
+                let reported = match outcome.tokens {
+                    Some(Tokens::Reported { prompt, completion }) => Some((prompt, completion)),
+                    Some(Tokens::Unreported) | None => None,
+                };
+                if outcome.tokens.is_some() {
+                    shard.metrics.llm_tokens(row, reported);
+                }
                 let took = since(began);
                 shard.metrics.request(row, outcome.answered, took);
                 let finish = access::Finish {
@@ -280,6 +289,7 @@ async fn run<S: ReadReady>(
                     code: outcome.answered,
                     upstream_took: outcome.upstream_took,
                     upstream_error: outcome.upstream_error.as_ref().map(|e| e.class),
+                    tokens: reported,
                     head_len: p.head_len,
                     took,
                 };

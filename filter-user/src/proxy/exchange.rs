@@ -40,6 +40,7 @@ use super::state::ShardState;
 use super::tunnel::{self, End};
 use super::upstream::{Target, UpKey, UpStream};
 use super::upstream_error::{UpstreamError, UpstreamErrorClass};
+use super::usage::{Tokens, UsageScanner};
 use crate::codes::{ErrorCode, Rule};
 use crate::gate::Denial;
 use crate::obs::upstreams::now_ms;
@@ -59,6 +60,8 @@ pub(crate) struct Outcome {
     pub status: Option<u16>,
     /// From sending the request upstream to its response head.
     pub upstream_took: Option<Duration>,
+    /// The LLM token usage the relayed answer reported (`ai` routes only).
+    pub tokens: Option<Tokens>,
 }
 
 impl From<Flow> for Outcome {
@@ -69,6 +72,7 @@ impl From<Flow> for Outcome {
             answered: None,
             status: None,
             upstream_took: None,
+            tokens: None,
         }
     }
 }
@@ -96,6 +100,7 @@ where
         answered: Some(code),
         status: None,
         upstream_took: None,
+        tokens: None,
     }
 }
 
@@ -227,7 +232,13 @@ where
     let mut outcome = if head.status == 101 {
         switch(st, c, io, up, &head).await
     } else {
-        relay_response(st, c, io, up, key, &head).await
+        let chunked = head.framing == RespFraming::Chunked;
+        let mut usage = route
+            .ai
+            .map(|ai| UsageScanner::new(ai, head.payload, chunked));
+        let mut outcome = relay_response(st, c, io, up, key, &head, usage.as_mut()).await;
+        outcome.tokens = usage.map(|u| u.tokens());
+        outcome
     };
     // Outstanding on its target until the answer (a stream of tokens, a tunnel) is over.
     drop(in_flight);
@@ -538,6 +549,7 @@ where
         answered: Some(code),
         status: None,
         upstream_took: None,
+        tokens: None,
     }
 }
 
@@ -570,7 +582,8 @@ impl KeyIdCopy {
     }
 }
 
-/// Sends the response head and streams its body to the client as it arrives.
+/// Sends the response head and streams its body to the client as it arrives (the body's bytes
+/// shown to `usage` as they pass).
 async fn relay_response<S>(
     st: &Settings,
     c: &mut Conn,
@@ -578,6 +591,7 @@ async fn relay_response<S>(
     mut up: UpStream,
     key: UpKey,
     head: &RespHead,
+    mut usage: Option<&mut UsageScanner>,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -600,6 +614,9 @@ where
         return cut(UpstreamError::bad_response("malformed chunked body"));
     };
     c.rout.extend_from_slice(&c.rbuf[..n]);
+    if let Some(u) = usage.as_deref_mut() {
+        u.feed(&c.rbuf[..n]);
+    }
     c.rbuf.advance(n);
     c.sent += c.rout.len() as u64;
     if write_client(io, &c.rout, st.client_timeout).await.is_err() {
@@ -624,6 +641,9 @@ where
             .is_err()
         {
             return Flow::Close.into();
+        }
+        if let Some(u) = usage.as_deref_mut() {
+            u.feed(&c.rbuf[..n]);
         }
         c.rbuf.advance(n);
     }
@@ -718,6 +738,7 @@ where
         answered: Some(why.code),
         status: None,
         upstream_took: None,
+        tokens: None,
     }
 }
 

@@ -415,6 +415,7 @@ mod tests {
                 "sk-upstream".into(),
             )),
             websocket: false,
+            ai: None,
         }
     }
 

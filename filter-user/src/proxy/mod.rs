@@ -16,7 +16,8 @@
 //!    `credentials` (a route's upstream credential: one value, or a pool whose values rest when
 //!    the provider refuses them), `tls`, `listen`, `headers` (framing, the header scan, name and
 //!    value tests), `upstream_error` (why an upstream failed, classified), `trim` (freed memory
-//!    back to the kernel after a mass close), `tunnel` (a switched connection relayed both ways);
+//!    back to the kernel after a mass close), `tunnel` (a switched connection relayed both ways),
+//!    `usage` (the LLM token usage a response body reports, read as it streams past);
 //! 2. `upstream` (targets: addresses re-resolved, TLS, health, balancing; connections and the
 //!    per-shard pool);
 //! 3. `route` (matched on the path as the upstream reads it; each route's targets and credential);
@@ -71,6 +72,7 @@ mod trim;
 mod tunnel;
 pub mod upstream;
 pub mod upstream_error;
+pub mod usage;
 
 /// How long SIGTERM waits for in-flight requests before the shards are torn down, unless
 /// `limits.drain_timeout` says otherwise (its default).

@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 
 use super::headers::{is, parse_length, trim};
 use super::reqid::RequestId;
+use super::usage::Payload;
 
 /// Largest upstream response head accepted (502 above).
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -34,6 +35,8 @@ pub(crate) struct RespHead {
     pub close_client: bool,
     /// `Retry-After` in seconds, when it is given as a number (a provider's 429).
     pub retry_after: Option<u64>,
+    /// What the body is, for reading an LLM provider's usage report from it.
+    pub payload: Payload,
 }
 
 /// What the bytes read so far hold.
@@ -82,8 +85,14 @@ pub(crate) fn process(
     let mut connection: Option<&str> = None;
     let mut retry_after: Option<u64> = None;
     let mut upgrade = false;
+    let mut payload = Payload::Other;
+    let mut encoded = false;
     for h in resp.headers.iter() {
         match h.name.len() {
+            12 if is(h.name, "content-type") => payload = payload_of(h.value),
+            16 if is(h.name, "content-encoding") => {
+                encoded |= !trim(h.value).eq_ignore_ascii_case(b"identity");
+            }
             10 if is(h.name, "connection") => {
                 let v = std::str::from_utf8(h.value).unwrap_or("");
                 for t in v.split(',').map(str::trim) {
@@ -181,6 +190,7 @@ pub(crate) fn process(
             reusable: false,
             close_client: true,
             retry_after: None,
+            payload: Payload::Other,
         });
     }
     if close_client {
@@ -194,7 +204,20 @@ pub(crate) fn process(
         reusable: !conn_close && framing != RespFraming::UntilClose,
         close_client,
         retry_after,
+        payload: if encoded { Payload::Encoded } else { payload },
     })
+}
+
+/// The payload a `Content-Type` value names (parameters ignored).
+fn payload_of(value: &[u8]) -> Payload {
+    let media = trim(value.split(|&b| b == b';').next().unwrap_or(b""));
+    if media.eq_ignore_ascii_case(b"text/event-stream") {
+        Payload::EventStream
+    } else if media.len() >= 4 && media[media.len() - 4..].eq_ignore_ascii_case(b"json") {
+        Payload::Json
+    } else {
+        Payload::Other
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +291,39 @@ mod tests {
             false,
         );
         assert!(matches!(s, RespStep::Bad));
+    }
+
+    #[test]
+    fn the_payload_follows_content_type_and_content_encoding() {
+        for (headers, want) in [
+            ("Content-Type: application/json\r\n", Payload::Json),
+            (
+                "Content-Type: Application/JSON; charset=utf-8\r\n",
+                Payload::Json,
+            ),
+            ("Content-Type: application/problem+json\r\n", Payload::Json),
+            (
+                "Content-Type: text/event-stream;charset=utf-8\r\n",
+                Payload::EventStream,
+            ),
+            ("Content-Type: text/plain\r\n", Payload::Other),
+            ("", Payload::Other),
+            (
+                "Content-Type: text/event-stream\r\nContent-Encoding: identity\r\n",
+                Payload::EventStream,
+            ),
+            (
+                "Content-Encoding: gzip\r\nContent-Type: application/json\r\n",
+                Payload::Encoded,
+            ),
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{headers}Content-Length: 0\r\n\r\n");
+            let (s, _) = run(raw.as_bytes(), false);
+            let RespStep::Final(h) = s else {
+                panic!("{s:?}")
+            };
+            assert_eq!(h.payload, want, "{headers}");
+        }
     }
 
     #[test]

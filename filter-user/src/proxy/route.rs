@@ -10,7 +10,7 @@ use super::credentials::Credentials;
 use super::upstream::Target;
 use super::upstream::balance::Targets;
 use crate::config::upstream::{Endpoint, Scheme};
-use crate::config::{Config, Route};
+use crate::config::{AiProvider, Config, Route};
 use crate::obs::upstreams::UpstreamBoard;
 use crate::path::upstream_reading;
 
@@ -77,6 +77,8 @@ pub struct CompiledRoute {
     pub credentials: Option<Credentials>,
     /// WebSocket upgrades are allowed (after the key check).
     pub websocket: bool,
+    /// Whose LLM token usage the responses report (`None`: not counted).
+    pub ai: Option<AiProvider>,
 }
 
 impl CompiledRoute {
@@ -145,6 +147,7 @@ impl RouteTable {
                 key_headers,
                 credentials,
                 websocket: r.websocket,
+                ai: r.ai,
             });
         }
         table.by_len = (0..table.routes.len()).collect();
@@ -421,6 +424,7 @@ inject_header = { name = "Authorization", value = "@/nonexistent/secret.txt" }
                 websocket: false,
                 inject_header: None,
                 credentials: None,
+                ai: None,
             });
             assert!(RouteTable::build(&c).is_err(), "{up}");
         }

@@ -88,6 +88,7 @@ const ROWS: &[(&str, &str, After)] = &[
     ("route.upstream_client_key", "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed (mTLS)", After::WithTheRoutes),
     ("route.resolve_interval",   "proxy::upstreams::a_host_name_whose_address_changes_is_followed_without_a_restart", After::WithTheRoutes),
     ("route.credentials",        "proxy::upstreams::a_credential_pool_routes_around_429s_and_401s",    After::WithTheRoutes),
+    ("route.ai",                 "proxy::llm_usage::openai_usage_is_logged_and_counted_from_json_and_sse", After::WithTheRoutes),
 ];
 
 /// Keeps the test that loads the proxy with traffic apart from the one that times a drain.

@@ -1,6 +1,6 @@
 //! Proves the per-request hot path allocates nothing: parse the head out of the read buffer,
-//! match the route, call the gate, and serialise the upstream head into a reused buffer —
-//! counted by a `#[global_allocator]` that counts this thread's allocations.
+//! match the route, call the gate, and serialise the upstream head into a reused buffer; and
+//! read an LLM provider's usage report from a streamed response — counted by a `#[global_allocator]` that counts this thread's allocations.
 //! The count is per thread, so the other tests of this binary, running in parallel threads,
 //! neither add to it nor are slowed by more than a thread-local check per allocation.
 //!
@@ -12,12 +12,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr};
 
-use edgefilter::config::Config;
+use edgefilter::config::{AiProvider, Config};
 use edgefilter::gate::{AllowAll, Gate, GateRequest, Identity, Verdict};
 use edgefilter::names::{TenantName, UserName};
 use edgefilter::proxy::head::{self, Framing, HeadCtx, Step};
 use edgefilter::proxy::reqid::IdGen;
 use edgefilter::proxy::route::RouteTable;
+use edgefilter::proxy::usage::{Payload, Tokens, UsageScanner};
 
 struct Counting;
 
@@ -244,4 +245,45 @@ fn a_percent_encoded_query_key_is_decoded_and_checked_without_allocating() {
         }
     });
     assert_eq!(n, 0, "{n} allocations in 1000 checks");
+}
+
+#[test]
+fn reading_llm_usage_from_a_chunked_event_stream_allocates_nothing() {
+    // Built outside the count (the test's input), then scanned chunk by chunk: a whole
+    // scanner per response and every read, none allocating.
+    let mut stream = Vec::new();
+    let mut events = String::new();
+    for i in 0..200 {
+        events.push_str(&format!(
+            "data: {{\"id\":\"c\",\"choices\":[{{\"delta\":{{\"content\":\"token {i} \\\"q\\\"\"}}}}],\"usage\":null}}\n\n"
+        ));
+    }
+    events.push_str(
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":200}}\n\ndata: [DONE]\n\n",
+    );
+    for piece in events.as_bytes().chunks(37) {
+        stream.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        stream.extend_from_slice(piece);
+        stream.extend_from_slice(b"\r\n");
+    }
+    stream.extend_from_slice(b"0\r\n\r\n");
+    let n = allocations(|| {
+        for _ in 0..100 {
+            let mut scanner = UsageScanner::new(AiProvider::Openai, Payload::EventStream, true);
+            for read in stream.chunks(101) {
+                scanner.feed(read);
+            }
+            std::hint::black_box(scanner.tokens());
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 100 streams");
+    let mut scanner = UsageScanner::new(AiProvider::Openai, Payload::EventStream, true);
+    scanner.feed(&stream);
+    assert_eq!(
+        scanner.tokens(),
+        Tokens::Reported {
+            prompt: 8,
+            completion: 200
+        }
+    );
 }

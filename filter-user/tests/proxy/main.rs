@@ -20,6 +20,7 @@ mod fuzz_replay;
 mod http;
 mod hygiene;
 mod limits;
+mod llm_usage;
 mod names;
 mod stream;
 mod tls;
