@@ -151,6 +151,7 @@ impl Reason {
             2 => Some(Self::Denylisted),
             3 => Some(Self::Unprotected),
             4 => Some(Self::NotIp),
+            5 => Some(Self::SynRate),
             _ => None,
         }
     }
@@ -260,7 +261,7 @@ mod tests {
             assert_eq!(Reason::from_u32(r as u32), Some(r));
         }
         assert_eq!(Action::from_u32(3), None);
-        assert_eq!(Reason::from_u32(5), None);
+        assert_eq!(Reason::from_u32(6), None);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub const MAP_DENY_V4: &str = "EF_DENY_V4";
 pub const MAP_DENY_V6: &str = "EF_DENY_V6";
 /// `PerCpuArray<CounterValue>` indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "EF_COUNTERS";
+/// `LruHashMap<[u8; 4], SynBucket>`: each IPv4 source's SYN allowance (`xdp.syn_rate`).
+pub const MAP_SYN_V4: &str = "EF_SYN_V4";
+/// `LruHashMap<[u8; 8], SynBucket>`: each IPv6 /64's SYN allowance (its first 8 bytes).
+pub const MAP_SYN_V6: &str = "EF_SYN_V6";
 
 /// `Array<TraceConfig>` with one entry: `edgefilter xdp trace`'s switch
 /// ([`crate::trace::TraceConfig`]).
@@ -32,7 +36,7 @@ pub const MAP_TRACE: &str = "EF_TRACE";
 pub const MAP_LOGS: &str = "AYA_LOGS";
 
 /// Every map the filter needs, in a stable order (pinning, detaching, adopting).
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -40,6 +44,8 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_DENY_V4,
     MAP_DENY_V6,
     MAP_COUNTERS,
+    MAP_SYN_V4,
+    MAP_SYN_V6,
 ];
 
 /// The maps of `edgefilter xdp trace`, pinned beside [`ALL_MAPS`] (so a restart adopts the
@@ -51,6 +57,9 @@ pub const TRACE_MAPS: [&str; 2] = [MAP_TRACE, MAP_LOGS];
 pub const ALLOW_MAX_ENTRIES: u32 = 131_072;
 /// Capacity of each denylist (per address family); least recently used entries go first.
 pub const DENY_MAX_ENTRIES: u32 = 65_536;
+/// Sources (IPv4 addresses, IPv6 /64s) whose SYN allowance is kept, per family; the least
+/// recently seen go first, so a spoofed flood can only make a quiet source start afresh.
+pub const SYN_MAX_ENTRIES: u32 = 65_536;
 /// How many IPv6 extension headers the program walks before judging by source alone.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 
@@ -71,6 +80,33 @@ pub struct XdpConfig {
     /// How many leading bits of an IPv6 source the denylist is keyed by (`autoblock.ipv6_prefix`,
     /// 1..=128); any other value (0 in a map written before this field existed) means 128.
     pub ipv6_deny_prefix: u32,
+    /// `xdp.syn_rate` as the nanoseconds one SYN's allowance takes to come back; 0: no limit.
+    pub syn_interval_ns: u64,
+    /// `xdp.syn_burst` × `syn_interval_ns`: how far ahead of now a source's allowance may run.
+    pub syn_window_ns: u64,
+}
+
+/// A source's SYN allowance (GCRA): when its next SYN would be on time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynBucket {
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub tat_ns: u64,
+}
+
+/// The SYN-limit decision shared by the program and its tests: with the allowance at `tat_ns`
+/// (0 for a source not seen yet), whether a SYN at `now_ns` is within `xdp.syn_rate` and, if
+/// so, the allowance after it (GCRA: a source may run up to `window_ns` ahead of now).
+#[must_use]
+#[inline(always)]
+pub const fn syn_take(tat_ns: u64, now_ns: u64, interval_ns: u64, window_ns: u64) -> Option<u64> {
+    let start = if tat_ns > now_ns { tat_ns } else { now_ns };
+    let next = start + interval_ns;
+    if next - now_ns > window_ns {
+        None
+    } else {
+        Some(next)
+    }
 }
 
 /// The prefix length [`XdpConfig::ipv6_deny_prefix`] stands for: 1..=128 as is, else 128.
@@ -208,16 +244,19 @@ pub enum Reason {
     Unprotected = 3,
     /// Not an IPv4/IPv6 packet (or an IP header too short to hold a source).
     NotIp = 4,
+    /// A TCP SYN to a protected port over its source's `xdp.syn_rate`.
+    SynRate = 5,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Allowlisted,
         Self::NotAllowlisted,
         Self::Denylisted,
         Self::Unprotected,
         Self::NotIp,
+        Self::SynRate,
     ];
 
     /// The metric label (`reason="..."`, SPEC §8).
@@ -229,12 +268,13 @@ impl Reason {
             Self::Denylisted => "denylisted",
             Self::Unprotected => "unprotected",
             Self::NotIp => "not_ip",
+            Self::SynRate => "syn_rate",
         }
     }
 }
 
 /// Number of reasons.
-pub const REASONS: u32 = 5;
+pub const REASONS: u32 = 6;
 /// Number of counter slots in [`MAP_COUNTERS`].
 pub const COUNTER_SLOTS: u32 = 3 * REASONS;
 
@@ -246,10 +286,12 @@ pub const fn counter_index(action: Action, reason: Reason) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{CounterValue, DenyEntry, PortBitmap, XdpConfig};
+    use super::{CounterValue, DenyEntry, PortBitmap, SynBucket, XdpConfig};
 
-    // SAFETY: #[repr(C)], two u32 fields, no padding; every bit pattern is a valid value.
+    // SAFETY: #[repr(C)], two u32 then two u64 fields, no padding; every bit pattern is valid.
     unsafe impl aya::Pod for XdpConfig {}
+    // SAFETY: #[repr(C)], one u64 field, no padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for SynBucket {}
     // SAFETY: #[repr(C)], a [u64; 1024] array, no padding; every bit pattern is a valid value.
     unsafe impl aya::Pod for PortBitmap {}
     // SAFETY: #[repr(C)], one u64 field, no padding; every bit pattern is a valid value.
@@ -266,10 +308,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<XdpConfig>(), 8);
-        assert_eq!(align_of::<XdpConfig>(), 4);
+        assert_eq!(size_of::<XdpConfig>(), 24);
+        assert_eq!(align_of::<XdpConfig>(), 8);
         assert_eq!(offset_of!(XdpConfig, mode), 0);
         assert_eq!(offset_of!(XdpConfig, ipv6_deny_prefix), 4);
+        assert_eq!(offset_of!(XdpConfig, syn_interval_ns), 8);
+        assert_eq!(offset_of!(XdpConfig, syn_window_ns), 16);
+        assert_eq!(size_of::<SynBucket>(), 8);
 
         assert_eq!(size_of::<PortBitmap>(), 8192);
         assert_eq!(align_of::<PortBitmap>(), 8);
@@ -334,9 +379,26 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s));
         assert_eq!(
-            counter_index(Action::WouldDrop, Reason::NotIp),
+            counter_index(Action::WouldDrop, Reason::SynRate),
             COUNTER_SLOTS - 1
         );
+    }
+
+    #[test]
+    fn a_syn_burst_passes_then_the_rate_holds() {
+        let (interval, burst) = (1_000_000_000 / 10, 3);
+        let window = interval * burst;
+        let now = 5_000_000_000;
+        let mut tat = 0;
+        for _ in 0..burst {
+            tat = syn_take(tat, now, interval, window).expect("within the burst");
+        }
+        assert_eq!(syn_take(tat, now, interval, window), None, "burst spent");
+        assert!(
+            syn_take(tat, now + interval, interval, window).is_some(),
+            "one back"
+        );
+        assert_eq!(syn_take(tat, now + interval / 2, interval, window), None);
     }
 
     #[test]
@@ -354,7 +416,7 @@ mod tests {
 
     #[test]
     fn labels_match_the_metrics_contract() {
-        let reasons: [&str; 5] = Reason::ALL.map(Reason::label);
+        let reasons: [&str; 6] = Reason::ALL.map(Reason::label);
         assert_eq!(
             reasons,
             [
@@ -362,7 +424,8 @@ mod tests {
                 "not_allowlisted",
                 "denylisted",
                 "unprotected",
-                "not_ip"
+                "not_ip",
+                "syn_rate"
             ]
         );
         assert_eq!(

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use filter_common::trace::TraceConfig;
 use filter_common::xdp::{
     ALLOW_MAX_ENTRIES, COUNTER_SLOTS, CounterValue, DENY_MAX_ENTRIES, DenyEntry, PortBitmap,
-    XdpConfig,
+    SYN_MAX_ENTRIES, SynBucket, XdpConfig,
 };
 
 /// Enforce or monitor (one entry).
@@ -35,6 +35,16 @@ pub static DENY_V4: LruHashMap<[u8; 4], DenyEntry> =
 #[map(name = "EF_DENY_V6")]
 pub static DENY_V6: LruHashMap<[u8; 16], DenyEntry> =
     LruHashMap::with_max_entries(DENY_MAX_ENTRIES, 0);
+
+/// Each IPv4 source's SYN allowance (`xdp.syn_rate`).
+#[map(name = "EF_SYN_V4")]
+pub static SYN_V4: LruHashMap<[u8; 4], SynBucket> =
+    LruHashMap::with_max_entries(SYN_MAX_ENTRIES, 0);
+
+/// Each IPv6 /64's SYN allowance (keyed by the source's first 8 bytes).
+#[map(name = "EF_SYN_V6")]
+pub static SYN_V6: LruHashMap<[u8; 8], SynBucket> =
+    LruHashMap::with_max_entries(SYN_MAX_ENTRIES, 0);
 
 /// Per-CPU packet/byte counters per (action, reason).
 #[map(name = "EF_COUNTERS")]

@@ -55,8 +55,8 @@ struct Ipv6Hdr {
 /// What the L4 header says about protection.
 #[derive(Clone, Copy)]
 pub enum L4 {
-    /// TCP or UDP to this destination port.
-    Port(u16),
+    /// TCP or UDP to this destination port; `syn`: a TCP SYN without ACK (a new connection).
+    Port { port: u16, syn: bool },
     /// Another protocol (ICMP, ...): not port-protected.
     Other,
     /// Cannot tell (truncated, non-first fragment, too many extension headers): judge by source.
@@ -180,12 +180,26 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Packet {
     Packet::V6(saddr, l4)
 }
 
-/// The destination port of a TCP/UDP header at `off`.
+/// TCP flags: SYN and ACK.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The destination port of a TCP/UDP header at `off`, and for TCP whether it opens a connection.
 #[inline(always)]
 fn l4_port(ctx: &XdpContext, protocol: u8, off: usize) -> L4 {
     match protocol {
-        IPPROTO_TCP | IPPROTO_UDP => match be16_at(ctx, off + 2) {
-            Some(port) => L4::Port(port),
+        IPPROTO_TCP => {
+            let Some(port) = be16_at(ctx, off + 2) else {
+                return L4::Unknown;
+            };
+            // A header cut before its flags is no SYN the stack would take: judged as before.
+            let syn = ptr_at::<u8>(ctx, off + 13)
+                // SAFETY: ptr_at checked the byte lies inside the packet.
+                .is_some_and(|f| unsafe { *f } & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            L4::Port { port, syn }
+        }
+        IPPROTO_UDP => match be16_at(ctx, off + 2) {
+            Some(port) => L4::Port { port, syn: false },
             None => L4::Unknown,
         },
         _ => L4::Other,

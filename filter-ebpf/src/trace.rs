@@ -47,7 +47,7 @@ fn emit(ctx: *mut xdp_md, cfg: &TraceConfig, action: u32, reason: u32) {
     }
     // Written whatever the protocol: the verifier refuses a port nobody wrote.
     let dport = match l4 {
-        L4::Port(p) => u32::from(p),
+        L4::Port { port, .. } => u32::from(port),
         L4::Other | L4::Unknown => NO_PORT,
     };
     info!(

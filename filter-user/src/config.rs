@@ -144,6 +144,86 @@ pub struct Xdp {
     /// The edge allowlist (IPv4 and IPv6 CIDRs; a bare address means that one host).
     #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
     pub allow: Vec<IpNet>,
+    /// Per-source limit of TCP SYNs to protected ports (`"200/s"`, `"600/m"`); none when unset.
+    #[serde(default, with = "syn_rate_serde")]
+    pub syn_rate: Option<SynRate>,
+    /// SYNs a source may send at once before `syn_rate` holds it (default: 2 × the rate's count).
+    #[serde(default)]
+    pub syn_burst: Option<u32>,
+}
+
+/// `xdp.syn_rate`: `count` SYNs per `per_secs` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynRate {
+    /// SYNs allowed ...
+    pub count: u32,
+    /// ... per this many seconds (1 for `/s`, 60 for `/m`).
+    pub per_secs: u32,
+}
+
+impl SynRate {
+    /// Parses `N/s` or `N/m` (N from 1).
+    ///
+    /// # Errors
+    /// What is wrong with the text.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a SYN rate: write N/s or N/m, e.g. \"200/s\"");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per_secs = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "`{s}`: a SYN rate of 0 would drop every new connection"
+            ));
+        }
+        Ok(Self { count, per_secs })
+    }
+}
+
+impl std::fmt::Display for SynRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.per_secs == 60 { "m" } else { "s" };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl Xdp {
+    /// The SYN limit as the program applies it: (nanoseconds per SYN, how far ahead a source's
+    /// allowance may run = burst × that); `None` without `syn_rate`.
+    #[must_use]
+    pub fn syn_limit(&self) -> Option<(u64, u64)> {
+        let rate = self.syn_rate?;
+        let interval = (u64::from(rate.per_secs) * 1_000_000_000 / u64::from(rate.count)).max(1);
+        let burst = self
+            .syn_burst
+            .unwrap_or_else(|| rate.count.saturating_mul(2))
+            .max(1);
+        Some((interval, interval.saturating_mul(u64::from(burst))))
+    }
+}
+
+/// `xdp.syn_rate` as written (`"200/s"`).
+mod syn_rate_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::SynRate;
+
+    pub fn serialize<S: Serializer>(v: &Option<SynRate>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(r) => s.serialize_some(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SynRate>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| SynRate::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl Default for Xdp {
@@ -155,6 +235,8 @@ impl Default for Xdp {
             attach: XdpAttach::Auto,
             protected_ports: Vec::new(),
             allow: Vec::new(),
+            syn_rate: None,
+            syn_burst: None,
         }
     }
 }

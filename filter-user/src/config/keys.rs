@@ -63,6 +63,8 @@ pub const KEYS: &[Key] = &[
     restart("xdp.attach"),
     applied("xdp.protected_ports"),
     applied("xdp.allow"),
+    applied("xdp.syn_rate"),
+    applied("xdp.syn_burst"),
     restart("store.kind"),
     restart("store.path"),
     restart("store.url"),
@@ -310,6 +312,8 @@ mode = "monitor"
 attach = "skb"
 protected_ports = [1]
 allow = ["10.0.0.0/8"]
+syn_rate = "5/s"
+syn_burst = 7
 [store]
 kind = "postgres"
 path = "x.db"

@@ -299,12 +299,39 @@ fn autoblock_keys_parse_and_are_checked() {
 }
 
 #[test]
+fn syn_rates_parse_and_give_the_program_its_interval_and_window() {
+    let cfg = parse(&format!("{MINIMAL}syn_rate = \"200/s\"\nsyn_burst = 400\n")).unwrap();
+    assert_eq!(cfg.xdp.syn_limit(), Some((5_000_000, 2_000_000_000)));
+    let cfg = parse(&format!("{MINIMAL}syn_rate = \"600/m\"\n")).unwrap();
+    assert_eq!(
+        cfg.xdp.syn_limit(),
+        Some((100_000_000, 120_000_000_000)),
+        "burst defaults to twice the count"
+    );
+    assert_eq!(parse("").unwrap().xdp.syn_limit(), None);
+    for (bad, needle) in [
+        ("syn_rate = \"200\"", "write N/s or N/m"),
+        ("syn_rate = \"0/s\"", "would drop every new connection"),
+        ("syn_rate = \"5/h\"", "write N/s or N/m"),
+        ("syn_burst = 10", "needs xdp.syn_rate"),
+        (
+            "syn_rate = \"1/s\"\nsyn_burst = 0",
+            "would drop every new connection",
+        ),
+    ] {
+        let problems = parse(&format!("{MINIMAL}{bad}\n")).expect_err(bad);
+        assert!(
+            format!("{problems:?}").contains(needle),
+            "{bad}: {problems:?}"
+        );
+    }
+}
+
+#[test]
 fn spec_keys_not_implemented_yet_are_refused_each_on_its_line_and_named_so() {
     let text = r#"[xdp]
 interfaces = ["lo"]
 allow = ["127.0.0.0/8"]
-syn_rate = "200/s"
-syn_burst = 400
 mode = "enforse"
 [[route]]
 prefix = "/v1/"
@@ -313,9 +340,9 @@ cost = 1
 "#;
     let problems = parse(text).expect_err("not implemented");
     let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
-    assert_eq!(lines, [4, 5, 6, 10], "{problems:#?}");
+    assert_eq!(lines, [4, 8], "{problems:#?}");
     for (line, message) in &problems {
-        if *line == 6 {
+        if *line == 4 {
             assert!(
                 message.contains("enforse"),
                 "the rest is checked: {message}"
@@ -328,9 +355,9 @@ cost = 1
         );
     }
     assert!(
-        problems[0]
+        problems[1]
             .1
-            .starts_with("xdp.syn_rate (per-source SYN limits)")
+            .starts_with("route.cost (credits per request)")
     );
 }
 

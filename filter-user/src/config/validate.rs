@@ -126,11 +126,7 @@ pub(super) fn parse(
 
 /// Keys SPEC §6 names that this version does not implement yet, by section, with what they are
 /// for. Each is refused with a message that says so, never silently ignored.
-pub(super) const NOT_YET: &[(&str, &str, &str)] = &[
-    ("xdp", "syn_rate", "per-source SYN limits"),
-    ("xdp", "syn_burst", "per-source SYN limits"),
-    ("route", "cost", "credits per request"),
-];
+pub(super) const NOT_YET: &[(&str, &str, &str)] = &[("route", "cost", "credits per request")];
 
 /// Takes the [`NOT_YET`] keys out of one section (or one `[[route]]`), each reported on its
 /// line as not implemented, so the rest of the section is still checked. A list of upstreams
@@ -358,6 +354,20 @@ fn check(cfg: &Config, root: &DeTable<'_>, text: &str) -> Vec<(Where, ConfigProb
             "xdp",
             span_at(root, &["xdp", "protected_ports"]),
             "xdp.protected_ports: port 0 is not a port".into(),
+        );
+    }
+    if x.syn_burst.is_some() && x.syn_rate.is_none() {
+        bad(
+            "xdp",
+            span_at(root, &["xdp", "syn_burst"]),
+            "xdp.syn_burst needs xdp.syn_rate (the rate the burst is of)".into(),
+        );
+    }
+    if x.syn_burst == Some(0) {
+        bad(
+            "xdp",
+            span_at(root, &["xdp", "syn_burst"]),
+            "xdp.syn_burst = 0 would drop every new connection".into(),
         );
     }
     // What a `store.url` may hold is the store's to say: it adds that check (see `LayerCheck`).

@@ -107,6 +107,33 @@ impl XdpMaps {
             .map_err(|e| XdpError::map("reading the program's config", e))
     }
 
+    /// Sets the per-source SYN limit (`xdp.syn_rate`/`syn_burst` as [`crate::config::Xdp::syn_limit`]
+    /// gives it: nanoseconds per SYN and the window); `None` lifts it. Sources' allowances
+    /// already counted stay and follow the new limit from their next SYN.
+    ///
+    /// # Errors
+    /// The map write fails.
+    pub fn set_syn_limit(&mut self, limit: Option<(u64, u64)>) -> Result<(), XdpError> {
+        let (interval, window) = limit.unwrap_or((0, 0));
+        let value = XdpConfig {
+            syn_interval_ns: interval,
+            syn_window_ns: window,
+            ..self.config()?
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(|e| XdpError::map("writing the SYN limit", e))
+    }
+
+    /// The SYN limit the program applies now: (nanoseconds per SYN, window), `None` when off.
+    ///
+    /// # Errors
+    /// The map read fails.
+    pub fn syn_limit(&self) -> Result<Option<(u64, u64)>, XdpError> {
+        let c = self.config()?;
+        Ok((c.syn_interval_ns != 0).then_some((c.syn_interval_ns, c.syn_window_ns)))
+    }
+
     /// Sets how many leading bits of an IPv6 source the denylist is keyed by
     /// (`autoblock.ipv6_prefix`). Entries already in the map keep the keys they were written
     /// with: the caller rewrites them (the control plane does, from the store, at start).

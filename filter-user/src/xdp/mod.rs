@@ -19,8 +19,8 @@ use aya::maps::MapInfo;
 use filter_common::trace::TraceConfig;
 use filter_common::xdp::{
     ALLOW_MAX_ENTRIES, COUNTER_SLOTS, CounterValue, DENY_MAX_ENTRIES, DenyEntry, MAP_ALLOW_V4,
-    MAP_ALLOW_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS, MAP_TRACE,
-    PortBitmap, XdpConfig,
+    MAP_ALLOW_V6, MAP_CONFIG, MAP_COUNTERS, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS, MAP_SYN_V4,
+    MAP_SYN_V6, MAP_TRACE, PortBitmap, SYN_MAX_ENTRIES, SynBucket, XdpConfig,
 };
 
 pub use allowfile::{
@@ -281,6 +281,7 @@ pub fn start_with(cfg: &Config, opts: &XdpOptions) -> Result<XdpRuntime, XdpErro
     let mut maps = XdpMaps::from_ebpf(&mut ebpf)?;
     maps.set_mode(cfg.xdp.mode)?;
     maps.set_ipv6_deny_prefix(cfg.autoblock.ipv6_prefix)?;
+    maps.set_syn_limit(cfg.xdp.syn_limit())?;
     maps.set_protected_ports(&cfg.protected_ports())?;
     let diff = maps.sync_allowlist(&wanted)?;
     let (program, interfaces) =
@@ -320,6 +321,7 @@ pub fn reconfigure(pins: &PinDir, cfg: &Config) -> Result<AllowDiff, XdpError> {
     // The allowlist before the mode, so a switch to enforce never meets the old allowlist.
     let diff = maps.sync_allowlist(&wanted)?;
     maps.set_protected_ports(&cfg.protected_ports())?;
+    maps.set_syn_limit(cfg.xdp.syn_limit())?;
     maps.set_mode(cfg.xdp.mode)?;
     Ok(diff)
 }
@@ -351,7 +353,7 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), XdpError> {
             core::mem::size_of::<T>() as u32
         }
     }
-    let expected: [(&str, u32, u32, u32); 8] = [
+    let expected: [(&str, u32, u32, u32); 10] = [
         (MAP_CONFIG, 4, sz::<XdpConfig>(), 1),
         (MAP_PORTS, 4, sz::<PortBitmap>(), 1),
         (MAP_ALLOW_V4, 8, 4, ALLOW_MAX_ENTRIES),
@@ -360,6 +362,8 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), XdpError> {
         (MAP_DENY_V6, 16, sz::<DenyEntry>(), DENY_MAX_ENTRIES),
         (MAP_COUNTERS, 4, sz::<CounterValue>(), COUNTER_SLOTS),
         (MAP_TRACE, 4, sz::<TraceConfig>(), 1),
+        (MAP_SYN_V4, 4, sz::<SynBucket>(), SYN_MAX_ENTRIES),
+        (MAP_SYN_V6, 8, sz::<SynBucket>(), SYN_MAX_ENTRIES),
     ];
     for (name, key, value, max) in expected {
         let path = pins.map(name);

@@ -56,6 +56,8 @@ const ROWS: &[(&str, &str, After)] = &[
     ("xdp.attach",               "xdp::caps (skb on a veth); xdp::netns (auto)",                       After::NeedsRestart),
     ("xdp.protected_ports",      "xdp::netns::allowlisted_source_reaches_protected_port_others_do_not; xdp::caps (reload)", After::InTheXdpMaps),
     ("xdp.allow",                "xdp::netns::allowlist_edits_under_traffic_leave_unchanged_prefixes_alone; xdp::caps (reload)", After::InTheXdpMaps),
+    ("xdp.syn_rate",             "xdp::testrun::syn_rate_drops_a_sources_syns_over_its_burst",        After::InTheXdpMaps),
+    ("xdp.syn_burst",            "xdp::testrun::syn_rate_drops_a_sources_syns_over_its_burst",        After::InTheXdpMaps),
     ("store.kind",               "fleet::* (postgres), every other daemon test (sqlite)",              After::NeedsRestart),
     ("store.path",               "keys::cli, control::durability",                                     After::NeedsRestart),
     ("store.url",                "fleet::*, keys::config_cli::a_bad_store_url_is_reported_on_its_line", After::NeedsRestart),
@@ -185,6 +187,8 @@ mode = "monitor"
 attach = "skb"
 protected_ports = [1]
 allow = ["10.0.0.0/8"]
+syn_rate = "5/s"
+syn_burst = 7
 [store]
 kind = "postgres"
 path = "var/other.db"

@@ -13,6 +13,8 @@ pub const TPID_8021AD: u16 = 0x88A8;
 pub enum L4 {
     /// TCP SYN to this destination port.
     Tcp(u16),
+    /// TCP ACK (a segment of an open connection) to this destination port.
+    TcpAck(u16),
     /// UDP to this destination port.
     Udp(u16),
     /// ICMP / ICMPv6 echo request.
@@ -55,6 +57,11 @@ impl Frame {
     /// A TCP SYN from `src` to `dst:port`.
     pub fn tcp(src: &str, dst: &str, port: u16) -> Self {
         Self::new(src, dst, L4::Tcp(port))
+    }
+
+    /// A TCP ACK (no SYN) from `src` to `dst:port`.
+    pub fn tcp_ack(src: &str, dst: &str, port: u16) -> Self {
+        Self::new(src, dst, L4::TcpAck(port))
     }
 
     /// A UDP datagram from `src` to `dst:port`.
@@ -101,7 +108,8 @@ impl Frame {
     /// The bytes.
     pub fn build(&self) -> Vec<u8> {
         let (proto, l4) = match (&self.l4, self.src) {
-            (L4::Tcp(p), _) => (6u8, tcp_header(*p)),
+            (L4::Tcp(p), _) => (6u8, tcp_header(*p, 0x02)),
+            (L4::TcpAck(p), _) => (6u8, tcp_header(*p, 0x10)),
             (L4::Udp(p), _) => (17, udp_header(*p)),
             (L4::Icmp, IpAddr::V4(_)) => (1, vec![8, 0, 0, 0, 0, 1, 0, 1]),
             (L4::Icmp, IpAddr::V6(_)) => (58, vec![128, 0, 0, 0, 0, 1, 0, 1]),
@@ -184,10 +192,10 @@ fn ext_bytes(e: Ext, next: u8) -> Vec<u8> {
     }
 }
 
-fn tcp_header(dport: u16) -> Vec<u8> {
+fn tcp_header(dport: u16, flags: u8) -> Vec<u8> {
     let mut h = vec![0xC3, 0x50];
     h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0]);
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xFF, 0xFF, 0, 0, 0, 0]);
     h
 }
 

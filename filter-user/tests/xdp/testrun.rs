@@ -565,3 +565,93 @@ fn expired_bans_pass_and_the_denylist_syncs_to_a_wanted_set() {
     denied.sort();
     assert_eq!(denied, [v4, "fd00:ef::".parse::<IpAddr>().unwrap()]);
 }
+
+/// `xdp.syn_rate`: a source's SYNs to protected ports beyond its burst are dropped as
+/// `syn_rate`, after the denylist and before the allowlist; other segments, other sources and
+/// unprotected ports are untouched; IPv6 sources share one allowance per /64; monitor mode
+/// only counts; lifting the limit lets them through again.
+#[test]
+fn syn_rate_drops_a_sources_syns_over_its_burst() {
+    let _g = serial();
+    let mut f = filter();
+    // One SYN a second, 3 at once: the test's SYNs all fall within one second.
+    let limit = Some((1_000_000_000, 3_000_000_000));
+    f.maps_mut().set_syn_limit(limit).unwrap();
+    assert_eq!(f.maps().syn_limit().unwrap(), limit);
+    let syn = |src| Frame::tcp(src, DST_V4, PROTECTED_TCP);
+    for _ in 0..3 {
+        expect(&mut f, &syn(ALLOWED_V4), Action::Pass, Reason::Allowlisted);
+    }
+    expect(&mut f, &syn(ALLOWED_V4), Action::Drop, Reason::SynRate);
+    // Segments of open connections, another source, another port: as before.
+    expect(
+        &mut f,
+        &Frame::tcp_ack(ALLOWED_V4, DST_V4, PROTECTED_TCP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(
+        &mut f,
+        &syn("198.18.1.6"),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(
+        &mut f,
+        &Frame::tcp(ALLOWED_V4, DST_V4, OPEN),
+        Action::Pass,
+        Reason::Unprotected,
+    );
+    expect(
+        &mut f,
+        &Frame::udp(ALLOWED_V4, DST_V4, PROTECTED_UDP),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    // A source outside the allowlist is dropped either way; over its rate, as syn_rate.
+    for _ in 0..3 {
+        expect(&mut f, &syn(OTHER_V4), Action::Drop, Reason::NotAllowlisted);
+    }
+    expect(&mut f, &syn(OTHER_V4), Action::Drop, Reason::SynRate);
+    // The denylist comes first.
+    f.maps_mut()
+        .deny("198.18.1.7".parse().unwrap(), None)
+        .unwrap();
+    for _ in 0..4 {
+        expect(&mut f, &syn("198.18.1.7"), Action::Drop, Reason::Denylisted);
+    }
+    // IPv6: one allowance per /64.
+    let syn6 = |src| Frame::tcp(src, DST_V6, PROTECTED_TCP);
+    expect(
+        &mut f,
+        &syn6("fd00:ef::5"),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(
+        &mut f,
+        &syn6("fd00:ef::6"),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(
+        &mut f,
+        &syn6("fd00:ef::7"),
+        Action::Pass,
+        Reason::Allowlisted,
+    );
+    expect(&mut f, &syn6("fd00:ef::8"), Action::Drop, Reason::SynRate);
+    expect(
+        &mut f,
+        &syn6(OTHER_V6),
+        Action::Drop,
+        Reason::NotAllowlisted,
+    );
+    // Monitor mode counts what it would drop.
+    f.maps_mut().set_mode(XdpMode::Monitor).unwrap();
+    expect(&mut f, &syn(ALLOWED_V4), Action::WouldDrop, Reason::SynRate);
+    f.maps_mut().set_mode(XdpMode::Enforce).unwrap();
+    // Lifted: through again.
+    f.maps_mut().set_syn_limit(None).unwrap();
+    expect(&mut f, &syn(ALLOWED_V4), Action::Pass, Reason::Allowlisted);
+}

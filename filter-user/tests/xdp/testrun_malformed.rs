@@ -62,7 +62,7 @@ fn truncated_frames_never_abort() {
 /// Length of the L4 header the builder writes (the port is in its bytes 2..4).
 fn frame_l4_len(frame: &Frame) -> usize {
     match frame.l4 {
-        crate::support::frames::L4::Tcp(_) => 20,
+        crate::support::frames::L4::Tcp(_) | crate::support::frames::L4::TcpAck(_) => 20,
         crate::support::frames::L4::Udp(_) => 12,
         crate::support::frames::L4::Icmp => 8,
     }
