@@ -129,7 +129,6 @@ pub(super) fn parse(
 pub(super) const NOT_YET: &[(&str, &str, &str)] = &[
     ("xdp", "syn_rate", "per-source SYN limits"),
     ("xdp", "syn_burst", "per-source SYN limits"),
-    ("route", "cost", "credits per request"),
     ("route", "ai", "LLM token counting"),
 ];
 

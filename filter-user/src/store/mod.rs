@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub mod audit;
 pub mod bans;
+pub mod credits;
 pub mod fault;
 pub mod ids;
 pub mod migrate;
@@ -28,6 +29,7 @@ pub mod timefmt;
 
 pub use audit::{Action, Actor, AuditEntry};
 pub use bans::{Ban, BanReason, BanRow};
+pub use credits::{CreditChange, Credits, Lease, Refill, RefillPeriod};
 pub use fault::{FaultKind, StoreFault};
 pub use model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
@@ -83,6 +85,9 @@ pub enum StoreError {
     /// The configured backend is not available in this build.
     #[error("store.kind = \"{0}\" is not supported yet")]
     Unsupported(&'static str),
+    /// This backend does not keep credits (usage-limited keys) yet.
+    #[error("usage-limited keys (credits) are not supported by this store yet")]
+    CreditsUnsupported,
     /// No key with that id (or key).
     #[error("no key {0}")]
     NoSuchKey(String),
@@ -255,6 +260,50 @@ pub trait KeyStore: Send {
     /// # Errors
     /// Database failures.
     fn purge_bans(&mut self, before_ms: i64) -> Result<usize>;
+
+    /// Takes up to `want` credits of the usage-limited key `id` for this daemon to spend, as one
+    /// durable decrement. `None`: no such key, or not usage-limited.
+    ///
+    /// # Errors
+    /// Database failures; a backend without credits.
+    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>> {
+        let _ = (id, want);
+        Err(StoreError::CreditsUnsupported)
+    }
+
+    /// Gives back `n` unspent credits of a lease taken while the key's refill was due at `due`;
+    /// nothing when the key was refilled since (its old credits are gone).
+    ///
+    /// # Errors
+    /// Database failures; a backend without credits.
+    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()> {
+        let _ = (id, n, due);
+        Err(StoreError::CreditsUnsupported)
+    }
+
+    /// `keys credits --set N | --add N`, as one change (revision, audit entry).
+    ///
+    /// # Errors
+    /// Unknown key, database failures; a backend without credits.
+    fn change_credits(
+        &mut self,
+        key: KeyRef<'_>,
+        change: CreditChange,
+        now: i64,
+    ) -> Result<KeyView> {
+        let _ = (key, change, now);
+        Err(StoreError::CreditsUnsupported)
+    }
+
+    /// Resets the credits of every key whose refill is due at `now` (the refill clock,
+    /// [`credits::credit_now`]) to its refill amount; returns their ids.
+    ///
+    /// # Errors
+    /// Database failures; a backend without credits.
+    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>> {
+        let _ = now;
+        Err(StoreError::CreditsUnsupported)
+    }
 
     /// Whether the store can take changes, checked cheaply (a few `stat`s; a daemon calls it
     /// on each watcher round): the fault in force, if any. A backend without such faults (the

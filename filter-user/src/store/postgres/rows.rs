@@ -73,6 +73,8 @@ pub fn to_record(r: &Row) -> Result<KeyRecord> {
         expires_at: col(r, 5)?,
         allow_cidrs,
         rate,
+        // Credits are kept by the SQLite store only so far (see `insert_key`).
+        credits: None,
         status: KeyStatus::parse(status)
             .ok_or_else(|| StoreError::Corrupt(format!("key status {status}")))?,
         revoked_at: col(r, 10)?,
@@ -222,6 +224,9 @@ async fn ensure_user(c: &Client, tenant: &str, user: &str, now: i64) -> Result<i
 
 /// Inserts a new key and logs `key.create`.
 pub async fn insert_key(c: &Client, new: &NewKey, now: i64) -> Result<CreatedKey> {
+    if new.credits.is_some() {
+        return Err(StoreError::CreditsUnsupported);
+    }
     let (secret, hash) = rules::new_key_secret(new)?;
     let user_id = ensure_user(c, &new.tenant, &new.user, now).await?;
     let id = new_key_id();
