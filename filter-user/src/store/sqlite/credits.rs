@@ -150,3 +150,101 @@ pub(super) fn refill(conn: &mut Connection, now: i64) -> Result<Vec<String>> {
     tx.commit()?;
     Ok(due.into_iter().map(|(id, ..)| id).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::credits::{CreditChange, Refill, RefillPeriod};
+    use crate::store::{KeyRef, KeyStore, NewKey, SqliteStore};
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        (dir, st)
+    }
+
+    fn left(st: &SqliteStore, id: &str) -> u64 {
+        let v = st.find_key(KeyRef::Id(id)).unwrap().unwrap();
+        v.key.credits.unwrap().remaining
+    }
+
+    #[test]
+    fn leases_take_durably_and_never_more_than_is_left() {
+        let (_dir, mut st) = store();
+        let made = st
+            .create_keys(
+                &[NewKey::new("acme", "a", "live").with_credits(150, None)],
+                10,
+            )
+            .unwrap();
+        let id = &made[0].view.key.id;
+        let l = st.lease_credits(id, 100).unwrap().unwrap();
+        assert_eq!((l.granted, l.left), (100, 50));
+        let l = st.lease_credits(id, 100).unwrap().unwrap();
+        assert_eq!((l.granted, l.left), (50, 0));
+        let l = st.lease_credits(id, 100).unwrap().unwrap();
+        assert_eq!((l.granted, l.left), (0, 0));
+        st.return_credits(id, 30, None).unwrap();
+        assert_eq!(left(&st, id), 30);
+        let plain = st
+            .create_keys(&[NewKey::new("acme", "a", "live")], 10)
+            .unwrap();
+        assert_eq!(st.lease_credits(&plain[0].view.key.id, 100).unwrap(), None);
+    }
+
+    #[test]
+    fn refills_reset_to_the_amount_and_void_returns_from_before() {
+        let (_dir, mut st) = store();
+        let refill = Refill {
+            amount: 40,
+            period: RefillPeriod::Hour,
+        };
+        let made = st
+            .create_keys(
+                &[NewKey::new("acme", "a", "live").with_credits(10, Some(refill))],
+                3_600 * 5 + 7,
+            )
+            .unwrap();
+        let id = &made[0].view.key.id;
+        let c = made[0].view.key.credits.unwrap();
+        assert_eq!(c.refill_due, Some(3_600 * 6));
+        let lease = st.lease_credits(id, 100).unwrap().unwrap();
+        assert_eq!(lease.granted, 10);
+        assert!(st.refill_credits(3_600 * 6 - 1).unwrap().is_empty());
+        assert_eq!(
+            st.refill_credits(3_600 * 6 + 5).unwrap(),
+            std::slice::from_ref(id)
+        );
+        assert_eq!(left(&st, id), 40, "reset, not added");
+        st.return_credits(id, 4, lease.refill_due).unwrap();
+        assert_eq!(left(&st, id), 40, "held from the period before: void");
+        let v = st.find_key(KeyRef::Id(id)).unwrap().unwrap();
+        assert_eq!(v.key.credits.unwrap().refill_due, Some(3_600 * 7));
+    }
+
+    #[test]
+    fn operator_changes_and_rotation_move_credits() {
+        let (_dir, mut st) = store();
+        let made = st
+            .create_keys(
+                &[NewKey::new("acme", "a", "live").with_credits(5, None)],
+                10,
+            )
+            .unwrap();
+        let id = made[0].view.key.id.clone();
+        let rev = st.revision().unwrap();
+        st.change_credits(KeyRef::Id(&id), CreditChange::Add(7), 11)
+            .unwrap();
+        assert_eq!(left(&st, &id), 12);
+        assert!(st.revision().unwrap() > rev, "a change like any other");
+        st.change_credits(KeyRef::Id(&id), CreditChange::Set(3), 12)
+            .unwrap();
+        assert_eq!(left(&st, &id), 3);
+        let (old, new) = st
+            .rotate(KeyRef::Id(&id), Duration::from_secs(60), 13)
+            .unwrap();
+        assert_eq!(old.key.credits.unwrap().remaining, 0);
+        assert_eq!(new.view.key.credits.unwrap().remaining, 3);
+    }
+}
