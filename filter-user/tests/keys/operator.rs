@@ -468,7 +468,8 @@ fn explain_json_and_method_say_what_the_proxy_would() {
             "approval",
             "address",
             "scopes",
-            "rate"
+            "rate",
+            "credits"
         ]
     );
     for c in checks {
