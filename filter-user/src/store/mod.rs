@@ -85,9 +85,6 @@ pub enum StoreError {
     /// The configured backend is not available in this build.
     #[error("store.kind = \"{0}\" is not supported yet")]
     Unsupported(&'static str),
-    /// This backend does not keep credits (usage-limited keys) yet.
-    #[error("usage-limited keys (credits) are not supported by this store yet")]
-    CreditsUnsupported,
     /// No key with that id (or key).
     #[error("no key {0}")]
     NoSuchKey(String),
@@ -265,45 +262,33 @@ pub trait KeyStore: Send {
     /// durable decrement. `None`: no such key, or not usage-limited.
     ///
     /// # Errors
-    /// Database failures; a backend without credits.
-    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>> {
-        let _ = (id, want);
-        Err(StoreError::CreditsUnsupported)
-    }
+    /// Database failures.
+    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>>;
 
     /// Gives back `n` unspent credits of a lease taken while the key's refill was due at `due`;
     /// nothing when the key was refilled since (its old credits are gone).
     ///
     /// # Errors
-    /// Database failures; a backend without credits.
-    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()> {
-        let _ = (id, n, due);
-        Err(StoreError::CreditsUnsupported)
-    }
+    /// Database failures.
+    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()>;
 
     /// `keys credits --set N | --add N`, as one change (revision, audit entry).
     ///
     /// # Errors
-    /// Unknown key, database failures; a backend without credits.
+    /// Unknown key, database failures.
     fn change_credits(
         &mut self,
         key: KeyRef<'_>,
         change: CreditChange,
         now: i64,
-    ) -> Result<KeyView> {
-        let _ = (key, change, now);
-        Err(StoreError::CreditsUnsupported)
-    }
+    ) -> Result<KeyView>;
 
     /// Resets the credits of every key whose refill is due at `now` (the refill clock,
     /// [`credits::credit_now`]) to its refill amount; returns their ids.
     ///
     /// # Errors
-    /// Database failures; a backend without credits.
-    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>> {
-        let _ = now;
-        Err(StoreError::CreditsUnsupported)
-    }
+    /// Database failures.
+    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>>;
 
     /// Whether the store can take changes, checked cheaply (a few `stat`s; a daemon calls it
     /// on each watcher round): the fault in force, if any. A backend without such faults (the
