@@ -15,9 +15,13 @@ use std::thread::Thread;
 
 use crate::store::Lease;
 
-/// Credits a lease asks for (more when a route costs more than half of it): the most a crash
-/// can forfeit per key, and how much the daemon may spend before the store is asked again.
+/// Credits a first lease asks for (more when a route costs more than half of it).
 pub const LEASE: u64 = 100;
+
+/// The most a lease grows to for a key spent faster than its leases arrive (each time the
+/// wallet ran dry while the store still held credits, the next lease is twice the last): the
+/// most a crash can forfeit per key.
+pub const LEASE_MAX: u64 = 1600;
 
 /// `store_left` before the first lease: not known.
 const UNKNOWN: u64 = u64::MAX;
@@ -64,6 +68,10 @@ pub struct Wallet {
     /// Unix seconds of the next refill (refill clock); 0: none.
     refill_due: AtomicI64,
     wanted: AtomicBool,
+    /// What the next lease asks for (before the cost rule).
+    size: AtomicU64,
+    /// A request found the wallet dry while the store held credits since the last lease.
+    starved: AtomicBool,
     signal: Arc<LeaseSignal>,
 }
 
@@ -79,6 +87,8 @@ impl Wallet {
             largest_cost: AtomicU64::new(1),
             refill_due: AtomicI64::new(0),
             wanted: AtomicBool::new(true),
+            size: AtomicU64::new(LEASE),
+            starved: AtomicBool::new(false),
             signal,
         }
     }
@@ -108,6 +118,9 @@ impl Wallet {
             if held < cost {
                 let store = self.store_left.load(Ordering::Acquire);
                 if store == UNKNOWN || held.saturating_add(store) >= cost {
+                    if store != UNKNOWN {
+                        self.starved.store(true, Ordering::Relaxed);
+                    }
                     self.ask();
                     return Err(Dry::Fetching);
                 }
@@ -161,10 +174,15 @@ impl Wallet {
         self.wanted.swap(false, Ordering::AcqRel)
     }
 
-    /// How many credits the next lease asks for.
-    #[must_use]
+    /// How many credits the next lease asks for: twice the last when the wallet ran dry
+    /// meanwhile (up to [`LEASE_MAX`]), and at least twice the largest cost seen.
     pub fn lease_size(&self) -> u64 {
-        LEASE.max(self.largest_cost.load(Ordering::Relaxed).saturating_mul(2))
+        let mut size = self.size.load(Ordering::Relaxed);
+        if self.starved.swap(false, Ordering::Relaxed) {
+            size = size.saturating_mul(2).min(LEASE_MAX);
+            self.size.store(size, Ordering::Relaxed);
+        }
+        size.max(self.largest_cost.load(Ordering::Relaxed).saturating_mul(2))
     }
 
     /// Adds a lease taken from the store.
@@ -292,6 +310,23 @@ mod tests {
         assert_eq!(w.held(), 2, "a refused request spends nothing");
         assert_eq!(w.take(300), Err(Dry::Exhausted { refill_due: None }));
         assert_eq!(w.lease_size(), 600);
+    }
+
+    #[test]
+    fn a_wallet_that_ran_dry_asks_for_twice_as_much_up_to_the_cap() {
+        let w = Wallet::new("key_a", Arc::default());
+        assert_eq!(w.take(1), Err(Dry::Fetching));
+        assert_eq!(w.lease_size(), LEASE, "dry before any lease: not starved");
+        w.add_lease(&lease(1, 500));
+        w.take(1).unwrap();
+        assert_eq!(w.take(1), Err(Dry::Fetching));
+        assert_eq!(w.lease_size(), 2 * LEASE);
+        assert_eq!(w.lease_size(), 2 * LEASE, "once per dry spell");
+        for _ in 0..10 {
+            assert_eq!(w.take(1), Err(Dry::Fetching));
+            w.lease_size();
+        }
+        assert_eq!(w.lease_size(), LEASE_MAX);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! what is held back to the store.
 //!
 //! Durability: a lease is a durable decrement in the store before a request may spend it, so a
-//! crash (`kill -9`) forfeits at most the unspent lease of each key ([`LEASE`] credits, or twice
-//! the largest route cost), and never grants a credit twice.
+//! crash (`kill -9`) forfeits at most the unspent lease of each key ([`LEASE_MAX`] credits, or
+//! twice the largest route cost), and never grants a credit twice.
 //!
-//! [`LEASE`]: crate::auth::credits::LEASE
+//! [`LEASE_MAX`]: crate::auth::credits::LEASE_MAX
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
