@@ -1340,6 +1340,13 @@ mod tests {
         assert_eq!(v, i64::from(newest(schema::MIGRATIONS)));
         assert_eq!(st.list_keys(None).unwrap().len(), 1);
         assert!(st.audit_since(None, 10).unwrap().is_empty());
+        // The old key is not usage-limited, and can be made so (the credit columns are there).
+        let old_key = KeyRef::Id("key_000000000001");
+        assert_eq!(st.find_key(old_key).unwrap().unwrap().key.credits, None);
+        let v = st
+            .change_credits(old_key, CreditChange::Add(5), 15)
+            .unwrap();
+        assert_eq!(v.key.credits.map(|c| c.remaining), Some(5));
         let by = Actor::cli("root", None);
         st.act_as(Some(by.clone()));
         let made = st
