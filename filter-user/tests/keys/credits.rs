@@ -403,3 +403,23 @@ fn a_kill_9_never_grants_credits_again_and_a_clean_stop_gives_the_lease_back() {
         "the unspent lease went back to the store"
     );
 }
+
+/// With no daemon running the commands write the store directly, with the same output.
+#[test]
+fn without_a_daemon_the_commands_change_the_store() {
+    let up = Upstream::start();
+    let d = Daemon::configure(&tables(up.addr));
+    let (id, key) = create(&d, 5, Some("5/day"));
+    let out = d.cli_ok(&["keys", "credits", &id, "--add", "3"]);
+    assert_eq!(out.trim(), format!("{id} credits: 8 left"));
+    let show = d.cli_ok(&["keys", "show", &key]);
+    assert!(
+        show.contains("credits:     8 left (reset to 5 each day; next at "),
+        "{show}"
+    );
+    assert_eq!(remaining(&d, &id), 8);
+    let bad = d.cli(&["keys", "credits", &id]);
+    assert_eq!(bad.status.code(), Some(2), "--set or --add is needed");
+    let audit = d.cli_ok(&["audit", "--json"]);
+    assert!(audit.contains("key.credits") && !audit.contains(&key));
+}
