@@ -153,6 +153,19 @@ impl Wallet {
         (store != UNKNOWN).then(|| self.held().saturating_add(store))
     }
 
+    /// The key's stored credits changed (by another process or host, or an operator): what
+    /// the store holds is not known any more, so the wallet asks for a lease.
+    pub fn store_changed(&self) {
+        self.store_left.store(UNKNOWN, Ordering::Release);
+        self.ask();
+    }
+
+    /// Whether the key's refill is due at `now` (refill clock): another host may have applied it.
+    #[must_use]
+    pub fn refill_due_at(&self, now: i64) -> bool {
+        self.refill_due().is_some_and(|due| due <= now)
+    }
+
     /// Credits held here, unspent.
     #[must_use]
     pub fn held(&self) -> u64 {
@@ -361,6 +374,19 @@ mod tests {
             .map(|h| h.join().unwrap())
             .sum();
         assert_eq!(spent, 1000);
+    }
+
+    #[test]
+    fn a_store_change_makes_a_spent_wallet_ask_again() {
+        let w = Wallet::new("key_a", Arc::default());
+        w.add_lease(&lease(1, 0));
+        assert!(w.take_request());
+        w.take(1).unwrap();
+        assert_eq!(w.take(1), Err(Dry::Exhausted { refill_due: None }));
+        assert!(!w.take_request(), "spent: nothing to ask for");
+        w.store_changed();
+        assert!(w.take_request());
+        assert_eq!(w.take(1), Err(Dry::Fetching));
     }
 
     #[test]

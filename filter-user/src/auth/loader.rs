@@ -247,7 +247,12 @@ impl KeyLoader {
                 policy,
             })
         }));
-        let wallet = rec.credits.map(|_| self.credits.wallet(&rec.id));
+        let wallet = rec.credits.map(|_| {
+            let w = self.credits.wallet(&rec.id);
+            // A record read again after a change: its stored credits may have changed too.
+            w.store_changed();
+            w
+        });
         Ok(Arc::new(KeyEntry::with_wallet(rec, owner, wallet)))
     }
 

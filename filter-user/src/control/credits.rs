@@ -51,10 +51,12 @@ pub fn refill(store: &mut dyn KeyStore, book: &CreditBook) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Takes a lease for every wallet that asked for one.
+/// Takes a lease for every wallet that asked for one, and for every wallet whose refill is due
+/// (another host may have applied it: the lease reads what is there and the next due time).
 pub fn lease_wanted(store: &mut dyn KeyStore, book: &CreditBook) {
+    let now = credit_now();
     for w in book.all() {
-        if w.take_request()
+        if (w.take_request() || w.refill_due_at(now))
             && let Err(e) = top_up(store, &w)
         {
             w.ask();

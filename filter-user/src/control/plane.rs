@@ -478,16 +478,13 @@ impl ControlPlane {
     }
 
     /// Supplies the wallet of key `id` from the store now (a key just created, or its credits
-    /// just changed: `forfeit` for `--set`), so its requests pass once the change is answered.
-    fn lease_now(&self, id: &str, forfeit: bool) {
+    /// just changed), so its requests pass once the change is answered.
+    fn lease_now(&self, id: &str) {
         let mut g = self.lock();
         let Inner { keys, store, .. } = &mut *g;
         let Some(w) = keys.credits().get(id) else {
             return;
         };
-        if forfeit {
-            w.forfeit();
-        }
         w.take_request();
         if let Err(e) = super::credits::top_up(&mut **store, &w) {
             w.ask();
@@ -782,7 +779,7 @@ impl AdminOps for ControlPlane {
                 .first()
                 .ok_or_else(|| ApiError::internal("the store created no key"))?;
             if new.credits.is_some() {
-                self.lease_now(&c.view.key.id, false);
+                self.lease_now(&c.view.key.id);
             }
             self.applied(rev).await?;
             let mut v = CreatedKeyJson::from_created(c, now);
@@ -879,10 +876,17 @@ impl AdminOps for ControlPlane {
                     return Err(self.refused(&by, action, &object, e));
                 }
             };
+            let book = self.lock().keys.credits();
             let (v, rev) = self.write(&by, action, &object, |st, now| {
-                st.change_credits(key_ref(&id), change, now)
+                let v = st.change_credits(key_ref(&id), change, now)?;
+                // Under the writer lock, so no lease is taken between the commit and this:
+                // what this daemon held is void once the store holds exactly N.
+                if let (CreditChange::Set(_), Some(w)) = (change, book.get(&v.key.id)) {
+                    w.forfeit();
+                }
+                Ok(v)
             })?;
-            self.lease_now(&v.key.id, matches!(change, CreditChange::Set(_)));
+            self.lease_now(&v.key.id);
             self.applied(rev).await?;
             // Read again: the lease just taken moved credits from the store to this daemon.
             let found = self.lock().store.find_key(KeyRef::Id(&v.key.id));

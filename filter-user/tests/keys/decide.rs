@@ -548,6 +548,25 @@ fn credits_exhausted_after_the_rate_limit_saying_when_they_refill() {
         &["they refill at"],
     );
     assert!(d.rate.is_some_and(|r| r.reset_secs >= 1));
+    // Credits given in the store by someone else (another host, SQL) reach this host's wallet
+    // with the change: the key is fetching again, then allowed.
+    f.store
+        .change_credits(
+            KeyRef::Id(&id),
+            edgefilter::store::CreditChange::Add(1),
+            NOW,
+        )
+        .unwrap();
+    let mut svc = svc;
+    svc.poll(&f.store).unwrap();
+    denied(
+        check(&mut g, V1, &[("x-api-key", &key)], None),
+        ErrorCode::CreditsExhausted,
+        &key,
+        &["still fetching"],
+    );
+    edgefilter::control::credits::lease_wanted(&mut f.store, &svc.credits());
+    assert!(allowed(&check(&mut g, V1, &[("x-api-key", &key)], None)));
     // SPEC §5 order: the rate limit answers first.
     denied(
         check(&mut g, V1, &[("x-api-key", &both)], None),
