@@ -37,6 +37,8 @@ pub enum ErrorCode {
     ScopeMissing,
     /// Token bucket empty.
     RateLimited,
+    /// The key's credits are spent.
+    CreditsExhausted,
     /// Opaque mode's stand-in for every 401 key code.
     InvalidCredentials,
     /// No route matches the path.
@@ -60,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in SPEC order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::MissingKey,
         Self::KeyInWrongPlace,
         Self::MalformedKey,
@@ -76,6 +78,7 @@ impl ErrorCode {
         Self::IpNotAllowed,
         Self::ScopeMissing,
         Self::RateLimited,
+        Self::CreditsExhausted,
         Self::InvalidCredentials,
         Self::NoRoute,
         Self::BadRequest,
@@ -106,7 +109,7 @@ impl ErrorCode {
             Self::SubscriptionPending | Self::IpNotAllowed | Self::ScopeMissing => 403,
             Self::NoRoute => 404,
             Self::PayloadTooLarge => 413,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::CreditsExhausted => 429,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
             Self::UpstreamUnavailable => 502,
@@ -134,6 +137,7 @@ impl ErrorCode {
             Self::IpNotAllowed => "IP_NOT_ALLOWED",
             Self::ScopeMissing => "SCOPE_MISSING",
             Self::RateLimited => "RATE_LIMITED",
+            Self::CreditsExhausted => "CREDITS_EXHAUSTED",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::NoRoute => "NO_ROUTE",
             Self::BadRequest => "BAD_REQUEST",
@@ -167,6 +171,7 @@ impl ErrorCode {
             Self::IpNotAllowed => "The API key may not be used from this address.",
             Self::ScopeMissing => "The API key lacks the scope this route needs.",
             Self::RateLimited => "Too many requests for this API key.",
+            Self::CreditsExhausted => "The API key's credits are spent.",
             Self::InvalidCredentials => "Invalid credentials.",
             Self::NoRoute => "No route matches this path.",
             Self::BadRequest => "The request is malformed.",

@@ -456,6 +456,9 @@ pub struct Route {
     /// `Upgrade: websocket` is allowed here (after the key check); elsewhere it is refused.
     #[serde(default)]
     pub websocket: bool,
+    /// Credits one request here costs a usage-limited key (default 1; 0: free).
+    #[serde(default = "default_cost")]
+    pub cost: u64,
     /// Credential injected towards the upstream (`${ENV}` expanded, `@/path` read from a file).
     #[serde(default)]
     pub inject_header: Option<InjectHeader>,
@@ -488,6 +491,10 @@ pub struct Credentials {
     /// How long a value rests after a 429 that carries no `Retry-After`.
     #[serde(with = "humantime_serde", default = "default_credential_cooldown")]
     pub cooldown: Duration,
+}
+
+fn default_cost() -> u64 {
+    1
 }
 
 fn default_resolve_interval() -> Duration {

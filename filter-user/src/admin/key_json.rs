@@ -37,6 +37,16 @@ pub struct KeyJson {
     pub rate: Option<u32>,
     /// Token-bucket burst, with `rate`.
     pub burst: Option<u32>,
+    /// A usage-limited key's credits left (through a running daemon: the store's plus what
+    /// the daemon holds unspent); absent: not usage-limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
+    /// How the credits refill (`1000/day`: reset to 1000 each day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<String>,
+    /// When they refill next (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_at: Option<String>,
     /// When it was revoked.
     pub revoked_at: Option<String>,
     /// For a rotated key: when it stops working.
@@ -66,6 +76,9 @@ impl KeyJson {
             allowed_cidrs: k.allow_cidrs.iter().map(ToString::to_string).collect(),
             rate: k.rate.map(|r| r.per_sec),
             burst: k.rate.map(|r| r.burst),
+            credits_remaining: k.credits.map(|c| c.remaining),
+            refill: k.credits.and_then(|c| c.refill).map(|r| r.to_string()),
+            refill_at: k.credits.and_then(|c| c.refill_due).map(rfc3339),
             revoked_at: k.revoked_at.map(rfc3339),
             grace_until: k.grace_until.map(rfc3339),
             rotated_to: k.rotated_to.clone(),
@@ -129,6 +142,9 @@ mod tests {
             allowed_cidrs: vec!["198.18.0.0/15".into()],
             rate: Some(5),
             burst: Some(9),
+            credits_remaining: None,
+            refill: None,
+            refill_at: None,
             revoked_at: None,
             grace_until: None,
             rotated_to: None,

@@ -20,7 +20,8 @@ pub use client::{AdminClient, ClientError};
 pub use key_json::{CreatedKeyJson, KeyJson};
 pub use ops::{
     ACTOR_HEADER, AdminOps, AllowlistRequest, ApiError, AuditQuery, CreateKeyRequest,
-    DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness, RotateRequest, UserAction,
+    CreditsRequest, DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture, Readiness,
+    RotateRequest, UserAction,
 };
 pub use server::{AdminHandle, AdminServer, PAUSE_GRACE, ReloadHook, ServerError};
 pub use stats_json::StatsJson;

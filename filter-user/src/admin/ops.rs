@@ -187,6 +187,12 @@ pub struct CreateKeyRequest {
     /// Token-bucket size.
     #[serde(default)]
     pub burst: Option<u64>,
+    /// Credits to start with: a usage-limited key (never copied by `like`).
+    #[serde(default)]
+    pub credits: Option<u64>,
+    /// How the credits refill: `N/hour`, `N/day` or `N/month` (reset to N each period).
+    #[serde(default)]
+    pub refill: Option<String>,
     /// Create as `pending` (needs approval).
     #[serde(default)]
     pub pending: bool,
@@ -270,6 +276,18 @@ pub struct AuditQuery {
     pub since: Option<i64>,
     /// At most this many (the newest); none = the default.
     pub limit: Option<usize>,
+}
+
+/// `POST /v1/keys/{id}/credits`: exactly one of `set` and `add`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsRequest {
+    /// Remaining credits become exactly this.
+    #[serde(default)]
+    pub set: Option<u64>,
+    /// Remaining credits grow by this.
+    #[serde(default)]
+    pub add: Option<u64>,
 }
 
 /// `POST /v1/keys/{id}/rotate`.
@@ -369,6 +387,8 @@ pub trait AdminOps: Send + Sync + 'static {
     fn rotate_key(&self, by: Actor, id: String, req: RotateRequest) -> OpFuture<'_>;
     /// Approves a pending key.
     fn approve_key(&self, by: Actor, id: String) -> OpFuture<'_>;
+    /// Sets or adds to a usage-limited key's credits; answers once every shard spends them.
+    fn key_credits(&self, by: Actor, id: String, req: CreditsRequest) -> OpFuture<'_>;
     /// Suspends, activates or deletes a user.
     fn user_action(&self, by: Actor, user: String, action: UserAction) -> OpFuture<'_>;
     /// The XDP allowlist.

@@ -25,6 +25,8 @@ pub enum Route {
     RotateKey(String),
     /// `POST /v1/keys/{id}/approve`.
     ApproveKey(String),
+    /// `POST /v1/keys/{id}/credits`.
+    KeyCredits(String),
     /// `POST /v1/users/{user}/suspend|activate|delete`.
     User(String, UserAction),
     /// `GET /v1/allowlist`.
@@ -93,6 +95,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 "revoke" => Route::RevokeKey(id),
                 "rotate" => Route::RotateKey(id),
                 "approve" => Route::ApproveKey(id),
+                "credits" => Route::KeyCredits(id),
                 _ => return Err(not_found()),
             };
             only(&Method::POST, "POST", r)

@@ -452,6 +452,7 @@ async fn dispatch(
             ops.rotate_key(by, id, body).await?
         }
         Route::ApproveKey(id) => ops.approve_key(by, id).await?,
+        Route::KeyCredits(id) => ops.key_credits(by, id, json_body(req).await?).await?,
         Route::User(user, action) => ops.user_action(by, user, action).await?,
         Route::AllowList => ops.allowlist().await?,
         Route::AllowAdd => ops.allowlist_add(by, json_body(req).await?).await?,

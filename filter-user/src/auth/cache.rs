@@ -10,6 +10,7 @@ use hashbrown::HashTable;
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
+use super::credits::Wallet;
 use super::ratelimit::{Bucket, Limit};
 use crate::names::{Scope, TenantName, UserName};
 use crate::store::{KeyHash, KeyRecord, KeyStatus, UserStatus};
@@ -134,6 +135,9 @@ pub struct KeyEntry {
     status: KeyStatus,
     rotated: bool,
     owner: Arc<Owner>,
+    /// A usage-limited key's credits on this host (one wallet per key, whatever replaced the
+    /// entry).
+    wallet: Option<Arc<Wallet>>,
     runtime: OnceLock<Box<KeyRuntime>>,
 }
 
@@ -154,6 +158,12 @@ impl KeyEntry {
     /// Builds an entry from a stored record and its (interned) owner.
     #[must_use]
     pub fn new(rec: &KeyRecord, owner: Arc<Owner>) -> Self {
+        Self::with_wallet(rec, owner, None)
+    }
+
+    /// [`KeyEntry::new`] for a usage-limited key, spending from `wallet`.
+    #[must_use]
+    pub fn with_wallet(rec: &KeyRecord, owner: Arc<Owner>, wallet: Option<Arc<Wallet>>) -> Self {
         let mut id = [b'0'; 12];
         let tail = rec.id.strip_prefix("key_").unwrap_or(&rec.id).as_bytes();
         let n = tail.len().min(12);
@@ -168,8 +178,15 @@ impl KeyEntry {
             status: rec.status,
             rotated: rec.rotated_to.is_some(),
             owner,
+            wallet,
             runtime: OnceLock::new(),
         }
+    }
+
+    /// A usage-limited key's credits on this host.
+    #[must_use]
+    pub fn wallet(&self) -> Option<&Wallet> {
+        self.wallet.as_deref()
     }
 
     /// SHA-256 of the key.

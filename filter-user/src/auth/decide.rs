@@ -7,10 +7,12 @@ use filter_common::apikey::{self, FormatError, KeyError, ParsedKey};
 use sha2::{Digest, Sha256};
 
 use super::cache::{KeyEntry, ShardCache};
+use super::credits::Dry;
 use super::extract::Extracted;
 use super::rules::{Place, RouteRules};
 use crate::codes::ErrorCode;
 use crate::gate::RateInfo;
+use crate::store::credits::clock_offset as credit_clock_offset;
 use crate::store::{KeyStatus, UserStatus};
 
 /// The time a decision is made at.
@@ -91,6 +93,17 @@ pub enum Refusal<'a> {
         /// `Retry-After` / `RateLimit-*`.
         rate: RateInfo,
     },
+    /// The key's credits cannot pay for this route.
+    CreditsExhausted {
+        /// The key.
+        entry: &'a KeyEntry,
+        /// What the route costs.
+        cost: u64,
+        /// Why: spent (and when they refill), or a lease on its way.
+        dry: Dry,
+        /// The refill clock's time of the decision (unix seconds).
+        at: i64,
+    },
 }
 
 impl Refusal<'_> {
@@ -113,6 +126,7 @@ impl Refusal<'_> {
             Self::IpNotAllowed(_) => ErrorCode::IpNotAllowed,
             Self::ScopeMissing { .. } => ErrorCode::ScopeMissing,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::CreditsExhausted { .. } => ErrorCode::CreditsExhausted,
         }
     }
 
@@ -128,7 +142,8 @@ impl Refusal<'_> {
             | Self::Pending(e)
             | Self::IpNotAllowed(e)
             | Self::ScopeMissing { entry: e, .. }
-            | Self::RateLimited { entry: e, .. } => Some(e),
+            | Self::RateLimited { entry: e, .. }
+            | Self::CreditsExhausted { entry: e, .. } => Some(e),
             _ => None,
         }
     }
@@ -323,6 +338,23 @@ pub fn check_rate(e: &KeyEntry, now: Now) -> Result<Option<RateInfo>, Refusal<'_
     }
 }
 
+/// Spends the route's cost from the key's credits on this host, when the key is usage-limited.
+///
+/// # Errors
+/// `CreditsExhausted`.
+pub fn check_credits<'a>(e: &'a KeyEntry, route: &RouteRules, now: Now) -> Result<(), Refusal<'a>> {
+    if let Some(w) = e.wallet() {
+        w.take(route.cost)
+            .map_err(|dry| Refusal::CreditsExhausted {
+                entry: e,
+                cost: route.cost,
+                dry,
+                at: now.secs.saturating_add(credit_clock_offset()),
+            })?;
+    }
+    Ok(())
+}
+
 #[inline]
 fn chain<'c: 'r, 'r>(
     cache: &'c ShardCache,
@@ -354,6 +386,7 @@ fn chain<'c: 'r, 'r>(
     check_address(e, peer)?;
     check_scopes(e, route)?;
     let rate = check_rate(e, now)?;
+    check_credits(e, route, now)?;
     Ok((e, rate))
 }
 

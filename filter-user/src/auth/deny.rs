@@ -3,10 +3,12 @@
 
 use std::net::IpAddr;
 
+use super::cache::KeyEntry;
+use super::credits::Dry;
 use super::decide::Refusal;
 use super::rules::RouteRules;
 use crate::codes::ErrorCode;
-use crate::gate::Denial;
+use crate::gate::{Denial, RateInfo};
 use crate::store::timefmt::rfc3339;
 
 /// What rendering needs besides the refusal.
@@ -97,7 +99,50 @@ pub fn hint(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> String {
             entry.owner().limit().map_or(0, |l| l.burst()),
             rate.reset_secs
         ),
+        Refusal::CreditsExhausted { entry, cost, dry, at } => credits_hint(entry, cost, dry, at),
     }
+}
+
+/// The hint of `CREDITS_EXHAUSTED`: when the credits refill, or that they will not.
+fn credits_hint(e: &KeyEntry, cost: u64, dry: Dry, at: i64) -> String {
+    let id = e.key_id();
+    let per = if cost == 1 {
+        "a request here costs 1 credit".to_owned()
+    } else {
+        format!("a request here costs {cost} credits")
+    };
+    match dry {
+        Dry::Fetching => format!(
+            "{id} has credits left, but this edge is still fetching its share of them ({per}); retry in a second."
+        ),
+        Dry::Exhausted {
+            refill_due: Some(due),
+        } => format!(
+            "{id} has spent its credits ({per}); they refill at {} (in {} s).",
+            rfc3339(due),
+            due.saturating_sub(at).max(1)
+        ),
+        Dry::Exhausted { refill_due: None } => format!(
+            "{id} has spent its credits ({per}) and they do not refill; ask your tenant admin to add credits (`edgefilter keys credits {id} --add N`)."
+        ),
+    }
+}
+
+/// `Retry-After` of `CREDITS_EXHAUSTED`: until the refill, 1 s while a lease is fetched, none
+/// when the credits never refill.
+fn credits_retry(dry: Dry, at: i64) -> Option<RateInfo> {
+    let reset_secs = match dry {
+        Dry::Fetching => 1,
+        Dry::Exhausted {
+            refill_due: Some(due),
+        } => u64::try_from(due.saturating_sub(at)).unwrap_or(0).max(1),
+        Dry::Exhausted { refill_due: None } => return None,
+    };
+    Some(RateInfo {
+        limit: 0,
+        remaining: 0,
+        reset_secs,
+    })
 }
 
 /// The operator command that fixes it, when there is one.
@@ -148,6 +193,7 @@ pub fn fix(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> Option<String> {
             entry.owner().user()
         ),
         Refusal::RateLimited { rate, .. } => format!("retry after {} s", rate.reset_secs),
+        Refusal::CreditsExhausted { .. } => format!("edgefilter keys credits {id} --add N"),
     })
 }
 
@@ -162,6 +208,7 @@ pub fn denial(r: &Refusal<'_>, ctx: &RenderCtx<'_>) -> Denial {
         key_id: r.entry().map(|e| e.key_id().clone()),
         rate: match r {
             Refusal::RateLimited { rate, .. } => Some(*rate),
+            Refusal::CreditsExhausted { dry, at, .. } => credits_retry(*dry, *at),
             _ => None,
         },
     }

@@ -31,7 +31,7 @@ use super::rules::{AuthRules, Place, RouteRules};
 use crate::codes::{ErrorCode, Rule};
 use crate::config::Config;
 use crate::store::audit::clean;
-use crate::store::{self, KeyHash, KeyRef, KeyStatus, KeyStore, KeyView};
+use crate::store::{self, KeyHash, KeyRef, KeyStatus, KeyStore, KeyView, Lease};
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -586,11 +586,29 @@ pub fn explain(
     method: &str,
     path: Option<&str>,
 ) -> Result<Explanation, ExplainError> {
+    explain_held(cfg, st, key_text, ip, method, path, &|_| 0)
+}
+
+/// [`explain`] in a daemon: `held` tells the credits of a key (by id) the daemon holds unspent
+/// beyond the store's.
+///
+/// # Errors
+/// [`ExplainError`] when the routes are invalid or the store fails.
+pub fn explain_held(
+    cfg: &Config,
+    st: &dyn KeyStore,
+    key_text: &str,
+    ip: IpAddr,
+    method: &str,
+    path: Option<&str>,
+    held: &dyn Fn(&str) -> u64,
+) -> Result<Explanation, ExplainError> {
     let rules = AuthRules::from_config(cfg)?;
     let default_route = RouteRules {
         prefix: "(any)".into(),
         accepted: Box::new([Place::Bearer, Place::XApiKey]),
         scopes: Box::new([]),
+        cost: 1,
     };
     let now = Now::system();
     let mut asked = Asked {
@@ -698,6 +716,14 @@ pub fn explain(
             return Ok(verdict(rep, header, asked, None, id, key_text, now));
         }
     };
+    // The verdict spends from a wallet of its own holding what is left, never the daemon's.
+    if let Some(c) = view.key.credits {
+        loader.credits().wallet(&view.key.id).add_lease(&Lease {
+            granted: c.remaining.saturating_add(held(&view.key.id)),
+            left: 0,
+            refill_due: c.refill_due,
+        });
+    }
     let mut cache = ShardCache::new(std::slice::from_ref(&entry), &[]);
     cache.apply(&CacheUpdate::User {
         user_id: view.user.id,
@@ -750,8 +776,41 @@ pub fn explain(
         ),
         None => rep.pass("rate", "no limit"),
     }
+    credits_row(&mut rep, e, &view, route, now);
     let id = Some(view.key.id.clone());
     Ok(verdict(rep, header, asked, Some(&cache), id, key_text, now))
+}
+
+/// The credits check: what is left, what the route costs, when they refill.
+fn credits_row(rep: &mut Report<'_>, e: &KeyEntry, view: &KeyView, route: &RouteRules, now: Now) {
+    let (Some(c), Some(w)) = (view.key.credits, e.wallet()) else {
+        rep.pass("credits", "not usage-limited");
+        return;
+    };
+    let refill = match (c.refill, c.refill_due) {
+        (Some(r), Some(due)) => format!(
+            "refill to {} each {}, next at {}",
+            r.amount,
+            r.period.as_str(),
+            store::timefmt::rfc3339(due)
+        ),
+        _ => "no refill".to_owned(),
+    };
+    let left = w.left().unwrap_or(0);
+    let detail = format!("{left} left, this route costs {}; {refill}", route.cost);
+    if left >= route.cost {
+        rep.pass("credits", &detail);
+    } else {
+        let r = Refusal::CreditsExhausted {
+            entry: e,
+            cost: route.cost,
+            dry: crate::auth::credits::Dry::Exhausted {
+                refill_due: c.refill_due,
+            },
+            at: now.secs.saturating_add(store::credits::clock_offset()),
+        };
+        rep.outcome("credits", Err(r), &detail);
+    }
 }
 
 /// Runs the real chain for the verdict line.

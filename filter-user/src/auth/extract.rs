@@ -282,6 +282,7 @@ mod tests {
             prefix: "/".into(),
             accepted: accepted.into(),
             scopes: Box::new([]),
+            cost: 1,
         }
     }
 

@@ -16,6 +16,7 @@ use ahash::RandomState;
 use hashbrown::{HashMap, HashTable};
 
 use super::cache::{CacheUpdate, KeyEntry, Owner, Policy, UserInfo};
+use super::credits::CreditBook;
 use super::ratelimit::Limit;
 use crate::names::{NameError, Scope, TenantName, UserName};
 use crate::store::audit::clean;
@@ -88,6 +89,8 @@ pub struct KeyLoader {
     revision: u64,
     /// Keys refused so far.
     refusals: usize,
+    /// The wallets of usage-limited keys, by id.
+    credits: Arc<CreditBook>,
 }
 
 impl std::fmt::Debug for KeySnapshot {
@@ -121,6 +124,7 @@ impl Default for KeyLoader {
             tenants: HashMap::with_hasher(RandomState::new()),
             revision: 0,
             refusals: 0,
+            credits: Arc::default(),
         }
     }
 }
@@ -203,6 +207,12 @@ impl KeyLoader {
         self.revision
     }
 
+    /// The wallets of the usage-limited keys loaded so far.
+    #[must_use]
+    pub fn credits(&self) -> &Arc<CreditBook> {
+        &self.credits
+    }
+
     /// A shared entry for `view`.
     ///
     /// # Errors
@@ -237,7 +247,13 @@ impl KeyLoader {
                 policy,
             })
         }));
-        Ok(Arc::new(KeyEntry::new(rec, owner)))
+        let wallet = rec.credits.map(|_| {
+            let w = self.credits.wallet(&rec.id);
+            // A record read again after a change: its stored credits may have changed too.
+            w.store_changed();
+            w
+        });
+        Ok(Arc::new(KeyEntry::with_wallet(rec, owner, wallet)))
     }
 
     fn policy(&mut self, rec: &KeyRecord) -> Result<Arc<Policy>, NameError> {

@@ -5,6 +5,7 @@
 //! builds one [`ShardGate`] per shard and feeds them store changes.
 
 pub mod cache;
+pub mod credits;
 pub mod decide;
 pub mod deny;
 pub mod explain;

@@ -51,6 +51,8 @@ pub struct RouteRules {
     pub accepted: Box<[Place]>,
     /// Scopes a key needs here.
     pub scopes: Box<[Box<str>]>,
+    /// Credits a request here costs a usage-limited key.
+    pub cost: u64,
 }
 
 impl RouteRules {
@@ -129,6 +131,7 @@ impl AuthRules {
                     prefix: r.prefix.as_str().into(),
                     accepted: accepted.into(),
                     scopes: r.scopes.iter().map(|s| s.as_str().into()).collect(),
+                    cost: r.cost,
                 })
             })
             .collect::<Result<_, _>>()?;

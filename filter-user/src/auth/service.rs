@@ -95,6 +95,12 @@ impl KeyService {
         self.loaded
     }
 
+    /// The wallets of the usage-limited keys (for the lease task and `keys credits`).
+    #[must_use]
+    pub fn credits(&self) -> Arc<crate::auth::credits::CreditBook> {
+        Arc::clone(self.loader.credits())
+    }
+
     /// The revision the service has caught up to.
     #[must_use]
     pub fn revision(&self) -> u64 {

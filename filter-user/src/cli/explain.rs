@@ -12,10 +12,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use super::daemon_api::{self, segment};
 use super::load_config;
 use super::out::{out, outln, printable};
-use crate::auth::explain::{ExplainError, Explanation, Mark, explain};
-use crate::store;
+use crate::auth::explain::{ExplainError, Explanation, Mark, explain_held};
+use crate::store::{self, KeyRef};
 
 /// Arguments.
 #[derive(Debug, Args)]
@@ -80,13 +81,28 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let store = store::open(&cfg)?;
-    let explained = match explain(
+    // A running daemon holds part of a usage-limited key's credits: ask it what is left.
+    let api = daemon_api::discover(&cfg);
+    let held = |id: &str| -> u64 {
+        let Some(api) = &api else { return 0 };
+        let path = format!("/v1/keys/{}", segment(id));
+        let live = daemon_api::call(api, "GET", &path, None).ok();
+        let live = live.and_then(|v| v["credits_remaining"].as_u64());
+        let stored = store.find_key(KeyRef::Id(id)).ok().flatten();
+        let stored = stored.and_then(|v| v.key.credits).map(|c| c.remaining);
+        match (live, stored) {
+            (Some(live), Some(stored)) => live.saturating_sub(stored),
+            _ => 0,
+        }
+    };
+    let explained = match explain_held(
         &cfg,
         &*store,
         &key,
         args.ip,
         &args.method,
         args.path.as_deref(),
+        &held,
     ) {
         Ok(e) => e,
         Err(ExplainError::Rules(e)) => {

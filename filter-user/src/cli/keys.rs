@@ -1,4 +1,4 @@
-//! `edgefilter keys create|list|show|revoke|approve|rotate`: changes go through the running
+//! `edgefilter keys create|list|show|revoke|approve|rotate|credits`: changes go through the running
 //! daemon's admin API when it is up (returning once every shard applied them), else straight
 //! to the store; reads use the store. The output is the same either way, and so is the audit
 //! trail: one entry per change, made or refused.
@@ -20,7 +20,7 @@ use crate::config::parse_duration;
 use crate::names::{NameError, Scope, TenantName, UserName};
 use crate::store::audit::{key_object, new_key_object};
 use crate::store::timefmt::{parse_when, rfc3339};
-use crate::store::{self, Action, KeyRef, KeyStore, KeyView, NewKey, RateLimit};
+use crate::store::{self, Action, KeyRef, KeyStore, KeyView, NewKey, RateLimit, Refill};
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -56,6 +56,25 @@ pub enum KeysCmd {
     Approve {
         /// `key_…` or the full key.
         id: String,
+        /// JSON output.
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Change a usage-limited key's remaining credits (`--set N` or `--add N`).
+    Credits {
+        /// `key_…` or the full key.
+        id: String,
+        /// Remaining credits become exactly N (what a running daemon holds unspent is void).
+        #[arg(
+            long,
+            value_name = "N",
+            required_unless_present = "add",
+            conflicts_with = "add"
+        )]
+        set: Option<u64>,
+        /// Remaining credits grow by N.
+        #[arg(long, value_name = "N")]
+        add: Option<u64>,
         /// JSON output.
         #[command(flatten)]
         json: JsonFlag,
@@ -104,6 +123,12 @@ pub struct CreateArgs {
     /// Bucket size (default: one second's worth).
     #[arg(long)]
     burst: Option<u32>,
+    /// Usage-limited: credits to spend (each request costs its route's `cost`).
+    #[arg(long)]
+    credits: Option<u64>,
+    /// With --credits: reset the credits to N every hour, day or month (`N/day`).
+    #[arg(long, requires = "credits", value_parser = Refill::parse)]
+    refill: Option<Refill>,
     /// Needs `keys approve` before it works.
     #[arg(long)]
     pending: bool,
@@ -181,6 +206,7 @@ fn print_view(v: &KeyView, now: i64) {
             |r| format!("{}/s, burst {}", r.per_sec, r.burst)
         )
     );
+    outln!("credits:     {}", credits_text(k.credits));
     if let Some(r) = k.revoked_at {
         outln!("revoked at:  {}", rfc3339(r));
     }
@@ -198,6 +224,34 @@ fn print_view(v: &KeyView, now: i64) {
             printable(&k.id)
         );
     }
+}
+
+/// `95 left (reset to 100 each day; next at …)`, or `unlimited`.
+fn credits_text(c: Option<store::Credits>) -> String {
+    let Some(c) = c else {
+        return "unlimited".to_owned();
+    };
+    match (c.refill, c.refill_due) {
+        (Some(r), Some(due)) => format!(
+            "{} left (reset to {} each {}; next at {})",
+            c.remaining,
+            r.amount,
+            r.period.as_str(),
+            rfc3339(due)
+        ),
+        _ => format!("{} left (no refill)", c.remaining),
+    }
+}
+
+fn print_credits(v: &KeyJson, json: bool) {
+    if json {
+        outln!("{}", change_json(Action::KeyCredits, v));
+        return;
+    }
+    let left = v
+        .credits_remaining
+        .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    outln!("{} credits: {left} left", printable(&v.id));
 }
 
 /// Prints a created key; `extra` adds a field to the JSON form.
@@ -287,12 +341,13 @@ fn create_body(a: &CreateArgs, checked: &Checked, default_env: &str) -> Value {
         "expires": a.expires, "not_before": a.not_before,
         "allowed_cidrs": given(cidrs.is_empty()).then_some(cidrs),
         "rate": checked.rate, "burst": a.burst,
+        "credits": a.credits, "refill": a.refill.map(|r| r.to_string()),
         "pending": a.pending, "env": env, "like": a.like,
     })
 }
 
 /// A key change through the daemon (`Some`) or the store (`None`).
-fn change(
+fn change_key(
     api: Option<&AdminClient>,
     id: &str,
     action: &str,
@@ -351,16 +406,44 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
             list(&*store::open(&cfg)?, tenant.as_deref(), json, now)?;
         }
         KeysCmd::Show { id, json } => {
-            let Some(v) = store::open(&cfg)?.find_key(KeyRef::from_arg(&id))? else {
+            let Some(mut v) = store::open(&cfg)?.find_key(KeyRef::from_arg(&id))? else {
                 anyhow::bail!("no such key{}", id_suffix(&id));
             };
+            // A running daemon holds part of a usage-limited key's credits: it counts them.
+            if let Some(c) = v.key.credits.as_mut()
+                && let Some(api) = daemon_api::discover(&cfg)
+            {
+                let path = format!("/v1/keys/{}", segment(&v.key.id));
+                let live: KeyJson = from_api(&daemon_api::call(&api, "GET", &path, None)?)?;
+                c.remaining = live.credits_remaining.unwrap_or(c.remaining);
+            }
             if json.json {
                 outln!("{}", json!(KeyJson::from_view(&v, now)));
             } else {
                 print_view(&v, now);
             }
         }
-        KeysCmd::Revoke { id, json } => match change(api.as_ref(), &id, "revoke", None)? {
+        KeysCmd::Credits { id, set, add, json } => {
+            let change = match (set, add) {
+                (Some(n), None) => store::CreditChange::Set(n),
+                (None, Some(n)) => store::CreditChange::Add(n),
+                _ => return Ok(usage("give exactly one of --set and --add")),
+            };
+            let body = match change {
+                store::CreditChange::Set(n) => json!({ "set": n }),
+                store::CreditChange::Add(n) => json!({ "add": n }),
+            };
+            match change_key(api.as_ref(), &id, "credits", Some(&body))? {
+                Some(r) => print_credits(&from_api(&r["key"])?, json.json),
+                None => {
+                    let v = direct(&cfg, Action::KeyCredits, &id, now, |s, key| {
+                        s.change_credits(key, change, now)
+                    })?;
+                    print_credits(&KeyJson::from_view(&v, now), json.json);
+                }
+            }
+        }
+        KeysCmd::Revoke { id, json } => match change_key(api.as_ref(), &id, "revoke", None)? {
             Some(r) => print_revoked(&from_api(&r["key"])?, json.json),
             None => {
                 let v = direct(&cfg, Action::KeyRevoke, &id, now, |s, key| {
@@ -369,7 +452,7 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 print_revoked(&KeyJson::from_view(&v, now), json.json);
             }
         },
-        KeysCmd::Approve { id, json } => match change(api.as_ref(), &id, "approve", None)? {
+        KeysCmd::Approve { id, json } => match change_key(api.as_ref(), &id, "approve", None)? {
             Some(r) => print_approved(&from_api(&r["key"])?, json.json),
             None => {
                 let v = direct(&cfg, Action::KeyApprove, &id, now, |s, key| {
@@ -384,7 +467,7 @@ pub fn run(config: &Path, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 Err(m) => return Ok(usage(&format!("--grace: {m}"))),
             };
             let body = json!({ "grace": grace });
-            match change(api.as_ref(), &id, "rotate", Some(&body))? {
+            match change_key(api.as_ref(), &id, "rotate", Some(&body))? {
                 Some(r) => {
                     let old = &r["old"];
                     let until = old["grace_until"].as_str().unwrap_or_default();
@@ -619,6 +702,8 @@ fn new_key(
         expires_at: checked.expires_at,
         allow_cidrs,
         rate,
+        credits: a.credits,
+        refill: a.refill,
         pending: a.pending,
     })
 }

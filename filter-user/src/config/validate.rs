@@ -126,7 +126,7 @@ pub(super) fn parse(
 
 /// Keys SPEC §6 names that this version does not implement yet, by section, with what they are
 /// for. Each is refused with a message that says so, never silently ignored.
-pub(super) const NOT_YET: &[(&str, &str, &str)] = &[("route", "cost", "credits per request")];
+pub(super) const NOT_YET: &[(&str, &str, &str)] = &[];
 
 /// Takes the [`NOT_YET`] keys out of one section (or one `[[route]]`), each reported on its
 /// line as not implemented, so the rest of the section is still checked. A list of upstreams

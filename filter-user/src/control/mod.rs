@@ -4,10 +4,12 @@
 //! ([`autoblock`]).
 
 pub mod autoblock;
+pub mod credits;
 pub mod denylist;
 pub mod metrics;
 pub mod plane;
 pub mod stats;
 
 pub use autoblock::AutoblockTicker;
+pub use credits::CreditLeases;
 pub use plane::{ControlPlane, PlaneWatcher};

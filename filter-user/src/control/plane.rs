@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::credits::CreditLeases;
 use super::denylist::BanBook;
 use crate::admin::{
     AdminOps, AllowlistRequest, ApiError, AuditJson, AuditQuery, CreateKeyRequest, CreatedKeyJson,
-    DenylistRequest, ExplainRequest, KeyJson, ListKeysQuery, OpFuture, Readiness, RotateRequest,
-    UserAction,
+    CreditsRequest, DenylistRequest, ExplainRequest, KeyJson, ListKeysQuery, OpFuture, Readiness,
+    RotateRequest, UserAction,
 };
 use crate::auth::KeyService;
 use crate::auth::shard::Batch;
@@ -48,8 +49,8 @@ use crate::store::bans::source_text;
 use crate::store::postgres::FollowerStatus;
 use crate::store::timefmt::{check_validity, parse_when};
 use crate::store::{
-    self, Action, Actor, AuditEntry, BanReason, KeyRef, KeyStore, NewKey, RateLimit, StoreError,
-    StoreFault, UserStatus,
+    self, Action, Actor, AuditEntry, BanReason, CreditChange, KeyRef, KeyStore, NewKey, RateLimit,
+    Refill, StoreError, StoreFault, UserStatus,
 };
 use crate::xdp::{AllowFile, PinDir, allowfile_path, open_pinned};
 
@@ -461,6 +462,51 @@ impl ControlPlane {
         PlaneWatcher { stop, join }
     }
 
+    /// Starts the credit lease task ([`super::credits`]): one round now, so the keys loaded
+    /// have credits before the first request, then on a thread of its own.
+    #[must_use]
+    pub fn spawn_credit_leases(self: &Arc<Self>) -> CreditLeases {
+        let book = self.lock().keys.credits();
+        let me = Arc::clone(self);
+        CreditLeases::spawn(
+            book,
+            Arc::new(move |f: &mut dyn FnMut(&mut dyn KeyStore)| {
+                let mut g = me.lock();
+                f(&mut *g.store);
+            }),
+        )
+    }
+
+    /// Supplies the wallet of key `id` from the store now (a key just created, or its credits
+    /// just changed), so its requests pass once the change is answered.
+    fn lease_now(&self, id: &str) {
+        let mut g = self.lock();
+        let Inner { keys, store, .. } = &mut *g;
+        let Some(w) = keys.credits().get(id) else {
+            return;
+        };
+        w.take_request();
+        if let Err(e) = super::credits::top_up(&mut **store, &w) {
+            w.ask();
+            tracing::warn!(key_id = %id, error = %e, "could not lease credits; the lease task retries");
+        }
+    }
+
+    /// What is left of key `id`'s credits on this host beyond the store's (its unspent lease).
+    fn credits_held(&self, id: &str) -> u64 {
+        self.lock().keys.credits().get(id).map_or(0, |w| w.held())
+    }
+
+    /// The key's JSON with its remaining credits as this daemon sees them (the store's plus
+    /// the unspent lease).
+    fn key_json(&self, v: &store::KeyView, now: i64) -> KeyJson {
+        let mut j = KeyJson::from_view(v, now);
+        if let Some(left) = j.credits_remaining.as_mut() {
+            *left = left.saturating_add(self.credits_held(&v.key.id));
+        }
+        j
+    }
+
     fn new_key(&self, r: CreateKeyRequest, now: i64) -> Result<NewKey, ApiError> {
         let needed = |what: &str| {
             ApiError::bad_request(format!("`{what}` is required (or `like`, naming a key)"))
@@ -486,6 +532,14 @@ impl ControlPlane {
             (None, Some(_)) => return Err(ApiError::bad_request("`burst` needs `rate`")),
             (None, None) => None,
         };
+        let refill = r
+            .refill
+            .as_deref()
+            .map(|s| Refill::parse(s).map_err(|m| ApiError::bad_request(format!("`refill`: {m}"))))
+            .transpose()?;
+        if refill.is_some() && r.credits.is_none() {
+            return Err(ApiError::bad_request("`refill` needs `credits`"));
+        }
         let when = |s: Option<String>, what: &str| {
             s.map(|s| {
                 parse_when(&s, now).map_err(|m| ApiError::bad_request(format!("`{what}`: {m}")))
@@ -505,6 +559,8 @@ impl ControlPlane {
             expires_at,
             allow_cidrs: r.allowed_cidrs.iter().flatten().map(IpNet::trunc).collect(),
             rate,
+            credits: r.credits,
+            refill,
             pending: r.pending,
         })
     }
@@ -719,10 +775,13 @@ impl AdminOps for ControlPlane {
             let (created, rev) = self.write(&by, action, &object, |st, now| {
                 st.create_keys(std::slice::from_ref(&new), now)
             })?;
-            self.applied(rev).await?;
             let c = created
                 .first()
                 .ok_or_else(|| ApiError::internal("the store created no key"))?;
+            if new.credits.is_some() {
+                self.lease_now(&c.view.key.id);
+            }
+            self.applied(rev).await?;
             let mut v = CreatedKeyJson::from_created(c, now);
             v.revision = Some(rev);
             to_value(&v)
@@ -757,7 +816,7 @@ impl AdminOps for ControlPlane {
                 .find_key(key_ref(&id))
                 .map_err(store_error)?;
             let v = found.ok_or_else(|| ApiError::not_found("No such key."))?;
-            to_value(&KeyJson::from_view(&v, store::unix_now()))
+            to_value(&self.key_json(&v, store::unix_now()))
         })
     }
 
@@ -802,6 +861,37 @@ impl AdminOps for ControlPlane {
             })?;
             self.applied(rev).await?;
             Ok(json!({"revision": rev, "key": KeyJson::from_view(&v, store::unix_now())}))
+        })
+    }
+
+    fn key_credits(&self, by: Actor, id: String, req: CreditsRequest) -> OpFuture<'_> {
+        boxed(async move {
+            let action = Action::KeyCredits;
+            let object = |st: &dyn KeyStore| key_object(st, &id);
+            let change = match (req.set, req.add) {
+                (Some(n), None) => CreditChange::Set(n),
+                (None, Some(n)) => CreditChange::Add(n),
+                _ => {
+                    let e = ApiError::bad_request("give exactly one of `set` and `add`");
+                    return Err(self.refused(&by, action, &object, e));
+                }
+            };
+            let book = self.lock().keys.credits();
+            let (v, rev) = self.write(&by, action, &object, |st, now| {
+                let v = st.change_credits(key_ref(&id), change, now)?;
+                // Under the writer lock, so no lease is taken between the commit and this:
+                // what this daemon held is void once the store holds exactly N.
+                if let (CreditChange::Set(_), Some(w)) = (change, book.get(&v.key.id)) {
+                    w.forfeit();
+                }
+                Ok(v)
+            })?;
+            self.lease_now(&v.key.id);
+            self.applied(rev).await?;
+            // Read again: the lease just taken moved credits from the store to this daemon.
+            let found = self.lock().store.find_key(KeyRef::Id(&v.key.id));
+            let v = found.map_err(store_error)?.unwrap_or(v);
+            Ok(json!({"revision": rev, "key": self.key_json(&v, store::unix_now())}))
         })
     }
 
@@ -910,13 +1000,15 @@ impl AdminOps for ControlPlane {
             let ip = req.ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let method = req.method.as_deref().unwrap_or("GET");
             let inner = self.lock();
-            let explained = crate::auth::explain::explain(
+            let book = inner.keys.credits();
+            let explained = crate::auth::explain::explain_held(
                 &self.cfg(),
                 &*inner.store,
                 &req.key,
                 ip,
                 method,
                 req.path.as_deref(),
+                &|id| book.get(id).map_or(0, |w| w.held()),
             )
             .map_err(|e| match e {
                 crate::auth::explain::ExplainError::Store(e) => store_error(e),

@@ -171,6 +171,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
             None => (None, None),
         };
     let watcher = plane.spawn_watcher(STORE_POLL, wake);
+    let credit_leases = plane.spawn_credit_leases();
     let reloader = reload::Reloader {
         path: opts.config.clone(),
         checks: RUN_CHECKS,
@@ -271,6 +272,8 @@ pub fn run(cfg: Config, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     ready.set_shards(false);
     drop(admin);
     drop(watcher);
+    // Nothing serves any more: the unspent credits go back to the store.
+    credit_leases.finish();
     // The last access log lines are written before the successor learns this one is gone.
     drop(log_writer);
     tracing::info!("drained; exiting");

@@ -106,6 +106,14 @@ pub fn write_error_response(
             },
         );
     }
+    // Spent credits: until the refill (none when they never refill: waiting does not help).
+    if code == ErrorCode::CreditsExhausted
+        && let Some(rate) = denial.rate
+    {
+        buf.extend_from_slice(b"Retry-After: ");
+        buf.extend_from_slice(num.format(rate.reset_secs.max(1)).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
     if code == ErrorCode::UpstreamCredentialsExhausted {
         let retry = denial.rate.map_or(1, |r| r.reset_secs.max(1));
         buf.extend_from_slice(b"Retry-After: ");

@@ -422,6 +422,7 @@ inject_header = { name = "Authorization", value = "@/nonexistent/secret.txt" }
                 key_in: None,
                 strip_key: true,
                 websocket: false,
+                cost: 1,
                 inject_header: None,
                 credentials: None,
                 ai: None,

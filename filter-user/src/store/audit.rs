@@ -47,6 +47,8 @@ pub enum Action {
     KeyRotate,
     /// `keys approve`.
     KeyApprove,
+    /// `keys credits` (`--set` or `--add`).
+    KeyCredits,
     /// `users suspend`.
     UserSuspend,
     /// `users activate`.
@@ -67,11 +69,12 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::KeyCreate,
         Self::KeyRevoke,
         Self::KeyRotate,
         Self::KeyApprove,
+        Self::KeyCredits,
         Self::UserSuspend,
         Self::UserActivate,
         Self::UserDelete,
@@ -90,6 +93,7 @@ impl Action {
             Self::KeyRevoke => "key.revoke",
             Self::KeyRotate => "key.rotate",
             Self::KeyApprove => "key.approve",
+            Self::KeyCredits => "key.credits",
             Self::UserSuspend => "user.suspend",
             Self::UserActivate => "user.activate",
             Self::UserDelete => "user.delete",

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub mod audit;
 pub mod bans;
+pub mod credits;
 pub mod fault;
 pub mod ids;
 pub mod migrate;
@@ -28,6 +29,7 @@ pub mod timefmt;
 
 pub use audit::{Action, Actor, AuditEntry};
 pub use bans::{Ban, BanReason, BanRow};
+pub use credits::{CreditChange, Credits, Lease, Refill, RefillPeriod};
 pub use fault::{FaultKind, StoreFault};
 pub use model::{
     Change, ChangeSubject, CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey,
@@ -255,6 +257,38 @@ pub trait KeyStore: Send {
     /// # Errors
     /// Database failures.
     fn purge_bans(&mut self, before_ms: i64) -> Result<usize>;
+
+    /// Takes up to `want` credits of the usage-limited key `id` for this daemon to spend, as one
+    /// durable decrement. `None`: no such key, or not usage-limited.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>>;
+
+    /// Gives back `n` unspent credits of a lease taken while the key's refill was due at `due`;
+    /// nothing when the key was refilled since (its old credits are gone).
+    ///
+    /// # Errors
+    /// Database failures.
+    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()>;
+
+    /// `keys credits --set N | --add N`, as one change (revision, audit entry).
+    ///
+    /// # Errors
+    /// Unknown key, database failures.
+    fn change_credits(
+        &mut self,
+        key: KeyRef<'_>,
+        change: CreditChange,
+        now: i64,
+    ) -> Result<KeyView>;
+
+    /// Resets the credits of every key whose refill is due at `now` (the refill clock,
+    /// [`credits::credit_now`]) to its refill amount; returns their ids.
+    ///
+    /// # Errors
+    /// Database failures.
+    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>>;
 
     /// Whether the store can take changes, checked cheaply (a few `stat`s; a daemon calls it
     /// on each watcher round): the fault in force, if any. A backend without such faults (the

@@ -5,6 +5,8 @@ use std::fmt;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use super::credits::{Credits, Refill};
+
 /// A user's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UserStatus {
@@ -114,6 +116,8 @@ pub struct KeyRecord {
     pub allow_cidrs: Vec<IpNet>,
     /// Token bucket, if limited.
     pub rate: Option<RateLimit>,
+    /// Credits, for a usage-limited key.
+    pub credits: Option<Credits>,
     /// Approval state.
     pub status: KeyStatus,
     /// When it was revoked.
@@ -200,6 +204,10 @@ pub struct NewKey {
     pub allow_cidrs: Vec<IpNet>,
     /// Token bucket.
     pub rate: Option<RateLimit>,
+    /// Credits to start with (a usage-limited key).
+    pub credits: Option<u64>,
+    /// How the credits refill (with `credits`).
+    pub refill: Option<Refill>,
     /// Start as `pending` (needs `keys approve`).
     pub pending: bool,
 }
@@ -218,6 +226,8 @@ impl NewKey {
             expires_at: None,
             allow_cidrs: Vec::new(),
             rate: None,
+            credits: None,
+            refill: None,
             pending: false,
         }
     }
@@ -254,6 +264,14 @@ impl NewKey {
     #[must_use]
     pub fn with_rate(mut self, per_sec: u32, burst: u32) -> Self {
         self.rate = Some(RateLimit { per_sec, burst });
+        self
+    }
+
+    /// Usage-limited: `credits` to spend, reset to the refill's amount at each of its periods.
+    #[must_use]
+    pub fn with_credits(mut self, credits: u64, refill: Option<Refill>) -> Self {
+        self.credits = Some(credits);
+        self.refill = refill;
         self
     }
 

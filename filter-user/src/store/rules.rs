@@ -125,6 +125,9 @@ pub fn rotation_successor(old: &KeyView, now: i64) -> Result<NewKey> {
         expires_at: lifetime.map(|l| now.saturating_add(l)),
         allow_cidrs: k.allow_cidrs.clone(),
         rate: k.rate,
+        // The store moves the credits over (the old key keeps only what a daemon holds).
+        credits: None,
+        refill: None,
         pending: k.status == KeyStatus::Pending,
     })
 }

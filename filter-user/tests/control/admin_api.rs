@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use edgefilter::admin::{
     AdminClient, AdminHandle, AdminOps, AdminServer, AdminToken, AllowlistRequest, ApiError,
-    AuditQuery, CreateKeyRequest, DenylistRequest, ExplainRequest, ListKeysQuery, OpFuture,
-    Readiness, RotateRequest, UserAction,
+    AuditQuery, CreateKeyRequest, CreditsRequest, DenylistRequest, ExplainRequest, ListKeysQuery,
+    OpFuture, Readiness, RotateRequest, UserAction,
 };
 use edgefilter::config::Config;
 use edgefilter::store::Actor;
@@ -114,6 +114,11 @@ impl AdminOps for Fake {
         self.by(&by);
         let v = json!({"revision": 10, "key": key_json(&id, "active")});
         self.answer(format!("approve_key {id}"), v)
+    }
+    fn key_credits(&self, by: Actor, id: String, _req: CreditsRequest) -> OpFuture<'_> {
+        self.by(&by);
+        let v = json!({"revision": 10, "key": key_json(&id, "active")});
+        self.answer(format!("key_credits {id}"), v)
     }
     fn user_action(&self, by: Actor, user: String, action: UserAction) -> OpFuture<'_> {
         self.by(&by);
@@ -258,6 +263,7 @@ fn sample_body(path: &str, method: &str) -> Option<Value> {
             "scopes": ["ai:invoke"], "expires": "90d", "allowed_cidrs": ["198.18.0.0/15"],
             "rate": 10, "burst": 20})),
         ("/v1/keys/{id}/rotate", "post") => Some(json!({"grace": "24h"})),
+        ("/v1/keys/{id}/credits", "post") => Some(json!({"add": 100})),
         ("/v1/allowlist", "post" | "delete") => Some(json!({"cidr": "fd00:ef::/64"})),
         ("/v1/denylist", "post") => Some(json!({"source": "198.18.0.2", "for": "10m"})),
         ("/v1/denylist", "delete") => Some(json!({"source": "fd00:ef::/64"})),
@@ -317,7 +323,7 @@ fn every_documented_endpoint_answers_as_documented() {
     run.ready.set_store(true);
     run.ready.set_shards(true);
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 22, "SPEC §7 has 22 operations so far: {ops:?}");
+    assert_eq!(ops.len(), 23, "SPEC §7 has 23 operations so far: {ops:?}");
     for (path, method) in &ops {
         let body = sample_body(path, method);
         let before = run.fake.calls().len();
@@ -346,6 +352,7 @@ fn every_documented_endpoint_answers_as_documented() {
         "list_keys None",
         "revoke_key key_0123456789ab",
         "rotate_key key_0123456789ab Some(\"24h\")",
+        "key_credits key_0123456789ab",
         "user_action alice Delete",
         "allowlist_remove fd00:ef::/64",
         "denylist",
@@ -360,7 +367,7 @@ fn every_documented_endpoint_answers_as_documented() {
     }
     // Every change was handed its actor: the token's holder at the caller's address.
     let actors = run.fake.actors();
-    assert_eq!(actors.len(), 12, "{actors:?}");
+    assert_eq!(actors.len(), 13, "{actors:?}");
     assert!(actors.iter().all(|a| a == "admin@127.0.0.1"), "{actors:?}");
     let (_, metrics) = run.client.call("GET", "/metrics", None).expect("metrics");
     assert!(metrics.as_str().is_some_and(|m| m.contains("later issue")));

@@ -83,6 +83,7 @@ const ROWS: &[(&str, &str, After)] = &[
     ("route.key_in",             "keys::decide::missing_wrong_place_malformed_checksum_environment_unknown; here", After::Behaves),
     ("route.strip_key",          "proxy::http::keys_are_stripped_and_the_upstream_credential_injected; here", After::Behaves),
     ("route.websocket",          "proxy::websocket::*",                                                After::WithTheRoutes),
+    ("route.cost",               "keys::credits::a_route_cost_of_5_charges_5",                         After::WithTheRoutes),
     ("route.inject_header",      "proxy::http::keys_are_stripped_and_the_upstream_credential_injected; here", After::Behaves),
     ("route.upstream_ca",        "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed", After::WithTheRoutes),
     ("route.upstream_sni",       "proxy::upstreams::https_upstreams_verify_the_chain_and_the_name_and_say_what_failed", After::WithTheRoutes),

@@ -757,3 +757,84 @@ fn postgres_counts_keys_per_state() {
     let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
     counts_keys_per_state(&mut st);
 }
+
+/// Credits, the same on every backend: a new key's, leases (durable, never more than is left),
+/// gives back voided by a refill, refills reset to the amount, operator changes as changes, a
+/// rotation moving them to the new key.
+fn keeps_credits(st: &mut dyn KeyStore) {
+    use edgefilter::store::{CreditChange, Refill, RefillPeriod};
+    let refill = Refill {
+        amount: 40,
+        period: RefillPeriod::Hour,
+    };
+    let made = st
+        .create_keys(
+            &[NewKey::new("acme", "cred", "live").with_credits(150, Some(refill))],
+            3_600 * 5 + 7,
+        )
+        .unwrap();
+    let id = made[0].view.key.id.clone();
+    let c = made[0].view.key.credits.unwrap();
+    assert_eq!(
+        (c.remaining, c.refill, c.refill_due),
+        (150, Some(refill), Some(3_600 * 6))
+    );
+    let left = |st: &dyn KeyStore| {
+        let v = st.find_key(KeyRef::Id(&id)).unwrap().unwrap();
+        v.key.credits.unwrap().remaining
+    };
+    let l = st.lease_credits(&id, 100).unwrap().unwrap();
+    assert_eq!(
+        (l.granted, l.left, l.refill_due),
+        (100, 50, Some(3_600 * 6))
+    );
+    let l = st.lease_credits(&id, 100).unwrap().unwrap();
+    assert_eq!((l.granted, l.left), (50, 0));
+    assert_eq!(st.lease_credits(&id, 100).unwrap().unwrap().granted, 0);
+    st.return_credits(&id, 30, l.refill_due).unwrap();
+    assert_eq!(left(st), 30);
+    assert!(st.refill_credits(3_600 * 6 - 1).unwrap().is_empty());
+    assert_eq!(
+        st.refill_credits(3_600 * 6 + 1).unwrap(),
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(left(st), 40, "reset to the amount");
+    st.return_credits(&id, 10, l.refill_due).unwrap();
+    assert_eq!(left(st), 40, "credits held from the period before are void");
+    let rev = st.revision().unwrap();
+    let v = st
+        .change_credits(KeyRef::Id(&id), CreditChange::Add(5), 3_600 * 6 + 2)
+        .unwrap();
+    assert_eq!(v.key.credits.unwrap().remaining, 45);
+    assert!(st.revision().unwrap() > rev, "a change like any other");
+    st.change_credits(KeyRef::Id(&id), CreditChange::Set(3), 3_600 * 6 + 3)
+        .unwrap();
+    assert_eq!(left(st), 3);
+    let plain = st
+        .create_keys(&[NewKey::new("acme", "cred", "live")], 10)
+        .unwrap();
+    assert_eq!(plain[0].view.key.credits, None);
+    assert_eq!(st.lease_credits(&plain[0].view.key.id, 10).unwrap(), None);
+    let (old, new) = st
+        .rotate(KeyRef::Id(&id), Duration::from_secs(60), 3_600 * 6 + 4)
+        .unwrap();
+    assert_eq!(old.key.credits.unwrap().remaining, 0);
+    assert_eq!(new.view.key.credits.unwrap().remaining, 3);
+    assert_eq!(new.view.key.credits.unwrap().refill, Some(refill));
+}
+
+#[test]
+fn sqlite_keeps_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    keeps_credits(&mut st);
+}
+
+#[test]
+fn postgres_keeps_credits() {
+    let Some(fx) = PgFixture::start() else {
+        return;
+    };
+    let mut st = PgKeyStore::open(&fx.postgres_url()).unwrap();
+    keeps_credits(&mut st);
+}

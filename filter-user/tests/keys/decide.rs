@@ -506,13 +506,90 @@ fn store_changes_reach_every_shard_through_the_inbox() {
 }
 
 #[test]
+fn credits_exhausted_after_the_rate_limit_saying_when_they_refill() {
+    use edgefilter::store::{Refill, RefillPeriod};
+    let mut f = fixture();
+    let (id, key) = f.create(new_key("alice").with_credits(2, None));
+    let refill = Refill {
+        amount: 9,
+        period: RefillPeriod::Day,
+    };
+    let (_, daily) = f.create(new_key("alice").with_credits(0, Some(refill)));
+    let (_, both) = f.create(new_key("alice").with_rate(1, 1).with_credits(0, None));
+    let svc = KeyService::load(&f.cfg, &f.store, 1).unwrap();
+    let mut g = svc.gate(0).unwrap();
+    // Before its lease a key has no credits to spend here: a lease is on its way.
+    let d = denied(
+        check(&mut g, V1, &[("x-api-key", &key)], None),
+        ErrorCode::CreditsExhausted,
+        &key,
+        &["still fetching", "retry in a second"],
+    );
+    assert_eq!(d.rate.map(|r| r.reset_secs), Some(1));
+    edgefilter::control::credits::lease_wanted(&mut f.store, &svc.credits());
+    for _ in 0..2 {
+        assert!(allowed(&check(&mut g, V1, &[("x-api-key", &key)], None)));
+    }
+    let d = denied(
+        check(&mut g, V1, &[("x-api-key", &key)], None),
+        ErrorCode::CreditsExhausted,
+        &key,
+        &[&id, "do not refill", "keys credits"],
+    );
+    assert_eq!(d.code.status(), 429);
+    assert!(
+        d.rate.is_none(),
+        "no Retry-After when waiting does not help"
+    );
+    let d = denied(
+        check(&mut g, V1, &[("x-api-key", &daily)], None),
+        ErrorCode::CreditsExhausted,
+        &daily,
+        &["they refill at"],
+    );
+    assert!(d.rate.is_some_and(|r| r.reset_secs >= 1));
+    // Credits given in the store by someone else (another host, SQL) reach this host's wallet
+    // with the change: the key is fetching again, then allowed.
+    f.store
+        .change_credits(
+            KeyRef::Id(&id),
+            edgefilter::store::CreditChange::Add(1),
+            NOW,
+        )
+        .unwrap();
+    let mut svc = svc;
+    svc.poll(&f.store).unwrap();
+    denied(
+        check(&mut g, V1, &[("x-api-key", &key)], None),
+        ErrorCode::CreditsExhausted,
+        &key,
+        &["still fetching"],
+    );
+    edgefilter::control::credits::lease_wanted(&mut f.store, &svc.credits());
+    assert!(allowed(&check(&mut g, V1, &[("x-api-key", &key)], None)));
+    // SPEC §5 order: the rate limit answers first.
+    denied(
+        check(&mut g, V1, &[("x-api-key", &both)], None),
+        ErrorCode::CreditsExhausted,
+        &both,
+        &[],
+    );
+    denied(
+        check(&mut g, V1, &[("x-api-key", &both)], None),
+        ErrorCode::RateLimited,
+        &both,
+        &[],
+    );
+}
+
+#[test]
 fn every_key_code_is_covered_here() {
     // Guards this file against a code added to SPEC §5 without a test above.
     let key_codes: Vec<_> = ErrorCode::ALL
         .iter()
         .take_while(|c| **c != ErrorCode::InvalidCredentials)
         .collect();
-    assert_eq!(key_codes.len(), 15);
+    assert_eq!(key_codes.len(), 16);
 }
 
 #[test]

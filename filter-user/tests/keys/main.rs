@@ -9,6 +9,7 @@ mod support;
 mod check_config;
 mod cli;
 mod config_cli;
+mod credits;
 mod decide;
 mod expiry;
 mod leak_scan;

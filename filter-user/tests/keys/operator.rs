@@ -240,6 +240,8 @@ fn explain_fixes_keep_the_policy_and_work_as_printed() {
                 per_sec: 7,
                 burst: 7,
             }),
+            credits: None,
+            refill: None,
             pending: false,
         };
         let c = st.create_keys(&[new], made).unwrap().remove(0);
@@ -466,7 +468,8 @@ fn explain_json_and_method_say_what_the_proxy_would() {
             "approval",
             "address",
             "scopes",
-            "rate"
+            "rate",
+            "credits"
         ]
     );
     for c in checks {

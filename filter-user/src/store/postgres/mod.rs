@@ -31,10 +31,11 @@ pub use schema::{MIGRATIONS, migrate, migrate_with};
 use self::conn::{Conn, PAGE, in_tx};
 use self::rows::{
     SCAN_KEYS, SCAN_USERS, SELECT_VIEW, audit_ok, insert_audit, insert_key, log_key, log_user,
-    must_view, pg, to_audit, to_record, to_user, to_view, user_by_name, view_by,
+    must_view, pg, to_audit, to_record_at, to_user, to_view, user_by_name, view_by,
 };
 use super::audit::{Action, Actor, AuditEntry};
 use super::bans::{Ban, BanRow};
+use super::credits::{CreditChange, Lease};
 use super::model::{
     Change, ChangeSubject, CreatedKey, KeyRecord, KeyRef, KeyView, NewKey, User, UserStatus,
 };
@@ -241,7 +242,10 @@ impl KeyStore for PgKeyStore {
                 let old = must_view(&c, key, true).await?;
                 let k = &old.key;
                 let new = rules::rotation_successor(&old, now)?;
-                let created = insert_key(&c, &new, now).await?;
+                let mut created = insert_key(&c, &new, now).await?;
+                if rows::move_credits(&c, &k.id, &created.view.key.id).await? {
+                    created.view = must_view(&c, KeyRef::Id(&created.view.key.id), false).await?;
+                }
                 let grace_until = rules::grace_until(now, grace);
                 c.execute(
                     "UPDATE keys SET grace_until = $1, rotated_to = $2, updated_at = $3
@@ -257,6 +261,46 @@ impl KeyStore for PgKeyStore {
             })
             .await
         })
+    }
+
+    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>> {
+        self.conn
+            .retrying(|c| async move { in_tx(&c, rows::lease_credits(&c, id, want)).await })
+    }
+
+    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()> {
+        self.conn
+            .retrying(|c| async move { rows::return_credits(&c, id, n, due).await })
+    }
+
+    fn change_credits(
+        &mut self,
+        key: KeyRef<'_>,
+        change: CreditChange,
+        now: i64,
+    ) -> Result<KeyView> {
+        let by = self.actor.as_ref();
+        self.conn.retrying(|c| async move {
+            in_tx(&c, async {
+                let v = must_view(&c, key, true).await?;
+                rows::change_credits(&c, &v.key.id, change).await?;
+                c.execute(
+                    "UPDATE keys SET updated_at = $1 WHERE id = $2",
+                    &[&now, &v.key.id],
+                )
+                .await
+                .map_err(pg)?;
+                log_key(&c, "key.credits", &v.key.id).await?;
+                audit_ok(&c, by, Action::KeyCredits, &v.key.id, now).await?;
+                must_view(&c, KeyRef::Id(&v.key.id), false).await
+            })
+            .await
+        })
+    }
+
+    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>> {
+        self.conn
+            .retrying(|c| async move { in_tx(&c, rows::refill_credits(&c, now)).await })
     }
 
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
@@ -320,7 +364,7 @@ impl KeyStore for PgKeyStore {
                     rows.iter()
                         .map(|r| {
                             Ok((
-                                to_record(r)?,
+                                to_record_at(r, rows::SCAN_CREDITS)?,
                                 r.try_get(14).map_err(pg)?,
                                 r.try_get(15).map_err(pg)?,
                             ))

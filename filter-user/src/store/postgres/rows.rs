@@ -6,22 +6,34 @@ use tokio_postgres::{Client, Row};
 
 use super::{PgError, append_change};
 use crate::store::audit::{self, Action, Actor, AuditEntry};
+use crate::store::credits::{CreditChange, Credits, Lease, Refill, RefillPeriod};
 use crate::store::ids::new_key_id;
 use crate::store::model::{
     CreatedKey, KeyHash, KeyRecord, KeyRef, KeyStatus, KeyView, NewKey, RateLimit, User, UserStatus,
 };
 use crate::store::{Result, StoreError, rules};
 
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Key columns 0..=13, then the user's id, name, status and tenant (14..=17).
 pub const SELECT_VIEW: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
         k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
-        k.created_at, u.id, u.name, u.status, t.name
+        k.created_at, u.id, u.name, u.status, t.name,
+        k.credits_remaining, k.refill_amount, k.refill_period, k.refill_due
      FROM keys k JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = u.tenant_id";
+
+/// Where [`SELECT_VIEW`]'s credit columns start.
+const VIEW_CREDITS: usize = 18;
+/// Where [`SCAN_KEYS`]'s credit columns start.
+pub const SCAN_CREDITS: usize = 16;
 
 /// Key columns 0..=13, the user id (14) and the creation order (15), a page after a `seq`.
 pub const SCAN_KEYS: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
         k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
-        k.created_at, k.user_id, k.seq
+        k.created_at, k.user_id, k.seq,
+        k.credits_remaining, k.refill_amount, k.refill_period, k.refill_due
      FROM keys k WHERE k.seq > $1 ORDER BY k.seq LIMIT $2";
 
 /// Users with their tenant, a page after an id.
@@ -45,8 +57,37 @@ fn u32_col(v: Option<i64>) -> Option<u32> {
     v.and_then(|v| u32::try_from(v).ok())
 }
 
-/// Decodes key columns 0..=13.
-pub fn to_record(r: &Row) -> Result<KeyRecord> {
+/// Decodes the credit columns from `at`: remaining, refill amount, period, due.
+fn to_credits(r: &Row, at: usize) -> Result<Option<Credits>> {
+    let Some(remaining) = col::<Option<i64>>(r, at)? else {
+        return Ok(None);
+    };
+    let amount: Option<i64> = col(r, at + 1)?;
+    let period: Option<&str> = col(r, at + 2)?;
+    let refill = match (amount, period) {
+        (Some(amount), Some(p)) => Some(Refill {
+            amount: u64::try_from(amount).unwrap_or(0),
+            period: RefillPeriod::parse(p)
+                .ok_or_else(|| StoreError::Corrupt(format!("refill period {p}")))?,
+        }),
+        _ => None,
+    };
+    Ok(Some(Credits {
+        remaining: u64::try_from(remaining).unwrap_or(0),
+        refill,
+        refill_due: col(r, at + 3)?,
+    }))
+}
+
+/// Decodes key columns 0..=13, and the credit columns from `credits`.
+pub fn to_record_at(r: &Row, credits: usize) -> Result<KeyRecord> {
+    let mut rec = to_record(r)?;
+    rec.credits = to_credits(r, credits)?;
+    Ok(rec)
+}
+
+/// Decodes key columns 0..=13 (no credits).
+fn to_record(r: &Row) -> Result<KeyRecord> {
     let hash: &[u8] = col(r, 1)?;
     let hash: [u8; 32] = hash
         .try_into()
@@ -73,6 +114,7 @@ pub fn to_record(r: &Row) -> Result<KeyRecord> {
         expires_at: col(r, 5)?,
         allow_cidrs,
         rate,
+        credits: None,
         status: KeyStatus::parse(status)
             .ok_or_else(|| StoreError::Corrupt(format!("key status {status}")))?,
         revoked_at: col(r, 10)?,
@@ -99,7 +141,7 @@ pub fn to_user(r: &Row) -> Result<User> {
 /// Decodes a row of [`SELECT_VIEW`].
 pub fn to_view(r: &Row) -> Result<KeyView> {
     Ok(KeyView {
-        key: to_record(r)?,
+        key: to_record_at(r, VIEW_CREDITS)?,
         user: User {
             id: col(r, 14)?,
             name: col(r, 15)?,
@@ -248,9 +290,137 @@ pub async fn insert_key(c: &Client, new: &NewKey, now: i64) -> Result<CreatedKey
     )
     .await
     .map_err(pg)?;
+    if let Some(remaining) = new.credits {
+        let cr = Credits::new(remaining, new.refill, now);
+        c.execute(
+            "UPDATE keys SET credits_remaining = $1, refill_amount = $2, refill_period = $3,
+                 refill_due = $4 WHERE id = $5",
+            &[
+                &to_i64(cr.remaining),
+                &cr.refill.map(|r| to_i64(r.amount)),
+                &cr.refill.map(|r| r.period.as_str()),
+                &cr.refill_due,
+                &id,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    }
     log_key(c, "key.create", &id).await?;
     Ok(CreatedKey {
         view: must_view(c, KeyRef::Id(&id), false).await?,
         secret,
     })
+}
+
+/// Takes up to `want` credits of key `id` (row-locked until commit). `None`: no such key, or
+/// not usage-limited.
+pub async fn lease_credits(c: &Client, id: &str, want: u64) -> Result<Option<Lease>> {
+    let row = c
+        .query_opt(
+            "SELECT credits_remaining, refill_due FROM keys WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else { return Ok(None) };
+    let Some(remaining) = col::<Option<i64>>(&row, 0)? else {
+        return Ok(None);
+    };
+    let remaining = u64::try_from(remaining).unwrap_or(0);
+    let granted = want.min(remaining);
+    if granted > 0 {
+        c.execute(
+            "UPDATE keys SET credits_remaining = $1 WHERE id = $2",
+            &[&to_i64(remaining - granted), &id],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(Some(Lease {
+        granted,
+        left: remaining - granted,
+        refill_due: col(&row, 1)?,
+    }))
+}
+
+/// Gives `n` leased credits back unless the key was refilled since (`due` moved).
+pub async fn return_credits(c: &Client, id: &str, n: u64, due: Option<i64>) -> Result<()> {
+    c.execute(
+        "UPDATE keys SET credits_remaining = credits_remaining + $1
+         WHERE id = $2 AND credits_remaining IS NOT NULL AND refill_due IS NOT DISTINCT FROM $3",
+        &[&to_i64(n), &id, &due],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Sets or adds to the credits of key `id` (in the caller's transaction).
+pub async fn change_credits(c: &Client, id: &str, change: CreditChange) -> Result<()> {
+    let cap = i64::MAX / 2;
+    let (sql, n) = match change {
+        CreditChange::Set(n) => (
+            "UPDATE keys SET credits_remaining = LEAST($1::bigint, $3::bigint) WHERE id = $2",
+            to_i64(n),
+        ),
+        CreditChange::Add(n) => (
+            "UPDATE keys SET credits_remaining =
+                 LEAST(COALESCE(credits_remaining, 0) + $1::bigint, $3::bigint) WHERE id = $2",
+            to_i64(n),
+        ),
+    };
+    c.execute(sql, &[&n, &id, &cap]).await.map_err(pg)?;
+    Ok(())
+}
+
+/// Resets every due key's credits to its refill amount (row-locked); returns their ids.
+pub async fn refill_credits(c: &Client, now: i64) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT id, refill_period FROM keys
+             WHERE refill_due IS NOT NULL AND refill_due <= $1 AND status <> 'revoked'
+             FOR UPDATE",
+            &[&now],
+        )
+        .await
+        .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = col(r, 0)?;
+        let period: &str = col(r, 1)?;
+        let period = RefillPeriod::parse(period)
+            .ok_or_else(|| StoreError::Corrupt(format!("refill period of {id}")))?;
+        c.execute(
+            "UPDATE keys SET credits_remaining = refill_amount, refill_due = $1 WHERE id = $2",
+            &[&period.next_boundary(now), &id],
+        )
+        .await
+        .map_err(pg)?;
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// A rotation moves the old key's credits to its successor; whether it had any.
+pub async fn move_credits(c: &Client, old: &str, new: &str) -> Result<bool> {
+    let moved = c
+        .execute(
+            "UPDATE keys n SET credits_remaining = o.credits_remaining,
+                 refill_amount = o.refill_amount, refill_period = o.refill_period,
+                 refill_due = o.refill_due
+             FROM keys o WHERE o.id = $1 AND n.id = $2 AND o.credits_remaining IS NOT NULL",
+            &[&old, &new],
+        )
+        .await
+        .map_err(pg)?;
+    if moved > 0 {
+        c.execute(
+            "UPDATE keys SET credits_remaining = 0 WHERE id = $1",
+            &[&old],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(moved > 0)
 }

@@ -111,6 +111,17 @@ CREATE TABLE bans (
 CREATE INDEX bans_revision ON bans (revision);
 ";
 
+/// Usage-limited keys, the same columns as the SQLite store's: credits the store still holds
+/// (NULL: not limited), the refill and when it is next due (unix seconds).
+const CREDITS_V5: &str = r"
+ALTER TABLE keys ADD COLUMN credits_remaining bigint
+    CHECK (credits_remaining IS NULL OR credits_remaining >= 0);
+ALTER TABLE keys ADD COLUMN refill_amount bigint CHECK (refill_amount >= 0);
+ALTER TABLE keys ADD COLUMN refill_period text CHECK (refill_period IN ('hour', 'day', 'month'));
+ALTER TABLE keys ADD COLUMN refill_due bigint;
+CREATE INDEX keys_refill_due ON keys (refill_due) WHERE refill_due IS NOT NULL;
+";
+
 /// Every migration, in order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -132,6 +143,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "denylist bans shared by the fleet",
         sql: BANS_V4,
+    },
+    Migration {
+        version: 5,
+        name: "credits of usage-limited keys",
+        sql: CREDITS_V5,
     },
 ];
 

@@ -7,6 +7,7 @@
 //! ([`integrity`]), and a change that takes access away commits on a full disk from the space
 //! reserve ([`reserve`]). A missing database is created only where no store was before.
 
+mod credits;
 pub mod guard;
 pub mod integrity;
 pub mod reserve;
@@ -23,6 +24,7 @@ use self::integrity::Checked;
 use self::reserve::{Reserve, Room};
 use super::audit::{self, Action, Actor, AuditEntry};
 use super::bans::{Ban, BanReason, BanRow, source_text};
+use super::credits::{CreditChange, Lease};
 use super::fault::{FaultKind, StoreFault};
 use super::ids::new_key_id;
 use super::model::{
@@ -124,8 +126,14 @@ impl std::fmt::Debug for SqliteStore {
 
 const SELECT_VIEW: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
         k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
-        k.created_at, u.id, u.name, u.status, t.name
+        k.created_at, u.id, u.name, u.status, t.name,
+        k.credits_remaining, k.refill_amount, k.refill_period, k.refill_due
      FROM keys k JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = u.tenant_id";
+
+/// Where [`SELECT_VIEW`]'s credit columns start.
+const VIEW_CREDITS: usize = 18;
+/// Where [`SCAN_KEYS`]'s credit columns start.
+const SCAN_CREDITS: usize = 15;
 
 fn corrupt(idx: usize, what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, what.into())
@@ -135,8 +143,9 @@ fn words(s: &str) -> impl Iterator<Item = &str> {
     s.split(' ').filter(|w| !w.is_empty())
 }
 
-/// Decodes the key columns 0..=13 of [`SELECT_VIEW`] / [`SCAN_KEYS`].
-fn row_to_record(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+/// Decodes the key columns 0..=13 of [`SELECT_VIEW`] / [`SCAN_KEYS`], and their credit
+/// columns from `credits` on.
+fn row_to_record(r: &Row<'_>, credits: usize) -> rusqlite::Result<KeyRecord> {
     let hash: [u8; 32] = r
         .get_ref(1)?
         .as_blob()?
@@ -161,6 +170,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         expires_at: r.get(5)?,
         allow_cidrs,
         rate,
+        credits: credits::decode(r, credits)?,
         status: KeyStatus::parse(status)
             .ok_or_else(|| corrupt(9, format!("key status {status}")))?,
         revoked_at: r.get(10)?,
@@ -173,7 +183,8 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 /// Every key without its user (the caller joins users in memory); user id is column 14.
 const SCAN_KEYS: &str = "SELECT k.id, k.hash, k.env, k.scopes, k.not_before, k.expires_at,
         k.allow_cidrs, k.rate, k.burst, k.status, k.revoked_at, k.grace_until, k.rotated_to,
-        k.created_at, k.user_id
+        k.created_at, k.user_id,
+        k.credits_remaining, k.refill_amount, k.refill_period, k.refill_due
      FROM keys k";
 
 const SELECT_USERS: &str = "SELECT u.id, u.name, u.status, t.name FROM users u
@@ -190,7 +201,7 @@ fn row_to_user(r: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 fn row_to_view(r: &Row<'_>) -> rusqlite::Result<KeyView> {
-    let key = row_to_record(r)?;
+    let key = row_to_record(r, VIEW_CREDITS)?;
     let user_status = r.get_ref(16)?.as_str()?;
     Ok(KeyView {
         key,
@@ -291,6 +302,7 @@ fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> Result<CreatedKey
         now,
         i64::try_from(rev).unwrap_or(i64::MAX),
     ])?;
+    credits::set_new(tx, &id, new, now)?;
     Ok(CreatedKey {
         view: must_view(tx, KeyRef::Id(&id))?,
         secret,
@@ -810,17 +822,50 @@ impl KeyStore for SqliteStore {
             let old = must_view(&tx, key)?;
             let k = &old.key;
             let new = rules::rotation_successor(&old, now)?;
-            let created = insert_key(&tx, &new, now)?;
+            let mut created = insert_key(&tx, &new, now)?;
             tx.execute(
                 "UPDATE keys SET grace_until = ?1, rotated_to = ?2 WHERE id = ?3",
                 params![rules::grace_until(now, grace), created.view.key.id, k.id],
             )?;
+            if credits::move_to_successor(&tx, &k.id, &created.view.key.id)? {
+                created.view = must_view(&tx, KeyRef::Id(&created.view.key.id))?;
+            }
             set_rev(&tx, &k.id, now)?;
             audit_ok(&tx, actor, Action::KeyRotate, &k.id, now)?;
             let old = must_view(&tx, KeyRef::Id(&k.id))?;
             tx.commit()?;
             Ok((old, created))
         })
+    }
+
+    fn lease_credits(&mut self, id: &str, want: u64) -> Result<Option<Lease>> {
+        self.write(Spend::Never, |conn, _| credits::lease(conn, id, want))
+    }
+
+    fn return_credits(&mut self, id: &str, n: u64, due: Option<i64>) -> Result<()> {
+        self.write(Spend::Never, |conn, _| credits::give_back(conn, id, n, due))
+    }
+
+    fn change_credits(
+        &mut self,
+        key: KeyRef<'_>,
+        change: CreditChange,
+        now: i64,
+    ) -> Result<KeyView> {
+        self.write(Spend::Never, |conn, actor| {
+            let tx = conn.transaction()?;
+            let v = must_view(&tx, key)?;
+            credits::change(&tx, &v.key.id, change)?;
+            set_rev(&tx, &v.key.id, now)?;
+            audit_ok(&tx, actor, Action::KeyCredits, &v.key.id, now)?;
+            let v = must_view(&tx, KeyRef::Id(&v.key.id))?;
+            tx.commit()?;
+            Ok(v)
+        })
+    }
+
+    fn refill_credits(&mut self, now: i64) -> Result<Vec<String>> {
+        self.write(Spend::Never, |conn, _| credits::refill(conn, now))
     }
 
     fn set_user_status(&mut self, user: &str, status: UserStatus, now: i64) -> Result<User> {
@@ -862,7 +907,7 @@ impl KeyStore for SqliteStore {
                 let mut stmt = tx.prepare(SCAN_KEYS)?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    key(&row_to_record(r)?, r.get(14)?);
+                    key(&row_to_record(r, SCAN_CREDITS)?, r.get(14)?);
                 }
             }
             tx.commit()?;
@@ -1272,6 +1317,19 @@ mod tests {
                 check_before_write: false,
             };
             old.create_keys(&[NewKey::new("acme", "alice", "live")], 10)
+                .unwrap_err();
+            // This build reads columns a version-1 store lacks: the row goes in as that build
+            // wrote it.
+            old.conn
+                .execute_batch(
+                    "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 10);
+                     INSERT INTO users (id, tenant_id, name, status, created_at, updated_at)
+                         VALUES (1, 1, 'alice', 'active', 10, 10);
+                     INSERT INTO keys (id, hash, user_id, env, scopes, allow_cidrs, status,
+                         created_at, updated_rev)
+                         VALUES ('key_000000000001', zeroblob(32), 1, 'live', '', '', 'active',
+                             10, 1);",
+                )
                 .unwrap();
         }
         let mut st = SqliteStore::open(&path).unwrap();
@@ -1282,6 +1340,13 @@ mod tests {
         assert_eq!(v, i64::from(newest(schema::MIGRATIONS)));
         assert_eq!(st.list_keys(None).unwrap().len(), 1);
         assert!(st.audit_since(None, 10).unwrap().is_empty());
+        // The old key is not usage-limited, and can be made so (the credit columns are there).
+        let old_key = KeyRef::Id("key_000000000001");
+        assert_eq!(st.find_key(old_key).unwrap().unwrap().key.credits, None);
+        let v = st
+            .change_credits(old_key, CreditChange::Add(5), 15)
+            .unwrap();
+        assert_eq!(v.key.credits.map(|c| c.remaining), Some(5));
         let by = Actor::cli("root", None);
         st.act_as(Some(by.clone()));
         let made = st

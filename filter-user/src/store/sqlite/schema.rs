@@ -93,6 +93,16 @@ const BANS_V3: &str = "CREATE TABLE changes_v3 (
      );
      CREATE INDEX bans_revision ON bans(revision);";
 
+/// Usage-limited keys: credits the store still holds (NULL: not limited), the refill (amount and
+/// period) and when it is next due (unix seconds).
+const CREDITS_V4: &str = "ALTER TABLE keys ADD COLUMN credits_remaining INTEGER
+         CHECK (credits_remaining IS NULL OR credits_remaining >= 0);
+     ALTER TABLE keys ADD COLUMN refill_amount INTEGER CHECK (refill_amount >= 0);
+     ALTER TABLE keys ADD COLUMN refill_period TEXT
+         CHECK (refill_period IN ('hour', 'day', 'month'));
+     ALTER TABLE keys ADD COLUMN refill_due INTEGER;
+     CREATE INDEX keys_refill_due ON keys(refill_due) WHERE refill_due IS NOT NULL;";
+
 /// Every migration, in order.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -109,6 +119,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "denylist bans, as changes",
         sql: BANS_V3,
+    },
+    Migration {
+        version: 4,
+        name: "credits of usage-limited keys",
+        sql: CREDITS_V4,
     },
 ];
 
