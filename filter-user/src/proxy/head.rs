@@ -243,17 +243,22 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
     // hop-by-hop and the request forwarded as plain HTTP.
     let upgrade =
         method == "GET" && version == 1 && scan.connection_upgrade && scan.upgrade_websocket;
-    if upgrade && !ctx.routes.routes[route].websocket {
-        return Step::Refuse(Box::new(Refusal {
+    // A refusal of a routed request whose head was understood (the connection may go on).
+    let refuse_routed = |request_id, denial, rule| {
+        Step::Refuse(Box::new(Refusal {
             head_len: Some(head_len),
             framing,
             keep_alive,
             request_id,
             route: Some(route),
             line: Some(line),
-            denial: Denial::new(ErrorCode::BadRequest),
-            rule: Some(Rule::WebsocketNotAllowed),
-        }));
+            denial,
+            rule,
+        }))
+    };
+    if upgrade && !ctx.routes.routes[route].websocket {
+        let rule = Some(Rule::WebsocketNotAllowed);
+        return refuse_routed(request_id, Denial::new(ErrorCode::BadRequest), rule);
     }
     let trusted = ctx.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
     let peer = client_ip(ctx.peer, trusted, scan.xff);
@@ -266,22 +271,9 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         route,
         rules: ctx.gate_rules,
     });
-    // A refusal of a routed request whose head was understood (the connection may go on).
-    let refuse_routed = |request_id, denial| {
-        Step::Refuse(Box::new(Refusal {
-            head_len: Some(head_len),
-            framing,
-            keep_alive,
-            request_id,
-            route: Some(route),
-            line: Some(line),
-            denial,
-            rule: None,
-        }))
-    };
     let identity = match verdict {
         Verdict::Allow(id) => id,
-        Verdict::Deny(denial) => return refuse_routed(request_id, denial),
+        Verdict::Deny(denial) => return refuse_routed(request_id, denial, None),
     };
     let r = &ctx.routes.routes[route];
     let target = r.targets.pick(0).map_or(0, |(i, _)| i);
@@ -290,7 +282,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         Some(Ok(i)) => Some(i),
         Some(Err(exhausted)) => {
             let denial = exhausted.denial(identity.map(|id| id.key_id));
-            return refuse_routed(request_id, denial);
+            return refuse_routed(request_id, denial, None);
         }
     };
     let written = forward::write_head(
@@ -322,7 +314,7 @@ pub fn process(buf: &[u8], ctx: &mut HeadCtx<'_>, out: &mut Vec<u8>) -> Step {
         Ok(written) => written,
         Err(unsafe_field) => {
             out.clear();
-            return refuse_routed(request_id, unsafe_denial(unsafe_field, identity));
+            return refuse_routed(request_id, unsafe_denial(unsafe_field, identity), None);
         }
     };
     Step::Forward(Prepared {
