@@ -10,7 +10,8 @@
 //! `use crate::` path in `src/` and fails on an edge against this order.
 //!
 //! 0. [`names`] — tenant and user names and scopes: one type each, valid by construction
-//! 1. [`percent`], [`codes`], [`config`] — percent-decoding, the answer codes, the typed config
+//! 1. [`percent`], [`codes`], [`config`], [`pem`] — percent-decoding, the answer codes, the typed
+//!    config, PEM certificates and trust roots
 //! 2. [`path`], [`obs`] — the request-path rules the proxy and `explain` share; logging, per-shard request metrics and recent denials, the access log
 //! 3. [`store`] — the key store (SQLite, PostgreSQL) and the rules both backends share
 //! 4. [`fanout`], [`autoblock`] — the lock-free change fan-out from one writer to every shard;
@@ -35,6 +36,7 @@ pub mod names;
 
 pub mod codes;
 pub mod config;
+pub mod pem;
 pub mod percent;
 
 pub mod obs;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +93,7 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
         path: key_path.to_path_buf(),
         why,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(cert_err("no PEM certificate in the file".into()));
-    }
+    let certs = crate::pem::certificates(cert_path).map_err(cert_err)?;
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| key_err(e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
     // `from_der` also refuses a key that does not match the certificate.

@@ -65,6 +65,18 @@ impl WsUpstream {
         self.heads.lock().unwrap().clone()
     }
 
+    /// Waits (at most 5 s) until a connection to it has ended.
+    fn wait_ended(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.ended() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream connection stayed open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn ended(&self) -> usize {
         self.ended.load(Ordering::SeqCst)
     }
@@ -321,14 +333,7 @@ fn messages_both_ways_through_the_tunnel_and_one_line_when_it_ends() {
     );
     assert!(l["duration_us"].as_u64().unwrap() > 0, "{l}");
     // The upstream connection was closed, not pooled.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.ended() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream connection stayed open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    up.wait_ended();
 }
 
 #[test]
@@ -406,14 +411,7 @@ fn a_tunnel_lives_while_bytes_move_and_closes_after_client_timeout_of_silence() 
         "closed {quiet:?} after the last message"
     );
     // The upstream's side was closed too, and the line written.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.ended() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream connection stayed open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    up.wait_ended();
     assert_eq!(access_lines(&d, 1)[0]["status"], 101);
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, ServerName};
 
 use crate::config::{Config, Route};
 
@@ -31,7 +31,8 @@ pub fn client_config(cfg: &Config, route: &Route) -> Result<Arc<ClientConfig>, S
     let mut config = match (&route.upstream_client_cert, &route.upstream_client_key) {
         (Some(cert), Some(key)) => {
             let (cert, key) = (cfg.resolve(cert), cfg.resolve(key));
-            let chain = certs_from_file(&cert, "upstream_client_cert")?;
+            let chain = crate::pem::certificates(&cert)
+                .map_err(|why| format!("upstream_client_cert {}: {why}", cert.display()))?;
             let key = PrivateKeyDer::from_pem_file(&key)
                 .map_err(|e| format!("upstream_client_key {}: {e}", key.display()))?;
             builder
@@ -54,32 +55,12 @@ pub fn server_name(sni: Option<&str>, host: &str) -> Result<ServerName<'static>,
         .map_err(|_| format!("`{name}` is not a DNS name or address to verify"))
 }
 
-fn certs_from_file(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{what} {shown}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what} {shown}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{what} {shown}: no PEM certificate in the file"));
-    }
-    Ok(certs)
-}
-
 fn roots_from_file(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_file(path, "upstream_ca")? {
-        roots
-            .add(c)
-            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
-    }
-    Ok(roots)
+    crate::pem::roots(path).map_err(|why| format!("upstream_ca {}: {why}", path.display()))
 }
 
 fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
+    let (roots, added) = crate::pem::system_roots();
     if added == 0 {
         tracing::warn!(
             "no system trust store: https upstreams without upstream_ca will fail verification"

@@ -111,31 +111,12 @@ fn take_root_cert(url: &str) -> Result<(String, Option<PathBuf>), PgError> {
 }
 
 fn roots_from_file(path: &std::path::Path) -> Result<rustls::RootCertStore, PgError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| PgError::Tls(format!("sslrootcert {shown}: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PgError::Tls(format!("sslrootcert {shown}: {e}")))?;
-    if certs.is_empty() {
-        return Err(PgError::Tls(format!(
-            "sslrootcert {shown}: no PEM certificate in the file"
-        )));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| PgError::Tls(format!("sslrootcert {shown}: {e}")))?;
-    }
-    Ok(roots)
+    crate::pem::roots(path)
+        .map_err(|why| PgError::Tls(format!("sslrootcert {}: {why}", path.display())))
 }
 
 fn system_roots() -> Result<rustls::RootCertStore, PgError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
+    let (roots, added) = crate::pem::system_roots();
     if added == 0 {
         // No trust store: only an explicit sslrootcert can verify a server. Plaintext and
         // servers without TLS still work; a TLS server will fail verification with a clear error.
